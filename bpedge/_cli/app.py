@@ -1,0 +1,58 @@
+"""The ``bpedge`` entry point: builds the typer app from the command modules and maps errors to
+exit codes (0 done, 1 failed, 2 bad usage or input) with a one-line message unless ``--debug``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import typer
+
+from bpedge._cli._errors import DEBUG_ENV
+from bpedge._version import __version__
+
+# Each module defines ``register(app: typer.Typer) -> None``; heavy imports stay inside commands.
+_COMMAND_MODULES = [
+    "bpedge._cli.phantom",
+    "bpedge._cli.train",
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"bpedge {__version__}")
+        raise typer.Exit(0)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="bpedge",
+        help="Find and outline the brachial plexus in neck ultrasound: train, export, build "
+        "TensorRT engines, segment and benchmark.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+
+    @app.callback()
+    def _root(
+        debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ) -> None:
+        if debug:
+            os.environ[DEBUG_ENV] = "1"
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    build_app()(args=argv, prog_name="bpedge")
+
+
+if __name__ == "__main__":
+    main()

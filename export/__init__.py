@@ -1,0 +1,1 @@
+"""Export: ONNX, FP16 ONNX, TensorRT engine building and the bundle manifest."""

@@ -1,0 +1,1 @@
+"""CUDA sources of the fused kernels, their host emulation header, and loaders."""

@@ -1,0 +1,1 @@
+"""Training side of bpedge (PyTorch): data, models, losses, training loops, experiments."""

@@ -1,0 +1,1 @@
+"""Models of the method: RetinaNet detector, U-Net and M-Net segmenters."""

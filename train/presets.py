@@ -1,0 +1,129 @@
+"""Presets are data: the published sizes and hyper-parameters (``paper``) and a CPU-sized twin (``tiny``).
+
+Every CLI command takes ``--preset NAME``; individual fields are overridden with
+``dataclasses.replace``, and the resolved config is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SegmenterArch = Literal["unet", "mnet"]
+CropMode = Literal["none", "gt", "detector"]
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """RetinaNet: backbone, input size (frames are resized to it whole), anchors and training."""
+
+    backbone: str = "resnet50"          # resnet18 | resnet34 | resnet50 | resnet_tiny
+    input_hw: tuple[int, int] = (416, 576)  # (H, W); keeps the 420x580 aspect ratio, divisible by 32
+    fpn_channels: int = 256
+    head_convs: int = 4                  # four 3x3 conv + ReLU per sub-network, as published
+    # One anchor size per FPN level P3..P7, in detector-input pixels: the BP is a single small
+    # target (typically 40-150 px wide in a 580 px frame), so sizes start well below the default 32.
+    anchor_sizes: tuple[int, ...] = (24, 48, 96, 192, 384)
+    anchor_scales: tuple[float, ...] = (1.0, 1.26, 1.59)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    batch_size: int = 8
+    epochs: int = 100
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """U-Net / M-Net on 96x96 crops, z-score normalised with the training split's statistics."""
+
+    arch: SegmenterArch = "unet"
+    crop_hw: tuple[int, int] = (96, 96)
+    base_filters: int = 32               # doubles per level
+    depth: int = 5                       # encoder levels
+    kernel_size: int = 5
+    dropout: float = 0.4                 # encoder only, as published
+    optimizer: str = "rmsprop"
+    lr: float = 1e-4
+    batch_size: int = 128
+    epochs: int = 80
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    detector: DetectorConfig
+    unet: SegmenterConfig
+    mnet: SegmenterConfig
+
+    def segmenter(self, arch: SegmenterArch) -> SegmenterConfig:
+        if arch == "unet":
+            return self.unet
+        if arch == "mnet":
+            return self.mnet
+        raise ValueError(f"unknown segmenter arch {arch!r}; choose 'unet' or 'mnet'")
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        detector=DetectorConfig(),
+        unet=SegmenterConfig(arch="unet", lr=1e-4),
+        mnet=SegmenterConfig(arch="mnet", lr=3e-4),
+    ),
+    "tiny": Preset(
+        name="tiny",
+        detector=DetectorConfig(
+            backbone="resnet_tiny",
+            input_hw=(160, 224),
+            fpn_channels=32,
+            head_convs=2,
+            anchor_sizes=(12, 24, 48, 96, 192),
+            lr=1e-3,
+            batch_size=16,
+            epochs=12,
+        ),
+        unet=SegmenterConfig(
+            arch="unet", base_filters=8, depth=4, kernel_size=3, dropout=0.1,
+            lr=1e-3, batch_size=32, epochs=15,
+        ),
+        mnet=SegmenterConfig(
+            arch="mnet", base_filters=8, depth=4, kernel_size=3, dropout=0.1,
+            lr=1e-3, batch_size=32, epochs=15,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a ``ValueError`` lists the valid names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from :func:`config_to_dict` output, restoring tuples; unknown keys raise."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+__all__ = [
+    "CropMode", "DetectorConfig", "PRESETS", "Preset", "SegmenterArch", "SegmenterConfig",
+    "config_from_dict", "config_to_dict", "get_preset",
+]
