@@ -1,0 +1,138 @@
+"""Checkpoints: plain payloads that round-trip under weights_only=True, and refusal of the rest."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bpedge.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def _payload() -> dict:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    opt.step()
+    return {
+        "kind": "segmenter",
+        "arch": "unet",
+        "model_config": {"arch": "unet", "crop_hw": [96, 96]},
+        "config": {"preset": "tiny", "model": {"lr": 1e-3}},
+        "model_state": model.state_dict(),
+        "optimizer_state": opt.state_dict(),
+        "epoch": 3,
+        "rng": capture_rng_state(),
+        "crop_mode": "gt",
+        "normalization": {"mean": 101.5, "std": 40.25},
+        "input_hw": [96, 96],
+        "best_metric": float("-inf"),
+        "history": [{"epoch": 1, "train_loss": 0.5}],
+    }
+
+
+def test_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
+    payload = _payload()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, payload)
+
+    raw = torch.load(path, weights_only=True)  # the guarantee export and the runtime rely on
+    loaded = load_checkpoint(path)
+    assert raw["format"] == "bpedge-checkpoint"
+    for key, value in payload["model_state"].items():
+        assert torch.equal(loaded["model_state"][key], value)
+    assert loaded["optimizer_state"]["param_groups"] == payload["optimizer_state"]["param_groups"]
+    assert loaded["normalization"] == payload["normalization"]
+    assert loaded["best_metric"] == float("-inf")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary files left
+
+
+def test_save_refuses_types_weights_only_cannot_load(tmp_path: Path) -> None:
+    payload = _payload()
+    payload["normalization"] = {"mean": np.float32(1.0), "std": np.array([2.0])}
+    with pytest.raises(TypeError, match="normalization"):
+        save_checkpoint(tmp_path / "x.pt", payload)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _RunsCode:
+    """Unpickling this would create a marker file: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_payload_that_runs_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "bpedge-checkpoint", "hook": _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # Unrestricted unpickling would have run it: the refusal above is what protected us.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_foreign_files_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, plain)
+    with pytest.raises(CheckpointError, match=r"plain\.pt is not a bpedge checkpoint"):
+        load_checkpoint(plain)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+
+    newer = tmp_path / "newer.pt"
+    payload = _payload()
+    save_checkpoint(newer, payload)
+    body = torch.load(newer, weights_only=True)
+    body["format_version"] = 99
+    torch.save(body, newer)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(newer)
+
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_state_restores_every_generator(tmp_path: Path) -> None:
+    payload = _payload()  # builds a model: draws from torch's generator before the capture
+    state = capture_rng_state()
+    path = tmp_path / "rng.pt"
+    save_checkpoint(path, {**payload, "rng": state})
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(7), random.random()  # move every generator on
+
+    restore_rng_state(load_checkpoint(path)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+def test_resolve_checkpoint_accepts_run_folder_or_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no best.pt"):
+        resolve_checkpoint(tmp_path)
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"")
+    assert resolve_checkpoint(tmp_path) == best
+    assert resolve_checkpoint(best) == best
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(tmp_path / "nope.pt")

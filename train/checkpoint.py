@@ -1,0 +1,243 @@
+"""Training checkpoints: plain, safely loadable files that carry everything a model needs.
+
+A checkpoint is one ``torch.save`` of a dict holding only tensors and plain Python types (dict,
+list, str, int, float, bool, None), so ``torch.load(weights_only=True)`` reads it without running
+any pickled code. Besides the weights it carries what export and the runtime need to use them
+(kind, architecture, model config, input size, normalisation) and what ``--resume`` needs to
+continue exactly (optimizer state, epoch, RNG states, split, history, best metric).
+
+Payload keys (``FORMAT_VERSION`` 1)::
+
+    format            "bpedge-checkpoint"
+    format_version    1
+    kind              "detector" | "segmenter"
+    arch              "retinanet" | "unet" | "mnet"
+    model_config      DetectorConfig / SegmenterConfig as a dict (config_to_dict)
+    config            the resolved run config (what RUN/config.json holds)
+    model_state       the model's state_dict (tensors)
+    optimizer_state   the optimizer's state_dict
+    epoch             number of completed epochs (1-based count)
+    rng               {"torch": ByteTensor, "numpy": {...}, "python": [...], "cuda": [ByteTensor]}
+    crop_mode         "none" | "gt" | "detector" for a segmenter, None for a detector
+    normalization     {"mean": float, "std": float} of the model's training inputs (0-255 scale)
+    input_hw          [H, W] of the model input
+    frame_hw          [H, W] of the training frames
+    split             the split as plain JSON types
+    metric_name       "val_miou" | "val_dice"
+    best_metric       best validation metric so far (float, -inf before any epoch)
+    history           list of per-epoch metric rows (dicts of plain types)
+    bpedge_version    version that wrote it
+    data_fingerprint  fingerprint of the dataset index it was trained on
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bpedge._atomic import atomic_save_with
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FORMAT = "bpedge-checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("detector", "segmenter")
+REQUIRED_KEYS = (
+    "format", "format_version", "kind", "arch", "model_config", "model_state", "normalization",
+    "input_hw", "epoch",
+)
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable bpedge checkpoint (the message names the file and why)."""
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Atomically write ``payload`` (see the module docstring) to ``path``.
+
+    ``format``/``format_version`` are filled in; the payload is checked to be loadable with
+    ``weights_only=True`` before anything is written, so a stray NumPy array or custom object is
+    a ``TypeError`` here rather than an unloadable file later.
+    """
+    import torch
+
+    body = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    _check_plain(body, "payload")
+    _check_payload(body, Path(path))
+    atomic_save_with(path, lambda f: torch.save(body, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises ``FileNotFoundError`` if ``path`` does not exist and :class:`CheckpointError` (a
+    ``ValueError``) naming the file if it cannot be unpickled safely (e.g. it holds code to run)
+    or is not a bpedge checkpoint.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{p} is not a loadable bpedge checkpoint (torch.load with weights_only=True "
+            f"refused it: {first_line})"
+        ) from exc
+    _check_payload(payload, p)
+    return payload
+
+
+def _check_payload(payload: Any, path: Path) -> None:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bpedge checkpoint (no format={FORMAT!r} marker)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {payload.get('format_version')!r}; this bpedge "
+            f"reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is missing checkpoint fields {missing}")
+    if payload["kind"] not in KINDS:
+        raise CheckpointError(f"{path} has kind {payload['kind']!r}; expected one of {KINDS}")
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse anything ``weights_only=True`` would not load back (only tensors and plain types)."""
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.Size)):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint {where} has a key of type {type(k).__name__}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"checkpoint {where} is a {type(obj).__name__}; only tensors and plain Python types "
+        "(dict, list, str, int, float, bool, None) may be stored"
+    )
+
+
+# --- RNG state as plain types ---------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The torch, CUDA, NumPy (global) and Python ``random`` states as tensors and plain types."""
+    import torch
+
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [int(py_version), [int(v) for v in py_internal], py_gauss],
+        "cuda": [],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states are restored only where CUDA is present)."""
+    import torch
+
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.to("cpu", torch.uint8) for s in cuda_states])
+
+
+# --- Models from checkpoints ------------------------------------------------------------------
+
+
+def build_model_from_payload(payload: dict[str, Any]) -> nn.Module:
+    """A freshly initialised model of the kind, architecture and config a checkpoint describes."""
+    from bpedge.train.presets import DetectorConfig, SegmenterConfig, config_from_dict
+
+    if payload["kind"] == "detector":
+        from bpedge.train.models import build_detector
+
+        return build_detector(config_from_dict(DetectorConfig, payload["model_config"]))
+    from bpedge.train.models import build_segmenter
+
+    return build_segmenter(config_from_dict(SegmenterConfig, payload["model_config"]))
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint describes, load its weights, move it to ``device``, set eval mode.
+
+    Returns ``(model, payload)``; ``payload["normalization"]`` and ``payload["input_hw"]`` say how
+    to prepare inputs (see :mod:`bpedge._stages`).
+    """
+    payload = load_checkpoint(path)
+    model = build_model_from_payload(payload)
+    try:
+        model.load_state_dict(payload["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: the stored weights do not fit a {payload['arch']} built from the stored "
+            f"config: {str(exc).splitlines()[0]}"
+        ) from exc
+    model.to(device)
+    model.eval()
+    return model, payload
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file from either a file path or a run folder (its ``best.pt``)."""
+    p = Path(path)
+    if p.is_dir():
+        best = p / "best.pt"
+        if not best.is_file():
+            raise FileNotFoundError(f"run folder {p} has no best.pt (has it finished an epoch?)")
+        return best
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is neither a checkpoint file nor a run folder")
+    return p
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "build_model_from_payload",
+    "capture_rng_state",
+    "load_checkpoint",
+    "load_model",
+    "resolve_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
