@@ -1,0 +1,130 @@
+"""The shared epoch loop on a toy regression: metrics, checkpoints, resume, run-folder rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bpedge.train._loop import (
+    LoopSettings,
+    config_differences,
+    prepare_run_dir,
+    run_epochs,
+    write_config,
+)
+from bpedge.train.checkpoint import load_checkpoint
+from bpedge.train.distributed import DistContext
+
+CPU = DistContext(0, 1, 0, torch.device("cpu"), initialized=False)
+
+
+class _Loss(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.model(x), y)
+
+
+class ToyTrainee:
+    """y = 3x - 1 plus noise, fitted by a linear layer behind dropout (so RNG state matters)."""
+
+    metric_name = "val_neg_mse"
+
+    def __init__(self, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(1, 1))
+        self.loss_module = _Loss(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(64, 1, generator=g)
+        y = 3 * x - 1 + 0.01 * torch.randn(64, 1, generator=g)
+        self.train_set = torch.utils.data.TensorDataset(x[:48], y[:48])
+        self.val_set = torch.utils.data.TensorDataset(x[48:], y[48:])
+
+    def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
+        x, y = batch
+        per_sample = ((self.model(x) - y) ** 2).mean(dim=1)
+        return float(per_sample.sum()), float(-per_sample.sum()), int(x.shape[0])
+
+    def static_payload(self) -> dict[str, Any]:
+        return {
+            "kind": "segmenter", "arch": "toy", "model_config": {}, "config": {"toy": True},
+            "normalization": {"mean": 0.0, "std": 1.0}, "input_hw": [1, 1],
+        }
+
+
+def _settings(run_dir: Path, epochs: int) -> LoopSettings:
+    return LoopSettings(run_dir=run_dir, epochs=epochs, batch_size=8, seed=5, progress=False)
+
+
+def test_loop_learns_and_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
+    history = run_epochs(ToyTrainee(), _settings(tmp_path, 4), CPU)
+
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["val_loss"]) == pytest.approx(history[-1]["val_loss"])
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    best = max(history, key=lambda r: r["val_metric"])
+    assert summary["best_epoch"] == best["epoch"]
+
+    last, best_ckpt = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")
+    assert last["epoch"] == 4
+    assert best_ckpt["epoch"] == best["epoch"]
+    assert best_ckpt["best_metric"] == pytest.approx(best["val_metric"])
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path) -> None:
+    straight = run_epochs(ToyTrainee(), _settings(tmp_path / "a", 4), CPU)
+
+    run_epochs(ToyTrainee(), _settings(tmp_path / "b", 2), CPU)
+    # A fresh process would rebuild the trainee from scratch; resume must restore all state.
+    resumed = run_epochs(
+        ToyTrainee(seed=123), _settings(tmp_path / "b", 4), CPU,
+        resume_from=load_checkpoint(tmp_path / "b" / "last.pt"),
+    )
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(straight, resumed):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    rows = list(csv.DictReader((tmp_path / "b" / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_run_folder_rules(tmp_path: Path) -> None:
+    config = {"kind": "toy", "model": {"lr": 0.05, "epochs": 2}, "data": {"root": "/a"}}
+    assert prepare_run_dir(tmp_path, config, resume=False) is None
+    with pytest.raises(ValueError, match="no last.pt"):
+        prepare_run_dir(tmp_path, config, resume=True)
+
+    trainee = ToyTrainee()
+    write_config(tmp_path, config)
+    trainee.static_payload = lambda: {**ToyTrainee.static_payload(trainee), "config": config}
+    run_epochs(trainee, _settings(tmp_path, 1), CPU)
+
+    with pytest.raises(ValueError, match="--resume.*new --out"):
+        prepare_run_dir(tmp_path, config, resume=False)
+    # More epochs and a moved data folder are fine; a changed hyper-parameter is not.
+    longer = {**config, "model": {"lr": 0.05, "epochs": 9}, "data": {"root": "/b"}}
+    assert prepare_run_dir(tmp_path, longer, resume=True)["epoch"] == 1
+    changed = {**config, "model": {"lr": 0.01, "epochs": 2}}
+    with pytest.raises(ValueError, match=r"model\.lr: 0\.05 -> 0\.01"):
+        prepare_run_dir(tmp_path, changed, resume=True)
+
+
+def test_config_differences_walks_nested_dicts() -> None:
+    a = {"model": {"input_hw": (160, 224), "lr": 1.0}, "x": 1}
+    assert config_differences(a, {"model": {"input_hw": [160, 224], "lr": 1.0}, "x": 1}) == []
+    diffs = config_differences(a, {"model": {"input_hw": [160, 224]}, "x": 2})
+    assert diffs == ["model.lr: 1.0 -> '<unset>'", "x: 1 -> 2"]

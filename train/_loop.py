@@ -1,0 +1,330 @@
+"""The epoch loop shared by the detector and segmenter trainers.
+
+It owns what is the same for both: the run folder (config.json, refusing to overwrite a run,
+``--resume``), seeded shuffling (``DistributedSampler`` + ``set_epoch``, also when alone, so a
+resumed run sees the same order), progress bars, per-epoch metrics (RUN/metrics.csv and
+RUN/metrics.json), and checkpoints (RUN/best.pt by validation metric, then RUN/last.pt, each
+written atomically). What differs (the model, its loss and its metric) comes in a
+:class:`Trainee`.
+
+Order of writes after an epoch: best.pt (if improved), last.pt, metrics files. A process killed at
+any point therefore loses at most the epoch in progress: ``--resume`` restarts after the epoch in
+last.pt, and the metrics files are rebuilt from the history stored in last.pt, so every epoch
+appears exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bpedge.train.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from bpedge.train.distributed import DistContext, ShardSampler, all_reduce_sums, wrap_model
+
+from bpedge._atomic import atomic_write_json, atomic_write_text
+from bpedge._version import __version__
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds")
+
+#: Config entries that may differ between a run and its ``--resume``: more epochs extend a run;
+#: the data folder may move (the data fingerprint is checked instead).
+RESUMABLE_CHANGES = (("model", "epochs"), ("data", "root"))
+
+
+class Trainee(Protocol):
+    """What a trainer hands the loop.
+
+    ``loss_module(*batch)`` returns the scalar training loss of a batch (it wraps ``model``, so
+    DistributedDataParallel can wrap the whole forward); ``evaluate_batch(batch)`` runs ``model``
+    in eval mode and returns ``(loss_sum, metric_sum, count)`` over the batch's samples.
+    """
+
+    model: nn.Module
+    loss_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_set: Dataset[Any]
+    val_set: Dataset[Any]
+    metric_name: str
+
+    def evaluate_batch(self, batch: Sequence[torch.Tensor]) -> tuple[float, float, int]: ...
+
+    def static_payload(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class LoopSettings:
+    """How to run the loop: where to write, how long, how big the batches are (per process)."""
+
+    run_dir: Path
+    epochs: int
+    batch_size: int
+    seed: int
+    workers: int = 0
+    label: str = "train"
+    progress: bool = True
+    # Called with the row after each epoch is written (tests; the CLI prints via tqdm.write).
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- Run folder -----------------------------------------------------------------------------
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Check ``run_dir`` against ``--resume`` and return the checkpoint to resume from (or None).
+
+    Without ``resume`` a folder that already holds a checkpoint is refused (ValueError saying to
+    pass ``--resume`` or a new ``--out``). With it, RUN/last.pt must exist and its stored config
+    must equal ``config`` except for :data:`RESUMABLE_CHANGES`. Writes nothing.
+    """
+    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    if not resume:
+        held = [p.name for p in (last, best) if p.exists()]
+        if held:
+            raise ValueError(
+                f"{run_dir} already holds a checkpoint ({', '.join(held)}); pass --resume to "
+                "continue that run, or choose a new --out folder"
+            )
+        return None
+    if not last.is_file():
+        raise ValueError(f"--resume: {run_dir} has no last.pt to resume from; run without --resume")
+    payload = load_checkpoint(last)
+    diffs = config_differences(payload.get("config", {}), config)
+    if diffs:
+        raise ValueError(
+            f"--resume: the options differ from the run in {run_dir}: " + "; ".join(diffs)
+            + ". Resume with the original options, or start a new run with a new --out"
+        )
+    return payload
+
+
+def config_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """Human-readable ``key: stored -> given`` lines for entries that differ (nested dicts are
+    walked; lists and tuples compare equal when their items do)."""
+    out: list[str] = []
+    _walk_diff(_jsonable(stored), _jsonable(given), (), out)
+    return out
+
+
+def _walk_diff(a: Any, b: Any, path: tuple[str, ...], out: list[str]) -> None:
+    if path in RESUMABLE_CHANGES:
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            _walk_diff(a.get(k, "<unset>"), b.get(k, "<unset>"), (*path, str(k)), out)
+        return
+    if a != b:
+        out.append(f"{'.'.join(path)}: {a!r} -> {b!r}")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / "config.json", config)
+
+
+# --- Metrics files --------------------------------------------------------------------------
+
+
+def write_metrics(run_dir: Path, history: Sequence[dict[str, Any]], metric_name: str) -> None:
+    """RUN/metrics.csv (one row per epoch, :data:`METRIC_COLUMNS`) and RUN/metrics.json."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+    best = max(history, key=lambda r: r["val_metric"], default=None)
+    atomic_write_json(run_dir / "metrics.json", {
+        "metric_name": metric_name,
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_metric": best["val_metric"] if best else None,
+        "epochs": list(history),
+    })
+
+
+# --- The loop -------------------------------------------------------------------------------
+
+
+def run_epochs(
+    trainee: Trainee,
+    settings: LoopSettings,
+    ctx: DistContext,
+    resume_from: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``trainee`` from epoch 1 (or after ``resume_from["epoch"]``) to ``settings.epochs``.
+
+    Returns the full history (one dict per epoch with :data:`METRIC_COLUMNS`). Only rank 0
+    writes files; every rank returns the same all-reduced history.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm.auto import tqdm
+
+    start_epoch, best_metric, history = 0, -math.inf, list(settings.history)
+    if resume_from is not None:
+        trainee.model.load_state_dict(resume_from["model_state"])
+        # load_state_dict moves the optimizer state onto the parameters' device.
+        trainee.optimizer.load_state_dict(resume_from["optimizer_state"])
+        restore_rng_state(resume_from["rng"])
+        start_epoch = int(resume_from["epoch"])
+        best_metric = float(resume_from["best_metric"])
+        history = [dict(r) for r in resume_from["history"]][:start_epoch]
+        if ctx.is_main:
+            write_metrics(settings.run_dir, history, trainee.metric_name)
+
+    train_module = wrap_model(trainee.loss_module, ctx)
+    # Shuffled from the seed and the epoch, so the order does not depend on resuming.
+    sampler = DistributedSampler(
+        trainee.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+        seed=settings.seed, drop_last=False,
+    )
+    pin = ctx.device.type == "cuda"
+    train_loader = DataLoader(
+        trainee.train_set, batch_size=settings.batch_size, sampler=sampler,
+        num_workers=settings.workers, pin_memory=pin,
+    )
+    val_loader = DataLoader(
+        trainee.val_set, batch_size=settings.batch_size,
+        sampler=ShardSampler(len(trainee.val_set), ctx),  # type: ignore[arg-type]
+        num_workers=settings.workers, pin_memory=pin,
+    )
+    show = settings.progress and ctx.is_main
+    epochs_bar = tqdm(
+        total=settings.epochs, initial=start_epoch, desc=f"{settings.label} epochs",
+        unit="epoch", disable=not show, dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start_epoch + 1, settings.epochs + 1):
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            set_epoch = getattr(trainee.train_set, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(epoch)
+            train_loss = _train_one_epoch(
+                trainee, train_module, train_loader, ctx, epoch, settings, show, tqdm
+            )
+            val_loss, val_metric = _evaluate(trainee, val_loader, ctx)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_metric": val_metric,
+                "lr": float(trainee.optimizer.param_groups[0]["lr"]),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            history.append(row)
+            improved = val_metric > best_metric
+            if improved:
+                best_metric = val_metric
+            if ctx.is_main:
+                payload = {
+                    **trainee.static_payload(),
+                    "model_state": trainee.model.state_dict(),
+                    "optimizer_state": trainee.optimizer.state_dict(),
+                    "epoch": epoch,
+                    "rng": capture_rng_state(),
+                    "metric_name": trainee.metric_name,
+                    "best_metric": best_metric,
+                    "history": [dict(r) for r in history],
+                    "bpedge_version": __version__,
+                }
+                if improved:
+                    save_checkpoint(settings.run_dir / "best.pt", payload)
+                save_checkpoint(settings.run_dir / "last.pt", payload)
+                write_metrics(settings.run_dir, history, trainee.metric_name)
+                epochs_bar.update(1)
+                if settings.progress:
+                    tqdm.write(_summary_line(row, settings.epochs, trainee.metric_name, improved))
+            if settings.on_epoch is not None:
+                settings.on_epoch(row)
+    finally:
+        epochs_bar.close()
+    return history
+
+
+def _train_one_epoch(
+    trainee: Trainee,
+    train_module: nn.Module,
+    loader: Any,
+    ctx: DistContext,
+    epoch: int,
+    settings: LoopSettings,
+    show: bool,
+    tqdm: Any,
+) -> float:
+    train_module.train()
+    loss_sum, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", leave=False,
+               disable=not show, dynamic_ncols=True)
+    for batch in bar:
+        batch = [t.to(ctx.device, non_blocking=True) for t in batch]
+        loss = train_module(*batch)
+        if not bool(loss.isfinite()):
+            raise FloatingPointError(
+                f"training loss became {float(loss)} in epoch {epoch}; lower --lr or check the data"
+            )
+        trainee.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainee.optimizer.step()
+        n = int(batch[0].shape[0])
+        loss_sum += float(loss.detach()) * n
+        count += n
+        bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+    loss_sum, count_f = all_reduce_sums([loss_sum, float(count)], ctx)
+    return loss_sum / max(count_f, 1.0)
+
+
+def _evaluate(trainee: Trainee, loader: Any, ctx: DistContext) -> tuple[float, float]:
+    import torch
+
+    trainee.model.eval()
+    loss_sum, metric_sum, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = [t.to(ctx.device, non_blocking=True) for t in batch]
+            ls, ms, n = trainee.evaluate_batch(batch)
+            loss_sum, metric_sum, count = loss_sum + ls, metric_sum + ms, count + n
+    loss_sum, metric_sum, count_f = all_reduce_sums([loss_sum, metric_sum, float(count)], ctx)
+    if count_f == 0:
+        raise ValueError("the validation split is empty; use more frames or a larger val fraction")
+    return loss_sum / count_f, metric_sum / count_f
+
+
+def _summary_line(row: dict[str, Any], epochs: int, metric_name: str, improved: bool) -> str:
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  train_loss {row['train_loss']:.4f}  "
+        f"val_loss {row['val_loss']:.4f}  {metric_name} {row['val_metric']:.4f}"
+        f"{' (best)' if improved else '       '}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+    )
+
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "RESUMABLE_CHANGES",
+    "LoopSettings",
+    "Trainee",
+    "config_differences",
+    "prepare_run_dir",
+    "run_epochs",
+    "write_config",
+    "write_metrics",
+]
