@@ -35,6 +35,7 @@ class DetectorConfig:
     epochs: int = 100
     weight_decay: float = 0.0
     seed: int = 0
+    hflip: bool = False                  # training augmentation: random horizontal flip
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class SegmenterConfig:
     batch_size: int = 128
     epochs: int = 80
     seed: int = 0
+    hflip: bool = False                  # training augmentation: random horizontal flip
+    box_jitter: float = 0.0              # --crop gt training: move box edges by up to this x side
 
 
 @dataclass(frozen=True)
