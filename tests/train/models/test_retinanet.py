@@ -1,0 +1,243 @@
+"""RetinaNet: anchors, matching, the in-graph top-1 decode, training on one image, weights files."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from bpedge.train.models import build_detector, load_detector_weights, model_complexity
+from bpedge.train.models._backbone import build_backbone, feature_grid_sizes
+from bpedge.train.presets import get_preset
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.ops import box_iou
+
+TINY = get_preset("tiny").detector
+PAPER = get_preset("paper").detector
+
+
+def synthetic_frame(hw: tuple[int, int], box: tuple[float, float, float, float], seed: int = 0):
+    """Speckle noise with a bright ellipse filling ``box``: (1, 1, H, W) float32, z-scored."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    img = torch.rand((h, w), generator=g) * 0.5
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    rx, ry = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    img[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] += 1.0
+    return ((img - img.mean()) / img.std())[None, None]
+
+
+@pytest.mark.parametrize("backbone", ["resnet_tiny", "resnet18", "resnet50"])
+@pytest.mark.parametrize("hw", [(160, 224), (100, 130)])
+def test_feature_grid_sizes_match_the_real_feature_maps(backbone, hw):
+    net = build_backbone(backbone, 16).eval()
+    with torch.no_grad():
+        maps = net(torch.zeros(1, 1, *hw))
+    assert [tuple(m.shape[-2:]) for m in maps.values()] == feature_grid_sizes(hw)
+    assert all(m.shape[1] == 16 for m in maps.values())
+
+
+def test_anchors_tile_each_level_at_its_stride_with_the_configured_sizes():
+    model = build_detector(TINY)
+    per_loc = len(TINY.anchor_scales) * len(TINY.aspect_ratios)
+    grids = feature_grid_sizes(TINY.input_hw)
+    assert model.anchors.shape == (sum(h * w for h, w in grids) * per_loc, 4)
+    start = 0
+    for level, ((gh, gw), size) in enumerate(zip(grids, TINY.anchor_sizes)):
+        stride = 2 ** (level + 3)
+        level_anchors = model.anchors[start : start + gh * gw * per_loc].view(gh, gw, per_loc, 4)
+        start += gh * gw * per_loc
+        centres = (level_anchors[..., :2] + level_anchors[..., 2:]) / 2
+        # Centre of location (row, col) sits at (col * stride, row * stride), within rounding.
+        expect_x = torch.arange(gw)[None, :, None] * stride
+        expect_y = torch.arange(gh)[:, None, None] * stride
+        assert float((centres[..., 0] - expect_x).abs().max()) <= 1.0
+        assert float((centres[..., 1] - expect_y).abs().max()) <= 1.0
+        areas = ((level_anchors[0, 0, :, 2] - level_anchors[0, 0, :, 0])
+                 * (level_anchors[0, 0, :, 3] - level_anchors[0, 0, :, 1]))
+        wanted = torch.tensor([(size * s) ** 2 for _ in TINY.aspect_ratios for s in TINY.anchor_scales])
+        assert torch.allclose(areas, wanted, rtol=0.15)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [(50.0, 40.0, 110.0, 90.0), (3.0, 5.0, 9.0, 11.0), (0.0, 0.0, 224.0, 160.0), (200.0, 7.0, 224.0, 150.0)],
+)
+def test_every_target_gets_a_positive_anchor_and_clear_ones_are_background(box):
+    model = build_detector(TINY)
+    matched = model.match(torch.tensor([box]))
+    assert matched.shape == (1, model.anchors.shape[0])
+    assert int((matched == 0).sum()) >= 1
+    iou = box_iou(torch.tensor([box]), model.anchors)[0]
+    best = iou == iou.max()  # low-quality matches: the best anchors are positive whatever their IoU
+    assert bool((matched[0][best | (iou >= 0.5)] == 0).all())
+    assert bool((matched[0][(iou < 0.4) & ~best] == -1).all())
+    assert bool((matched[0][(iou >= 0.4) & (iou < 0.5) & ~best] == -2).all())
+
+
+def test_predict_decodes_the_best_anchor_as_the_box_coder_defines():
+    torch.manual_seed(0)
+    model = build_detector(TINY).eval()
+    nn.init.normal_(model.classification_head.cls_logits.weight, std=0.5)
+    nn.init.normal_(model.regression_head.bbox_reg.weight, std=0.05)
+    x = torch.randn(2, 1, *TINY.input_hw)
+    with torch.no_grad():
+        scores, boxes = model(x)
+        logits, deltas = model.head_outputs(x)
+    h, w = TINY.input_hw
+    for i in range(2):
+        best = int(logits[i, :, 0].argmax())
+        assert math.isclose(float(scores[i]), 1 / (1 + math.exp(-float(logits[i, best, 0]))), rel_tol=1e-5)
+        ax0, ay0, ax1, ay1 = model.anchors[best].tolist()
+        dx, dy, dw, dh = deltas[i, best].tolist()
+        aw, ah = ax1 - ax0, ay1 - ay0
+        cx, cy = ax0 + aw / 2 + dx * aw, ay0 + ah / 2 + dy * ah
+        bw, bh = aw * math.exp(dw), ah * math.exp(dh)
+        want = [min(max(v, 0), lim) for v, lim in zip(
+            [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], [w, h, w, h])]
+        assert boxes[i].tolist() == pytest.approx(want, abs=1e-3)
+
+
+def test_eval_boxes_stay_inside_the_image_even_when_the_deltas_explode():
+    model = build_detector(TINY).eval()
+    nn.init.constant_(model.regression_head.bbox_reg.bias, 5.0)  # every box e**5 times its anchor
+    with torch.no_grad():
+        _, boxes = model(torch.randn(2, 1, *TINY.input_hw))
+    h, w = TINY.input_hw
+    assert bool(torch.isfinite(boxes).all())
+    assert float(boxes[:, 0::2].min()) >= 0 and float(boxes[:, 0::2].max()) <= w
+    assert float(boxes[:, 1::2].min()) >= 0 and float(boxes[:, 1::2].max()) <= h
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    """The tiny detector after 25 Adam steps on one synthetic image with one box."""
+    torch.manual_seed(0)
+    box = (60.0, 50.0, 124.0, 98.0)
+    image = synthetic_frame(TINY.input_hw, box)
+    target = torch.tensor([box])
+    model = build_detector(TINY).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(25):
+        losses = model(image, target)
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+        optimiser.zero_grad()
+        sum(losses.values()).backward()
+        optimiser.step()
+    return model, image, target, history
+
+
+def test_training_on_one_image_drives_both_losses_down(overfit):
+    _, _, _, history = overfit
+    assert all(math.isfinite(v) for step in history for v in step.values())
+    for key in ("classification", "box_regression"):
+        first = sum(h[key] for h in history[:3]) / 3
+        last = sum(h[key] for h in history[-3:]) / 3
+        assert last < 0.6 * first, key
+
+
+def test_overfit_detector_finds_its_training_box(overfit):
+    model, image, target, _ = overfit
+    model.eval()
+    with torch.no_grad():
+        scores, boxes = model(image)
+    assert float(box_iou(boxes, target)[0, 0]) > 0.5
+    assert float(scores[0]) > 0.1  # well above the 0.01 prior it started from
+
+
+def test_losses_in_eval_mode_are_the_validation_losses(overfit):
+    model, image, target, _ = overfit
+    model.eval()
+    with torch.no_grad():
+        losses = model.losses(image, target)
+    assert set(losses) == {"classification", "box_regression"}
+    assert all(v.ndim == 0 and bool(torch.isfinite(v)) for v in losses.values())
+
+
+@pytest.mark.parametrize(
+    "boxes,match",
+    [
+        (torch.tensor([[10.0, 10.0, 5.0, 40.0]]), "positive area"),
+        (torch.tensor([[10.0, 10.0, 50.0, float("nan")]]), "NaN"),
+        (torch.tensor([10.0, 10.0, 50.0, 40.0]), r"\(N, 4\)"),
+        (torch.tensor([[10.0, 10.0, 50.0, 40.0]] * 2), "one target box per image"),
+    ],
+)
+def test_bad_target_boxes_are_refused_with_what_was_expected(boxes, match):
+    model = build_detector(TINY).train()
+    with pytest.raises(ValueError, match=match):
+        model(torch.zeros(1, 1, *TINY.input_hw), boxes)
+
+
+def test_mode_mismatches_are_refused():
+    model = build_detector(TINY)
+    x = torch.zeros(1, 1, *TINY.input_hw)
+    with pytest.raises(ValueError, match="needs target boxes"):
+        model.train()(x)
+    with pytest.raises(ValueError, match="losses"):
+        model.eval()(x, torch.tensor([[1.0, 1.0, 9.0, 9.0]]))
+
+
+def test_unknown_backbone_and_wrong_anchor_levels_are_refused():
+    with pytest.raises(ValueError, match="resnet_tiny"):
+        build_detector(dataclasses.replace(TINY, backbone="vgg16"))
+    with pytest.raises(ValueError, match="P3..P7"):
+        build_detector(dataclasses.replace(TINY, anchor_sizes=(16, 32, 64)))
+
+
+def test_whole_detector_weights_round_trip(tmp_path):
+    torch.manual_seed(1)
+    source = build_detector(TINY).eval()
+    path = tmp_path / "detector.pt"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(2)
+    loaded = build_detector(TINY, weights=path).eval()
+    x = torch.randn(2, 1, *TINY.input_hw)
+    with torch.no_grad():
+        for a, b in zip(source(x), loaded(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_a_torchvision_resnet_state_dict_loads_as_the_backbone_with_a_grey_stem(tmp_path):
+    torch.manual_seed(3)
+    rgb = resnet18(weights=None)
+    path = tmp_path / "resnet18.pt"
+    torch.save(rgb.state_dict(), path)
+    model = build_detector(dataclasses.replace(TINY, backbone="resnet18"), weights=path)
+    grey_stem = model.backbone.body.conv1.weight
+    torch.testing.assert_close(grey_stem, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.backbone.body.layer4[1].conv2.weight, rgb.layer4[1].conv2.weight)
+
+
+def test_weights_that_fit_neither_detector_nor_backbone_are_refused(tmp_path):
+    paper_sized = tmp_path / "resnet18_detector.pt"
+    torch.save(build_detector(dataclasses.replace(TINY, backbone="resnet18")).state_dict(), paper_sized)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_detector(TINY, weights=paper_sized)
+    stranger = tmp_path / "stranger.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, stranger)
+    with pytest.raises(ValueError, match="neither"):
+        build_detector(TINY, weights=stranger)
+    not_a_state_dict = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], not_a_state_dict)
+    with pytest.raises(ValueError, match="not a state_dict"):
+        load_detector_weights(build_detector(TINY), not_a_state_dict)
+    with pytest.raises(FileNotFoundError):
+        build_detector(TINY, weights=tmp_path / "missing.pt")
+
+
+def test_parameter_counts_of_the_tiny_and_paper_detectors():
+    tiny_params = sum(p.numel() for p in build_detector(TINY).parameters())
+    paper_params = sum(p.numel() for p in build_detector(PAPER).parameters())
+    assert tiny_params < 500_000
+    # ResNet-50 (23.5 M without fc) + FPN (3.3 M) + two 4-conv heads (4.8 M) + output convs.
+    assert 28_000_000 < paper_params < 36_000_000
+
+
+def test_tiny_detector_flops_fit_a_two_core_cpu():
+    _, flops = model_complexity(build_detector(TINY), (1, 1, *TINY.input_hw))
+    assert flops < 1e9

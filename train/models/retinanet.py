@@ -1,0 +1,281 @@
+"""RetinaNet for one target per frame: trains with focal + box loss, predicts the top-1 box in-graph.
+
+Decomposed as torchvision's RetinaNet is (backbone with FPN, two heads, anchors, box coder,
+matcher), each built by :func:`build_detector` from a :class:`DetectorConfig` and each
+replaceable through the constructor. Unlike torchvision's model there is no ``transform``
+(frames arrive already resized to ``cfg.input_hw`` and z-score normalised) and no NMS: the BP is
+a single structure, so evaluation keeps the highest-scoring anchor, which exports to ONNX as
+ArgMax + Gather over a fixed anchor set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder, Matcher
+from torchvision.ops import box_iou, generalized_box_iou_loss
+
+from ..losses import focal_loss
+from ..presets import DetectorConfig
+from ._anchors import anchor_generator, anchors_for_grids
+from ._backbone import FPN_LEVELS, build_backbone, feature_grid_sizes
+from ._heads import ClassificationHead, RegressionHead
+
+BoxLoss = Literal["l1", "smooth_l1", "giou"]
+BOX_LOSSES = ("l1", "smooth_l1", "giou")
+# Detectron's RetinaNet smooth-L1 transition point, in box-coder units.
+SMOOTH_L1_BETA = 0.11
+FG_IOU, BG_IOU = 0.5, 0.4
+
+
+def default_matcher() -> Matcher:
+    """IoU >= 0.5 foreground, < 0.4 background, in between ignored; the best anchor always wins.
+
+    ``allow_low_quality_matches`` guarantees every target at least one positive anchor, which a
+    small BP between anchor sizes could otherwise miss entirely.
+    """
+    return Matcher(FG_IOU, BG_IOU, allow_low_quality_matches=True)
+
+
+def default_box_coder() -> BoxCoder:
+    """torchvision RetinaNet's encoding: (dx, dy, log dw, log dh) with unit weights."""
+    return BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+
+class RetinaNetDetector(nn.Module):
+    """Single-class RetinaNet on one-channel frames of a fixed size.
+
+    Train mode: ``forward(images (N,1,H,W) float32, boxes (N,4) float32)`` -> ``{"classification",
+    "box_regression"}`` scalar losses (their sum is what to minimise). Boxes are x0, y0, x1, y1
+    in input pixels (continuous edges), one target per image.
+
+    Eval mode: ``forward(images)`` -> ``(scores (N,) float32 in [0, 1], boxes (N,4) float32)``:
+    the best anchor's sigmoid score and its decoded box, clipped to [0, W] x [0, H].
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classification_head: nn.Module,
+        regression_head: nn.Module,
+        anchors: Tensor,
+        input_hw: tuple[int, int],
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        box_coder: BoxCoder | None = None,
+        matcher: Matcher | None = None,
+        box_loss: BoxLoss = "l1",
+    ) -> None:
+        super().__init__()
+        if anchors.ndim != 2 or anchors.shape[1] != 4 or anchors.shape[0] == 0:
+            raise ValueError(f"anchors must be (A, 4) with A > 0, got {tuple(anchors.shape)}")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"unknown box_loss {box_loss!r}; choose one of {BOX_LOSSES}")
+        self.backbone = backbone
+        self.classification_head = classification_head
+        self.regression_head = regression_head
+        # Derived from the config alone, so not saved with the weights.
+        self.register_buffer("anchors", anchors.to(torch.float32), persistent=False)
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.box_coder = box_coder if box_coder is not None else default_box_coder()
+        self.matcher = matcher if matcher is not None else default_matcher()
+        self.box_loss = box_loss
+
+    def forward(
+        self, images: Tensor, boxes: Tensor | None = None
+    ) -> dict[str, Tensor] | tuple[Tensor, Tensor]:
+        """Losses in train mode (``boxes`` required), ``(scores, boxes)`` in eval mode."""
+        if self.training:
+            if boxes is None:
+                raise ValueError(
+                    "in train mode the detector needs target boxes (N, 4); call .eval() to predict"
+                )
+            return self.losses(images, boxes)
+        if boxes is not None:
+            raise ValueError(
+                "in eval mode forward(images) predicts; call .losses(images, boxes) for losses"
+            )
+        return self.predict(images)
+
+    def head_outputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Class logits (N, A_total, 1) and box deltas (N, A_total, 4) for every anchor."""
+        self._check_images(images)
+        features = list(self.backbone(images).values())
+        logits = self.classification_head(features)
+        deltas = self.regression_head(features)
+        if logits.shape[1] != self.anchors.shape[0]:
+            raise ValueError(
+                f"the heads give {logits.shape[1]} anchors but {self.anchors.shape[0]} were laid "
+                f"out for input {self.input_hw}: the backbone's feature sizes do not match"
+            )
+        return logits, deltas
+
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-1 anchor per image: scores (N,) in [0, 1], boxes (N, 4) clipped to the input."""
+        logits, deltas = self.head_outputs(images)
+        # Sigmoid is monotonic: pick on logits, squash only the winner.
+        best_logit, best = logits[..., 0].max(dim=1)  # (N,), (N,)
+        scores = torch.sigmoid(best_logit)
+        best_deltas = torch.gather(deltas, 1, best.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+        best_anchors = self.anchors.index_select(0, best)  # (N, 4)
+        decoded = self.box_coder.decode_single(best_deltas, best_anchors)  # (N, 4)
+        h, w = self.input_hw
+        boxes = torch.stack(
+            [
+                decoded[:, 0].clamp(0.0, float(w)),
+                decoded[:, 1].clamp(0.0, float(h)),
+                decoded[:, 2].clamp(0.0, float(w)),
+                decoded[:, 3].clamp(0.0, float(h)),
+            ],
+            dim=1,
+        )
+        return scores, boxes
+
+    def match(self, boxes: Tensor) -> Tensor:
+        """Per anchor, 0 (foreground), -1 (background) or -2 (ignored): (N, A_total) int64."""
+        matched = [self.matcher(box_iou(b[None], self.anchors)) for b in boxes]
+        return torch.stack(matched)
+
+    def losses(self, images: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+        """Focal loss over non-ignored anchors and box loss over positives, each divided by the
+        image's number of positive anchors, then averaged over the batch (torchvision's recipe).
+
+        Works in either mode; in eval mode (BatchNorm frozen) under ``torch.no_grad`` it gives
+        validation losses.
+        """
+        self._check_boxes(boxes, images)
+        boxes = boxes.to(self.anchors.dtype)
+        logits, deltas = self.head_outputs(images)
+        matched = self.match(boxes)
+        foreground = matched >= 0
+        num_fg = foreground.sum(dim=1).clamp(min=1).to(logits.dtype)  # (N,)
+
+        valid = matched != Matcher.BETWEEN_THRESHOLDS
+        per_anchor = focal_loss(
+            logits[..., 0], foreground.to(logits.dtype), self.focal_alpha, self.focal_gamma,
+            reduction="none",
+        )
+        classification = ((per_anchor * valid).sum(dim=1) / num_fg).mean()
+
+        img_idx, anchor_idx = foreground.nonzero(as_tuple=True)
+        per_box = self._box_loss_per_anchor(
+            deltas[img_idx, anchor_idx], self.anchors[anchor_idx], boxes[img_idx]
+        )
+        box_regression = (per_box / num_fg[img_idx]).sum() / images.shape[0]
+        return {"classification": classification, "box_regression": box_regression}
+
+    def _box_loss_per_anchor(self, deltas: Tensor, anchors: Tensor, targets: Tensor) -> Tensor:
+        """(P, 4) deltas, anchors and target boxes -> (P,) loss."""
+        if self.box_loss == "giou":
+            predicted = self.box_coder.decode_single(deltas, anchors)
+            return generalized_box_iou_loss(predicted, targets, reduction="none")
+        wanted = self.box_coder.encode_single(targets, anchors)
+        if self.box_loss == "smooth_l1":
+            return F.smooth_l1_loss(deltas, wanted, beta=SMOOTH_L1_BETA, reduction="none").sum(1)
+        return F.l1_loss(deltas, wanted, reduction="none").sum(1)
+
+    def _check_images(self, images: Tensor) -> None:
+        expected = (1, *self.input_hw)
+        if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(
+                f"detector input must be (N, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(grey frames resized to input_hw), got {got}"
+            )
+        if not images.is_floating_point():
+            raise ValueError(f"detector input must be floating point (z-scored), got {images.dtype}")
+
+    def _check_boxes(self, boxes: Tensor, images: Tensor) -> None:
+        if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
+            got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+            raise ValueError(f"target boxes must be (N, 4) x0, y0, x1, y1, got {got}")
+        if isinstance(images, Tensor) and boxes.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"one target box per image: got {boxes.shape[0]} boxes for {images.shape[0]} images"
+            )
+        if not bool(torch.isfinite(boxes).all()):
+            raise ValueError("target boxes contain NaN or infinity")
+        if bool(((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any()):
+            raise ValueError("target boxes must have x1 > x0 and y1 > y0 (positive area)")
+
+
+def build_detector(cfg: DetectorConfig, weights: str | Path | None = None) -> RetinaNetDetector:
+    """The detector a :class:`DetectorConfig` describes, untrained or with local ``weights``.
+
+    ``weights``: a ``torch.save``'d state_dict, either of the whole detector (keys such as
+    ``backbone.body.conv1.weight``) or of a torchvision ResNet alone (``conv1.weight``,
+    ``layer1...``; ``fc.*`` is ignored and a 3-channel ``conv1`` is summed over its input
+    channels, which gives the same response to a grey image replicated to RGB). Nothing is ever
+    downloaded.
+    """
+    h, w = cfg.input_hw
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input_hw must be positive, got {cfg.input_hw}")
+    if len(cfg.anchor_sizes) != len(FPN_LEVELS):
+        raise ValueError(
+            f"anchor_sizes needs one size per FPN level P3..P7 ({len(FPN_LEVELS)}), "
+            f"got {cfg.anchor_sizes}"
+        )
+    if cfg.head_convs < 0:
+        raise ValueError(f"head_convs must be >= 0, got {cfg.head_convs}")
+    generator = anchor_generator(cfg.anchor_sizes, cfg.anchor_scales, cfg.aspect_ratios)
+    per_location = generator.num_anchors_per_location()[0]
+    anchors = anchors_for_grids(
+        generator, feature_grid_sizes(cfg.input_hw), [2**level for level in FPN_LEVELS]
+    )
+    backbone = build_backbone(cfg.backbone, cfg.fpn_channels)
+    model = RetinaNetDetector(
+        backbone,
+        ClassificationHead(cfg.fpn_channels, per_location, 1, cfg.head_convs),
+        RegressionHead(cfg.fpn_channels, per_location, cfg.head_convs),
+        anchors,
+        cfg.input_hw,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+    )
+    if weights is not None:
+        load_detector_weights(model, weights)
+    return model
+
+
+def load_detector_weights(model: RetinaNetDetector, path: str | Path) -> None:
+    """Load a whole-detector or a backbone-only state_dict file into ``model`` (see build_detector)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path} is not a state_dict (a mapping of names to tensors)")
+    own_prefixes = tuple(f"{name}." for name, _ in model.named_children())
+    try:
+        if any(k.startswith(own_prefixes) for k in state):
+            model.load_state_dict(state, strict=True)
+        else:
+            _load_backbone_state(model.backbone.body, dict(state), path)
+    except RuntimeError as exc:  # load_state_dict's report of missing keys or shape mismatches
+        raise ValueError(
+            f"{path} does not fit this detector (another backbone or preset?): {exc}"
+        ) from None
+
+
+def _load_backbone_state(body: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    conv1 = state.get("conv1.weight")
+    if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3:
+        state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    result = body.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} matches neither the detector nor its backbone: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
