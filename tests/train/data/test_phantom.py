@@ -1,0 +1,135 @@
+"""The phantom generator: layout, LZW 8-bit TIFF, 0/255 masks, empty share, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from bpedge.train.data.kaggle import read_mask, scan_dataset
+from bpedge.train.data.phantom import PhantomConfig, generate_phantom, render_subject
+
+SMALL = PhantomConfig(subjects=2, frames=5, seed=7, height=140, width=200, empty_fraction=0.4)
+
+
+def test_layout_is_kaggle(phantom_dir: Path) -> None:
+    names = sorted(p.name for p in phantom_dir.iterdir())
+    expected = sorted(
+        name
+        for s in range(1, 5)
+        for f in range(1, 13)
+        for name in (f"{s}_{f}.tif", f"{s}_{f}_mask.tif")
+    )
+    assert names == expected
+    leftovers = [p.name for p in phantom_dir.parent.iterdir() if p.name != phantom_dir.name]
+    assert leftovers == []  # no half-written sibling folder
+
+
+def test_files_are_8bit_grey_lzw_and_cv2_reads_them(phantom_dir: Path) -> None:
+    for name in ("1_1.tif", "3_7_mask.tif"):
+        with tifffile.TiffFile(phantom_dir / name) as tif:
+            page = tif.pages[0]
+            assert page.compression == tifffile.COMPRESSION.LZW
+            assert page.dtype == np.uint8 and page.shape == (420, 580)
+            pixels = page.asarray()
+        np.testing.assert_array_equal(
+            cv2.imread(str(phantom_dir / name), cv2.IMREAD_GRAYSCALE), pixels
+        )
+
+
+def test_masks_are_0_255_with_the_right_empty_share(phantom_dir: Path) -> None:
+    index = scan_dataset(phantom_dir)
+    for f in index.frames:
+        raw = tifffile.imread(f.mask_path)
+        assert set(np.unique(raw)) <= {0, 255}
+    for subject in index.subjects():
+        flags = [f.present for f in index.frames if f.subject == subject]
+        assert flags.count(False) == round(12 * 0.2)
+        empties = [i for i, present in enumerate(flags) if not present]
+        assert empties == list(range(empties[0], empties[0] + len(empties)))  # one run: a video
+
+
+def test_bp_is_small_and_inside_the_frame(phantom_dir: Path) -> None:
+    for f in scan_dataset(phantom_dir).positive():
+        x0, y0, x1, y1 = f.box
+        assert 40 <= x1 - x0 <= 200, f.key
+        assert x0 > 0 and y0 > 0 and x1 < 580 and y1 < 420
+        area = (read_mask(f.mask_path) > 0).mean()
+        assert area < 0.08, f.key
+
+
+def test_bp_looks_like_fascicles_with_bright_rims(phantom_dir: Path) -> None:
+    # Inside the mask, hypoechoic fascicle centres and hyperechoic rims both occur: the BP region's
+    # spread of grey levels is wider than that of the tissue around it.
+    from bpedge.train.data.kaggle import read_image
+
+    index = scan_dataset(phantom_dir)
+    wider = 0
+    for f in index.positive():
+        image, mask = read_image(f.image_path).astype(np.float32), read_mask(f.mask_path) > 0
+        smooth = cv2.GaussianBlur(image, (0, 0), 2.0)  # look past the speckle
+        ring = cv2.dilate(mask.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(bool) & ~mask
+        wider += smooth[mask].std() > 1.2 * smooth[ring].std()
+    assert wider >= 0.8 * len(index.positive())
+
+
+def test_same_seed_same_files_other_seed_other_pixels(tmp_path: Path) -> None:
+    a = generate_phantom(tmp_path / "a", SMALL)
+    b = generate_phantom(tmp_path / "b", SMALL)
+    c = generate_phantom(tmp_path / "c", PhantomConfig(**{**SMALL.__dict__, "seed": 8}))
+    for name in ("1_1.tif", "2_5.tif", "2_5_mask.tif"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert not np.array_equal(tifffile.imread(a / "1_1.tif"), tifffile.imread(c / "1_1.tif"))
+
+
+def test_a_subject_does_not_depend_on_how_many_are_generated() -> None:
+    one = list(render_subject(PhantomConfig(**{**SMALL.__dict__, "subjects": 1}), 1))
+    two = list(render_subject(SMALL, 1))
+    for (fa, ia, ma), (fb, ib, mb) in zip(one, two, strict=True):
+        assert fa == fb
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_array_equal(ma, mb)
+
+
+def test_frames_of_a_subject_are_a_video(tmp_path: Path) -> None:
+    frames = list(render_subject(PhantomConfig(subjects=2, frames=6, empty_fraction=0.0), 1))
+    other = next(iter(render_subject(PhantomConfig(subjects=2, frames=6), 2)))[1]
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        small = [cv2.resize(x, (58, 42), interpolation=cv2.INTER_AREA).ravel() for x in (a, b)]
+        return float(np.corrcoef(*small)[0, 1])
+
+    # Successive frames resemble each other far more than frames of another subject do.
+    within = min(corr(frames[i][1], frames[i + 1][1]) for i in range(5))
+    assert within > corr(frames[0][1], other) + 0.2
+    assert not np.array_equal(frames[0][1], frames[1][1])  # but the probe moves
+
+
+def test_empty_fraction_extremes() -> None:
+    none_empty = PhantomConfig(subjects=1, frames=4, height=100, width=120, empty_fraction=0.0)
+    all_empty = PhantomConfig(subjects=1, frames=4, height=100, width=120, empty_fraction=1.0)
+    assert all(m.any() for _, _, m in render_subject(none_empty, 1))
+    assert not any(m.any() for _, _, m in render_subject(all_empty, 1))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"subjects": 0}, {"frames": 0}, {"empty_fraction": 1.5}, {"height": 50}, {"seed": -1}],
+)
+def test_bad_config_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        PhantomConfig(**bad)
+
+
+def test_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        generate_phantom(tmp_path, SMALL)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(list(generate_phantom(empty, SMALL).iterdir())) == 2 * 5 * 2
+    with pytest.raises(ValueError, match="subject must be"):
+        next(render_subject(SMALL, 3))
