@@ -60,11 +60,11 @@ def resnet_tiny(widths: tuple[int, ...] = TINY_WIDTHS) -> nn.Module:
 def _grey_resnet(factory: Callable[..., nn.Module]) -> nn.Module:
     """A torchvision ResNet, untrained, whose stem convolution takes one channel."""
     model = factory(weights=None)
-    old = model.conv1
-    model.conv1 = nn.Conv2d(
-        1, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
-        padding=old.padding, bias=False,
-    )
+    old = model.get_submodule("conv1")
+    if not isinstance(old, nn.Conv2d):
+        raise TypeError(f"{factory.__name__} has no Conv2d stem to replace")
+    # torchvision's stem (7x7, stride 2, padding 3) with one input channel.
+    model.conv1 = nn.Conv2d(1, old.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
 

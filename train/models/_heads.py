@@ -7,6 +7,7 @@ the config (``head_convs``), so the CPU-sized preset can use two.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,15 @@ def _conv_tower(channels: int, depth: int) -> nn.Sequential:
     for _ in range(depth):
         layers += [nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
+
+
+def _init_normal(module: nn.Module) -> None:
+    """RetinaNet's head initialisation: weights N(0, 0.01), biases 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, std=0.01)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def _flatten_levels(maps: list[Tensor], per_anchor: int) -> Tensor:
@@ -48,13 +58,9 @@ class ClassificationHead(nn.Module):
         self.num_classes = num_classes
         self.conv = _conv_tower(channels, head_convs)
         self.cls_logits = nn.Conv2d(channels, num_anchors * num_classes, kernel_size=3, padding=1)
-        for layer in self.modules():
-            if isinstance(layer, nn.Conv2d):
-                nn.init.normal_(layer.weight, std=0.01)
-                nn.init.zeros_(layer.bias)
-        nn.init.constant_(
-            self.cls_logits.bias, -math.log((1.0 - prior_probability) / prior_probability)
-        )
+        _init_normal(self)
+        prior_logit = -math.log((1.0 - prior_probability) / prior_probability)
+        nn.init.constant_(cast(Tensor, self.cls_logits.bias), prior_logit)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """P3..P7 maps -> logits (N, total anchors, K)."""
@@ -68,10 +74,7 @@ class RegressionHead(nn.Module):
         super().__init__()
         self.conv = _conv_tower(channels, head_convs)
         self.bbox_reg = nn.Conv2d(channels, num_anchors * 4, kernel_size=3, padding=1)
-        for layer in self.modules():
-            if isinstance(layer, nn.Conv2d):
-                nn.init.normal_(layer.weight, std=0.01)
-                nn.init.zeros_(layer.bias)
+        _init_normal(self)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """P3..P7 maps -> box deltas (N, total anchors, 4), in the box coder's encoding."""

@@ -19,6 +19,13 @@ MULTISCALE_LEVELS = (1, 2, 3)  # encoder levels that also get the input pooled b
 NUM_SIDES = 4
 
 
+def _upsample(prob: Tensor, factor: int) -> Tensor:
+    """Bilinear (half-pixel centres) by an integer factor: a constant-scale Resize in ONNX."""
+    if factor == 1:
+        return prob
+    return F.interpolate(prob, scale_factor=float(factor), mode="bilinear", align_corners=False)
+
+
 class MNet(nn.Module):
     """``forward(x (N,1,H,W) float32)`` -> mean of the side probabilities (N,1,H,W) in [0, 1].
 
@@ -56,7 +63,6 @@ class MNet(nn.Module):
     def forward_sides(self, x: Tensor) -> list[Tensor]:
         """The four side outputs, coarsest first: each (N, 1, H, W) probabilities in [0, 1]."""
         check_segmenter_input(x, self.depth)
-        size = (x.shape[2], x.shape[3])
         image = x
         skips = []
         for level, block in enumerate(self.encoder):
@@ -72,9 +78,10 @@ class MNet(nn.Module):
         for up in self.decoder:
             x = up(x, skips.pop())
             path.append(x)
+        levels = range(NUM_SIDES - 1, -1, -1)  # the side maps' pyramid levels, coarse to fine
         return [
-            F.interpolate(torch.sigmoid(side(feat)), size=size, mode="bilinear", align_corners=False)
-            for side, feat in zip(self.sides, path[-NUM_SIDES:])
+            _upsample(torch.sigmoid(side(feat)), 2**level)
+            for side, feat, level in zip(self.sides, path[-NUM_SIDES:], levels)
         ]
 
     def forward(self, x: Tensor) -> Tensor:

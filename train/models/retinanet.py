@@ -58,6 +58,8 @@ class RetinaNetDetector(nn.Module):
     the best anchor's sigmoid score and its decoded box, clipped to [0, W] x [0, H].
     """
 
+    anchors: Tensor  # (A_total, 4) float32 buffer, x0 y0 x1 y1 in input pixels
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -124,7 +126,9 @@ class RetinaNetDetector(nn.Module):
         # Sigmoid is monotonic: pick on logits, squash only the winner.
         best_logit, best = logits[..., 0].max(dim=1)  # (N,), (N,)
         scores = torch.sigmoid(best_logit)
-        best_deltas = torch.gather(deltas, 1, best.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+        # repeat and [:, 0] rather than expand(-1, ...) and squeeze: both keep the exported
+        # graph free of shape arithmetic (If/Where nodes) around the dynamic batch axis.
+        best_deltas = torch.gather(deltas, 1, best.view(-1, 1, 1).repeat(1, 1, 4))[:, 0]
         best_anchors = self.anchors.index_select(0, best)  # (N, 4)
         decoded = self.box_coder.decode_single(best_deltas, best_anchors)  # (N, 4)
         h, w = self.input_hw
@@ -261,7 +265,7 @@ def load_detector_weights(model: RetinaNetDetector, path: str | Path) -> None:
         if any(k.startswith(own_prefixes) for k in state):
             model.load_state_dict(state, strict=True)
         else:
-            _load_backbone_state(model.backbone.body, dict(state), path)
+            _load_backbone_state(model.backbone.get_submodule("body"), dict(state), path)
     except RuntimeError as exc:  # load_state_dict's report of missing keys or shape mismatches
         raise ValueError(
             f"{path} does not fit this detector (another backbone or preset?): {exc}"
