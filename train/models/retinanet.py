@@ -156,7 +156,7 @@ class RetinaNetDetector(nn.Module):
         validation losses.
         """
         self._check_boxes(boxes, images)
-        boxes = boxes.to(self.anchors.dtype)
+        boxes = boxes.to(device=self.anchors.device, dtype=self.anchors.dtype)
         logits, deltas = self.head_outputs(images)
         matched = self.match(boxes)
         foreground = matched >= 0
