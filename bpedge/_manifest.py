@@ -560,14 +560,11 @@ class Manifest:
             raise FieldError("", f"the manifest must be a JSON object, got {type(obj).__name__}")
         obj = _upgrade(obj)
         with _reading(obj) as r:
-            models_obj = r.take("models")
-            with _reading(models_obj, "models") as m:
-                models = {name: m.take_obj(name, ModelEntry) for name in MODEL_NAMES}
-            return cls(
+            return cls(  # fields are read in schema order, so the first problem is reported
                 schema_version=r.take("schema_version"),
                 bpedge_version=r.take("bpedge_version"),
                 created=r.take("created"),
-                models=models,
+                models=_read_models(r.take("models")),
                 preprocessing=r.take_obj("preprocessing", Preprocessing),
                 thresholds=r.take_obj("thresholds", Thresholds),
                 training=r.take_obj("training", Training),
@@ -582,6 +579,11 @@ class Manifest:
         except json.JSONDecodeError as exc:
             raise BundleError(f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
         return cls.from_json(obj)
+
+
+def _read_models(obj: object) -> dict[str, ModelEntry]:
+    with _reading(obj, "models") as m:
+        return {name: m.take_obj(name, ModelEntry) for name in MODEL_NAMES}
 
 
 def _upgrade(obj: dict[str, Any]) -> dict[str, Any]:

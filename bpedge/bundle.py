@@ -1,0 +1,343 @@
+"""A bundle: the directory export hands to the device.
+
+``manifest.json`` plus the ONNX files (and checkpoints), and after ``bpedge build-engines`` one
+TensorRT plan per (model, GPU, TensorRT version, precision). Nothing is ever loaded from a file
+whose sha256 differs from the manifest's: :meth:`Bundle.open` checks the model files, and
+:meth:`Bundle.verified_path` / :meth:`Bundle.read_verified` check a file again right before use.
+
+Engines are checked when used rather than at open, because they are a cache: a bad engine is
+refused (and rebuilt by build-engines) without making the ONNX files unusable.
+
+Every change to ``manifest.json`` is atomic (temporary file, fsync, rename), and an engine that
+replaces another is unlisted before its file is overwritten, so a process killed at any moment
+leaves a bundle whose manifest only lists files that match it.
+
+``import bpedge.bundle`` needs neither torch nor TensorRT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from bpedge._atomic import atomic_write_bytes, atomic_write_text
+from bpedge._engine_key import PRECISIONS, EngineKey
+from bpedge._manifest import (
+    MANIFEST_NAME,
+    MODEL_NAMES,
+    SCHEMA_VERSION,
+    BundleError,
+    EngineEntry,
+    FileRef,
+    Manifest,
+    file_ref,
+    now_iso,
+    sha256_bytes,
+    sha256_file,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Bundle",
+    "BundleError",
+    "EngineEntry",
+    "EngineKey",
+    "FileRef",
+    "Manifest",
+    "file_ref",
+]
+
+_LOCK_NAME = ".bpedge.lock"
+
+
+class Bundle:
+    """A bundle directory and its validated manifest.
+
+    Open one with :meth:`open`; create one (export) with :meth:`create`. The object follows the
+    manifest it writes: after :meth:`add_engine` or :meth:`store_engine`, :attr:`manifest` is the
+    new one.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        # Use open()/create(): they validate; this constructor trusts its arguments.
+        self._root = root
+        self._manifest = manifest
+
+    # --- opening and creating ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Bundle:
+        """Read and validate ``path/manifest.json`` and check that every ONNX and checkpoint file
+        it lists exists and matches its sha256. Raises :class:`BundleError` naming the field or
+        file and the fix."""
+        root = Path(path)
+        return cls(root, _check_model_files(root, _read_manifest(root)))
+
+    @classmethod
+    def write(cls, path: str | os.PathLike[str], manifest: Manifest) -> Bundle:
+        """(Re)write ``path/manifest.json`` atomically after checking that every file the
+        manifest lists is in ``path`` and matches its sha256; returns the opened bundle."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"bundle directory {root} does not exist: create it and copy the "
+                              "model files in first")
+        if not isinstance(manifest, Manifest):
+            raise BundleError(f"manifest must be a Manifest, got {type(manifest).__name__}")
+        _check_model_files(root, manifest)
+        for engine in manifest.engines:
+            _verify_file(root, engine.file, engine.sha256, engine=True)
+        _write_manifest(root, manifest)
+        return cls(root, manifest)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], manifest: Manifest) -> Bundle:
+        """Make ``path`` a new bundle: like :meth:`write`, but refuses a directory that already
+        holds a manifest (so a bundle is never overwritten by accident).
+
+        The usual export sequence is: copy the ONNX files into ``path``; build :class:`FileRef`
+        values with :func:`file_ref` (which hashes them); build the :class:`Manifest`; call
+        ``Bundle.create(path, manifest)``.
+        """
+        if (Path(path) / MANIFEST_NAME).exists():
+            raise BundleError(f"{Path(path) / MANIFEST_NAME} already exists: export into a new "
+                              "directory, or use Bundle.write to replace that manifest")
+        return cls.write(path, manifest)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def verified_path(self, file: str) -> Path:
+        """The path of a file the manifest lists, after checking (now) that it exists and its
+        sha256 matches. Raises :class:`BundleError` naming the file and the fix.
+
+        Use :meth:`read_verified` where the consumer takes bytes: it hashes exactly the bytes it
+        returns, so nothing can change the file between the check and the use.
+        """
+        expected = self._expected_hash(file)
+        return _verify_file(self._root, file, expected, engine=self._is_engine(file))
+
+    def read_verified(self, file: str) -> bytes:
+        """The bytes of a file the manifest lists, refused with :class:`BundleError` unless their
+        sha256 is the manifest's."""
+        expected = self._expected_hash(file)
+        path = self._root / file
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(_missing_message(self._root, file, self._is_engine(file))) from None
+        if sha256_bytes(data) != expected:
+            raise BundleError(_mismatch_message(self._root, file, expected, sha256_bytes(data),
+                                                self._is_engine(file)))
+        return data
+
+    def file_problem(self, file: str) -> str | None:
+        """Why a listed file cannot be used (missing, or hash mismatch), None if it can."""
+        try:
+            self.verified_path(file)
+        except BundleError as exc:
+            return str(exc)
+        return None
+
+    def onnx_path(self, model: str, precision: str = "fp32") -> Path:
+        """Verified path of ``model``'s ONNX file for ``precision`` (``"fp32"`` or ``"fp16"``)."""
+        return self.verified_path(self.onnx_ref(model, precision).file)
+
+    def onnx_ref(self, model: str, precision: str = "fp32") -> FileRef:
+        """The manifest's record of ``model``'s ONNX file for ``precision``."""
+        _check_model(model)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        ref = self._manifest.models[model].onnx_file(precision)
+        if ref is None:
+            raise BundleError(
+                f"bundle {self._root} has no {precision} ONNX for the {model}: re-export it with "
+                f"{precision} enabled, or use fp32"
+            )
+        return ref
+
+    def find_engine(self, model: str, key: EngineKey) -> EngineEntry | None:
+        """The engine entry for ``model`` that can serve ``key`` (same GPU, compute capability,
+        SM count, TensorRT version and precision, max batch >= asked), None if there is none.
+
+        The entry's file is not hashed here: use :meth:`read_verified` to load it.
+        """
+        _check_model(model)
+        fitting = [e for e in self._manifest.engines if e.model == model and e.key.matches(key)]
+        return min(fitting, key=lambda e: e.key.max_batch, default=None)
+
+    def engine_mismatch_reason(self, model: str, key: EngineKey) -> str:
+        """A sentence for the user: which engines exist for ``model`` and why none fits ``key``
+        (or which one fits)."""
+        found = self.find_engine(model, key)
+        if found is not None:
+            return f"{found.file} fits {key.describe()}"
+        engines = [e for e in self._manifest.engines if e.model == model]
+        fix = f"build one here with `bpedge build-engines {self._root}`"
+        if not engines:
+            return f"the bundle has no {model} engine: {fix}"
+        reasons = "; ".join(f"{e.file}: {', '.join(e.key.mismatches(key))}" for e in engines)
+        return (f"none of the {len(engines)} {model} engine(s) fits {key.describe()} "
+                f"({reasons}): {fix}")
+
+    # --- changing ---------------------------------------------------------------------------
+
+    def add_engine(self, entry: EngineEntry) -> None:
+        """List an engine file that is already in the bundle (replacing any entry for the same
+        file); its sha256 is checked first. Rewrites ``manifest.json`` atomically."""
+        if not isinstance(entry, EngineEntry):
+            raise BundleError(f"entry must be an EngineEntry, got {type(entry).__name__}")
+        _verify_file(self._root, entry.file, entry.sha256, engine=True)
+        with self._locked() as current:
+            self._commit(current.with_engine(entry))
+
+    def store_engine(
+        self, model: str, key: EngineKey, plan: bytes, build_seconds: float
+    ) -> EngineEntry:
+        """Write a TensorRT plan as ``key.file_name(model)`` and list it; returns its entry.
+
+        Safe against a kill at any moment: an entry for the same file is first unlisted, then
+        the plan is written atomically, then the new entry is listed.
+        """
+        _check_model(model)
+        data = bytes(plan)
+        if not data:
+            raise BundleError(f"refusing to store an empty {model} engine")
+        entry = EngineEntry(
+            model=model,
+            precision=key.precision,
+            file=key.file_name(model),
+            sha256=sha256_bytes(data),
+            key=key,
+            built=now_iso(),
+            build_seconds=float(build_seconds),
+        )
+        with self._locked() as current:
+            if any(ref.file == entry.file for ref in current.model_files()):
+                raise BundleError(f"{entry.file!r} is a model file of this bundle, not an engine: "
+                                  "rename it and re-export")
+            if current.hash_of(entry.file) is not None:
+                current = current.without_engine(entry.file)
+                self._commit(current)
+            atomic_write_bytes(self._root / entry.file, data)
+            self._commit(current.with_engine(entry))
+        return entry
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _expected_hash(self, file: str) -> str:
+        expected = self._manifest.hash_of(file)
+        if expected is None:
+            raise BundleError(f"{file!r} is not a file listed in {self._root / MANIFEST_NAME}")
+        return expected
+
+    def _is_engine(self, file: str) -> bool:
+        return any(e.file == file for e in self._manifest.engines)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Manifest]:
+        """Hold the bundle's lock and yield the manifest as it is on disk now, so that two
+        processes adding engines do not drop each other's entries."""
+        with _bundle_lock(self._root):
+            current = _read_manifest(self._root)
+            if current.models != self._manifest.models:
+                raise BundleError(
+                    f"{self._root / MANIFEST_NAME} changed its models since it was opened (was "
+                    "the bundle re-exported?): run the command again"
+                )
+            yield current
+
+    def _commit(self, manifest: Manifest) -> None:
+        _write_manifest(self._root, manifest)
+        self._manifest = manifest
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self._root)!r}, engines={len(self._manifest.engines)})"
+
+
+# --- module helpers ------------------------------------------------------------------------------
+
+
+def _check_model(model: str) -> None:
+    if model not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {MODEL_NAMES}, got {model!r}")
+
+
+def _read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"bundle directory {root} does not exist (or is not a directory)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BundleError(f"{root} is not a bundle: it has no {MANIFEST_NAME} (export one with "
+                          "`bpedge export`)") from None
+    try:
+        return Manifest.loads(text)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+
+
+def _write_manifest(root: Path, manifest: Manifest) -> None:
+    atomic_write_text(root / MANIFEST_NAME, manifest.dumps())
+
+
+def _check_model_files(root: Path, manifest: Manifest) -> Manifest:
+    for ref in manifest.model_files():
+        _verify_file(root, ref.file, ref.sha256, engine=False)
+    return manifest
+
+
+def _verify_file(root: Path, file: str, expected: str, *, engine: bool) -> Path:
+    path = root / file
+    try:
+        actual = sha256_file(path)
+    except (FileNotFoundError, IsADirectoryError):
+        raise BundleError(_missing_message(root, file, engine)) from None
+    if actual != expected:
+        raise BundleError(_mismatch_message(root, file, expected, actual, engine))
+    return path
+
+
+def _fix(root: Path, engine: bool) -> str:
+    if engine:
+        return f"rebuild it with `bpedge build-engines {root} --force`"
+    return "copy the whole bundle directory again, or re-export it"
+
+
+def _missing_message(root: Path, file: str, engine: bool) -> str:
+    return (f"bundle file {file!r} listed in {MANIFEST_NAME} is missing from {root}: "
+            f"{_fix(root, engine)}")
+
+
+def _mismatch_message(root: Path, file: str, expected: str, actual: str, engine: bool) -> str:
+    return (
+        f"bundle file {file!r} in {root} does not match its sha256 in {MANIFEST_NAME} (expected "
+        f"{expected[:12]}..., found {actual[:12]}...): it was changed or corrupted, so it will not "
+        f"be loaded; {_fix(root, engine)}"
+    )
+
+
+@contextlib.contextmanager
+def _bundle_lock(root: Path) -> Iterator[None]:
+    # An advisory lock (POSIX); where fcntl does not exist the re-read in _locked still narrows
+    # the window in which two writers could race.
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(root / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
