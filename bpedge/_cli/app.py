@@ -15,6 +15,7 @@ from bpedge._version import __version__
 _COMMAND_MODULES = [
     "bpedge._cli.phantom",
     "bpedge._cli.train",
+    "bpedge._cli.build_engines",
 ]
 
 
