@@ -141,3 +141,14 @@ def test_bad_arguments_raise_value_errors():
                        score_threshold=0.5)
     with pytest.raises(ValueError, match="finite"):
         emulated_paste(prob, boxes, scores, 10, 10, threshold=float("nan"), score_threshold=0.5)
+
+
+def test_probability_and_score_equal_to_their_thresholds_count_as_present():
+    """``>=`` on both: the near-threshold exclusion above cannot see this, so it is pinned here."""
+    prob = np.full((1, 96, 96), 0.5, np.float32)
+    box = np.array([[4.0, 3.0, 20.0, 15.0]], np.float32)
+    masks = emulated_paste(prob, box, np.array([0.25], np.float32), 30, 20, threshold=0.5,
+                           score_threshold=0.25)
+    expected = _stages.paste_back(prob[0], tuple(map(float, box[0])), 30, 20, 0.5)
+    assert expected.any()
+    np.testing.assert_array_equal(masks[0], expected)
