@@ -85,10 +85,11 @@ class Bundle:
                               "model files in first")
         if not isinstance(manifest, Manifest):
             raise BundleError(f"manifest must be a Manifest, got {type(manifest).__name__}")
-        _check_model_files(root, manifest)
-        for engine in manifest.engines:
-            _verify_file(root, engine.file, engine.sha256, engine=True)
-        _write_manifest(root, manifest)
+        with _bundle_lock(root):
+            _check_model_files(root, manifest)
+            for engine in manifest.engines:
+                _verify_file(root, engine.file, engine.sha256, engine=True)
+            _write_manifest(root, manifest)
         return cls(root, manifest)
 
     @classmethod
@@ -228,6 +229,7 @@ class Bundle:
                 current = current.without_engine(entry.file)
                 self._commit(current)
             atomic_write_bytes(self._root / entry.file, data)
+            _make_readable(self._root / entry.file)
             self._commit(current.with_engine(entry))
         return entry
 
@@ -247,6 +249,7 @@ class Bundle:
         """Hold the bundle's lock and yield the manifest as it is on disk now, so that two
         processes adding engines do not drop each other's entries."""
         with _bundle_lock(self._root):
+            _remove_stale_temporaries(self._root)
             current = _read_manifest(self._root)
             if current.models != self._manifest.models:
                 raise BundleError(
@@ -288,6 +291,23 @@ def _read_manifest(root: Path) -> Manifest:
 
 def _write_manifest(root: Path, manifest: Manifest) -> None:
     atomic_write_text(root / MANIFEST_NAME, manifest.dumps())
+    _make_readable(root / MANIFEST_NAME)
+
+
+def _make_readable(path: Path) -> None:
+    # Atomic writes go through mkstemp, which creates files as 0600; a bundle is built by one
+    # user and run by another (a device service), so make its files world-readable.
+    os.chmod(path, 0o644)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    # A process killed mid-write leaves its temporary file (".<name>.<random>.tmp", see
+    # bpedge._atomic). Only lock holders write the manifest and engines, so under the lock any
+    # such file of theirs is stale.
+    for tmp in root.glob(".*.tmp"):
+        target = tmp.name[1:].rsplit(".", 2)[0]
+        if target == MANIFEST_NAME or target.endswith(".engine"):
+            tmp.unlink(missing_ok=True)
 
 
 def _check_model_files(root: Path, manifest: Manifest) -> Manifest:

@@ -222,7 +222,8 @@ class BuildProgress:
     """TensorRT builder phases shown as nested progress bars (tqdm) on ``stream``.
 
     TensorRT reports phases (with a number of steps, possibly nested) from its own threads, so
-    every method takes a lock. A failure of the display never stops the build: it is kept in
+    every method takes a lock ("The implementation of IProgressMonitor must be thread-safe",
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ProgressMonitor.html). A failure of the display never stops the build: it is kept in
     :attr:`error` and the bars are switched off.
     """
 

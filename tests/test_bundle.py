@@ -332,7 +332,47 @@ def test_a_crash_before_the_manifest_update_leaves_a_consistent_bundle(tmp_path,
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["engines"] == []
 
 
-def test_store_engine_refuses_empty_plans_and_model_file_names(tmp_path):
+KILLED_WRITER = """
+import itertools, sys
+from bpedge._engine_key import EngineKey
+from bpedge.bundle import Bundle
+bundle = Bundle.open(sys.argv[1])
+keys = [EngineKey("NVIDIA RTX A2000", "8.6", 26, "10.13.0.35", p, 8) for p in ("fp16", "fp32")]
+print("ready", flush=True)
+for i in itertools.count():
+    model = ("detector", "segmenter")[i % 2]
+    bundle.store_engine(model, keys[(i // 2) % 2], bytes([i % 251]) * (1 << 20 + i % 3), 1.0)
+"""
+
+
+def test_kill_9_at_any_moment_leaves_only_matching_files_listed(tmp_path):
+    import random
+    import signal
+    import time
+
+    root = tmp_path / "b"
+    write_bundle(root)
+    rng = random.Random(0)
+    listed = set()
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.02, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        bundle = Bundle.open(root)  # the manifest is whole and valid
+        for engine in bundle.manifest.engines:
+            assert bundle.file_problem(engine.file) is None, engine.file
+            listed.add((engine.file, engine.sha256))
+    assert len(listed) >= 3  # the writer really was replacing engines when it was killed
+    entry = Bundle.open(root).store_engine("detector", key(), b"after the kills", 1.0)
+    assert not list(root.glob(".*.tmp"))  # what the killed writers left is cleaned up
+    for path in (root / "manifest.json", root / entry.file):
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by the service that runs it
+
+
+def test_store_engine_refuses_an_empty_plan(tmp_path):
     bundle = write_bundle(tmp_path / "b")
     with pytest.raises(BundleError, match="empty"):
         bundle.store_engine("detector", key(), b"", 1.0)
