@@ -229,7 +229,7 @@ def _tensorrt_problem() -> str | None:
     except ImportError as exc:
         return f"TensorRT is not installed ({exc})"
     if not hasattr(tensorrt, "Builder"):
-        # tensorrt-stubs installs tensorrt/__init__.pyi only: the import succeeds, the API is absent.
+        # tensorrt-stubs installs tensorrt/__init__.pyi only: the import works, the API is absent.
         return ("TensorRT is not installed (the 'tensorrt' package found has no TensorRT API, "
                 "e.g. type stubs only)")
     return None

@@ -24,15 +24,11 @@ from pathlib import Path
 
 from bpedge._atomic import atomic_write_bytes, atomic_write_text
 from bpedge._engine_key import PRECISIONS, EngineKey
-from bpedge._manifest import (
+from bpedge._manifest import MODEL_NAMES, SCHEMA_VERSION, EngineEntry, FileRef, Manifest
+from bpedge._manifest_fields import (
     MANIFEST_NAME,
-    MODEL_NAMES,
-    SCHEMA_VERSION,
     BundleError,
-    EngineEntry,
-    FileRef,
-    Manifest,
-    file_ref,
+    check_file_name,
     now_iso,
     sha256_bytes,
     sha256_file,
@@ -267,6 +263,15 @@ class Bundle:
 
 
 # --- module helpers ------------------------------------------------------------------------------
+
+
+def file_ref(root: str | os.PathLike[str], file: str) -> FileRef:
+    """Hash ``root/file`` now and return its :class:`FileRef`, for building a manifest."""
+    check_file_name("file", file)
+    path = Path(root) / file
+    if not path.is_file():
+        raise BundleError(f"cannot reference {file!r}: {path} is not a file")
+    return FileRef(file=file, sha256=sha256_file(path))
 
 
 def _check_model(model: str) -> None:

@@ -179,11 +179,15 @@ def attach_timing_cache(config: tensorrt.IBuilderConfig, serialized: bytes) -> b
     """Give the config a timing cache made from ``serialized`` (b"" for a new one).
 
     Returns False (and attaches a new, empty cache) when TensorRT refuses the given cache,
-    e.g. one recorded on another GPU or TensorRT version. See "Optimizing Builder Performance",
+    e.g. one recorded on another GPU or TensorRT version, or a corrupted file: a timing cache
+    only saves time, so it must never stop a build. See "Optimizing Builder Performance",
     https://docs.nvidia.com/deeplearning/tensorrt/10.16.1/performance/builder-performance.html
     """
     if serialized:
-        cache = config.create_timing_cache(serialized)
+        try:
+            cache = config.create_timing_cache(serialized)
+        except (RuntimeError, TypeError, ValueError):
+            cache = None  # an unreadable cache is treated like a mismatched one: start anew
         if cache is not None and config.set_timing_cache(cache, False):
             return True
     config.set_timing_cache(config.create_timing_cache(b""), False)
@@ -223,8 +227,9 @@ class BuildProgress:
 
     TensorRT reports phases (with a number of steps, possibly nested) from its own threads, so
     every method takes a lock ("The implementation of IProgressMonitor must be thread-safe",
-    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ProgressMonitor.html). A failure of the display never stops the build: it is kept in
-    :attr:`error` and the bars are switched off.
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ProgressMonitor.html
+    ). A failure of the display never stops the build: it is kept in :attr:`error` and the bars
+    are switched off.
     """
 
     def __init__(self, label: str, stream: IO[str] | None = None) -> None:

@@ -35,6 +35,7 @@ CHECKED = [
     "bpedge/_engine_key.py",
     "bpedge/bundle.py",
     "bpedge/_manifest.py",
+    "bpedge/_manifest_fields.py",
 ]
 
 MYPY_CONFIG = """\

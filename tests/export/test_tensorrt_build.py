@@ -135,6 +135,8 @@ class FakeTensorRT:
 
             def create_timing_cache(self, data):
                 fake.cache_inputs.append(bytes(data))
+                if bytes(data).startswith(b"corrupt"):
+                    raise RuntimeError("invalid timing cache")
                 return TimingCache(bytes(data))
 
             def set_timing_cache(self, cache, ignore_mismatch):
@@ -186,7 +188,8 @@ class FakeTensorRT:
 
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
         self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
-        self.MemoryPoolType, self.Dims, self.IProgressMonitor = MemoryPoolType, Dims, IProgressMonitor
+        self.MemoryPoolType, self.Dims = MemoryPoolType, Dims
+        self.IProgressMonitor = IProgressMonitor
 
 
 def fake_onnx(tag: str, inputs=(("image", SHAPE),)) -> bytes:
@@ -305,10 +308,11 @@ def test_the_timing_cache_is_saved_and_fed_to_the_next_build(tmp_path):
     assert trt.builds[2]["cache_in"] == "+detector fp16+segmenter fp16"
 
 
-def test_a_timing_cache_from_another_gpu_is_replaced_by_a_new_one(tmp_path):
+@pytest.mark.parametrize("content", [b"other-gpu cache", b"corrupt cache"])
+def test_a_timing_cache_from_another_gpu_or_corrupt_is_replaced_by_a_new_one(tmp_path, content):
     root = write_bundle(tmp_path / "b")
     cache = tmp_path / "timing.cache"
-    cache.write_bytes(b"other-gpu cache")
+    cache.write_bytes(content)
     lines: list[str] = []
     trt = FakeTensorRT()
     build(root, trt, lines, timing_cache=cache, models=("detector",))
