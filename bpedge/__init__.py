@@ -12,11 +12,12 @@ from bpedge._version import __version__
 
 if TYPE_CHECKING:
     from bpedge.bundle import Bundle
-    from bpedge.segmenter import Result, Segmenter
+    from bpedge._result import Result
+    from bpedge.segmenter import Segmenter
 
 __all__ = ["Bundle", "Result", "Segmenter", "__version__"]
 
-_LAZY = {"Bundle": "bpedge.bundle", "Result": "bpedge.segmenter", "Segmenter": "bpedge.segmenter"}
+_LAZY = {"Bundle": "bpedge.bundle", "Result": "bpedge._result", "Segmenter": "bpedge.segmenter"}
 
 
 def __getattr__(name: str) -> Any:

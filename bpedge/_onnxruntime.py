@@ -1,0 +1,54 @@
+"""ONNX Runtime model runners for the host cascade (the embedded CPU default)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class OrtModel:
+    """One ONNX Runtime session: feeds a float32 batch to the model's single input and returns the
+    named outputs in order. ``model`` is the ONNX bytes (already hash-checked by the bundle, so
+    nothing can swap the file between check and load) or a path; ``name`` labels errors.
+    ``threads`` sets intra-op threads (``None``: ONNX Runtime's default)."""
+
+    def __init__(
+        self,
+        model: bytes | Path,
+        name: str,
+        output_names: Sequence[str],
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ):
+        import onnxruntime as ort
+
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            source = model if isinstance(model, bytes) else str(model)
+            self._session = ort.InferenceSession(source, options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ValueError(f"{name}: ONNX Runtime cannot load this model ({exc})") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"{name}: expected a model with one input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        self._input_type = np.float16 if "float16" in inputs[0].type else np.float32
+        known = {o.name for o in self._session.get_outputs()}
+        missing = [n for n in output_names if n not in known]
+        if missing:
+            raise ValueError(f"{name}: model has no output(s) {missing}; it has {sorted(known)}")
+        self.output_names = list(output_names)
+        self.name = name
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=self._input_type)}
+        outputs = self._session.run(self.output_names, feed)
+        return [np.asarray(o, dtype=np.float32) for o in outputs]
