@@ -21,3 +21,43 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "train"
     config = PhantomConfig(subjects=PHANTOM_SUBJECTS, frames=PHANTOM_FRAMES, seed=PHANTOM_SEED)
     return generate_phantom(out, config)
+
+
+# -------------------------------------------------------------------------------------------------
+# Tiny trained models and their exported bundle (owned by the export work; appended as a block so
+# nothing above changes). Shared by the export tests and the runtime tests: treat both as
+# read-only and copy them before changing anything.
+# -------------------------------------------------------------------------------------------------
+
+#: Brief training on the session phantom: enough to export and check a real pipeline, not to be
+#: accurate (the scores and masks of these models are close to chance).
+TINY_LIMIT, TINY_EPOCHS = 16, 1
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(detector best.pt, U-Net best.pt)`` of the ``tiny`` preset, trained for ``TINY_EPOCHS`` on
+    ``TINY_LIMIT`` BP frames of :func:`phantom_dir` (random split, ground-truth crops)."""
+    from bpedge.train.train_detector import DetectorOptions, train_detector
+    from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+
+    runs = tmp_path_factory.mktemp("tiny_runs")
+    common = {"data": phantom_dir, "epochs": TINY_EPOCHS, "limit": TINY_LIMIT, "progress": False}
+    detector = train_detector(DetectorOptions(out=runs / "detector", **common))
+    segmenter = train_segmenter(SegmenterOptions(out=runs / "unet", arch="unet", crop="gt", **common))
+    return detector.best_checkpoint, segmenter.best_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle ``bpedge export`` made from :func:`tiny_checkpoints`: ``detector.fp32.onnx``,
+    ``detector.fp16.onnx``, ``segmenter.fp32.onnx``, ``segmenter.fp16.onnx``, ``detector.pt``,
+    ``segmenter.pt`` and ``manifest.json`` (parity passed, thresholds chosen on phantom_dir)."""
+    from bpedge.export.bundle_export import ExportOptions, export_bundle
+
+    detector, segmenter = tiny_checkpoints
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir),
+                  log=lambda line: None)
+    return out

@@ -1,0 +1,61 @@
+"""``bpedge export``: turn a detector and a segmenter checkpoint into a checked bundle (FP32 and
+FP16 ONNX, parity results, thresholds chosen on validation data, manifest.json).
+
+Exit codes: 0 written; 2 bad input (a missing or wrong-kind checkpoint, data that is not what the
+checkpoints trained on, a non-empty --out without --force); 1 a parity check failed (nothing is
+written then). torch is imported inside the command, so ``bpedge --help`` works without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bpedge._cli._errors import command_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    @command_errors
+    def export_command(
+        detector: Annotated[
+            Path, typer.Option("--detector", help="Detector checkpoint, or its run folder "
+                               "(best.pt is used).")
+        ],
+        segmenter: Annotated[
+            Path, typer.Option("--segmenter", help="Segmenter checkpoint, or its run folder.")
+        ],
+        out: Annotated[
+            Path, typer.Option("--out", help="Bundle directory to create (refused if it exists "
+                               "and is not empty, unless --force).")
+        ],
+        data: Annotated[
+            Path | None,
+            typer.Option("--data", help="The data folder the checkpoints were trained on "
+                         "(default: the folder each checkpoint recorded). Its validation "
+                         "frames are used for parity checks and thresholds."),
+        ] = None,
+        max_val: Annotated[
+            int | None,
+            typer.Option("--max-val", min=1, help="Check on at most N validation frames per "
+                         "model (a seeded sample; default: all)."),
+        ] = None,
+        force: Annotated[
+            bool,
+            typer.Option("--force", help="Replace a non-empty --out, and export even if the "
+                         "data's fingerprint differs from the checkpoints'."),
+        ] = False,
+    ) -> None:
+        """Export both models to FP32 and mixed-precision FP16 ONNX, check them against PyTorch
+        and each other on the validation data, choose the mask and "no BP" score thresholds, and
+        write the bundle with its manifest. Fails, writing nothing, if parity is off."""
+        from bpedge.export.bundle_export import ExportOptions, export_bundle
+
+        opts = ExportOptions(detector=detector, segmenter=segmenter, out=out, data=data,
+                             max_val=max_val, force=force)
+        bundle = export_bundle(opts, log=lambda line: typer.echo(line, err=True))
+        thresholds = bundle.manifest.thresholds
+        typer.echo(f"bundle {bundle.root}: score threshold {thresholds.score:g}, mask threshold "
+                   f"{thresholds.mask:g}")
