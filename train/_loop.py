@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds")
 
+#: Files a run folder holds (all written atomically).
+RUN_FILES = (
+    "last.pt", "best.pt", "metrics.csv", "metrics.json", "config.json", "split.json",
+    "detector_boxes.json",
+)
+
 #: Config entries that may differ between a run and its ``--resume``: more epochs extend a run;
 #: the data folder may move (the data fingerprint is checked instead).
 RESUMABLE_CHANGES = (("model", "epochs"), ("data", "root"))
@@ -78,7 +84,8 @@ class LoopSettings:
     seed: int
     workers: int = 0
     label: str = "train"
-    progress: bool = True
+    progress: bool = True  # progress bars
+    verbose: bool = True   # one summary line per epoch
     # Called with the row after each epoch is written (tests; the CLI prints via tqdm.write).
     on_epoch: Callable[[dict[str, Any]], None] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -92,7 +99,8 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> dict
 
     Without ``resume`` a folder that already holds a checkpoint is refused (ValueError saying to
     pass ``--resume`` or a new ``--out``). With it, RUN/last.pt must exist and its stored config
-    must equal ``config`` except for :data:`RESUMABLE_CHANGES`. Writes nothing.
+    must equal ``config`` except for :data:`RESUMABLE_CHANGES`. Writes nothing; see
+    :func:`remove_stale_temporaries` for the clean-up a killed run needs.
     """
     last, best = run_dir / "last.pt", run_dir / "best.pt"
     if not resume:
@@ -113,6 +121,17 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> dict
             + ". Resume with the original options, or start a new run with a new --out"
         )
     return payload
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the half-written temporary files a killed run can leave beside its outputs
+    (``.last.pt.<random>.tmp`` from :mod:`bpedge._atomic`); returns what was removed."""
+    removed = []
+    for name in RUN_FILES:
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def config_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
@@ -252,7 +271,7 @@ def run_epochs(
                 save_checkpoint(settings.run_dir / "last.pt", payload)
                 write_metrics(settings.run_dir, history, trainee.metric_name)
                 epochs_bar.update(1)
-                if settings.progress:
+                if settings.verbose:
                     tqdm.write(_summary_line(row, settings.epochs, trainee.metric_name, improved))
             if settings.on_epoch is not None:
                 settings.on_epoch(row)
@@ -320,10 +339,12 @@ def _summary_line(row: dict[str, Any], epochs: int, metric_name: str, improved: 
 __all__ = [
     "METRIC_COLUMNS",
     "RESUMABLE_CHANGES",
+    "RUN_FILES",
     "LoopSettings",
     "Trainee",
     "config_differences",
     "prepare_run_dir",
+    "remove_stale_temporaries",
     "run_epochs",
     "write_config",
     "write_metrics",

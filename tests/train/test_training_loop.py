@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,16 @@ from bpedge.train.checkpoint import load_checkpoint
 from bpedge.train.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"), initialized=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # On a 2-core machine shared with other test processes, two spinning intra-op threads make
+    # these tiny models 10x slower than one; restore the setting for the rest of the session.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class _Loss(torch.nn.Module):

@@ -1,0 +1,134 @@
+"""Both trainers end to end on the phantom: they learn, and their run folders hold what they claim."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bpedge.train.checkpoint import load_checkpoint, load_model
+from bpedge.train.data import read_image, scan_dataset
+from bpedge.train.predict import predict_frames
+from bpedge.train.train_detector import DetectorOptions, train_detector
+from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+
+from bpedge._stages import crop_resize
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # On a 2-core machine shared with other test processes, two spinning intra-op threads make
+    # these tiny models 10x slower than one; restore the setting for the rest of the session.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def detector_run(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("det") / "run"
+    train_detector(DetectorOptions(data=phantom_dir, out=out, preset="tiny", epochs=3,
+                                   batch_size=4, progress=False))
+    return out
+
+
+def _epochs(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_detector_learns_and_writes_a_complete_run(detector_run: Path, phantom_dir: Path) -> None:
+    rows = _epochs(detector_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for r in rows:
+        assert 0.0 <= float(r["val_metric"]) <= 1.0
+
+    config = json.loads((detector_run / "config.json").read_text())
+    assert config["kind"] == "detector" and config["model"]["epochs"] == 3
+    split = json.loads((detector_run / "split.json").read_text())
+    assert split["train"] and split["val"] and split["test"]
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+
+    model, payload = load_model(detector_run / "best.pt")
+    assert not model.training
+    assert payload["kind"] == "detector" and payload["crop_mode"] is None
+    assert payload["split"]["train"] == split["train"]
+    index = scan_dataset(phantom_dir)
+    assert payload["data_fingerprint"] == index.fingerprint
+    # z-score statistics: those of the resized training frames only, not of val or test.
+    in_h, in_w = payload["input_hw"]
+    frames = {f.key: f for f in index.frames}
+
+    def resized(keys: list[str]) -> np.ndarray:
+        return np.stack([
+            crop_resize(read_image(frames[k].image_path), (0, 0, 580, 420), in_w, in_h)
+            for k in keys
+        ])
+
+    train_px = resized(split["train"])
+    assert payload["normalization"]["mean"] == pytest.approx(float(train_px.mean()), rel=1e-6)
+    assert payload["normalization"]["std"] == pytest.approx(float(train_px.std()), rel=1e-5)
+    other_px = resized(split["val"] + split["test"])
+    assert abs(float(other_px.mean()) - float(train_px.mean())) > 1e-3  # the check can tell
+
+    best = max(rows, key=lambda r: float(r["val_metric"]))
+    assert load_checkpoint(detector_run / "best.pt")["epoch"] == int(best["epoch"])
+    assert load_checkpoint(detector_run / "last.pt")["epoch"] == 3
+
+
+def test_predicted_boxes_are_clamped_to_the_frame(detector_run: Path, phantom_dir: Path) -> None:
+    frames = scan_dataset(phantom_dir).positive()[:5]
+    preds = predict_frames(detector_run, frames)
+    assert list(preds) == [f.key for f in frames]
+    for p in preds.values():
+        x0, y0, x1, y1 = p.box
+        assert 0 <= x0 < x1 <= 580 and 0 <= y0 < y1 <= 420
+        assert 0.0 <= p.score <= 1.0
+
+
+def test_unet_on_gt_crops_learns(phantom_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "unet"
+    result = train_segmenter(SegmenterOptions(
+        data=phantom_dir, out=out, preset="tiny", arch="unet", crop="gt", epochs=3,
+        batch_size=4, progress=False,
+    ))
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    assert [int(r["epoch"]) for r in _epochs(out)] == [1, 2, 3]
+    model, payload = load_model(out / "best.pt")
+    assert payload["arch"] == "unet" and payload["crop_mode"] == "gt"
+    assert payload["input_hw"] == [96, 96]
+    x = torch.zeros(2, 1, 96, 96)
+    with torch.no_grad():
+        prob = model(x)
+    assert prob.shape == (2, 1, 96, 96) and float(prob.min()) >= 0 and float(prob.max()) <= 1
+
+
+def test_mnet_on_detector_crops_caches_boxes(
+    detector_run: Path, phantom_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "mnet"
+    result = train_segmenter(SegmenterOptions(
+        data=phantom_dir, out=out, preset="tiny", arch="mnet", crop="detector",
+        detector=detector_run, epochs=1, batch_size=8, progress=False,
+    ))
+    assert len(result.history) == 1 and 0.0 <= result.history[0]["val_metric"] <= 1.0
+    cached = json.loads((out / "detector_boxes.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    assert set(cached["frames"]) == set(split["train"]) | set(split["val"]) | set(split["test"])
+    # The cache holds exactly what the detector predicts (clamped), not something re-derived.
+    frames = [f for f in scan_dataset(phantom_dir).frames if f.key in split["val"]]
+    direct = predict_frames(detector_run / "best.pt", frames)
+    for key, pred in direct.items():
+        assert cached["frames"][key]["box"] == pytest.approx(list(pred.box), abs=1e-4)
+    payload = load_checkpoint(out / "last.pt")
+    assert payload["crop_mode"] == "detector" and payload["arch"] == "mnet"
+    assert payload["config"]["crop"]["detector"] == str((detector_run / "best.pt").resolve())

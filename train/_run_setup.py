@@ -1,0 +1,214 @@
+"""What both trainers do before the first epoch: options, data, split, run folder, optimizer.
+
+Data preparation, in order: scan the folder (``on_error``), optionally drop contradictory
+near-duplicates (``--dedup``, over all frames since a contradiction pairs a BP frame with an empty
+one), keep the BP-positive frames (what the method trains and tests on), optionally keep a seeded
+random ``--limit`` of them, then split once with the seed and save RUN/split.json. A resumed run
+reads RUN/split.json instead and checks that the data fingerprint is the one its checkpoint
+recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from bpedge.train.distributed import DistContext
+
+if TYPE_CHECKING:
+    import torch
+    from bpedge.train.data import DatasetIndex, Frame, Split
+
+SPLIT_MODES = ("random", "subject")
+ON_ERROR = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options every ``bpedge train`` command takes. ``None`` means "the preset's value"."""
+
+    data: Path
+    out: Path
+    preset: str = "tiny"
+    split: str = "random"
+    seed: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str = "cpu"
+    resume: bool = False
+    dedup: bool = False
+    on_error: str = "fail"
+    limit: int | None = None
+    workers: int = 0
+    progress: bool = True  # progress bars
+    verbose: bool = True   # status and per-epoch lines
+
+    def check(self) -> None:
+        """ValueError naming the option and the valid values for anything out of range."""
+        if self.split not in SPLIT_MODES:
+            raise ValueError(f"--split must be one of {SPLIT_MODES}, got {self.split!r}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"--on-error must be one of {ON_ERROR}, got {self.on_error!r}")
+        for name in ("epochs", "batch_size", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if not self.data.exists():
+            raise FileNotFoundError(f"--data folder {self.data} does not exist")
+        if self.out.exists() and not self.out.is_dir():
+            raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+
+    def overrides(self) -> dict[str, Any]:
+        """Model-config fields this run sets explicitly."""
+        names = {"seed": self.seed, "epochs": self.epochs, "batch_size": self.batch_size,
+                 "lr": self.lr}
+        return {k: v for k, v in names.items() if v is not None}
+
+
+def say(ctx: DistContext, verbose: bool, message: str) -> None:
+    """One status line from rank 0 (through tqdm, so progress bars are not torn)."""
+    if ctx.is_main and verbose:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stdout)
+
+
+def data_section(opts: RunOptions) -> dict[str, Any]:
+    """The ``data`` entry of a run config."""
+    return {
+        "root": str(opts.data.resolve()),
+        "split": opts.split,
+        "dedup": opts.dedup,
+        "on_error": opts.on_error,
+        "limit": opts.limit,
+    }
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The scanned index, the split, and the frames of each part (BP-positive only)."""
+
+    index: DatasetIndex
+    split: Split
+    train: tuple[Frame, ...]
+    val: tuple[Frame, ...]
+    test: tuple[Frame, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.index.fingerprint
+
+
+def prepare_data(
+    opts: RunOptions, seed: int, ctx: DistContext, resume_from: dict[str, Any] | None
+) -> PreparedData:
+    """Scan, de-duplicate, keep positives, limit and split (or reload the run's split)."""
+    from bpedge.train.data import (
+        drop_frames,
+        find_contradictory_duplicates,
+        load_split,
+        make_split,
+        save_split,
+        scan_dataset,
+    )
+
+    index = scan_dataset(opts.data, on_error=opts.on_error,  # type: ignore[arg-type]
+                         progress=opts.progress and ctx.is_main)
+    if resume_from is not None and resume_from.get("data_fingerprint") != index.fingerprint:
+        raise ValueError(
+            f"--resume: the data in {opts.data} is not what the run in {opts.out} trained on "
+            f"(fingerprint {index.fingerprint[:12]}..., the checkpoint recorded "
+            f"{str(resume_from.get('data_fingerprint'))[:12]}...); start a new run with a new --out"
+        )
+    frames: tuple[Frame, ...] = index.frames
+    if opts.dedup:
+        report = find_contradictory_duplicates(frames)
+        frames = tuple(drop_frames(frames, report))
+        say(ctx, opts.verbose, f"--dedup: dropped {len(report.removed)} frame(s) "
+            f"from {len(report.pairs)} contradictory near-duplicate pair(s)")
+    positives = [f for f in frames if f.present]
+    if not positives:
+        raise ValueError(f"no frame in {opts.data} has a non-empty mask; nothing to train on")
+    if opts.limit is not None and opts.limit < len(positives):
+        # A seeded random subset, so a limited subject split still sees several subjects.
+        keep = np.sort(np.random.default_rng(seed).choice(len(positives), opts.limit, replace=False))
+        positives = [positives[i] for i in keep]
+
+    split_path = opts.out / "split.json"
+    if resume_from is not None:
+        split = load_split(split_path) if split_path.is_file() else _split_from(resume_from)
+    else:
+        split = make_split(positives, opts.split, seed)  # type: ignore[arg-type]
+        if ctx.is_main:
+            save_split(split, split_path)
+    by_key = {f.key: f for f in positives}
+    missing = [k for k in (*split.train, *split.val, *split.test) if k not in by_key]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} frame(s) of the run's split are not usable in {opts.data} "
+            f"(e.g. {missing[:3]}); was the data or --dedup/--limit changed?"
+        )
+    return PreparedData(
+        index=index,
+        split=split,
+        train=tuple(by_key[k] for k in split.train),
+        val=tuple(by_key[k] for k in split.val),
+        test=tuple(by_key[k] for k in split.test),
+    )
+
+
+def _split_from(payload: dict[str, Any]) -> Split:
+    from bpedge.train.data import Split
+
+    return Split.from_json(payload["split"])
+
+
+def build_optimizer(
+    name: str, params: Any, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """``adam`` (the detector), ``rmsprop`` (the segmenters) or ``sgd`` (momentum 0.9)."""
+    import torch
+
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        # Keras' RMSprop (what the method was trained with): rho 0.9, eps 1e-7; PyTorch's
+        # defaults (alpha 0.99, eps 1e-8) adapt more slowly.
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam', 'rmsprop' or 'sgd'")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run left behind."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    metric_name: str
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The epoch row with the best validation metric."""
+        return max(self.history, key=lambda r: r["val_metric"])
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
+__all__ = [
+    "PreparedData", "RunOptions", "TrainResult", "build_optimizer", "data_section",
+    "prepare_data", "say",
+]

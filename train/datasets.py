@@ -1,0 +1,238 @@
+"""Torch datasets for the two models, built on frames held in memory.
+
+Memory: every frame of a run is decoded once into a :class:`FrameStore`: the image as uint8
+``(H, W)`` and its mask packed to one bit per pixel (for the 2,323 BP-positive Kaggle frames,
+2,323 x 420 x 580 B = 566 MB of images plus 71 MB of masks). Model inputs are computed per sample
+in ``__getitem__`` (so DataLoader workers share the work and augmentation can vary per epoch)
+with the one definition of crop/resize/normalise in :mod:`bpedge._stages`:
+
+- detector input: ``crop_resize_normalize(frame, (0, 0, W, H), in_w, in_h, mean, std)``, target
+  box ``scale_box(frame box, in_w / W, in_h / H)``;
+- segmenter input: ``crop_resize_normalize(frame, box, 96, 96, mean, std)``, target
+  ``crop_resize(mask, box, 96, 96) > 127.5`` as 0.0/1.0.
+
+Augmentation is drawn per epoch from ``(seed, epoch)`` in the main process (``set_epoch``), so it
+is the same whatever the number of workers and on a resumed run: horizontal flip (the probe can be
+held either way round; image, mask and box flip together) and, for the segmenter, box jitter (each
+box edge moved by up to ``jitter`` x the box side, then clamped to the frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bpedge._stages import Box, clamp_box, crop_resize, crop_resize_normalize, scale_box
+
+__all__ = [
+    "DetectorDataset",
+    "FrameStore",
+    "Normalization",
+    "SegmenterDataset",
+    "fit_normalization",
+    "full_frame_box",
+]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Z-score constants of a model's inputs, in 0-255 grey levels: ``(v - mean) / std``."""
+
+    mean: float
+    std: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+class FrameStore:
+    """Decoded frames of a run, in the order of ``frames``: uint8 images, bit-packed masks and
+    the ground-truth boxes (frame pixels, ``None`` for an empty mask)."""
+
+    def __init__(self, frames: Sequence[object], *, progress: bool = False, workers: int = 4) -> None:
+        from bpedge.train.data import read_image, read_mask
+
+        self.keys: tuple[str, ...] = tuple(f.key for f in frames)  # type: ignore[attr-defined]
+        self.boxes: tuple[Box | None, ...] = tuple(f.box for f in frames)  # type: ignore[attr-defined]
+
+        def load(frame: object) -> tuple[np.ndarray, np.ndarray]:
+            image = read_image(frame.image_path)  # type: ignore[attr-defined]
+            mask = read_mask(frame.mask_path)  # type: ignore[attr-defined]
+            return image, np.packbits(mask.ravel() != 0)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            loaded = pool.map(load, frames)
+            if progress:
+                from tqdm.auto import tqdm
+
+                loaded = tqdm(loaded, total=len(frames), desc="loading frames", unit="frame")
+            pairs = list(loaded)
+        self.images: list[np.ndarray] = [p[0] for p in pairs]
+        self._masks: list[np.ndarray] = [p[1] for p in pairs]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def hw(self, i: int) -> tuple[int, int]:
+        """``(H, W)`` of frame ``i``."""
+        return (int(self.images[i].shape[0]), int(self.images[i].shape[1]))
+
+    def mask(self, i: int) -> np.ndarray:
+        """Frame ``i``'s mask as uint8 ``(H, W)`` of 0/255."""
+        h, w = self.hw(i)
+        bits = np.unpackbits(self._masks[i], count=h * w).reshape(h, w)
+        return bits * np.uint8(255)
+
+    def frame_hw(self) -> tuple[int, int] | None:
+        """The common ``(H, W)`` of all frames, or ``None`` when sizes differ."""
+        sizes = {img.shape for img in self.images}
+        return (int(self.images[0].shape[0]), int(self.images[0].shape[1])) if len(sizes) == 1 else None
+
+
+def full_frame_box(hw: tuple[int, int]) -> Box:
+    """The box covering a whole ``(H, W)`` frame: what the detector input is cropped from."""
+    return (0.0, 0.0, float(hw[1]), float(hw[0]))
+
+
+def fit_normalization(
+    store: FrameStore, indices: Sequence[int], boxes: Sequence[Box], out_hw: tuple[int, int]
+) -> Normalization:
+    """Mean and (population) std of the model inputs ``crop_resize(image[i], box, ...)`` over
+    ``indices`` (the training split only), before normalisation. ``boxes[k]`` goes with
+    ``indices[k]``; ``out_hw`` is the model's ``(H, W)`` input size."""
+    if len(indices) == 0:
+        raise ValueError("cannot fit normalisation on an empty training split")
+    total, total_sq, count = 0.0, 0.0, 0
+    for i, box in zip(indices, boxes):
+        v = crop_resize(store.images[i], box, out_hw[1], out_hw[0]).astype(np.float64)
+        total += float(v.sum())
+        total_sq += float((v * v).sum())
+        count += v.size
+    mean = total / count
+    std = max(total_sq / count - mean * mean, 0.0) ** 0.5
+    if std < 1e-3:
+        raise ValueError(
+            f"the training inputs are flat (std {std:.2g} grey levels); cannot z-score them"
+        )
+    return Normalization(mean=mean, std=std)
+
+
+def _epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, stream])
+
+
+class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """``(image (1, H, W) float32 z-scored, box (4,) float32 x0, y0, x1, y1 in input pixels)``
+    for BP-positive frames ``indices`` of ``store``, frames resized whole to ``input_hw``."""
+
+    def __init__(
+        self,
+        store: FrameStore,
+        indices: Sequence[int],
+        input_hw: tuple[int, int],
+        norm: Normalization,
+        *,
+        hflip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        missing = [store.keys[i] for i in indices if store.boxes[i] is None]
+        if missing:
+            raise ValueError(f"the detector trains on BP-positive frames; {missing[:5]} have empty masks")
+        self.store, self.indices = store, list(indices)
+        self.input_hw, self.norm = (int(input_hw[0]), int(input_hw[1])), norm
+        self.hflip, self.seed = hflip, seed
+        self._flips = np.zeros(len(self.indices), bool)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's flips from ``(seed, epoch)``."""
+        if self.hflip:
+            self._flips = _epoch_rng(self.seed, epoch, 0).random(len(self.indices)) < 0.5
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def target_box(self, k: int) -> Box:
+        """Sample ``k``'s ground-truth box in detector-input pixels (before any flip)."""
+        i = self.indices[k]
+        h, w = self.store.hw(i)
+        in_h, in_w = self.input_hw
+        return scale_box(self.store.boxes[i], in_w / w, in_h / h)  # type: ignore[arg-type]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.indices[k]
+        in_h, in_w = self.input_hw
+        x = crop_resize_normalize(
+            self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h,
+            self.norm.mean, self.norm.std,
+        )
+        x0, y0, x1, y1 = self.target_box(k)
+        if self._flips[k]:
+            # Resizing the whole frame commutes with the flip, so flipping the input is exact.
+            x = np.ascontiguousarray(x[:, ::-1])
+            x0, x1 = in_w - x1, in_w - x0
+        return torch.from_numpy(x)[None], torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
+
+
+class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """``(crop (1, h, w) float32 z-scored, mask (1, h, w) float32 0/1)`` of frames ``indices``,
+    each cropped at ``boxes[k]`` (frame pixels) and resized to ``crop_hw``."""
+
+    def __init__(
+        self,
+        store: FrameStore,
+        indices: Sequence[int],
+        boxes: Sequence[Box],
+        crop_hw: tuple[int, int],
+        norm: Normalization,
+        *,
+        hflip: bool = False,
+        jitter: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if len(boxes) != len(indices):
+            raise ValueError(f"one box per frame: got {len(boxes)} boxes for {len(indices)} frames")
+        if not 0.0 <= jitter < 0.5:
+            raise ValueError(f"box jitter must be in [0, 0.5) of the box side, got {jitter}")
+        self.store, self.indices = store, list(indices)
+        self.boxes = [clamp_box(b, store.hw(i)[1], store.hw(i)[0]) for b, i in zip(boxes, indices)]
+        self.crop_hw, self.norm = (int(crop_hw[0]), int(crop_hw[1])), norm
+        self.hflip, self.jitter, self.seed = hflip, jitter, seed
+        self._flips = np.zeros(len(self.indices), bool)
+        self._shifts = np.zeros((len(self.indices), 4))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's flips and box jitter from ``(seed, epoch)``."""
+        n = len(self.indices)
+        if self.hflip:
+            self._flips = _epoch_rng(self.seed, epoch, 0).random(n) < 0.5
+        if self.jitter > 0:
+            self._shifts = _epoch_rng(self.seed, epoch, 1).uniform(-self.jitter, self.jitter, (n, 4))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def box(self, k: int) -> Box:
+        """Sample ``k``'s crop box this epoch (frame pixels, jittered and clamped)."""
+        box = self.boxes[k]
+        if self.jitter > 0:
+            x0, y0, x1, y1 = box
+            bw, bh = x1 - x0, y1 - y0
+            dx0, dy0, dx1, dy1 = self._shifts[k]
+            h, w = self.store.hw(self.indices[k])
+            box = clamp_box((x0 + dx0 * bw, y0 + dy0 * bh, x1 + dx1 * bw, y1 + dy1 * bh), w, h)
+        return box
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.indices[k]
+        box = self.box(k)
+        h, w = self.crop_hw
+        x = crop_resize_normalize(self.store.images[i], box, w, h, self.norm.mean, self.norm.std)
+        y = (crop_resize(self.store.mask(i), box, w, h) > 127.5).astype(np.float32)
+        if self._flips[k]:
+            x, y = np.ascontiguousarray(x[:, ::-1]), np.ascontiguousarray(y[:, ::-1])
+        return torch.from_numpy(x)[None], torch.from_numpy(y)[None]

@@ -1,0 +1,136 @@
+"""Run a trained detector over frames: its top box per frame, in frame pixels, clamped to the frame.
+
+Used by ``bpedge train segmenter --crop detector`` (boxes predicted once per run and cached) and
+by the experiment runner. Preprocessing is the shared definition: the whole frame is resized to
+the detector input with ``crop_resize_normalize(frame, (0, 0, W, H), in_w, in_h, mean, std)``
+using the checkpoint's normalisation; the predicted box is mapped back with ``scale_box`` and
+clamped with ``clamp_box``, exactly as the runtime cascade does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bpedge._stages import Box, clamp_box, crop_resize_normalize, scale_box
+
+if TYPE_CHECKING:
+    import torch
+    from bpedge.train.data import Frame
+    from torch import nn
+
+__all__ = ["BoxPrediction", "load_detector", "predict_boxes", "predict_frames"]
+
+
+@dataclass(frozen=True)
+class BoxPrediction:
+    """The detector's top-1 answer for one frame: ``score`` in [0, 1] and ``box``
+    ``(x0, y0, x1, y1)`` in frame pixels, clamped to the frame (at least 1 px per side)."""
+
+    score: float
+    box: Box
+
+    def to_json(self) -> dict[str, Any]:
+        return {"score": self.score, "box": list(self.box)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BoxPrediction:
+        box = tuple(float(v) for v in d["box"])
+        if len(box) != 4:
+            raise ValueError(f"a box needs 4 numbers, got {d['box']!r}")
+        return cls(score=float(d["score"]), box=box)  # type: ignore[arg-type]
+
+
+def load_detector(
+    checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``load_model`` for a detector checkpoint (a file or a run folder's best.pt); ValueError if
+    the checkpoint holds a segmenter."""
+    from bpedge.train.checkpoint import load_model, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    model, payload = load_model(path, device)
+    if payload["kind"] != "detector":
+        raise ValueError(f"{path} is a {payload['kind']} checkpoint; a detector is needed here")
+    return model, payload
+
+
+def predict_boxes(
+    model: nn.Module,
+    payload: dict[str, Any],
+    images: Sequence[np.ndarray],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[BoxPrediction]:
+    """Top box of each uint8 ``(H, W)`` frame in ``images`` (frames may differ in size).
+
+    ``model`` in eval mode on its device, ``payload`` its checkpoint (for ``input_hw`` and
+    ``normalization``). Returns one :class:`BoxPrediction` per frame, in order.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    in_h, in_w = (int(v) for v in payload["input_hw"])
+    mean, std = float(payload["normalization"]["mean"]), float(payload["normalization"]["std"])
+    device = next(model.parameters()).device
+    starts: Iterable[int] = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=-(-len(images) // batch_size), desc="detecting", unit="batch")
+    out: list[BoxPrediction] = []
+    model.eval()
+    with torch.no_grad():
+        for start in starts:
+            chunk = images[start : start + batch_size]
+            for frame in chunk:
+                if frame.ndim != 2:
+                    raise ValueError(f"frames must be 2-D uint8 (H, W), got shape {frame.shape}")
+            batch = np.stack([
+                crop_resize_normalize(f, (0.0, 0.0, float(f.shape[1]), float(f.shape[0])),
+                                      in_w, in_h, mean, std)
+                for f in chunk
+            ])
+            scores, boxes = model(torch.from_numpy(batch)[:, None].to(device))
+            for frame, score, box in zip(chunk, scores.cpu().tolist(), boxes.cpu().tolist()):
+                h, w = frame.shape
+                in_frame = clamp_box(scale_box(box, w / in_w, h / in_h), w, h)
+                out.append(BoxPrediction(score=float(score), box=in_frame))
+    return out
+
+
+def predict_frames(
+    checkpoint: str | os.PathLike[str] | Path,
+    frames: Sequence[Frame],
+    *,
+    device: str = "cpu",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, BoxPrediction]:
+    """Load the detector in ``checkpoint`` and predict each frame (read from its ``image_path``).
+
+    Returns ``{frame.key: BoxPrediction}``. Frames are read one batch at a time, so any number of
+    frames fits in memory.
+    """
+    from bpedge.train.data import read_image
+    from tqdm.auto import tqdm
+
+    model, payload = load_detector(checkpoint, device)
+    result: dict[str, BoxPrediction] = {}
+    chunk = batch_size * 8
+    with tqdm(total=len(frames), desc="detecting", unit="frame", disable=not progress) as bar:
+        for start in range(0, len(frames), chunk):
+            part = frames[start : start + chunk]
+            images = [read_image(f.image_path) for f in part]
+            for frame, pred in zip(part, predict_boxes(model, payload, images,
+                                                       batch_size=batch_size)):
+                result[frame.key] = pred
+            bar.update(len(part))
+    return result

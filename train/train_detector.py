@@ -1,0 +1,209 @@
+"""Train the RetinaNet detector: ``bpedge train detector``.
+
+Whole frames are resized to the preset's ``input_hw`` and z-scored with the mean and std of the
+training split's resized frames (stored in the checkpoint). Adam minimises focal loss + box loss;
+the validation metric is mIoU, the mean IoU of the top box with the ground-truth box over the
+BP-positive validation frames. Outputs in RUN: config.json, split.json, metrics.csv/json,
+last.pt (every epoch) and best.pt (best val mIoU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bpedge.train._loop import (
+    LoopSettings,
+    prepare_run_dir,
+    remove_stale_temporaries,
+    run_epochs,
+    write_config,
+)
+from bpedge.train._run_setup import (
+    RunOptions,
+    TrainResult,
+    build_optimizer,
+    data_section,
+    prepare_data,
+    say,
+)
+from bpedge.train.datasets import (
+    DetectorDataset,
+    FrameStore,
+    Normalization,
+    fit_normalization,
+    full_frame_box,
+)
+from bpedge.train.distributed import init_distributed, shutdown
+from bpedge.train.presets import DetectorConfig, config_to_dict, get_preset
+from torch import nn
+
+from bpedge._metrics import box_iou
+
+__all__ = ["DetectorOptions", "DetectorTrainee", "resolve_detector_config", "train_detector"]
+
+METRIC = "val_miou"
+
+
+@dataclass(frozen=True)
+class DetectorOptions(RunOptions):
+    """``bpedge train detector`` options; ``None`` keeps the preset's value."""
+
+    gamma: float | None = None
+    alpha: float | None = None
+    backbone: str | None = None
+    weights: Path | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.gamma is not None and self.gamma < 0:
+            raise ValueError(f"--gamma must be >= 0, got {self.gamma}")
+        if self.alpha is not None and not (0.0 <= self.alpha <= 1.0 or self.alpha == -1):
+            raise ValueError(f"--alpha must be in [0, 1] (or -1 to disable), got {self.alpha}")
+        if self.weights is not None and not self.weights.is_file():
+            raise FileNotFoundError(f"--weights file {self.weights} does not exist")
+
+
+def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
+    """The preset's detector config with this run's overrides applied."""
+    cfg = get_preset(opts.preset).detector
+    changes: dict[str, Any] = dict(opts.overrides())
+    if opts.gamma is not None:
+        changes["focal_gamma"] = opts.gamma
+    if opts.alpha is not None:
+        changes["focal_alpha"] = opts.alpha
+    if opts.backbone is not None:
+        changes["backbone"] = opts.backbone
+    return dataclasses.replace(cfg, **changes)
+
+
+def detector_run_config(opts: DetectorOptions, cfg: DetectorConfig) -> dict[str, Any]:
+    """The resolved run config written to RUN/config.json and into every checkpoint."""
+    return {
+        "kind": "detector",
+        "preset": opts.preset,
+        "model": config_to_dict(cfg),
+        "data": data_section(opts),
+        "init_weights": str(opts.weights.resolve()) if opts.weights else None,
+    }
+
+
+class _DetectorLoss(nn.Module):
+    """Focal + box loss of a batch as one scalar, so DDP can wrap the whole training forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        losses = self.model(images, boxes)
+        return losses["classification"] + losses["box_regression"]
+
+
+class DetectorTrainee:
+    """The detector as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
+
+    metric_name = METRIC
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_set: DetectorDataset,
+        val_set: DetectorDataset,
+        payload: dict[str, Any],
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.loss_module = _DetectorLoss(model)
+        self.train_set, self.val_set = train_set, val_set
+        self._payload = payload
+
+    def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
+        images, boxes = batch
+        losses = self.model.losses(images, boxes)  # eval mode: BatchNorm uses running stats
+        n = int(images.shape[0])
+        loss = float(losses["classification"] + losses["box_regression"]) * n
+        _, predicted = self.model(images)
+        ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
+        return loss, float(sum(ious)), n
+
+    def static_payload(self) -> dict[str, Any]:
+        return self._payload
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy's global generator and Python's ``random`` (model init, dropout)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def train_detector(opts: DetectorOptions) -> TrainResult:
+    """Train (or ``opts.resume``) a detector run in ``opts.out``; see the module docstring."""
+    opts.check()
+    cfg = resolve_detector_config(opts)
+    config = detector_run_config(opts, cfg)
+    ctx = init_distributed(opts.device)
+    try:
+        resume_from = prepare_run_dir(opts.out, config, opts.resume)
+        if ctx.is_main:
+            opts.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(opts.out)
+        seed_everything(cfg.seed)
+        data = prepare_data(opts, cfg.seed, ctx, resume_from)
+        if ctx.is_main:
+            write_config(opts.out, config)
+
+        store = FrameStore(data.train + data.val, progress=opts.progress and ctx.is_main)
+        train_idx = list(range(len(data.train)))
+        val_idx = list(range(len(data.train), len(store)))
+        if resume_from is not None:
+            norm = Normalization(**resume_from["normalization"])
+        else:
+            norm = fit_normalization(
+                store, train_idx, [full_frame_box(store.hw(i)) for i in train_idx], cfg.input_hw
+            )
+        train_set = DetectorDataset(store, train_idx, cfg.input_hw, norm, hflip=cfg.hflip,
+                                    seed=cfg.seed)
+        val_set = DetectorDataset(store, val_idx, cfg.input_hw, norm)
+
+        model = build_detector_for(cfg, opts.weights).to(ctx.device)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+        payload = {
+            "kind": "detector",
+            "arch": "retinanet",
+            "model_config": config_to_dict(cfg),
+            "config": config,
+            "crop_mode": None,
+            "normalization": norm.to_dict(),
+            "input_hw": list(cfg.input_hw),
+            "frame_hw": list(store.frame_hw() or ()) or None,
+            "split": data.split.to_json(),
+            "data_fingerprint": data.fingerprint,
+        }
+        say(ctx, opts.verbose,
+            f"detector ({cfg.backbone}, input {cfg.input_hw[0]}x{cfg.input_hw[1]}): "
+            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
+            f"({data.split.mode} split, seed {cfg.seed}); z-score mean {norm.mean:.2f} "
+            f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
+        trainee = DetectorTrainee(model, optimizer, train_set, val_set, payload)
+        settings = LoopSettings(
+            run_dir=opts.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+            workers=opts.workers, label="detector", progress=opts.progress, verbose=opts.verbose,
+        )
+        history = run_epochs(trainee, settings, ctx, resume_from)
+    finally:
+        shutdown(ctx)
+    return TrainResult(run_dir=opts.out, history=history, metric_name=METRIC)
+
+
+def build_detector_for(cfg: DetectorConfig, weights: Path | None) -> nn.Module:
+    """``build_detector`` with optional initial weights (a backbone or whole-detector state_dict)."""
+    from bpedge.train.models import build_detector
+
+    return build_detector(cfg, weights=weights)

@@ -1,0 +1,294 @@
+"""Train a U-Net or M-Net on 96x96 crops: ``bpedge train segmenter``.
+
+Where the crop comes from (``--crop``):
+
+- ``none``: the whole frame, resized to 96x96 (the method's "no detection" row);
+- ``gt``: the ground-truth box of the mask (the "ground-truth crop" row); training may jitter it;
+- ``detector``: the top box of a trained detector (``--detector RUN_OR_CKPT``) on every frame, in
+  every split, train included: the method trained on crops of the detected region, and training on
+  the boxes the segmenter will be given at run time is the faithful choice. The boxes are predicted
+  once, clamped with ``clamp_box``, and cached in RUN/detector_boxes.json with the detector file's
+  sha256; ``--resume`` reuses them (and refuses if the detector file changed).
+
+Crops and targets are made with the shared ``crop_resize`` (target ``> 127.5``), z-scored with
+the training crops' mean and std (stored in the checkpoint). RMSprop minimises BCE + soft Dice
+(M-Net: averaged over its four side outputs, its deep supervision). The validation metric is the
+mean Dice over BP-positive validation frames on the 96x96 crops at threshold 0.5; a crop that
+misses the BP entirely (possible with detector boxes) scores 0, not the 1 of "empty vs empty".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from bpedge.train._loop import (
+    LoopSettings,
+    prepare_run_dir,
+    remove_stale_temporaries,
+    run_epochs,
+    write_config,
+)
+from bpedge.train._run_setup import (
+    RunOptions,
+    TrainResult,
+    build_optimizer,
+    data_section,
+    prepare_data,
+    say,
+)
+from bpedge.train.datasets import (
+    FrameStore,
+    Normalization,
+    SegmenterDataset,
+    fit_normalization,
+    full_frame_box,
+)
+from bpedge.train.distributed import DistContext, barrier, init_distributed, shutdown
+from bpedge.train.presets import SegmenterConfig, config_to_dict, get_preset
+from bpedge.train.train_detector import seed_everything
+from torch import nn
+
+from bpedge._atomic import atomic_write_json
+from bpedge._metrics import dice
+from bpedge._stages import Box
+
+__all__ = ["SegmenterOptions", "SegmenterTrainee", "resolve_segmenter_config", "train_segmenter"]
+
+METRIC = "val_dice"
+ARCHS = ("unet", "mnet")
+CROPS = ("none", "gt", "detector")
+BOXES_FILE = "detector_boxes.json"
+THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class SegmenterOptions(RunOptions):
+    """``bpedge train segmenter`` options; ``None`` keeps the preset's value."""
+
+    arch: str = "unet"
+    crop: str = "gt"
+    detector: Path | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"--crop must be one of {CROPS}, got {self.crop!r}")
+        if self.crop == "detector" and self.detector is None:
+            raise ValueError("--crop detector needs --detector RUN_OR_CHECKPOINT (a detector run "
+                             "folder or its best.pt)")
+        if self.crop != "detector" and self.detector is not None:
+            raise ValueError(f"--detector is only used with --crop detector (got --crop {self.crop})")
+        if self.detector is not None and not self.detector.exists():
+            raise FileNotFoundError(f"--detector {self.detector} does not exist")
+
+
+def resolve_segmenter_config(opts: SegmenterOptions) -> SegmenterConfig:
+    """The preset's config for ``opts.arch`` with this run's overrides applied."""
+    return dataclasses.replace(get_preset(opts.preset).segmenter(opts.arch),  # type: ignore[arg-type]
+                               **opts.overrides())
+
+
+def segmenter_run_config(
+    opts: SegmenterOptions, cfg: SegmenterConfig, detector_path: Path | None
+) -> dict[str, Any]:
+    """The resolved run config written to RUN/config.json and into every checkpoint."""
+    return {
+        "kind": "segmenter",
+        "preset": opts.preset,
+        "model": config_to_dict(cfg),
+        "data": data_section(opts),
+        "crop": {"mode": opts.crop, "detector": str(detector_path) if detector_path else None},
+    }
+
+
+class _SegmenterLoss(nn.Module):
+    """BCE + soft Dice of a batch as one scalar (M-Net: mean over its side outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from bpedge.train.losses import segmentation_loss
+
+        sides = getattr(self.model, "forward_sides", None)
+        if sides is None:
+            return segmentation_loss(self.model(x), y)
+        outputs = sides(x)
+        return torch.stack([segmentation_loss(p, y) for p in outputs]).mean()
+
+
+class SegmenterTrainee:
+    """The segmenter as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
+
+    metric_name = METRIC
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_set: SegmenterDataset,
+        val_set: SegmenterDataset,
+        payload: dict[str, Any],
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.loss_module = _SegmenterLoss(model)
+        self.train_set, self.val_set = train_set, val_set
+        self._payload = payload
+
+    def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
+        from bpedge.train.losses import segmentation_loss
+
+        x, y = batch
+        prob = self.model(x)  # the averaged output for M-Net: what is exported and served
+        n = int(x.shape[0])
+        loss = float(segmentation_loss(prob, y)) * n
+        pred = (prob >= THRESHOLD).cpu().numpy()
+        truth = y.cpu().numpy()
+        total = sum(dice(pred[k, 0], truth[k, 0], empty=0.0) for k in range(n))
+        return loss, float(total), n
+
+    def static_payload(self) -> dict[str, Any]:
+        return self._payload
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def detector_boxes(
+    run_dir: Path,
+    detector: Path,
+    store: FrameStore,
+    ctx: DistContext,
+    *,
+    resume: bool,
+    progress: bool,
+) -> list[Box]:
+    """The detector's clamped top box for every frame of ``store`` (frame pixels), predicted once
+    by rank 0 and cached in RUN/detector_boxes.json; a resumed run must find the cache."""
+    from bpedge.train.predict import BoxPrediction, load_detector, predict_boxes
+
+    cache = run_dir / BOXES_FILE
+    digest = _sha256(detector)
+    if not resume and ctx.is_main:
+        model, payload = load_detector(detector, ctx.device)
+        preds = predict_boxes(model, payload, store.images, progress=progress)
+        atomic_write_json(cache, {
+            "detector": str(detector),
+            "detector_sha256": digest,
+            "frames": {k: p.to_json() for k, p in zip(store.keys, preds)},
+        })
+    barrier(ctx)
+    if not cache.is_file():
+        raise ValueError(f"--resume: {cache} is missing; start a new run with a new --out")
+    cached = json.loads(cache.read_text())
+    if cached.get("detector_sha256") != digest:
+        raise ValueError(
+            f"{detector} changed since this run cached its boxes in {cache}; resume with the "
+            "original detector, or start a new run with a new --out"
+        )
+    frames = cached["frames"]
+    missing = [k for k in store.keys if k not in frames]
+    if missing:
+        raise ValueError(f"{cache} has no box for frame(s) {missing[:5]}; start a new run")
+    return [BoxPrediction.from_json(frames[k]).box for k in store.keys]
+
+
+def _check_detector_split(detector_payload: dict[str, Any], split_json: dict[str, Any],
+                          ctx: DistContext, verbose: bool) -> None:
+    trained_on = set(detector_payload.get("split", {}).get("train", []))
+    ours = set(split_json["val"]) | set(split_json["test"])
+    leaked = trained_on & ours
+    if leaked:
+        say(ctx, verbose,
+            f"warning: the detector was trained on {len(leaked)} of this run's validation/test "
+            "frames; its boxes there are optimistic (train both with the same data, --split, "
+            "--seed, --dedup and --limit)")
+
+
+def train_segmenter(opts: SegmenterOptions) -> TrainResult:
+    """Train (or ``opts.resume``) a segmenter run in ``opts.out``; see the module docstring."""
+    from bpedge.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from bpedge.train.models import build_segmenter
+
+    opts.check()
+    cfg = resolve_segmenter_config(opts)
+    detector = resolve_checkpoint(opts.detector).resolve() if opts.detector else None
+    config = segmenter_run_config(opts, cfg, detector)
+    ctx = init_distributed(opts.device)
+    try:
+        resume_from = prepare_run_dir(opts.out, config, opts.resume)
+        if ctx.is_main:
+            opts.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(opts.out)
+        seed_everything(cfg.seed)
+        data = prepare_data(opts, cfg.seed, ctx, resume_from)
+        if ctx.is_main:
+            write_config(opts.out, config)
+
+        # Test frames are loaded only to cache their detector boxes for later evaluation.
+        frames = data.train + data.val + (data.test if detector else ())
+        store = FrameStore(frames, progress=opts.progress and ctx.is_main)
+        train_idx = list(range(len(data.train)))
+        val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
+        if opts.crop == "none":
+            boxes = [full_frame_box(store.hw(i)) for i in range(len(store))]
+        elif opts.crop == "gt":
+            boxes = list(store.boxes)  # type: ignore[arg-type]  # positives: never None
+        elif detector is not None:  # --crop detector (opts.check() insists on --detector)
+            _check_detector_split(load_checkpoint(detector), data.split.to_json(), ctx,
+                                  opts.verbose)
+            boxes = detector_boxes(opts.out, detector, store, ctx, resume=resume_from is not None,
+                                   progress=opts.progress and ctx.is_main)
+        else:
+            raise ValueError("--crop detector needs --detector")
+        if resume_from is not None:
+            norm = Normalization(**resume_from["normalization"])
+        else:
+            norm = fit_normalization(store, train_idx, [boxes[i] for i in train_idx], cfg.crop_hw)
+        jitter = cfg.box_jitter if opts.crop == "gt" else 0.0
+        train_set = SegmenterDataset(store, train_idx, [boxes[i] for i in train_idx], cfg.crop_hw,
+                                     norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed)
+        val_set = SegmenterDataset(store, val_idx, [boxes[i] for i in val_idx], cfg.crop_hw, norm)
+
+        model = build_segmenter(cfg).to(ctx.device)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+        payload = {
+            "kind": "segmenter",
+            "arch": cfg.arch,
+            "model_config": config_to_dict(cfg),
+            "config": config,
+            "crop_mode": opts.crop,
+            "normalization": norm.to_dict(),
+            "input_hw": list(cfg.crop_hw),
+            "frame_hw": list(store.frame_hw() or ()) or None,
+            "split": data.split.to_json(),
+            "data_fingerprint": data.fingerprint,
+        }
+        say(ctx, opts.verbose,
+            f"{cfg.arch} on {opts.crop} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]}: "
+            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
+            f"({data.split.mode} split, seed {cfg.seed}); z-score mean {norm.mean:.2f} "
+            f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
+        trainee = SegmenterTrainee(model, optimizer, train_set, val_set, payload)
+        settings = LoopSettings(
+            run_dir=opts.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+            workers=opts.workers, label=cfg.arch, progress=opts.progress, verbose=opts.verbose,
+        )
+        history = run_epochs(trainee, settings, ctx, resume_from)
+    finally:
+        shutdown(ctx)
+    return TrainResult(run_dir=opts.out, history=history, metric_name=METRIC)
