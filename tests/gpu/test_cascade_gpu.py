@@ -1,0 +1,133 @@
+"""The GPU cascade on a real GPU against the ONNX Runtime CPU cascade, frame by frame.
+
+Marked ``gpu``: they need an NVIDIA GPU with TensorRT and cuda-python, and skip elsewhere. They
+build engines for a copy of the session's tiny bundle (``tiny_bundle`` in tests/conftest.py).
+None of them has run: no machine of this project has a GPU."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bpedge._cascade_spec import CascadeSpec
+from bpedge._metrics import dice
+
+# Skipped by tests/gpu/conftest.py, with the reason, where TensorRT or a GPU is missing.
+pytestmark = pytest.mark.gpu
+
+MAX_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def gpu_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny bundle with FP32 and FP16 engines built for this GPU."""
+    from bpedge.export.tensorrt_build import build_engines
+
+    from bpedge.bundle import Bundle
+
+    out = tmp_path_factory.mktemp("gpu_bundle") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    build_engines(out, precisions=("fp32", "fp16"), max_batch=MAX_BATCH, progress=False,
+                  log=lambda line: None)
+    return Bundle.open(out)
+
+
+@pytest.fixture(scope="module")
+def greys(phantom_dir: Path) -> list[np.ndarray]:
+    import cv2
+
+    files = sorted(p for p in phantom_dir.glob("*.tif") if not p.stem.endswith("_mask"))[:10]
+    frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files]
+    assert all(f is not None and f.dtype == np.uint8 for f in frames)
+    return frames
+
+
+def _cascade(bundle, precision: str, **kw):
+    from bpedge._gpu.cascade import TensorRTCascade
+
+    return TensorRTCascade(bundle, CascadeSpec.from_manifest(bundle.manifest), precision,
+                           MAX_BATCH, **kw)
+
+
+def _same_result(a, b) -> None:
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.box == b.box and a.score == b.score and a.present == b.present
+
+
+@pytest.mark.parametrize("precision, min_dice", [("fp32", 0.99), ("fp16", 0.98)])
+def test_gpu_matches_the_cpu_cascade_frame_by_frame(gpu_bundle, greys, precision, min_dice):
+    from bpedge import Segmenter
+
+    cpu = Segmenter.from_bundle(gpu_bundle, backend="onnxruntime", precision=precision)
+    spec = CascadeSpec.from_manifest(gpu_bundle.manifest)
+    with cpu, _cascade(gpu_bundle, precision) as gpu:
+        for grey in greys:
+            want, got = cpu(grey), gpu.run(grey)
+            np.testing.assert_allclose(got.box, want.box, atol=1.0)
+            assert got.score == pytest.approx(want.score, abs=1e-2 if precision == "fp16" else 1e-4)
+            if abs(want.score - spec.score_threshold) > 1e-2:
+                assert got.present == want.present
+            if want.present and got.present:
+                assert dice(got.mask, want.mask) > min_dice
+            for stage in ("upload", "preprocess", "detector", "crop", "segmenter", "paste",
+                          "download", "total"):
+                assert got.timings[stage] >= 0.0
+
+
+def test_graphs_replay_the_same_results_as_direct_enqueues(gpu_bundle, greys):
+    with _cascade(gpu_bundle, "fp16", use_graphs=False) as direct, \
+            _cascade(gpu_bundle, "fp16") as graphed:
+        for grey in greys[:4] * 2:
+            _same_result(graphed.run(grey), direct.run(grey))
+        assert graphed._slots[0].graphs.graphs() >= 1, "a steady frame size should be captured"
+
+
+def test_stream_keeps_order_across_frame_sizes(gpu_bundle, greys):
+    import cv2
+
+    frames = []
+    for i, grey in enumerate(greys):
+        frames.append(grey if i % 3 else cv2.resize(grey, (320, 240)))
+    with _cascade(gpu_bundle, "fp16") as gpu:
+        one_by_one = [gpu.run(f) for f in frames]
+        streamed = list(gpu.stream(iter(frames), depth=3))
+        batched = gpu.run_batch(frames)
+    assert len(streamed) == len(batched) == len(frames)
+    for a, b, c in zip(one_by_one, streamed, batched):
+        _same_result(a, b)
+        _same_result(a, c)
+
+
+def test_run_device_takes_a_torch_cuda_tensor_without_a_host_copy(gpu_bundle, greys):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    grey = greys[0]
+    with _cascade(gpu_bundle, "fp16") as gpu:
+        want = gpu.run(grey)
+        tensor = torch.from_numpy(grey).cuda()
+        _same_result(gpu.run_device(tensor), want)
+        padded = torch.zeros((grey.shape[0], grey.shape[1] + 64), dtype=torch.uint8, device="cuda")
+        padded[:, : grey.shape[1]] = tensor
+        _same_result(gpu.run_device(padded[:, : grey.shape[1]]), want)  # row pitch > width
+
+
+def test_close_releases_the_gpu_memory_and_is_idempotent(gpu_bundle, greys):
+    from bpedge._gpu._cuda import memory_info, use_device
+
+    use_device(0)
+    free_before, _ = memory_info()
+    gpu = _cascade(gpu_bundle, "fp16", depth=3)
+    list(gpu.stream(iter(greys), depth=3))
+    free_during, _ = memory_info()
+    gpu.close()
+    gpu.close()
+    free_after, _ = memory_info()
+    assert free_during < free_before
+    # Allocator caching in the driver may keep a little: allow 16 MiB.
+    assert free_after >= free_before - (16 << 20)
+    with pytest.raises(RuntimeError, match="closed"):
+        gpu.run(greys[0])
