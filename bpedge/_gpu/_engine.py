@@ -89,7 +89,13 @@ class Expected:
 def check_io(table: Mapping[str, TensorInfo], expected: Mapping[str, Expected],
              label: str) -> None:
     """Raise :class:`TensorRTError` naming the first tensor that is missing, has the wrong role,
-    a fixed batch, the wrong item shape or size, or a dtype the cascade cannot use there."""
+    a fixed batch, the wrong item shape or size, or a dtype the cascade cannot use there, or an
+    I/O tensor the cascade does not know (it would have no buffer to bind)."""
+    unknown = sorted(set(table) - set(expected))
+    if unknown:
+        raise TensorRTError(f"the {label} engine has I/O tensors the cascade does not use: "
+                            f"{unknown} (expected {sorted(expected)}): rebuild it from this "
+                            "bundle's ONNX")
     for name, want in expected.items():
         role = "input" if want.is_input else "output"
         info = table.get(name)

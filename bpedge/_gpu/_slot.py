@@ -10,8 +10,10 @@ input shapes are fixed, after the context has been enqueued once with those shap
 capturing initialization calls by executing the enqueue function at least once before starting
 CUDA graph capture"); an engine whose enqueue cannot be captured makes the capture fail, and then
 it runs without a graph. So a chain key runs eagerly the first time (that run is the warm-up and
-its frame's result), and is captured the next time, unless the context's shapes changed since
-its last eager enqueue (then it runs eagerly once more).
+its frame's result), and is captured the next time. TensorRT documents a captured enqueue as
+valid for the shapes it was captured with, so when a slot's contexts change shape (another batch
+size) its graphs are dropped and its keys warmed up again; frame sizes at one batch size only
+change kernel arguments and keep their graphs.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class Replayable(Protocol):
     def free(self) -> None: ...
 
 
-_WARM, _EAGER = "warm", "eager"
+_WARM = "warm"
 
 
 class GraphCache:
@@ -104,33 +106,34 @@ class GraphCache:
         self.capacity = capacity
         self.enabled = enabled
         self._capture = capture
+        # A key maps to its graph, or to _WARM: enqueued eagerly since the shapes last changed.
         self._entries: OrderedDict[ChainKey, Replayable | str] = OrderedDict()
-        self._flushed = False  # the contexts were enqueued since their shapes last changed
+        self._refused: set[ChainKey] = set()  # capture failed once: always eager, warn once
 
     def run(self, key: ChainKey, enqueue: Callable[[], None], shapes_changed: bool) -> str:
         """Run ``key``'s chain: replay its graph (``"graph"``), capture then replay it
-        (``"captured"``) or enqueue it directly (``"eager"``). Returns which."""
+        (``"captured"``) or enqueue it directly (``"eager"``). Returns which.
+        ``shapes_changed``: the engines' input shapes (or tensor addresses) were just changed, so
+        every graph and warm-up of this slot is void."""
         if shapes_changed:
-            self._flushed = False
+            self.clear()
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         if entry is not None and not isinstance(entry, str):
             entry.launch()
             return "graph"
-        if entry == _WARM and self._flushed and self.enabled:
+        if entry == _WARM and self.enabled and key not in self._refused:
             try:
                 graph = self._capture(enqueue)
             except GraphCaptureError as exc:
                 _log.warning("bpedge: running %s without a CUDA graph: %s", key, exc)
-                self._entries[key] = _EAGER
+                self._refused.add(key)
             else:
                 self._entries[key] = graph
-                self._evict()
                 graph.launch()
                 return "captured"
         enqueue()
-        self._flushed = True
         if entry is None:
             self._entries[key] = _WARM
             self._evict()
@@ -149,7 +152,8 @@ class GraphCache:
                 entry.free()
 
     def clear(self) -> None:
-        """Free every graph (their buffer addresses are about to change, or the slot closes)."""
+        """Free every graph and forget every warm-up (shapes or buffer addresses changed, or the
+        slot closes)."""
         entries = list(self._entries.values())
         self._entries.clear()
         for entry in entries:

@@ -31,7 +31,7 @@ from bpedge._gpu._chain import (
 )
 from bpedge._gpu._cuda import compute_capability, use_device
 from bpedge._gpu._engine import TensorRTError, TrtEngine, TrtRuntime, check_io
-from bpedge._gpu._kernels import CascadeKernels, kernel_images
+from bpedge._gpu._kernels import CascadeKernels, choose_image, kernel_images
 from bpedge._gpu._slot import FrameSlot, in_order
 from bpedge._result import Result
 from bpedge.bundle import Bundle
@@ -68,13 +68,13 @@ def tensorrt_unavailable_reason(bundle: Bundle, precision: str, max_batch: int =
         return str(exc)
     problems = [bundle.engine_mismatch_reason(model, key) for model in (DETECTOR, SEGMENTER)
                 if bundle.find_engine(model, key) is None]
-    from bpedge.kernels._nvrtc import NvrtcUnavailableError, cuda_include_dir, nvrtc_version
+    from bpedge.kernels._nvrtc import NvrtcUnavailableError, cuda_include_dir, supported_archs
 
     try:
-        nvrtc_version()
         cuda_include_dir()
-    except NvrtcUnavailableError as exc:
-        problems.append(f"the kernels cannot be compiled: {exc}")
+        choose_image(int(key.compute_capability.replace(".", "")), supported_archs())
+    except (NvrtcUnavailableError, ValueError) as exc:
+        problems.append(f"the kernels cannot be compiled for this GPU: {exc}")
     return "; ".join(problems) or None
 
 
@@ -95,7 +95,7 @@ def device_source(frame: Any) -> tuple[DeviceSource, int | None]:
     shape = tuple(int(d) for d in cai.get("shape", ()))
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 1):
         raise ValueError(f"device frame must be (H, W) or (H, W, 1), got shape {shape}")
-    if np.dtype(cai.get("typestr", "")) != np.uint8:
+    if cai.get("typestr") not in ("|u1", "<u1", ">u1"):
         raise ValueError(f"device frame must be uint8, got typestr {cai.get('typestr')!r}")
     height, width = shape[:2]
     if not (2 <= height <= MAX_SIDE and 2 <= width <= MAX_SIDE):
@@ -267,13 +267,16 @@ class TensorRTCascade:
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"stream depth must be an integer >= 1, got {depth!r}")
         self._ensure_slots(depth)
-        slots = self._slots
-        return in_order(
-            greys, depth,
-            submit=lambda grey, k: slots[k].submit_host([_check_grey(grey)]),
-            collect=lambda slot: slot.collect()[0],
-            abandon=lambda slot: slot.abandon(),
-        )
+        return in_order(greys, depth, submit=self._submit_one, collect=self._collect_one,
+                        abandon=lambda slot: slot.abandon())
+
+    def _submit_one(self, grey: np.ndarray, slot: int) -> FrameSlot:
+        self._check_open()  # a stream consumed after close() stops here, not in a freed slot
+        return self._slots[slot].submit_host([_check_grey(grey)])
+
+    def _collect_one(self, slot: FrameSlot) -> Result:
+        self._check_open()
+        return slot.collect()[0]
 
     # --- closing ------------------------------------------------------------------------------
 

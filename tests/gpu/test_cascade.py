@@ -101,6 +101,14 @@ def test_nothing_is_missing_when_every_piece_is_there(monkeypatch):
     assert tensorrt_unavailable_reason(FakeBundle(), "fp16") is None  # type: ignore[arg-type]
 
 
+def test_a_gpu_the_kernels_cannot_be_compiled_for_is_a_reason(monkeypatch):
+    pytest.importorskip("cuda.bindings")
+    kepler = EngineKey("Tesla K80", "3.7", 13, "10.13.0.35", "fp16", 1)
+    monkeypatch.setattr(cascade_module, "current_key", lambda precision, batch, device: kepler)
+    reason = tensorrt_unavailable_reason(FakeBundle(), "fp16")  # type: ignore[arg-type]
+    assert reason is not None and "cannot be compiled for this GPU" in reason
+
+
 # --- the constructor releases what it set up when a later step fails -------------------------
 
 
@@ -220,6 +228,7 @@ def test_a_pitched_single_channel_frame_keeps_its_pitch_and_producer_stream():
 @pytest.mark.parametrize("frame, message", [
     (np.zeros((4, 4), np.uint8), "__cuda_array_interface__"),
     (DeviceArray(typestr="<f4"), "must be uint8"),
+    (DeviceArray(typestr="|b1"), "must be uint8"),
     (DeviceArray(shape=(420, 580, 3)), r"\(H, W\) or \(H, W, 1\)"),
     (DeviceArray(shape=(1, 580)), "sides must lie in"),
     (DeviceArray(strides=(1, 420)), "pixels must be adjacent"),

@@ -135,17 +135,21 @@ def test_a_key_runs_eagerly_once_then_is_captured_then_replayed():
     assert eager == ["1x420x580", "1x420x580"]  # the warm-up run, then the captured enqueue
 
 
-def test_no_capture_right_after_the_engine_shapes_changed():
+def test_a_change_of_engine_shapes_drops_graphs_and_warm_ups():
     rec, eager = Recorder(), []
     cache = GraphCache(4, rec)
     run(cache, rec, A, eager, changed=True)
-    run(cache, rec, C, eager, changed=True)  # batch 2: set_input_shape changed the contexts
-    # A is warm, but the contexts were last enqueued with other shapes: eager once more.
-    assert run(cache, rec, A, eager, changed=True) == "eager"
     assert run(cache, rec, A, eager) == "captured"
-    # B has the same batch as A: the shapes did not change, only the frame size (kernel args).
+    # B has A's batch: only the frame size (kernel arguments) differs, A's graph stays.
     assert run(cache, rec, B, eager) == "eager"
     assert run(cache, rec, B, eager) == "captured"
+    assert cache.graphs() == 2
+    assert run(cache, rec, C, eager, changed=True) == "eager"  # batch 2: set_input_shape ran
+    graph_a, graph_b = rec.graphs
+    assert graph_a.freed == graph_b.freed == 1 and cache.keys() == [C]
+    # Back to batch 1: warmed up again before A is captured again.
+    assert run(cache, rec, A, eager, changed=True) == "eager"
+    assert run(cache, rec, A, eager) == "captured"
 
 
 def test_least_recently_used_graphs_are_freed_beyond_capacity():
@@ -168,9 +172,12 @@ def test_a_key_that_cannot_be_captured_runs_eagerly_from_then_on(caplog):
     run(cache, rec, A, eager)
     with caplog.at_level(logging.WARNING, logger="bpedge"):
         assert run(cache, rec, A, eager) == "eager"
-    assert "without a CUDA graph" in caplog.text
-    assert run(cache, rec, A, eager) == "eager"
-    assert rec.captured == [] and len(eager) == 3
+        assert run(cache, rec, A, eager) == "eager"
+        run(cache, rec, C, eager, changed=True)
+        assert run(cache, rec, A, eager, changed=True) == "eager"
+        assert run(cache, rec, A, eager) == "eager"
+    assert caplog.text.count("without a CUDA graph") == 1
+    assert rec.captured == [] and eager.count("1x420x580") == 5
 
 
 def test_graphs_disabled_always_enqueue():
