@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 #: Frame size the slot buffers are first sized for (the Kaggle frames); larger frames grow them.
 INITIAL_FRAME_HW = (420, 580)
+#: ``cudaStreamLegacy`` (``CU_STREAM_LEGACY``), as the CUDA Array Interface numbers it.
+_LEGACY_DEFAULT_STREAM = 1
 #: CUDA graphs kept per slot (one per batch size, frame size and source).
 GRAPHS_PER_SLOT = 4
 
@@ -85,7 +87,8 @@ def device_source(frame: Any) -> tuple[DeviceSource, int | None]:
     (CUDA Array Interface v3, https://nvidia.github.io/numba-cuda/user/cuda_array_interface.html:
     ``strides`` None means C-contiguous; ``stream`` None means no synchronisation is needed, an
     integer is the stream to wait for, 1 and 2 the legacy and per-thread default streams, 0 is
-    disallowed). Raises ``ValueError`` naming what was expected.
+    disallowed; without a ``stream`` entry the legacy default stream is waited for). Raises
+    ``ValueError`` naming what was expected.
     """
     cai = getattr(frame, "__cuda_array_interface__", None)
     if not isinstance(cai, dict):
@@ -115,7 +118,9 @@ def device_source(frame: Any) -> tuple[DeviceSource, int | None]:
     ptr = int(cai["data"][0])
     if ptr == 0:
         raise ValueError("device frame has a NULL data pointer")
-    stream = cai.get("stream")
+    # No "stream" entry (a version 2 producer) says nothing about where the data was written:
+    # wait for the legacy default stream (1), which waits for all work on blocking streams.
+    stream = cai.get("stream", _LEGACY_DEFAULT_STREAM)
     if stream is not None and int(stream) == 0:
         raise ValueError("__cuda_array_interface__ stream 0 is disallowed by the protocol")
     return DeviceSource(ptr, height, width, pitch), (None if stream is None else int(stream))

@@ -214,8 +214,13 @@ class DeviceArray:
 
 
 def test_a_contiguous_device_frame_has_its_width_as_pitch():
-    source, stream = device_source(DeviceArray())
+    source, stream = device_source(DeviceArray(stream=None))
     assert source == DeviceSource(0x7F0000000000, 420, 580, 580) and stream is None
+
+
+def test_a_producer_that_names_no_stream_is_waited_for_on_the_legacy_default_stream():
+    assert "stream" not in DeviceArray(version=2).__cuda_array_interface__
+    assert device_source(DeviceArray(version=2))[1] == 1
 
 
 def test_a_pitched_single_channel_frame_keeps_its_pitch_and_producer_stream():
