@@ -3,9 +3,12 @@ when there is none; the ones marked ``gpu`` need an NVIDIA GPU with TensorRT and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 GPU_SKIP_REASON = "needs an NVIDIA GPU with TensorRT"
+HERE = Path(__file__).resolve().parent
 
 
 def gpu_with_tensorrt() -> bool:
@@ -31,7 +34,9 @@ def cuda_device_present() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` skip, with the reason, where TensorRT or a GPU is missing (decided
     before any fixture runs, so no engine is built and no model trained for nothing)."""
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    # The hook sees the whole session's items: only this directory's are decided here.
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None
+                 and HERE in item.path.parents]
     if gpu_items and not gpu_with_tensorrt():
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=GPU_SKIP_REASON))
