@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "bpedge._cli.phantom",
     "bpedge._cli.train",
     "bpedge._cli.build_engines",
+    "bpedge._cli.export",
 ]
 
 
