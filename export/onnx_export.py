@@ -21,8 +21,8 @@ compared with the contract, so a model whose forward changed cannot silently bre
 
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,18 +162,19 @@ def export_onnx(
     h, w = (int(v) for v in input_hw)
     input_name, output_names = IO_NAMES[kind]
     example = torch.zeros(example_batch, 1, h, w, dtype=torch.float32)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        # torch 2.14 warns that the TorchScript exporter is deprecated; it is the one that works
-        # without onnxscript, and its graphs are checked below.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), buffer, dynamo=False, opset_version=opset,
-            input_names=[input_name], output_names=list(output_names),
-            dynamic_axes={name: {0: BATCH_DIM} for name in (input_name, *output_names)},
-            do_constant_folding=True,
-        )
-    exported = onnx.load_from_string(buffer.getvalue())
+    with tempfile.TemporaryDirectory(prefix="bpedge-onnx-") as scratch:
+        raw = Path(scratch) / f"{kind}.raw.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            # torch 2.14 warns that the TorchScript exporter is deprecated; it is the one that
+            # works without onnxscript, and its graphs are checked below.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example,), str(raw), dynamo=False, opset_version=opset,
+                input_names=[input_name], output_names=list(output_names),
+                dynamic_axes={name: {0: BATCH_DIM} for name in (input_name, *output_names)},
+                do_constant_folding=True,
+            )
+        exported = onnx.load(str(raw))
     simplified, ok = simplify(exported)
     if not ok:
         raise OnnxExportError(f"onnxsim could not validate the simplified {kind} graph")
