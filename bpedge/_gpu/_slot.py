@@ -2,18 +2,20 @@
 and device buffers, an execution context per engine, and its CUDA graphs; plus the two pieces of
 pure logic around it, the graph cache and the in-order slot ring.
 
-CUDA graphs (the TensorRT developer guide, "CUDA Graphs",
-https://docs.nvidia.com/deeplearning/tensorrt/developer-guide/index.html#cuda-graphs, now under
-performance/optimization.html of the 10.x/11.x docs; and what trtexec does,
-``samples/common/sampleInference.cpp``): ``execute_async_v3`` may be captured once the context's
-input shapes are fixed, after the context has been enqueued once with those shapes ("to avoid
-capturing initialization calls by executing the enqueue function at least once before starting
-CUDA graph capture"); an engine whose enqueue cannot be captured makes the capture fail, and then
-it runs without a graph. So a chain key runs eagerly the first time (that run is the warm-up and
-its frame's result), and is captured the next time. TensorRT documents a captured enqueue as
-valid for the shapes it was captured with, so when a slot's contexts change shape (another batch
-size) its graphs are dropped and its keys warmed up again; frame sizes at one batch size only
-change kernel arguments and keep their graphs.
+CUDA graphs. Sources: the TensorRT developer guide's "CUDA Graphs" section (linked by the
+TensorRT maintainers in NVIDIA/TensorRT#2112 as
+https://docs.nvidia.com/deeplearning/tensorrt/developer-guide/index.html#cuda-graphs; in the
+10.x/11.x docs it is part of performance/optimization.html), and trtexec's capture in
+``samples/common/sampleInference.cpp``, whose comment reads "Avoid capturing initialization calls
+by executing the enqueue function at least once before starting CUDA graph capture", followed by a
+stream synchronize, and which falls back to plain enqueues when the capture fails ("the built TRT
+engine may contain operations that are not permitted under CUDA graph capture mode"). Here: a
+chain key runs eagerly the first time (that run is the warm-up, and its frame's result; the slot
+is synchronised when the result is collected), and is captured the next time; a key whose capture
+fails runs eagerly from then on. A captured enqueue is only valid for the shapes it was captured
+with, so when a slot's contexts change shape (another batch size) its graphs are dropped and its
+keys warmed up again; frame sizes at one batch size only change kernel arguments and keep their
+graphs.
 """
 
 from __future__ import annotations
