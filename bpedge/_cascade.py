@@ -32,8 +32,11 @@ def detector_input(grey: np.ndarray, spec: CascadeSpec) -> np.ndarray:
 
 
 def frame_box(raw_box: np.ndarray, frame_hw: tuple[int, int], spec: CascadeSpec) -> tuple[float, ...]:
-    """Detector-input box -> frame pixels, clamped to the frame (crops never overshoot it)."""
+    """Detector-input box -> frame pixels, clamped to the frame (crops never overshoot it).
+    A non-finite box (a diverged model) becomes the whole frame; the caller marks it absent."""
     h, w = frame_hw
+    if not np.isfinite(raw_box).all():
+        return (0.0, 0.0, float(w), float(h))
     in_h, in_w = spec.detector_input_hw
     return clamp_box(scale_box(raw_box, w / in_w, h / in_h), w, h)
 
@@ -70,7 +73,7 @@ class HostCascade:
         results = []
         for i, g in enumerate(greys):
             score = float(scores[i])
-            present = score >= self.spec.score_threshold
+            present = bool(score >= self.spec.score_threshold) and bool(np.isfinite(raw_boxes[i]).all())
             mask = paste_back(probs[i, 0], boxes[i], g.shape[1], g.shape[0],
                               self.spec.mask_threshold, present)
             results.append((mask, boxes[i], score, present))

@@ -93,7 +93,7 @@ class Segmenter:
             from bpedge._gpu.cascade import TensorRTCascade, tensorrt_unavailable_reason
 
             trt_precision = precision or "fp16"
-            reason = tensorrt_unavailable_reason(bundle, trt_precision, max_batch)
+            reason = tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
             if reason is None:
                 cascade = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
                 _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)

@@ -70,3 +70,10 @@ def test_stream_keeps_order_and_overlaps():
     assert peak[0] >= 2
     with pytest.raises(ValueError, match="depth"):
         list(cascade.stream(iter(frames), depth=0))
+
+
+def test_non_finite_detector_box_is_whole_frame_and_absent():
+    nan = float("nan")
+    cascade = HostCascade(fake_detector([0.9], [[nan, 0, 12, 8]]), ones_segmenter, SPEC)
+    r = cascade.run(np.full((40, 60), 10, np.uint8))
+    assert r.box == (0, 0, 60, 40) and not r.present and not r.mask.any()

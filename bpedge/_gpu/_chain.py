@@ -280,8 +280,9 @@ def read_results(key: ChainKey, masks: np.ndarray, scores: np.ndarray, boxes: np
     (>= n,), ``boxes`` float32 (>= n, 4) clamped frame-pixel boxes. Masks are copied out (the
     buffers are reused). Timings are per frame: a batch's stage times divided by its size.
 
-    ``present`` is the paste kernel's rule: score >= threshold and a finite box (a non-finite
-    detector box comes back as NaN and an empty mask)."""
+    ``present`` is the paste kernel's rule: score >= threshold and a finite box. A non-finite
+    detector box (the kernel cropped the whole frame and wrote NaN) is reported as the whole
+    frame with ``present=False``, exactly as the host cascade does."""
     n, h, w = key.batch, key.height, key.width
     frames = np.array(masks[: n * h * w], copy=True).reshape(n, h, w)
     timings = {stage: float(ms) / n for stage, ms in stage_ms.items()}
@@ -290,7 +291,9 @@ def read_results(key: ChainKey, masks: np.ndarray, scores: np.ndarray, boxes: np
     for i in range(n):
         score = float(scores[i])
         x0, y0, x1, y1 = (float(v) for v in boxes[i, :4])
-        present = bool(score >= spec.score_threshold
-                       and all(math.isfinite(v) for v in (x0, y0, x1, y1)))
+        finite = all(math.isfinite(v) for v in (x0, y0, x1, y1))
+        present = bool(score >= spec.score_threshold and finite)
+        if not finite:
+            x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
         results.append(Result(frames[i], (x0, y0, x1, y1), score, present, dict(timings)))
     return results
