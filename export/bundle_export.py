@@ -29,13 +29,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from bpedge.export import _validation as val
-from bpedge.export.fp16 import write_fp16_onnx
+from bpedge.export.fp16 import Fp16Conversion, write_fp16_onnx
 from bpedge.export.onnx_export import IO_NAMES, export_onnx
 from bpedge.export.parity import (
     DetectorOutputs,
@@ -165,9 +165,6 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
     """Run the export described in the module docstring; returns the opened bundle at
     ``opts.out``. Raises ValueError / FileNotFoundError for bad input, :class:`ParityError` when
     a parity gate fails (nothing is left at ``opts.out`` then)."""
-    import onnxruntime
-    import torch
-
     opts.check()
     step = _Steps(log)
     step("loading checkpoints")
@@ -177,110 +174,45 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
     step.note(f"segmenter {seg.payload['arch']} ({seg.payload['crop_mode']} crops) from {seg.path}")
 
     step("checking the validation data")
-    scanned: dict[Any, Any] = {}
-    checks = {}
-    frames = {}
-    for ck in (det, seg):
-        root = val.resolve_data_root(ck.payload, opts.data, ck.kind)
-        checks[ck.kind] = val.check_data(root, ck.payload, ck.kind, force=opts.force,
-                                         warn=step.note, scanned=scanned)
-        frames[ck.kind] = val.validation_frames(checks[ck.kind], ck.payload, ck.kind,
-                                                max_val=opts.max_val, force=opts.force,
-                                                warn=step.note)
-    seed = int((det.payload.get("split") or {}).get("seed", 0))
-    det_frames = frames["detector"]
-    det_frames = val.ValidationFrames(
-        positives=det_frames.positives,
-        empties=val.empty_frames_for_presence(checks["detector"], det.payload,
-                                              det_frames.positives, seed),
-        split_mode=det_frames.split_mode, split_size=det_frames.split_size,
-    )
-    seg_frames = frames["segmenter"]
-    step.note(f"detector: {len(det_frames.positives)} validation frames with BP + "
-              f"{len(det_frames.empties)} without; segmenter: {len(seg_frames.positives)} frames")
+    sets = _validation_sets(opts, det, seg, step.note)
 
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _staging_dir(out) as tmp:
-        step("exporting FP32 ONNX")
-        for ck in (det, seg):
-            fp32, _, _ = FILES[ck.kind]
-            exported = export_onnx(ck.model, ck.kind, ck.input_hw, tmp / fp32)
-            step.note(f"{fp32}: {exported.nodes} nodes")
-
-        step("converting to mixed-precision FP16 ONNX")
-        fp16_info = {}
-        for ck in (det, seg):
-            fp32, fp16, _ = FILES[ck.kind]
-            fp16_info[ck.kind] = write_fp16_onnx(tmp / fp32, tmp / fp16, ck.kind, ck.input_hw)
-            step.note(f"{fp16}: {fp16_info[ck.kind].nodes} nodes, "
-                      f"{len(fp16_info[ck.kind].tail_nodes)} tail nodes kept FP32")
-
+        fp16_info = _write_onnx_files((det, seg), tmp, step)
         runners = {
             (kind, precision): OnnxModel(tmp / FILES[kind][i], IO_NAMES[kind][0],
                                          IO_NAMES[kind][1], opts.batch_size)
             for kind in ("detector", "segmenter")
             for i, precision in enumerate(("fp32", "fp16"))
         }
-
-        step(f"detector parity on {len(det_frames.frames)} validation frames")
-        det_store = val.load_store(det_frames.frames)
-        det_x = val.detector_inputs(det_store, det.input_hw, det.mean, det.std)
-        det_out = {
-            "torch": DetectorOutputs(*run_torch(det.model, det_x, opts.batch_size)),
-            "fp32": DetectorOutputs(*runners[("detector", "fp32")](det_x)),
-            "fp16": DetectorOutputs(*runners[("detector", "fp16")](det_x)),
-        }
-        truth = val.truth_boxes_input_px(det_store, det.input_hw)
-        det_fp32 = compare_detectors(det_out["torch"], det_out["fp32"], truth)
-        det_fp16 = compare_detectors(det_out["fp32"], det_out["fp16"], truth)
-        step.note(f"FP32 vs PyTorch: score {det_fp32['max_score_diff']:.2e}, box "
-                  f"{det_fp32['max_box_diff_px']:.2e} px; FP16 vs FP32: box IoU "
-                  f"{_fmt(det_fp16['mean_box_iou_with_reference'])}")
-        del det_x
-
-        step(f"segmenter parity on {len(seg_frames.positives)} validation crops "
+        step(f"detector parity on {len(sets.detector.frames)} validation frames")
+        det_runs = _run_detector(det, sets.detector, runners, opts.batch_size, step.note)
+        step(f"segmenter parity on {len(sets.segmenter.positives)} validation crops "
              f"({seg.payload['crop_mode']} boxes)")
-        seg_store = val.load_store(seg_frames.positives)
-        detector32 = runners[("detector", "fp32")]
-        boxes = val.segmenter_boxes(
-            seg.payload["crop_mode"], seg_store,
-            detect=lambda x: detector32(x)[1],
-            detector_input=lambda s: val.detector_inputs(s, det.input_hw, det.mean, det.std),
-            detector_input_hw=det.input_hw,
-        )
-        crops, targets = val.segmenter_crops(seg_store, boxes, seg.input_hw, seg.mean, seg.std)
-        probs = {
-            "torch": run_torch(seg.model, crops, opts.batch_size)[0],
-            "fp32": runners[("segmenter", "fp32")](crops)[0],
-            "fp16": runners[("segmenter", "fp16")](crops)[0],
-        }
-        seg_fp32 = compare_segmenters(probs["torch"], probs["fp32"])
-        step.note(f"FP32 vs PyTorch: probability {seg_fp32['max_prob_diff']:.2e}")
+        seg_runs = _run_segmenter(seg, det, sets.segmenter, runners, opts.batch_size, step.note)
 
         step("choosing thresholds on validation data")
-        crop_source = {
-            "gt": "ground-truth boxes", "none": "whole frames",
-            "detector": "boxes of the exported FP32 detector (ONNX Runtime)",
-        }[seg.payload["crop_mode"]]
-        mask = choose_mask_threshold(probs["fp32"], targets, data={
-            "model": FILES["segmenter"][0], "crops": len(seg_frames.positives),
-            "crop_boxes": crop_source, **seg_frames.to_json(),
-            **checks["segmenter"].to_json(),
+        mask = choose_mask_threshold(seg_runs.probs["fp32"], seg_runs.targets, data={
+            "model": FILES["segmenter"][0], "crops": len(sets.segmenter.positives),
+            "crop_boxes": seg_runs.crop_source, **sets.segmenter.to_json(),
+            **sets.checks["segmenter"].to_json(),
         })
-        present = np.array([f.present for f in det_frames.frames])
-        score = choose_score_threshold(det_out["fp32"].scores, present, data={
-            "model": FILES["detector"][0], **det_frames.to_json(),
+        present = np.array([f.present for f in sets.detector.frames])
+        score = choose_score_threshold(det_runs.outputs["fp32"].scores, present, data={
+            "model": FILES["detector"][0], **sets.detector.to_json(),
             "frames_without_bp_from": "empty frames of the validation subjects, sampled at the "
                                       "dataset's empty:BP ratio (never used in training)",
-            **checks["detector"].to_json(),
+            **sets.checks["detector"].to_json(),
         })
         step.note(f"mask threshold {mask.value:g} (mean Dice {mask.metric:.4f}); score threshold "
                   f"{score.value:g} ({score.how['method']})")
-        seg_fp16 = compare_segmenters(probs["fp32"], probs["fp16"], targets, mask.value)
+        seg_fp16 = compare_segmenters(seg_runs.probs["fp32"], seg_runs.probs["fp16"],
+                                      seg_runs.targets, mask.value)
 
         tol = opts.tolerances
-        problems = fp32_problems(det_fp32, seg_fp32, tol) + fp16_problems(det_fp16, seg_fp16, tol)
+        problems = (fp32_problems(det_runs.fp32, seg_runs.fp32, tol)
+                    + fp16_problems(det_runs.fp16, seg_fp16, tol))
         if problems:
             raise ParityError("export failed its parity checks, nothing was written:\n  "
                               + "\n  ".join(problems))
@@ -288,32 +220,156 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
                   f"{seg_fp16['max_prob_diff']:.2e}")
 
         step(f"writing the bundle to {out}")
-        for ck in (det, seg):
-            shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
         parity = {
             "passed": True,
             "tolerances": tol.to_json(),
-            "runtime": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-                        "provider": "CPUExecutionProvider"},
-            "fp32_vs_pytorch": {"detector": det_fp32, "segmenter": seg_fp32},
-            "fp16_vs_fp32": {"detector": det_fp16, "segmenter": seg_fp16},
+            "runtime": _runtime_versions(),
+            "fp32_vs_pytorch": {"detector": det_runs.fp32, "segmenter": seg_runs.fp32},
+            "fp16_vs_fp32": {"detector": det_runs.fp16, "segmenter": seg_fp16},
             "fp16_conversion": {k: v.to_json() for k, v in fp16_info.items()},
         }
-        manifest = Manifest(
-            models={ck.kind: _model_entry(ck, tmp) for ck in (det, seg)},
-            preprocessing=Preprocessing(
-                detector=DetectorPreprocessing(det.input_hw, det.mean, det.std, "dataset"),
-                segmenter=SegmenterPreprocessing(seg.input_hw, seg.mean, seg.std, "dataset"),
-            ),
-            thresholds=Thresholds(score=score.value, mask=mask.value,
-                                  how_chosen={"score": score.how, "mask": mask.how}),
-            training=_training(det, seg),
-            parity=_json_safe(parity),
-        )
-        Bundle.create(tmp, manifest)
+        thresholds = Thresholds(score=score.value, mask=mask.value,
+                                how_chosen={"score": score.how, "mask": mask.how})
+        _write_bundle(tmp, det, seg, thresholds, parity)
         _publish(tmp, out, opts.force)
     log(f"done: {out}")
     return Bundle.open(out)
+
+
+@dataclass(frozen=True)
+class _ValidationSets:
+    checks: dict[str, val.DataCheck]
+    detector: val.ValidationFrames
+    segmenter: val.ValidationFrames
+
+
+def _validation_sets(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedCheckpoint,
+                     note: Callable[[str], None]) -> _ValidationSets:
+    scanned: dict[Any, Any] = {}
+    checks, frames = {}, {}
+    for ck in (det, seg):
+        root = val.resolve_data_root(ck.payload, opts.data, ck.kind)
+        checks[ck.kind] = val.check_data(root, ck.payload, ck.kind, force=opts.force, warn=note,
+                                         scanned=scanned)
+        frames[ck.kind] = val.validation_frames(checks[ck.kind], ck.payload, ck.kind,
+                                                max_val=opts.max_val, force=opts.force,
+                                                warn=note)
+    seed = int((det.payload.get("split") or {}).get("seed", 0))
+    positives = frames["detector"]
+    detector = replace(positives, empties=val.empty_frames_for_presence(
+        checks["detector"], det.payload, positives.positives, seed))
+    note(f"detector: {len(detector.positives)} validation frames with BP + "
+         f"{len(detector.empties)} without; segmenter: {len(frames['segmenter'].positives)} frames")
+    return _ValidationSets(checks=checks, detector=detector, segmenter=frames["segmenter"])
+
+
+def _write_onnx_files(models: tuple[LoadedCheckpoint, ...], tmp: Path,
+                      step: _Steps) -> dict[str, Fp16Conversion]:
+    step("exporting FP32 ONNX")
+    for ck in models:
+        fp32 = FILES[ck.kind][0]
+        exported = export_onnx(ck.model, ck.kind, ck.input_hw, tmp / fp32)
+        step.note(f"{fp32}: {exported.nodes} nodes")
+    step("converting to mixed-precision FP16 ONNX")
+    info = {}
+    for ck in models:
+        fp32, fp16, _ = FILES[ck.kind]
+        info[ck.kind] = write_fp16_onnx(tmp / fp32, tmp / fp16, ck.kind, ck.input_hw)
+        step.note(f"{fp16}: {info[ck.kind].nodes} nodes, {len(info[ck.kind].tail_nodes)} "
+                  "tail nodes kept FP32")
+    return info
+
+
+Runners = dict[tuple[str, str], OnnxModel]
+
+
+@dataclass(frozen=True)
+class _DetectorRuns:
+    outputs: dict[str, DetectorOutputs]  # "torch", "fp32", "fp16"
+    fp32: dict[str, Any]  # FP32 ONNX vs PyTorch
+    fp16: dict[str, Any]  # FP16 ONNX vs FP32 ONNX
+
+
+def _run_detector(det: LoadedCheckpoint, frames: val.ValidationFrames, runners: Runners,
+                  batch_size: int, note: Callable[[str], None]) -> _DetectorRuns:
+    store = val.load_store(frames.frames)
+    x = val.detector_inputs(store, det.input_hw, det.mean, det.std)
+    outputs = {
+        "torch": DetectorOutputs(*run_torch(det.model, x, batch_size)),
+        "fp32": DetectorOutputs(*runners[("detector", "fp32")](x)),
+        "fp16": DetectorOutputs(*runners[("detector", "fp16")](x)),
+    }
+    truth = val.truth_boxes_input_px(store, det.input_hw)
+    fp32 = compare_detectors(outputs["torch"], outputs["fp32"], truth)
+    fp16 = compare_detectors(outputs["fp32"], outputs["fp16"], truth)
+    note(f"FP32 vs PyTorch: score {fp32['max_score_diff']:.2e}, box {fp32['max_box_diff_px']:.2e} "
+         f"px; FP16 vs FP32: box IoU {_fmt(fp16['mean_box_iou_with_reference'])}")
+    return _DetectorRuns(outputs=outputs, fp32=fp32, fp16=fp16)
+
+
+_CROP_SOURCES = {
+    "gt": "ground-truth boxes",
+    "none": "whole frames",
+    "detector": "boxes of the exported FP32 detector (ONNX Runtime)",
+}
+
+
+@dataclass(frozen=True)
+class _SegmenterRuns:
+    probs: dict[str, np.ndarray]  # "torch", "fp32", "fp16": float32 (N, 1, h, w)
+    targets: np.ndarray  # float32 (N, 1, h, w) 0/1
+    crop_source: str
+    fp32: dict[str, Any]  # FP32 ONNX vs PyTorch
+
+
+def _run_segmenter(seg: LoadedCheckpoint, det: LoadedCheckpoint, frames: val.ValidationFrames,
+                   runners: Runners, batch_size: int,
+                   note: Callable[[str], None]) -> _SegmenterRuns:
+    store = val.load_store(frames.positives)
+    detector32 = runners[("detector", "fp32")]
+    boxes = val.segmenter_boxes(
+        seg.payload["crop_mode"], store,
+        detect=lambda x: detector32(x)[1],
+        detector_input=lambda s: val.detector_inputs(s, det.input_hw, det.mean, det.std),
+        detector_input_hw=det.input_hw,
+    )
+    crops, targets = val.segmenter_crops(store, boxes, seg.input_hw, seg.mean, seg.std)
+    probs = {
+        "torch": run_torch(seg.model, crops, batch_size)[0],
+        "fp32": runners[("segmenter", "fp32")](crops)[0],
+        "fp16": runners[("segmenter", "fp16")](crops)[0],
+    }
+    fp32 = compare_segmenters(probs["torch"], probs["fp32"])
+    note(f"FP32 vs PyTorch: probability {fp32['max_prob_diff']:.2e}")
+    return _SegmenterRuns(probs=probs, targets=targets,
+                          crop_source=_CROP_SOURCES[seg.payload["crop_mode"]], fp32=fp32)
+
+
+def _runtime_versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    return {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "provider": "CPUExecutionProvider"}
+
+
+def _write_bundle(tmp: Path, det: LoadedCheckpoint, seg: LoadedCheckpoint,
+                  thresholds: Thresholds, parity: dict[str, Any]) -> None:
+    """Copy the checkpoints in and write the manifest (Bundle.create hashes and checks every
+    file it lists)."""
+    for ck in (det, seg):
+        shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
+    manifest = Manifest(
+        models={ck.kind: _model_entry(ck, tmp) for ck in (det, seg)},
+        preprocessing=Preprocessing(
+            detector=DetectorPreprocessing(det.input_hw, det.mean, det.std, "dataset"),
+            segmenter=SegmenterPreprocessing(seg.input_hw, seg.mean, seg.std, "dataset"),
+        ),
+        thresholds=thresholds,
+        training=_training(det, seg),
+        parity=_json_safe(parity),
+    )
+    Bundle.create(tmp, manifest)
 
 
 def _fmt(value: float | None) -> str:
