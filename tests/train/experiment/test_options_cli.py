@@ -1,0 +1,113 @@
+"""Options checked where they enter (library and CLI), epochs resolution, and the study plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bpedge.train.experiment.options import (
+    ExperimentOptions,
+    parse_float_list,
+    parse_name_list,
+)
+from bpedge.train.presets import get_preset
+from typer.testing import CliRunner
+
+from bpedge._cli import app as cli_app
+
+
+def _opts(tmp_path: Path, **kw) -> ExperimentOptions:
+    return ExperimentOptions(data=tmp_path, out=tmp_path / "run", **kw)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("gammas", (), "--gammas"),
+    ("gammas", (1.0, 1.0), "repeats"),
+    ("gammas", (-1.0,), "--gammas"),
+    ("split", "leaky", "--split"),
+    ("archs", ("segformer",), "--archs"),
+    ("device", "tpu", "--device"),
+    ("epochs_scale", 0.0, "--epochs-scale"),
+    ("detector_epochs", 0, "--detector-epochs"),
+    ("limit", 0, "--limit"),
+    ("on_error", "ignore", "--on-error"),
+    ("score_threshold", 1.5, "--score-threshold"),
+    ("preset", "huge", "preset"),
+])
+def test_bad_options_say_what_is_expected(tmp_path: Path, field: str, value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _opts(tmp_path, **{field: value}).check()
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="--data"):
+        ExperimentOptions(data=tmp_path / "nope", out=tmp_path / "run").check()
+
+
+def test_epochs_come_from_the_preset_scaled_or_overridden(tmp_path: Path) -> None:
+    tiny = get_preset("tiny")
+    assert _opts(tmp_path).detector_epoch_count() == tiny.detector.epochs
+    scaled = _opts(tmp_path, epochs_scale=0.5)
+    assert scaled.detector_epoch_count() == max(1, round(tiny.detector.epochs * 0.5))
+    assert scaled.segmenter_epoch_count("mnet") == max(1, round(tiny.mnet.epochs * 0.5))
+    assert _opts(tmp_path, epochs_scale=0.001).detector_epoch_count() == 1
+    both = _opts(tmp_path, epochs_scale=0.5, segmenter_epochs=7)
+    assert both.segmenter_epoch_count("unet") == 7
+    assert both.detector_epoch_count() == max(1, round(tiny.detector.epochs * 0.5))
+    assert both.to_json()["resolved_epochs"]["unet"] == 7
+
+
+def test_split_both_runs_both_modes(tmp_path: Path) -> None:
+    assert _opts(tmp_path, split="both").split_modes == ("random", "subject")
+    assert _opts(tmp_path, split="subject").split_modes == ("subject",)
+
+
+def test_list_parsing() -> None:
+    assert parse_float_list("1, 2,3.5", "--gammas") == (1.0, 2.0, 3.5)
+    with pytest.raises(ValueError, match="--gammas"):
+        parse_float_list("1,two", "--gammas")
+    assert parse_name_list("UNet,mnet", "--archs", ("unet", "mnet")) == ("unet", "mnet")
+    with pytest.raises(ValueError, match="--archs"):
+        parse_name_list("unet,vit", "--archs", ("unet", "mnet"))
+
+
+def test_plan_lists_every_step_in_order(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from bpedge.train.experiment import plan_study
+
+    names = [s.name for s in plan_study(_opts(tmp_path, split="both", gammas=(1.0, 5.0),
+                                              archs=("mnet",)))]
+    assert names[0] == "data" and names[-3:] == ["summary", "figures", "report"]
+    for mode in ("random", "subject"):
+        mine = [n for n in names if n.startswith(f"{mode}/")]
+        assert mine[0] == f"{mode}/split"
+        choose = mine.index(f"{mode}/choose-gamma")
+        # every detector is trained and evaluated before the choice, every segmenter after it
+        assert {f"{mode}/detector/gamma_1/train", f"{mode}/detector/gamma_5/evaluate"} <= set(
+            mine[:choose])
+        assert mine[choose + 1:] == [f"{mode}/segmenter/mnet_{c}/{w}"
+                                     for c in ("none", "detector", "gt")
+                                     for w in ("train", "evaluate")]
+
+
+def _app():
+    try:
+        return cli_app.build_app()
+    except ModuleNotFoundError as exc:  # another engineer's command module not in the tree yet
+        pytest.skip(f"CLI app incomplete in this tree: {exc}")
+
+
+def test_cli_help_and_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(_app(), ["experiment", "--help"])
+    assert result.exit_code == 0
+    for option in ("--gammas", "--split", "--archs", "--epochs-scale", "--limit", "--dedup"):
+        assert option in result.output
+    result = runner.invoke(_app(), ["experiment", "--data", str(tmp_path), "--out",
+                                    str(tmp_path / "run"), "--split", "leaky"])
+    assert result.exit_code == 2
+    assert "--split" in result.output
+    result = runner.invoke(_app(), ["experiment", "--data", str(tmp_path), "--out",
+                                    str(tmp_path / "run"), "--gammas", "1,x"])
+    assert result.exit_code == 2 and "--gammas" in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written

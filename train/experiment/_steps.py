@@ -1,0 +1,210 @@
+"""A study as a list of named steps, each skipped when finished and resumed when unfinished.
+
+Two kinds of step:
+
+- a training step owns a run folder; it is finished when the folder's metrics cover the epochs
+  asked for, unfinished when it holds a ``last.pt`` short of them (the trainer's ``--resume``
+  continues it), and to do otherwise;
+- a derived step (evaluation, tables, figures, report) is finished when its outputs exist and the
+  sha256 of its inputs equals what the step log recorded when it last ran, so a retrained model
+  re-triggers everything computed from it and nothing else.
+
+RUN/steps.jsonl gets one JSON line per step per invocation (``ran``, ``resumed`` or ``skipped``,
+seconds, input digests), rewritten atomically after each step, so a killed study loses at most the
+step in progress.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bpedge._atomic import atomic_write_text
+
+__all__ = [
+    "Step", "StepRecord", "StepState", "file_digests", "read_step_log", "run_steps",
+    "training_state",
+]
+
+
+class StepState(enum.Enum):
+    DONE = "done"
+    UNFINISHED = "unfinished"
+    TODO = "todo"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named unit of the study.
+
+    ``action(resume)`` does the work (``resume`` is True only for an unfinished training step);
+    ``weight`` is its expected cost relative to the others (epoch-equivalents), for the ETA.
+    A training step gives ``state``; a derived step gives ``inputs`` and ``outputs`` instead.
+    """
+
+    name: str
+    action: Callable[[bool], None]
+    weight: float = 1.0
+    state: Callable[[], StepState] | None = None
+    inputs: Callable[[], Sequence[Path]] = lambda: ()
+    outputs: Callable[[], Sequence[Path]] = lambda: ()
+    #: Called just before the state is decided, e.g. to refresh an input made from the step log.
+    prepare: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What happened to one step in one invocation."""
+
+    step: str
+    status: str               # "ran" | "resumed" | "skipped"
+    seconds: float
+    finished_at: str
+    invocation: str
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "status": self.status, "seconds": round(self.seconds, 3),
+            "finished_at": self.finished_at, "invocation": self.invocation, "inputs": self.inputs,
+        }
+
+
+def training_state(run_dir: Path, epochs: int) -> StepState:
+    """State of a training run folder asked to reach ``epochs``: DONE when RUN/metrics.json lists
+    at least that many epochs and RUN/best.pt exists, UNFINISHED when RUN/last.pt exists, else TODO."""
+    metrics, best, last = run_dir / "metrics.json", run_dir / "best.pt", run_dir / "last.pt"
+    if metrics.is_file() and best.is_file() and last.is_file():
+        done = len(json.loads(metrics.read_text()).get("epochs", []))
+        if done >= epochs:
+            return StepState.DONE
+    return StepState.UNFINISHED if last.is_file() else StepState.TODO
+
+
+def file_digests(paths: Sequence[Path]) -> dict[str, str]:
+    """``{path: sha256}`` of each input file; a missing input is a ValueError naming it (the step
+    that makes it has not run)."""
+    out: dict[str, str] = {}
+    for p in paths:
+        if not p.is_file():
+            raise ValueError(f"input {p} is missing; the step that writes it has not finished")
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[str(p)] = h.hexdigest()
+    return out
+
+
+def read_step_log(path: Path) -> list[dict[str, Any]]:
+    """The records of RUN/steps.jsonl, oldest first (empty when there is none yet)."""
+    if not path.is_file():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {n} is not JSON ({exc.msg}); the step log is "
+                                 "rewritten atomically, so the file was edited by hand") from None
+    return records
+
+
+def _last_inputs(records: list[dict[str, Any]], step: str) -> dict[str, str] | None:
+    for r in reversed(records):
+        if r["step"] == step and r["status"] in ("ran", "resumed"):
+            return dict(r.get("inputs", {}))
+    return None
+
+
+def _derived_state(step: Step, records: list[dict[str, Any]]) -> tuple[StepState, dict[str, str]]:
+    digests = file_digests(step.inputs())
+    outputs_exist = all(p.exists() for p in step.outputs())
+    if outputs_exist and _last_inputs(records, step.name) == digests:
+        return StepState.DONE, digests
+    return StepState.TODO, digests
+
+
+def run_steps(
+    steps: Sequence[Step],
+    log_path: Path,
+    *,
+    progress: bool = True,
+    on_step_done: Callable[[StepRecord], None] | None = None,
+) -> list[StepRecord]:
+    """Run ``steps`` in order, skipping finished ones; returns this invocation's records.
+
+    The state of each step is decided just before it runs (a step may depend on what earlier
+    steps wrote). ``on_step_done`` is called after each step's record is logged, e.g. to report
+    progress, or to stop a study after a given step.
+    """
+    from tqdm.auto import tqdm
+
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"step names must be unique, got {names}")
+    # Start time plus a random tag: two invocations within one second stay apart.
+    invocation = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {uuid.uuid4().hex[:6]}"
+    records = read_step_log(log_path)
+    total = sum(s.weight for s in steps)
+    done_weight, run_weight, run_seconds = 0.0, 0.0, 0.0
+    mine: list[StepRecord] = []
+    bar = tqdm(total=round(total, 3), desc="study", unit="ep", disable=not progress,
+               dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    try:
+        for step in steps:
+            bar.set_description_str(f"study: {step.name}")
+            if step.prepare is not None:
+                step.prepare()
+            if step.state is not None:
+                state, digests = step.state(), {}
+            else:
+                state, digests = _derived_state(step, records)
+            t0 = time.perf_counter()
+            if state is not StepState.DONE:
+                step.action(state is StepState.UNFINISHED)
+                if step.state is None:
+                    digests = file_digests(step.inputs())
+            seconds = time.perf_counter() - t0
+            status = {StepState.DONE: "skipped", StepState.UNFINISHED: "resumed",
+                      StepState.TODO: "ran"}[state]
+            record = StepRecord(step.name, status, seconds,
+                                datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                invocation, digests)
+            records.append(record.to_json())
+            mine.append(record)
+            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+            done_weight += step.weight
+            if status != "skipped":
+                run_weight, run_seconds = run_weight + step.weight, run_seconds + seconds
+            bar.update(step.weight)
+            bar.set_postfix_str(_eta_text(run_seconds, run_weight, total - done_weight))
+            if on_step_done is not None:
+                on_step_done(record)
+    finally:
+        bar.close()
+    return mine
+
+
+def _eta_text(seconds: float, weight: float, remaining: float) -> str:
+    """Elapsed time of the steps run so far and the time the remaining weight should take at
+    their pace (skipped steps cost nothing, so they do not count toward the pace)."""
+    if weight <= 0 or seconds <= 0:
+        return f"{_clock(seconds)} elapsed, ETA unknown"
+    return f"{_clock(seconds)} elapsed, ETA {_clock(seconds / weight * remaining)}"
+
+
+def _clock(seconds: float) -> str:
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"

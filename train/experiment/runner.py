@@ -1,0 +1,386 @@
+"""The study plan: a list of named steps that trains, evaluates and reports the method's study.
+
+For each split mode: the split and test set; a RetinaNet per focal-loss gamma and its test IoUs;
+the gamma with the best VALIDATION mIoU; per segmenter a model for each condition (whole frame,
+the chosen detector's crop, the ground-truth crop) and its test Dice. Then the tables
+(RUN/summary.json), the figures and the report. Every step is skipped when finished and resumed
+when its training run stopped part-way (see :mod:`bpedge.train.experiment._steps`).
+
+All models of a split mode train on one split: the trainers make it from the same data, seed,
+``--dedup`` and ``--limit``, and every run's split.json is checked against RUN/{mode}/split.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bpedge.train.experiment._steps import (
+    Step,
+    StepRecord,
+    StepState,
+    file_digests,
+    read_step_log,
+    run_steps,
+    training_state,
+)
+from bpedge.train.experiment.layout import StudyLayout, gamma_label
+from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions
+
+from bpedge._atomic import atomic_write_json
+
+__all__ = ["StudyOutcome", "plan_study", "run_study"]
+
+#: Relative cost of one epoch of each kind of work, for the study's ETA (detector epoch = 1).
+_SEGMENTER_EPOCH, _EVAL, _LIGHT = 0.6, 0.3, 0.2
+#: Options that define what a study folder holds; changing them needs a new --out.
+_FIXED_OPTIONS = ("data", "preset", "seed", "limit", "dedup", "on_error")
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What one invocation did: its step records and where the report is."""
+
+    layout: StudyLayout
+    records: list[StepRecord]
+
+    @property
+    def report(self) -> Path:
+        return self.layout.report_md
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# --- Steps' actions -------------------------------------------------------------------------
+
+
+def _write_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
+    from bpedge.train.data import find_contradictory_duplicates, scan_dataset
+
+    index = scan_dataset(opts.data, on_error=opts.on_error,  # type: ignore[arg-type]
+                         progress=opts.progress)
+    removed: list[list[Any]] = []
+    if opts.dedup:
+        report = find_contradictory_duplicates(index.frames)
+        removed = [list(p) for p in report.pairs]
+    atomic_write_json(layout.data_json, {
+        "root": str(index.root.resolve()),
+        "fingerprint": index.fingerprint,
+        "frames": len(index.frames),
+        "positive": len(index.positive()),
+        "empty": len(index.frames) - len(index.positive()),
+        "subjects": len(index.subjects()),
+        "problems": [{"path": str(p.path), "reason": p.reason} for p in index.problems],
+        "dedup": opts.dedup,
+        "dedup_removed": removed,  # [kept positive key, removed empty key, similarity]
+    })
+
+
+def _write_split(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> None:
+    import torch
+    from bpedge.train._run_setup import RunOptions, prepare_data
+    from bpedge.train.distributed import DistContext
+    from bpedge.train.experiment.evaluate import build_testset
+
+    run = RunOptions(data=opts.data, out=layout.mode_dir(mode), preset=opts.preset, split=mode,
+                     seed=opts.seed, dedup=opts.dedup, on_error=opts.on_error, limit=opts.limit,
+                     progress=opts.progress)
+    ctx = DistContext(0, 1, 0, torch.device("cpu"), initialized=False)
+    prepared = prepare_data(run, opts.seed, ctx, None)  # writes RUN/{mode}/split.json
+    dropped = {pair[1] for pair in _read(layout.data_json)["dedup_removed"]}
+    frames = [f for f in prepared.index.frames if f.key not in dropped]
+    testset = build_testset(prepared.split, frames, mode, opts.seed, opts.figure_images)
+    atomic_write_json(layout.testset_json(mode), testset)
+
+
+def _check_same_split(run_dir: Path, layout: StudyLayout, mode: str) -> None:
+    ours, theirs = _read(layout.split_json(mode)), _read(run_dir / "split.json")
+    for part in ("train", "val", "test"):
+        if ours[part] != theirs[part]:
+            raise ValueError(
+                f"{run_dir} trained on another {part} split than {layout.split_json(mode)}; "
+                "was the data changed during the study? Start again with a new --out"
+            )
+
+
+def _train_detector(opts: ExperimentOptions, layout: StudyLayout, mode: str, gamma: float,
+                    resume: bool) -> None:
+    from bpedge.train.train_detector import DetectorOptions, train_detector
+
+    run_dir = layout.detector_run(mode, gamma)
+    train_detector(DetectorOptions(
+        data=opts.data, out=run_dir, preset=opts.preset, split=mode, seed=opts.seed,
+        epochs=opts.detector_epoch_count(), device=opts.device, resume=resume, dedup=opts.dedup,
+        on_error=opts.on_error, limit=opts.limit, progress=opts.progress, gamma=gamma,
+    ))
+    _check_same_split(run_dir, layout, mode)
+
+
+def _chosen_detector(layout: StudyLayout, mode: str) -> tuple[float, Path]:
+    choice = _read(layout.gamma_choice(mode))
+    gamma = float(choice["chosen_gamma"])
+    return gamma, layout.detector_run(mode, gamma) / "best.pt"
+
+
+def _segmenter_state(opts: ExperimentOptions, layout: StudyLayout, mode: str, arch: str,
+                     condition: str) -> StepState:
+    run_dir = layout.segmenter_run(mode, arch, condition)
+    boxes = run_dir / "detector_boxes.json"
+    if condition == "detector" and boxes.is_file() and (run_dir / "last.pt").is_file():
+        # Compared by content, so a study folder that was moved still matches its detector.
+        used = _read(boxes)["detector_sha256"]
+        chosen = _chosen_detector(layout, mode)[1]
+        if used != file_digests([chosen])[str(chosen)]:
+            raise ValueError(
+                f"{run_dir} was trained on the boxes of another detector than the chosen one "
+                f"({chosen}; the gamma list or the detectors changed); remove {run_dir} to "
+                "retrain it on the chosen detector's boxes"
+            )
+    return training_state(run_dir, opts.segmenter_epoch_count(arch))
+
+
+def _train_segmenter(opts: ExperimentOptions, layout: StudyLayout, mode: str, arch: str,
+                     condition: str, resume: bool) -> None:
+    from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+
+    run_dir = layout.segmenter_run(mode, arch, condition)
+    detector = _chosen_detector(layout, mode)[1] if condition == "detector" else None
+    train_segmenter(SegmenterOptions(
+        data=opts.data, out=run_dir, preset=opts.preset, split=mode, seed=opts.seed,
+        epochs=opts.segmenter_epoch_count(arch), device=opts.device, resume=resume,
+        dedup=opts.dedup, on_error=opts.on_error, limit=opts.limit, progress=opts.progress,
+        arch=arch, crop=condition, detector=detector,
+    ))
+    _check_same_split(run_dir, layout, mode)
+
+
+def _evaluate_segmenter(opts: ExperimentOptions, layout: StudyLayout, mode: str, arch: str,
+                        condition: str) -> None:
+    from bpedge.train.experiment.evaluate import evaluate_segmenter
+
+    gamma, _ = _chosen_detector(layout, mode)
+    evaluate_segmenter(
+        layout.segmenter_run(mode, arch, condition) / "best.pt", condition,
+        _read(layout.testset_json(mode)), layout.segmenter_eval(mode, arch, condition),
+        layout.figure_masks(mode, arch, condition),
+        detector_eval=_read(layout.detector_eval(mode, gamma)),
+        score_threshold=opts.score_threshold, device=opts.device,
+    )
+
+
+# --- Study-level files ----------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import matplotlib
+    import numpy
+    import torch
+    import torchvision
+
+    from bpedge._version import __version__
+
+    return {
+        "bpedge": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+        "opencv": cv2.__version__, "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(), "torch_threads": str(torch.get_num_threads()),
+    }
+
+
+def _resolved_presets(opts: ExperimentOptions) -> dict[str, Any]:
+    """The model configs every run trains with (preset + this study's seed and epochs), as the
+    trainers resolve them."""
+    from bpedge.train.presets import config_to_dict
+    from bpedge.train.train_detector import DetectorOptions, resolve_detector_config
+    from bpedge.train.train_segmenter import SegmenterOptions, resolve_segmenter_config
+
+    common = {"data": opts.data, "out": opts.out, "preset": opts.preset, "seed": opts.seed}
+    out = {"detector": config_to_dict(resolve_detector_config(DetectorOptions(
+        **common, epochs=opts.detector_epoch_count())))}
+    for arch in opts.archs:
+        out[arch] = config_to_dict(resolve_segmenter_config(SegmenterOptions(
+            **common, arch=arch, epochs=opts.segmenter_epoch_count(arch))))
+    return out
+
+
+def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str | None) -> None:
+    """RUN/study.json: options, resolved presets, versions and the command. Refuses to continue a
+    study whose defining options (data, preset, seed, limit, dedup, on_error) were different."""
+    options = opts.to_json()
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if layout.study_json.is_file():
+        old = _read(layout.study_json)
+        diffs = [f"--{k.replace('_', '-')}: {old['options'].get(k)!r} -> {options[k]!r}"
+                 for k in _FIXED_OPTIONS if old["options"].get(k) != options[k]]
+        if diffs:
+            raise ValueError(
+                f"{layout.root} holds a study made with other options ({'; '.join(diffs)}); "
+                "use the original options to continue it, or a new --out"
+            )
+        created = old.get("created", created)
+    atomic_write_json(layout.study_json, {
+        "schema": "bpedge.study/1",
+        "created": created,
+        "command": command,
+        "options": options,
+        "presets": _resolved_presets(opts),
+        "versions": _versions(),
+        "device": opts.device,
+    })
+    atomic_write_json(layout.root / "eval_settings.json", {
+        "score_threshold": opts.score_threshold, "figure_images": opts.figure_images,
+    })
+
+
+def _write_timings(layout: StudyLayout) -> None:
+    """RUN/timings.json from the step log: seconds per step summed over the invocations that ran
+    or resumed it, per invocation, and in all (the report step itself is not counted)."""
+    per_step: dict[str, float] = {}
+    per_invocation: dict[str, float] = {}
+    for r in read_step_log(layout.step_log):
+        if r["status"] == "skipped" or r["step"] == "report":
+            continue
+        per_step[r["step"]] = per_step.get(r["step"], 0.0) + float(r["seconds"])
+        per_invocation[r["invocation"]] = per_invocation.get(r["invocation"], 0.0) + float(
+            r["seconds"])
+    atomic_write_json(layout.root / "timings.json", {
+        "steps": [{"step": k, "seconds": round(v, 1)} for k, v in per_step.items()],
+        "invocations": [{"started": k, "seconds": round(v, 1)} for k, v in per_invocation.items()],
+        "total_seconds": round(sum(per_step.values()), 1),
+    })
+
+
+# --- The plan -------------------------------------------------------------------------------
+
+
+def _mode_steps(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> list[Step]:
+    from bpedge.train.experiment.evaluate import evaluate_detector
+    from bpedge.train.experiment.tables import choose_gamma
+
+    settings = layout.root / "eval_settings.json"
+    steps = [Step(
+        f"{mode}/split", lambda _r: _write_split(opts, layout, mode), weight=_LIGHT,
+        inputs=lambda: [layout.data_json, settings],
+        outputs=lambda: [layout.split_json(mode), layout.testset_json(mode)],
+    )]
+    det_epochs = opts.detector_epoch_count()
+    for g in opts.gammas:
+        run = layout.detector_run(mode, g)
+        steps.append(Step(
+            f"{mode}/detector/gamma_{gamma_label(g)}/train",
+            lambda resume, g=g: _train_detector(opts, layout, mode, g, resume),
+            weight=det_epochs, state=lambda run=run: training_state(run, det_epochs),
+        ))
+        steps.append(Step(
+            f"{mode}/detector/gamma_{gamma_label(g)}/evaluate",
+            lambda _r, g=g, run=run: evaluate_detector(
+                run / "best.pt", _read(layout.testset_json(mode)), layout.detector_eval(mode, g),
+                device=opts.device, progress=False),
+            weight=_EVAL, inputs=lambda run=run: [run / "best.pt", layout.testset_json(mode)],
+            outputs=lambda g=g: [layout.detector_eval(mode, g)],
+        ))
+    steps.append(Step(
+        f"{mode}/choose-gamma", lambda _r: choose_gamma(layout, mode, opts.gammas), weight=_LIGHT,
+        inputs=lambda: [layout.detector_run(mode, g) / "metrics.json" for g in opts.gammas],
+        outputs=lambda: [layout.gamma_choice(mode)],
+    ))
+    for arch in opts.archs:
+        for cond in CONDITIONS:
+            run = layout.segmenter_run(mode, arch, cond)
+            name = f"{mode}/segmenter/{arch}_{cond}"
+            steps.append(Step(
+                f"{name}/train",
+                lambda resume, a=arch, c=cond: _train_segmenter(opts, layout, mode, a, c, resume),
+                weight=opts.segmenter_epoch_count(arch) * _SEGMENTER_EPOCH,
+                state=lambda a=arch, c=cond: _segmenter_state(opts, layout, mode, a, c),
+            ))
+            steps.append(Step(
+                f"{name}/evaluate",
+                lambda _r, a=arch, c=cond: _evaluate_segmenter(opts, layout, mode, a, c),
+                weight=_EVAL,
+                inputs=lambda run=run: [run / "best.pt", layout.testset_json(mode), settings,
+                                        layout.detector_eval(mode, _chosen_detector(layout,
+                                                                                    mode)[0])],
+                outputs=lambda a=arch, c=cond: [layout.segmenter_eval(mode, a, c),
+                                                layout.figure_masks(mode, a, c)],
+            ))
+    return steps
+
+
+def _summary_inputs(opts: ExperimentOptions, layout: StudyLayout) -> list[Path]:
+    paths = [layout.data_json]
+    for mode in opts.split_modes:
+        paths += [layout.split_json(mode), layout.testset_json(mode), layout.gamma_choice(mode)]
+        for g in opts.gammas:
+            paths += [layout.detector_run(mode, g) / "metrics.json", layout.detector_eval(mode, g)]
+        for arch in opts.archs:
+            for cond in CONDITIONS:
+                paths += [layout.segmenter_run(mode, arch, cond) / "metrics.json",
+                          layout.segmenter_eval(mode, arch, cond),
+                          layout.figure_masks(mode, arch, cond)]
+    return paths
+
+
+def plan_study(opts: ExperimentOptions) -> list[Step]:
+    """The study's steps in the order they run (see the module docstring)."""
+    from bpedge.train.experiment.figures import figure_paths, make_figures
+    from bpedge.train.experiment.report import write_report
+    from bpedge.train.experiment.tables import build_summary
+
+    layout = StudyLayout(opts.out)
+    steps = [Step("data", lambda _r: _write_data(opts, layout), weight=_LIGHT,
+                  outputs=lambda: [layout.data_json])]
+    for mode in opts.split_modes:
+        steps += _mode_steps(opts, layout, mode)
+    steps.append(Step(
+        "summary",
+        lambda _r: build_summary(layout, opts.split_modes, opts.gammas, opts.archs, CONDITIONS,
+                                 opts.score_threshold),
+        weight=_LIGHT, inputs=lambda: _summary_inputs(opts, layout),
+        outputs=lambda: [layout.summary_json],
+    ))
+    steps.append(Step(
+        "figures", lambda _r: make_figures(layout), weight=_LIGHT,
+        inputs=lambda: _summary_inputs(opts, layout) + [layout.summary_json],
+        outputs=lambda: figure_paths(layout, opts.split_modes),
+    ))
+    report_inputs = [layout.summary_json, layout.data_json, layout.study_json,
+                     layout.root / "timings.json"]
+    steps.append(Step(
+        "report", lambda _r: write_report(layout), weight=_LIGHT,
+        inputs=lambda: report_inputs + figure_paths(layout, opts.split_modes),
+        outputs=lambda: [layout.report_md, layout.report_html],
+        prepare=lambda: _write_timings(layout),
+    ))
+    return steps
+
+
+def run_study(
+    opts: ExperimentOptions,
+    *,
+    command: str | None = None,
+    on_step_done: Callable[[StepRecord], None] | None = None,
+) -> StudyOutcome:
+    """Run (or continue) the study ``opts`` describes in ``opts.out``; returns what this
+    invocation did. ``command`` is recorded in RUN/study.json and shown in the report;
+    ``on_step_done`` is called with each step's record as soon as it is logged."""
+    opts.check()
+    layout = StudyLayout(opts.out)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    _write_study_json(opts, layout, command)
+    records = run_steps(plan_study(opts), layout.step_log, progress=opts.progress,
+                        on_step_done=on_step_done)
+    return StudyOutcome(layout=layout, records=records)
+
+
+def step_names(steps: Sequence[Step]) -> list[str]:
+    """Names of ``steps``, in order (for listings and tests)."""
+    return [s.name for s in steps]

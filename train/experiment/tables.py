@@ -1,0 +1,212 @@
+"""The study's tables as one JSON file (RUN/summary.json), computed from the per-image metrics.
+
+Everything the report prints comes from here (plus RUN/data.json, RUN/study.json and the step
+log), so the report can be checked against the files it was made from.
+
+- detection (Table 2): per gamma, the validation mIoU of the kept checkpoint (what chooses the
+  gamma) and the test mIoU;
+- segmentation (Table 3 and Fig. 7): per split mode, segmenter and condition, statistics of the
+  full-frame Dice and of the in-box crop Dice over BP-positive test frames;
+- Dice vs detector IoU: the detector-crop Dice (and, on the same images, the ground-truth-crop
+  Dice) over all BP-positive test images, the IoU >= 0.7 subset the paper used, the rest, and
+  IoU bins;
+- empty frames (Kaggle's view), when the test set has any: presence accuracy and mean Dice over
+  all test frames with empty-vs-empty = 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bpedge.train.experiment.layout import StudyLayout, gamma_label
+from bpedge.train.experiment.published import published_json
+
+from bpedge._atomic import atomic_write_json
+
+__all__ = ["IOU_BINS", "IOU_THRESHOLD", "build_summary", "choose_gamma", "describe"]
+
+#: The paper kept test images whose detector IoU was at least this for its detector-crop Dice.
+IOU_THRESHOLD = 0.7
+IOU_BINS: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)
+_SCHEMA = "bpedge.study-summary/1"
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """``n``, ``mean``, ``sd`` (sample, ddof 1; 0 for one value), ``median``, ``q1``, ``q3``,
+    ``min``, ``max`` of ``values``; all but ``n`` are ``None`` when there are none."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0, **{k: None for k in ("mean", "sd", "median", "q1", "q3", "min", "max")}}
+    q1, median, q3 = (float(x) for x in np.percentile(v, [25, 50, 75]))
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
+
+
+def choose_gamma(layout: StudyLayout, mode: str, gammas: Sequence[float]) -> dict[str, Any]:
+    """Pick the gamma whose kept checkpoint has the highest VALIDATION mIoU (ties: the first in
+    ``gammas``); the test set plays no part. Writes RUN/{mode}/eval/gamma_choice.json."""
+    val = {}
+    for g in gammas:
+        metrics = _read(layout.detector_run(mode, g) / "metrics.json")
+        if metrics.get("best_val_metric") is None:
+            raise ValueError(f"detector run for gamma {g:g} ({mode}) has no finished epoch")
+        val[gamma_label(g)] = float(metrics["best_val_metric"])
+    chosen = max(gammas, key=lambda g: (val[gamma_label(g)], -list(gammas).index(g)))
+    result = {
+        "rule": "highest validation mIoU of the kept (best) checkpoint; test data not used",
+        "val_miou": val,
+        "chosen_gamma": float(chosen),
+        "checkpoint": str(layout.detector_run(mode, chosen) / "best.pt"),
+    }
+    atomic_write_json(layout.gamma_choice(mode), result)
+    return result
+
+
+def _detection(layout: StudyLayout, mode: str, gammas: Sequence[float]) -> dict[str, Any]:
+    choice = _read(layout.gamma_choice(mode))
+    rows = []
+    for g in gammas:
+        metrics = _read(layout.detector_run(mode, g) / "metrics.json")
+        ev = _read(layout.detector_eval(mode, g))
+        rows.append({
+            "gamma": float(g),
+            "val_miou": float(metrics["best_val_metric"]),
+            "best_epoch": int(metrics["best_epoch"]),
+            "epochs": len(metrics["epochs"]),
+            "test_miou": ev["miou"],
+            "test_n": ev["n"],
+        })
+    return {"rows": rows, "chosen_gamma": float(choice["chosen_gamma"]), "rule": choice["rule"]}
+
+
+def _segmentation(layout: StudyLayout, mode: str, archs: Sequence[str],
+                  conditions: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for arch in archs:
+        out[arch] = {}
+        for cond in conditions:
+            metrics = _read(layout.segmenter_run(mode, arch, cond) / "metrics.json")
+            ev = _read(layout.segmenter_eval(mode, arch, cond))
+            pos = [r for r in ev["images"] if r["present"]]
+            out[arch][cond] = {
+                "frame": describe([r["dice_frame"] for r in pos]),
+                "crop": describe([r["dice_crop"] for r in pos]),
+                "val_dice": float(metrics["best_val_metric"]),
+                "best_epoch": int(metrics["best_epoch"]),
+                "epochs": len(metrics["epochs"]),
+            }
+    return out
+
+
+def _iou_subsets() -> list[tuple[str, float, float]]:
+    """(label, low, high) IoU ranges, ``low <= iou < high`` (the last bin includes 1)."""
+    subsets = [("all test images", -math.inf, math.inf),
+               (f"IoU >= {IOU_THRESHOLD:g}", IOU_THRESHOLD, math.inf),
+               (f"IoU < {IOU_THRESHOLD:g}", -math.inf, IOU_THRESHOLD)]
+    for lo, hi in itertools.pairwise(IOU_BINS):
+        last = hi == IOU_BINS[-1]
+        label = f"{lo:g} <= IoU <= {hi:g}" if last else f"{lo:g} <= IoU < {hi:g}"
+        subsets.append((label, lo, math.inf if last else hi))
+    return subsets
+
+
+def _dice_vs_iou(layout: StudyLayout, mode: str, archs: Sequence[str]) -> dict[str, Any]:
+    per_arch = {}
+    for arch in archs:
+        det = {r["key"]: r for r in _read(layout.segmenter_eval(mode, arch, "detector"))["images"]
+               if r["present"]}
+        gt = {r["key"]: r for r in _read(layout.segmenter_eval(mode, arch, "gt"))["images"]
+              if r["present"]}
+        per_arch[arch] = (det, gt)
+    first_det = per_arch[archs[0]][0]
+    ious = {k: float(r["detector_iou"]) for k, r in first_det.items()}
+    rows = []
+    for label, lo, hi in _iou_subsets():
+        keys = [k for k, iou in ious.items() if lo <= iou < hi]
+        row: dict[str, Any] = {"subset": label, "n": len(keys),
+                               "mean_iou": float(np.mean([ious[k] for k in keys])) if keys else None}
+        for arch, (det, gt) in per_arch.items():
+            row[arch] = {
+                "detector": float(np.mean([det[k]["dice_frame"] for k in keys])) if keys else None,
+                "gt": float(np.mean([gt[k]["dice_frame"] for k in keys])) if keys else None,
+            }
+        rows.append(row)
+    return {"threshold": IOU_THRESHOLD, "rows": rows}
+
+
+def _empty_frames(layout: StudyLayout, mode: str, archs: Sequence[str],
+                  conditions: Sequence[str]) -> dict[str, Any] | None:
+    testset = _read(layout.testset_json(mode))
+    if not testset["empty"]:
+        return None
+    out: dict[str, Any] = {"n_positive": len(testset["positive"]), "n_empty": len(testset["empty"])}
+    for arch in archs:
+        out[arch] = {}
+        for cond in conditions:
+            rows = _read(layout.segmenter_eval(mode, arch, cond))["images"]
+            scored = [r for r in rows if r["emitted"] is not None]
+            if len(scored) != len(rows):  # the ground-truth crop has no box on empty frames
+                out[arch][cond] = None
+                continue
+            empties = [r for r in rows if not r["present"]]
+            positives = [r for r in rows if r["present"]]
+            out[arch][cond] = {
+                "presence_accuracy": float(np.mean([r["emitted"] == r["present"] for r in rows])),
+                "empty_correct": float(np.mean([not r["emitted"] for r in empties])),
+                "positive_found": float(np.mean([r["emitted"] for r in positives])),
+                "kaggle_mean_dice": float(np.mean([r["dice_kaggle"] for r in rows])),
+            }
+    return out
+
+
+def _split_sizes(layout: StudyLayout, mode: str) -> dict[str, int]:
+    split = _read(layout.split_json(mode))
+    testset = _read(layout.testset_json(mode))
+    return {"train": len(split["train"]), "val": len(split["val"]), "test": len(split["test"]),
+            "test_empty": len(testset["empty"])}
+
+
+def build_summary(
+    layout: StudyLayout,
+    modes: Sequence[str],
+    gammas: Sequence[float],
+    archs: Sequence[str],
+    conditions: Sequence[str],
+    score_threshold: float,
+) -> dict[str, Any]:
+    """Every table of the report; writes RUN/summary.json and returns it."""
+    summary = {
+        "schema": _SCHEMA,
+        "modes": list(modes),
+        "gammas": [float(g) for g in gammas],
+        "archs": list(archs),
+        "conditions": list(conditions),
+        "score_threshold": score_threshold,
+        "iou_threshold": IOU_THRESHOLD,
+        "split_sizes": {m: _split_sizes(layout, m) for m in modes},
+        "detection": {m: _detection(layout, m, gammas) for m in modes},
+        "segmentation": {m: _segmentation(layout, m, archs, conditions) for m in modes},
+        "dice_vs_iou": {m: _dice_vs_iou(layout, m, archs) for m in modes},
+        "empty_frames": {m: _empty_frames(layout, m, archs, conditions) for m in modes},
+        "published": published_json(),
+    }
+    atomic_write_json(layout.summary_json, summary)
+    return summary
