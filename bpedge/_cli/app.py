@@ -17,6 +17,7 @@ _COMMAND_MODULES = [
     "bpedge._cli.train",
     "bpedge._cli.build_engines",
     "bpedge._cli.export",
+    "bpedge._cli.experiment",
 ]
 
 
