@@ -123,3 +123,25 @@ def test_inputs_and_boxes_follow_the_shared_stages(index) -> None:
                                atol=1e-6)
     want = (crop_resize(read_mask(frames[0].mask_path), boxes[0], 96, 96) > 127.5)
     np.testing.assert_array_equal(targets[0, 0], want.astype(np.float32))
+
+
+
+def test_a_run_trained_with_dedup_leaves_its_contradictory_frames_out(
+    phantom_dir: Path, index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bpedge.train import data
+    from bpedge.train.data import DuplicateReport
+
+    keys = [f.key for f in index.frames if f.present]
+    empties = [f.key for f in index.frames if not f.present]
+    flagged = set(empties[::2])  # pretend these empty frames near-copy a BP frame
+    monkeypatch.setattr(data, "find_contradictory_duplicates",
+                        lambda frames: DuplicateReport(tuple(sorted(flagged)), ()))
+    check = val.check_data(phantom_dir, payload_for(index, keys), "detector", force=False,
+                           warn=print)
+    frames = index.select(keys)
+    plain = val.empty_frames_for_presence(check, payload_for(index, keys), frames, 0)
+    deduped = val.empty_frames_for_presence(check, payload_for(index, keys, dedup=True), frames, 0)
+    # Every subject has validation frames here, so the plain sample is every empty frame.
+    assert {f.key for f in plain} == set(empties)
+    assert {f.key for f in deduped} == set(empties) - flagged
