@@ -6,6 +6,7 @@ agree on one set of names.
     RUN/study.json                  options, versions, timings (the runner)
     RUN/steps.jsonl                 one line per step per invocation: ran | resumed | skipped
     RUN/data.json                   data fingerprint, counts, de-duplication
+    RUN/models.json                 parameters and FLOPs of each model as configured
     RUN/{mode}/split.json           the split every model of that mode trains on
     RUN/{mode}/testset.json         test frames: BP-positive (the split's) and empty ones
     RUN/{mode}/detector/gamma_{g}/  a detector training run (bpedge train detector)
@@ -45,6 +46,10 @@ class StudyLayout:
     @property
     def data_json(self) -> Path:
         return self.root / "data.json"
+
+    @property
+    def models_json(self) -> Path:
+        return self.root / "models.json"
 
     @property
     def summary_json(self) -> Path:

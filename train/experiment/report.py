@@ -1,7 +1,8 @@
 """RUN/report.md and RUN/report.html, generated from the study's JSON files only.
 
 Sources: RUN/summary.json (every table), RUN/data.json (data fingerprint and counts),
-RUN/study.json (command, options, resolved presets, versions), RUN/timings.json (wall time) and
+RUN/study.json (command, options, resolved presets, versions), RUN/models.json (parameters and
+FLOPs), RUN/timings.json (wall time) and
 the published numbers of :mod:`bpedge.train.experiment.published` (carried in summary.json).
 Every number is formatted by :func:`fmt` (4 decimals), so a test can read the tables back and
 compare them with the files.
@@ -32,6 +33,7 @@ from bpedge._atomic import atomic_write_text
 __all__ = ["build_report", "fmt", "write_report"]
 
 _ARCH = {"unet": "U-Net", "mnet": "M-Net"}
+_MODEL_NAMES = {"detector": "RetinaNet", **_ARCH}
 TITLE = "bpedge study: two-stage brachial plexus segmentation"
 
 
@@ -235,12 +237,19 @@ def _empty_frames(summary: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _provenance(study: dict[str, Any], timings: dict[str, Any],
-                summary: dict[str, Any]) -> list[Block]:
+def _provenance(study: dict[str, Any], timings: dict[str, Any], summary: dict[str, Any],
+                models: dict[str, Any]) -> list[Block]:
     return [
         Heading(2, "Published numbers"),
         Paragraph(f"Source: {summary['published']['source']}. Those numbers are for the real "
                   "data; on other data (a phantom in particular) they are context, not a target."),
+        Heading(2, "Models"),
+        Table(("model", "input (N, C, H, W)", "parameters", "GFLOPs per inference"),
+              tuple((_MODEL_NAMES.get(name, name), "x".join(str(v) for v in m["input"]),
+                     f"{m['parameters']:,}", fmt(m["flops"] / 1e9, 3))
+                    for name, m in models.items())),
+        Paragraph("FLOPs as torch's FlopCounterMode counts them: 2 per multiply-add of "
+                  "convolutions and matrix products."),
         Heading(2, "Presets as trained"),
         Code(json.dumps(study["presets"], indent=2)),
         Heading(2, "Versions"),
@@ -268,7 +277,7 @@ def build_report(layout: StudyLayout) -> list[Block]:
     blocks += _segmentation(summary)
     blocks += _dice_vs_iou(summary)
     blocks += _empty_frames(summary)
-    blocks += _provenance(study, timings, summary)
+    blocks += _provenance(study, timings, summary, _read(layout.models_json))
     return blocks
 
 

@@ -83,6 +83,25 @@ def _write_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
     })
 
 
+def _write_models(opts: ExperimentOptions, layout: StudyLayout) -> None:
+    """RUN/models.json: parameters and FLOPs of one inference of each model as configured."""
+    from bpedge.train.models import build_detector, build_segmenter, model_complexity
+    from bpedge.train.presets import DetectorConfig, SegmenterConfig, config_from_dict
+
+    presets = _resolved_presets(opts)
+    out = {}
+    for name, cfg_dict in presets.items():
+        if name == "detector":
+            cfg = config_from_dict(DetectorConfig, cfg_dict)
+            model, hw = build_detector(cfg), cfg.input_hw
+        else:
+            cfg = config_from_dict(SegmenterConfig, cfg_dict)
+            model, hw = build_segmenter(cfg), cfg.crop_hw
+        params, flops = model_complexity(model, (1, 1, *hw))
+        out[name] = {"input": [1, 1, *hw], "parameters": params, "flops": flops}
+    atomic_write_json(layout.models_json, out)
+
+
 def _write_split(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> None:
     import torch
     from bpedge.train._run_setup import RunOptions, prepare_data
@@ -337,7 +356,9 @@ def plan_study(opts: ExperimentOptions) -> list[Step]:
 
     layout = StudyLayout(opts.out)
     steps = [Step("data", lambda _r: _write_data(opts, layout), weight=_LIGHT,
-                  outputs=lambda: [layout.data_json])]
+                  outputs=lambda: [layout.data_json]),
+             Step("models", lambda _r: _write_models(opts, layout), weight=_LIGHT,
+                  outputs=lambda: [layout.models_json])]
     for mode in opts.split_modes:
         steps += _mode_steps(opts, layout, mode)
     steps.append(Step(
@@ -352,7 +373,7 @@ def plan_study(opts: ExperimentOptions) -> list[Step]:
         inputs=lambda: _summary_inputs(opts, layout) + [layout.summary_json],
         outputs=lambda: figure_paths(layout, opts.split_modes),
     ))
-    report_inputs = [layout.summary_json, layout.data_json, layout.study_json,
+    report_inputs = [layout.summary_json, layout.data_json, layout.study_json, layout.models_json,
                      layout.root / "timings.json"]
     steps.append(Step(
         "report", lambda _r: write_report(layout), weight=_LIGHT,

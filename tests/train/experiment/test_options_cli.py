@@ -77,7 +77,7 @@ def test_plan_lists_every_step_in_order(tmp_path: Path) -> None:
 
     names = [s.name for s in plan_study(_opts(tmp_path, split="both", gammas=(1.0, 5.0),
                                               archs=("mnet",)))]
-    assert names[0] == "data" and names[-3:] == ["summary", "figures", "report"]
+    assert names[:2] == ["data", "models"] and names[-3:] == ["summary", "figures", "report"]
     for mode in ("random", "subject"):
         mine = [n for n in names if n.startswith(f"{mode}/")]
         assert mine[0] == f"{mode}/split"

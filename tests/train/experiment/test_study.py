@@ -72,7 +72,7 @@ def _table_with(tables: list[list[dict[str, str]]], header: str) -> list[dict[st
 
 def test_every_table_and_figure_file_is_written(study: StudyLayout) -> None:
     for path in (study.summary_json, study.report_md, study.report_html, study.data_json,
-                 study.study_json, study.split_json("random"), study.testset_json("random"),
+                 study.study_json, study.models_json, study.split_json("random"), study.testset_json("random"),
                  study.gamma_choice("random")):
         assert path.is_file(), path
     for g in GAMMAS:
@@ -170,6 +170,12 @@ def test_report_numbers_equal_the_metrics_files(study: StudyLayout) -> None:
             assert r["presence accuracy (all frames)"] == fmt(e["presence_accuracy"])
             assert r["Kaggle-style mean Dice (all frames)"] == fmt(e["kaggle_mean_dice"])
 
+    models = _read(study.models_json)
+    complexity = _table_with(tables, "GFLOPs per inference")
+    assert [r["model"] for r in complexity] == ["RetinaNet", "U-Net"]
+    assert [r["parameters"] for r in complexity] == [
+        f"{models[k]['parameters']:,}" for k in ("detector", "unet")]
+
     sizes = _table_with(tables, "test (empty)")
     assert sizes[0]["test (BP)"] == str(summary["split_sizes"]["random"]["test"])
     data = _read(study.data_json)
@@ -223,7 +229,7 @@ def test_an_interrupted_study_resumes(phantom_dir: Path, tmp_path: Path) -> None
     with pytest.raises(KeyboardInterrupt):
         run_study(opts, on_step_done=_stop_after(train))
     first = read_step_log(out / "steps.jsonl")
-    assert [r["step"] for r in first] == ["data", "random/split", train]
+    assert [r["step"] for r in first] == ["data", "models", "random/split", train]
     run_dir = StudyLayout(out).detector_run("random", 2.0)
     epoch1 = _read(run_dir / "metrics.json")["epochs"][0]
 
@@ -232,7 +238,8 @@ def test_an_interrupted_study_resumes(phantom_dir: Path, tmp_path: Path) -> None
         run_study(opts, on_step_done=_stop_after_first_run())
     second = read_step_log(out / "steps.jsonl")[len(first):]
     assert [(r["step"], r["status"]) for r in second] == [
-        ("data", "skipped"), ("random/split", "skipped"), (train, "skipped"),
+        ("data", "skipped"), ("models", "skipped"), ("random/split", "skipped"),
+        (train, "skipped"),
         ("random/detector/gamma_2/evaluate", "ran"),
     ]
 
@@ -246,7 +253,8 @@ def test_an_interrupted_study_resumes(phantom_dir: Path, tmp_path: Path) -> None
     # The evaluation reruns exactly when the kept checkpoint changed (epoch 2 was better).
     improved = (run_dir / "best.pt").read_bytes() != best_before
     assert [(r["step"], r["status"]) for r in third] == [
-        ("data", "skipped"), ("random/split", "skipped"), (train, "resumed"),
+        ("data", "skipped"), ("models", "skipped"), ("random/split", "skipped"),
+        (train, "resumed"),
         ("random/detector/gamma_2/evaluate", "ran" if improved else "skipped"),
     ]
     epochs = _read(run_dir / "metrics.json")["epochs"]
