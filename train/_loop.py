@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,9 +86,8 @@ class LoopSettings:
     label: str = "train"
     progress: bool = True  # progress bars
     verbose: bool = True   # one summary line per epoch
-    # Called with the row after each epoch is written (tests; the CLI prints via tqdm.write).
+    # Called on every rank with each epoch's row once rank 0 has written it (e.g. a study runner).
     on_epoch: Callable[[dict[str, Any]], None] | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --- Run folder -----------------------------------------------------------------------------
@@ -198,7 +197,8 @@ def run_epochs(
     from torch.utils.data import DataLoader, DistributedSampler
     from tqdm.auto import tqdm
 
-    start_epoch, best_metric, history = 0, -math.inf, list(settings.history)
+    start_epoch, best_metric = 0, -math.inf
+    history: list[dict[str, Any]] = []
     if resume_from is not None:
         trainee.model.load_state_dict(resume_from["model_state"])
         # load_state_dict moves the optimizer state onto the parameters' device.

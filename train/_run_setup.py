@@ -4,8 +4,8 @@ Data preparation, in order: scan the folder (``on_error``), optionally drop cont
 near-duplicates (``--dedup``, over all frames since a contradiction pairs a BP frame with an empty
 one), keep the BP-positive frames (what the method trains and tests on), optionally keep a seeded
 random ``--limit`` of them, then split once with the seed and save RUN/split.json. A resumed run
-reads RUN/split.json instead and checks that the data fingerprint is the one its checkpoint
-recorded.
+takes the split stored in its checkpoint instead (and rewrites RUN/split.json from it), after
+checking that the data fingerprint is the one the checkpoint recorded.
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def prepare_data(
     from bpedge.train.data import (
         drop_frames,
         find_contradictory_duplicates,
-        load_split,
         make_split,
         save_split,
         scan_dataset,
@@ -144,13 +143,13 @@ def prepare_data(
         keep = np.sort(np.random.default_rng(seed).choice(len(positives), opts.limit, replace=False))
         positives = [positives[i] for i in keep]
 
-    split_path = opts.out / "split.json"
     if resume_from is not None:
-        split = load_split(split_path) if split_path.is_file() else _split_from(resume_from)
+        # The checkpoint's copy is authoritative: it is the split the weights were trained on.
+        split = _split_from(resume_from)
     else:
         split = make_split(positives, opts.split, seed)  # type: ignore[arg-type]
-        if ctx.is_main:
-            save_split(split, split_path)
+    if ctx.is_main:
+        save_split(split, opts.out / "split.json")
     by_key = {f.key: f for f in positives}
     missing = [k for k in (*split.train, *split.val, *split.test) if k not in by_key]
     if missing:
