@@ -79,8 +79,8 @@ def crop_resize(image: np.ndarray, box: Sequence[float], out_w: int, out_h: int)
         raise ValueError(f"output size must be positive, got {out_w}x{out_h}")
     h, w = image.shape
     x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"box must have x0 < x1 and y0 < y1, got {tuple(box)}")
+    if not (x1 > x0 and y1 > y0 and math.isfinite(x1 - x0) and math.isfinite(y1 - y0)):
+        raise ValueError(f"box must be finite with x0 < x1 and y0 < y1, got {tuple(box)}")
     xi0, xi1, wx = _source_index(x0, x1 - x0, out_w, w)
     yi0, yi1, wy = _source_index(y0, y1 - y0, out_h, h)
     src = image.astype(np.float64, copy=False)
@@ -126,8 +126,8 @@ def paste_probability(prob: np.ndarray, box: Sequence[float], width: int, height
         raise ValueError(f"probability map must be 2-D, got shape {prob.shape}")
     out_h, out_w = prob.shape
     x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"box must have x0 < x1 and y0 < y1, got {tuple(box)}")
+    if not (x1 > x0 and y1 > y0 and math.isfinite(x1 - x0) and math.isfinite(y1 - y0)):
+        raise ValueError(f"box must be finite with x0 < x1 and y0 < y1, got {tuple(box)}")
     canvas = np.zeros((height, width), np.float32)
     xs, ys = _covered_pixels(x0, x1, width), _covered_pixels(y0, y1, height)
     if xs.size == 0 or ys.size == 0:
