@@ -88,8 +88,11 @@ PRESETS: dict[str, Preset] = {
             head_convs=2,
             anchor_sizes=(12, 24, 48, 96, 192),
             lr=1e-3,
-            batch_size=16,
-            epochs=12,
+            # Measured on a 6x40 phantom, subject split: batch 16 x 12 epochs stalled (val mIoU
+            # 0.03); batch 8 reached 0.32 and adding horizontal flips 0.52 within 20 epochs.
+            batch_size=8,
+            epochs=20,
+            hflip=True,
         ),
         unet=SegmenterConfig(
             arch="unet", base_filters=8, depth=4, kernel_size=3, dropout=0.1,
