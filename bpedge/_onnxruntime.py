@@ -35,7 +35,11 @@ class OrtModel:
             source = model if isinstance(model, bytes) else str(model)
             self._session = ort.InferenceSession(source, options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ValueError(f"{name}: ONNX Runtime cannot load this model ({exc})") from exc
+            raise ValueError(
+                f"{name}: ONNX Runtime cannot load this model ({exc}); the file is damaged or "
+                "not an ONNX model this onnxruntime reads: export the bundle again with "
+                "`bpedge export` (or upgrade onnxruntime if the model is newer)"
+            ) from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"{name}: expected a model with one input, found {len(inputs)}")
