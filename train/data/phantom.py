@@ -159,13 +159,12 @@ def _ellipse(img: np.ndarray, cx: float, cy: float, ax: float, ay: float, angle:
     )
 
 
-def _build_anatomy(rng: np.random.Generator, h: int, w: int) -> _Anatomy:
+def _draw_layers(rng: np.random.Generator, yy: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue layers, top to bottom: skin, subcutaneous fat (lobules and septa), sternocleidomastoid
+    (striated), scalene layer (oblique fibres), deep tissue; bright fascia between them.
+    Returns the echogenicity map and the muscle texture (both float32 (H, W))."""
     sx, sy = w / _REF_W, h / _REF_H
     s = math.sqrt(sx * sy)
-    yy = np.arange(h, dtype=np.float32)[:, None]
-    xx = np.arange(w, dtype=np.float32)[None, :]
-
-    # Tissue layers, top to bottom: skin, subcutaneous fat, sternocleidomastoid, scalene layer, deep.
     b_skin = _curve(rng, w, rng.uniform(5, 9) * sy, 1.0 * sy, 0.0)
     b_fat = _curve(rng, w, rng.uniform(0.07, 0.13) * h, 0.02 * h, rng.uniform(-0.04, 0.04) * h)
     b_scm = b_fat + _curve(rng, w, rng.uniform(0.12, 0.2) * h, 0.03 * h, rng.uniform(-0.12, 0.12) * h)
@@ -189,7 +188,78 @@ def _build_anatomy(rng: np.random.Generator, h: int, w: int) -> _Anatomy:
         strength = 1.8 + 1.2 * _smooth_noise(rng, (1, w), 40 * sx, 0.1)
         thick = rng.uniform(1.2, 2.2) * sy
         echo += np.clip(strength, 0.3, None) * np.exp(-0.5 * ((yy - boundary[None, :]) / thick) ** 2)
+    return echo, striation
 
+
+def _draw_vessels(
+    rng: np.random.Generator, echo: np.ndarray, shade: np.ndarray, taken: list, s: float
+) -> None:
+    """Carotid artery (round, thick bright wall), jugular vein (flattened oval, faint wall) and 1-3
+    small vessels with bright rims (locally much like one fascicle), all anechoic with posterior
+    enhancement. Draws into ``echo`` and ``shade`` in place."""
+    h, w = echo.shape
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    for kind in ("artery", "vein"):
+        r = rng.uniform(22, 36) * s if kind == "artery" else rng.uniform(18, 32) * s
+        ry = r if kind == "artery" else r * rng.uniform(0.4, 0.7)
+        cx, cy = _place(rng, taken, r + 4 * s, (0.06 * w, 0.94 * w), (0.2 * h, 0.6 * h))
+        wall = rng.uniform(2.5, 3.5) * s if kind == "artery" else 1.2 * s
+        _ellipse(echo, cx, cy, r + wall, ry + wall, 0, 2.6 if kind == "artery" else 1.4)
+        _ellipse(echo, cx, cy, r, ry, 0, 0.01)
+        _posterior_enhancement(shade, yy, xx, cx, cy + ry, r, h, rng.uniform(0.4, 0.8))
+    for _ in range(int(rng.integers(1, 4))):
+        r = rng.uniform(5, 11) * s
+        cx, cy = _place(rng, taken, r + 3 * s, (0.05 * w, 0.95 * w), (0.15 * h, 0.85 * h))
+        _ellipse(echo, cx, cy, r + 2.5 * s, r + 2.5 * s, 0, 2.4)
+        _ellipse(echo, cx, cy, r, r, 0, 0.02)
+        _posterior_enhancement(shade, yy, xx, cx, cy + r, r, h, 0.3)
+
+
+def _draw_decoys(
+    rng: np.random.Generator, echo: np.ndarray, taken: list, texture: np.ndarray, s: float
+) -> np.ndarray:
+    """1-2 clusters of hypoechoic blobs of the BP's size without bright rims, most in a bright
+    sheath like the BP's. Shrunk to a 96x96 whole frame they look like the BP; only the rims (a few
+    pixels at full resolution) tell them apart. Returns the new echogenicity map."""
+    h, w = echo.shape
+    sx, sy = w / _REF_W, h / _REF_H
+    for _ in range(int(rng.integers(1, 3))):
+        d_w = rng.uniform(60, 150) * sx
+        d_h = d_w * rng.uniform(0.5, 0.9) * sy / sx
+        d_r = 0.5 * math.hypot(d_w, d_h)
+        dx, dy = _place(rng, taken, d_r, (0.08 * w + d_r, 0.92 * w - d_r),
+                        (0.2 * h + d_h / 2, 0.8 * h - d_h / 2))
+        blobs = _pack_blobs(rng, int(rng.integers(3, 8)), d_w / 2, d_h / 2, 4 * s, 7 * s)
+        sheathed = rng.random() < 0.7
+        echo, _ = _cluster(rng, echo, dx, dy, blobs, rim=0.0, sheath=sheathed, texture=texture, s=s)
+    return echo
+
+
+def _draw_bone(rng: np.random.Generator, echo: np.ndarray, shade: np.ndarray) -> None:
+    """In most subjects, a transverse process or rib: a bright dome with an acoustic shadow below."""
+    if rng.random() >= 0.7:
+        return
+    h, w = echo.shape
+    sx, sy = w / _REF_W, h / _REF_H
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    bone_w = rng.uniform(80, 200) * sx
+    cx = rng.uniform(0.1 * w, 0.9 * w)
+    top = rng.uniform(0.8, 0.9) * h
+    u = (xx - cx) / (bone_w / 2)
+    arc = top + u**2 * rng.uniform(15, 35) * sy  # the bone's surface facing the probe
+    across = np.exp(-0.5 * u**8)  # flat-topped, soft-edged profile across the bone
+    echo += 4.0 * across * np.exp(-0.5 * ((yy - arc) / (2.5 * sy)) ** 2)
+    behind = 1.0 / (1.0 + np.exp(np.clip((arc + 4 * sy - yy) / (1.5 * sy), -30, 30)))
+    shade *= (1.0 - 0.93 * across * behind).astype(np.float32)
+
+
+def _build_anatomy(rng: np.random.Generator, h: int, w: int) -> _Anatomy:
+    sx, sy = w / _REF_W, h / _REF_H
+    s = math.sqrt(sx * sy)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    echo, striation = _draw_layers(rng, yy, h, w)
     taken: list[tuple[float, float, float]] = []
     shade = np.ones((h, w), np.float32)  # posterior enhancement and shadows, applied at the end
 
@@ -199,68 +269,19 @@ def _build_anatomy(rng: np.random.Generator, h: int, w: int) -> _Anatomy:
     bp_r = 0.5 * math.hypot(bp_w, bp_h)
     bp_x, bp_y = _place(rng, taken, bp_r + 6 * s, (0.15 * w + bp_r, 0.85 * w - bp_r),
                         (max(0.28 * h, bp_h / 2 + 20 * sy), min(0.68 * h, h - bp_h / 2 - 20 * sy)))
-
-    # Carotid artery (round, thick bright wall) and jugular vein (flattened oval, faint wall).
-    for kind in ("artery", "vein"):
-        r = rng.uniform(22, 36) * s if kind == "artery" else rng.uniform(18, 32) * s
-        ry = r if kind == "artery" else r * rng.uniform(0.4, 0.7)
-        cx, cy = _place(rng, taken, r + 4 * s, (0.06 * w, 0.94 * w), (0.2 * h, 0.6 * h))
-        wall = rng.uniform(2.5, 3.5) * s if kind == "artery" else 1.2 * s
-        _ellipse(echo, cx, cy, r + wall, ry + wall, 0, 2.6 if kind == "artery" else 1.4)
-        _ellipse(echo, cx, cy, r, ry, 0, 0.01)
-        _posterior_enhancement(shade, yy, xx, cx, cy + ry, r, h, rng.uniform(0.4, 0.8))
-
-    # Small vessels with bright rims: locally much like a single fascicle.
-    for _ in range(int(rng.integers(1, 4))):
-        r = rng.uniform(5, 11) * s
-        cx, cy = _place(rng, taken, r + 3 * s, (0.05 * w, 0.95 * w), (0.15 * h, 0.85 * h))
-        _ellipse(echo, cx, cy, r + 2.5 * s, r + 2.5 * s, 0, 2.4)
-        _ellipse(echo, cx, cy, r, r, 0, 0.02)
-        _posterior_enhancement(shade, yy, xx, cx, cy + r, r, h, 0.3)
-
-    # Decoy: a cluster of hypoechoic blobs without bright rims, of the BP's size, in muscle.
-    d_w = rng.uniform(60, 150) * sx
-    d_h = d_w * rng.uniform(0.5, 0.9) * sy / sx
-    dx0, dy0 = _place(rng, taken, 0.5 * math.hypot(d_w, d_h), (0.1 * w + d_w / 2, 0.9 * w - d_w / 2),
-                      (0.2 * h + d_h / 2, 0.8 * h - d_h / 2))
-    for bx, by, br in _pack_blobs(rng, int(rng.integers(3, 7)), d_w / 2, d_h / 2, 4 * s, 7 * s):
-        _ellipse(echo, dx0 + bx, dy0 + by, br * rng.uniform(0.85, 1.15), br * rng.uniform(0.7, 1.0),
-                 rng.uniform(0, 180), rng.uniform(0.1, 0.25))
-
-    # Bone (transverse process or rib) in most subjects: a bright arc with an acoustic shadow.
-    if rng.random() < 0.7:
-        bone_w = rng.uniform(80, 200) * sx
-        cx = rng.uniform(0.1 * w, 0.9 * w)
-        top = rng.uniform(0.8, 0.9) * h
-        u = (xx - cx) / (bone_w / 2)
-        arc = top + u**2 * rng.uniform(15, 35) * sy  # a dome: the bone's surface facing the probe
-        across = np.exp(-0.5 * u**8)  # flat-topped, soft-edged profile across the bone
-        echo += 4.0 * across * np.exp(-0.5 * ((yy - arc) / (2.5 * sy)) ** 2)
-        behind = 1.0 / (1.0 + np.exp(np.clip((arc + 4 * sy - yy) / (1.5 * sy), -30, 30)))
-        shade *= (1.0 - 0.93 * across * behind).astype(np.float32)
-
+    _draw_vessels(rng, echo, shade, taken, s)
+    echo = _draw_decoys(rng, echo, taken, striation, s)
+    _draw_bone(rng, echo, shade)
     echo *= shade
     echo_empty = cv2.GaussianBlur(echo, (0, 0), 0.8 * s)
 
-    # The BP: bright sheath around 3-8 hypoechoic fascicles, each with a bright rim.
+    # The BP: bright sheath around 3-8 hypoechoic fascicles, each with a bright rim; the mask is
+    # the sheath's convex outline.
     rim = rng.uniform(3.0, 4.5) * s
     blobs = _pack_blobs(rng, int(rng.integers(3, 9)), bp_w / 2, bp_h / 2, rim + 1.5 * s, 7 * s)
-    hull_points = []
-    for bx, by, br in blobs:
-        outer = cv2.ellipse2Poly((round(bp_x + bx), round(bp_y + by)),
-                                 (round(br + rim + 3 * s),) * 2, 0, 0, 360, 20)
-        hull_points.append(outer)
-    hull = cv2.convexHull(np.concatenate(hull_points))
+    bp_echo, hull = _cluster(rng, echo, bp_x, bp_y, blobs, rim=rim, sheath=True, texture=striation, s=s)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [hull], 255, lineType=cv2.LINE_8)
-    sheath = np.zeros((h, w), np.float32)
-    cv2.fillPoly(sheath, [hull], 1.0, lineType=cv2.LINE_AA)
-    sheath = cv2.GaussianBlur(sheath, (0, 0), 3 * s)
-    bp_echo = echo * (1 - sheath) + sheath * rng.uniform(1.0, 1.5) * np.exp(0.25 * striation)
-    for bx, by, br in blobs:
-        ax, ay, ang = br * rng.uniform(0.9, 1.15), br * rng.uniform(0.75, 1.0), rng.uniform(0, 180)
-        _ellipse(bp_echo, bp_x + bx, bp_y + by, ax + rim, ay + rim, ang, rng.uniform(2.2, 3.2))
-        _ellipse(bp_echo, bp_x + bx, bp_y + by, ax, ay, ang, rng.uniform(0.08, 0.2))
     echo_bp = cv2.GaussianBlur(bp_echo, (0, 0), 0.8 * s)
 
     # Depth attenuation, partly undone by a per-subject time-gain curve.
@@ -278,6 +299,43 @@ def _build_anatomy(rng: np.random.Generator, h: int, w: int) -> _Anatomy:
         ref_level=_unit_envelope(psf) * 12.0 * 10 ** (rng.uniform(-4, 4) / 20),
         dynamic_range_db=rng.uniform(48, 60),
     )
+
+
+def _cluster(
+    rng: np.random.Generator,
+    echo: np.ndarray,
+    cx: float,
+    cy: float,
+    blobs: list[tuple[float, float, float]],
+    *,
+    rim: float,
+    sheath: bool,
+    texture: np.ndarray,
+    s: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a cluster of hypoechoic blobs centred at (cx, cy): each with a bright rim of ``rim``
+    pixels (none if 0), optionally inside a bright sheath filling the blobs' convex outline.
+    Returns the new echogenicity map and the outline (int32 points, ``cv2.fillPoly`` ready) that
+    runs ``rim + 3 * s`` pixels outside the blobs."""
+    outlines = [
+        cv2.ellipse2Poly((round(cx + bx), round(cy + by)), (round(br + rim + 3 * s),) * 2,
+                         0, 0, 360, 20)
+        for bx, by, br in blobs
+    ]
+    hull = cv2.convexHull(np.concatenate(outlines))
+    out = echo.copy()
+    if sheath:
+        weight = np.zeros(echo.shape, np.float32)
+        cv2.fillPoly(weight, [hull], 1.0, lineType=cv2.LINE_AA)
+        weight = cv2.GaussianBlur(weight, (0, 0), 3 * s)
+        level = rng.uniform(1.0, 1.5) * np.exp(0.25 * texture)
+        out = echo * (1 - weight) + weight * level
+    for bx, by, br in blobs:
+        ax, ay, ang = br * rng.uniform(0.9, 1.15), br * rng.uniform(0.75, 1.0), rng.uniform(0, 180)
+        if rim > 0:
+            _ellipse(out, cx + bx, cy + by, ax + rim, ay + rim, ang, rng.uniform(2.2, 3.2))
+        _ellipse(out, cx + bx, cy + by, ax, ay, ang, rng.uniform(0.08, 0.2))
+    return out.astype(np.float32), hull
 
 
 def _posterior_enhancement(shade: np.ndarray, yy: np.ndarray, xx: np.ndarray, cx: float,
