@@ -31,7 +31,13 @@ from bpedge.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from bpedge.train.distributed import DistContext, ShardSampler, all_reduce_sums, wrap_model
+from bpedge.train.distributed import (
+    DistContext,
+    ShardSampler,
+    all_reduce_sums,
+    broadcast_buffers,
+    wrap_model,
+)
 
 from bpedge._atomic import atomic_write_json, atomic_write_text
 from bpedge._version import __version__
@@ -212,7 +218,7 @@ def run_epochs(
 
     train_module = wrap_model(trainee.loss_module, ctx)
     # Shuffled from the seed and the epoch, so the order does not depend on resuming.
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[Any] = DistributedSampler(
         trainee.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
         seed=settings.seed, drop_last=False,
     )
@@ -315,6 +321,7 @@ def _train_one_epoch(
 def _evaluate(trainee: Trainee, loader: Any, ctx: DistContext) -> tuple[float, float]:
     import torch
 
+    broadcast_buffers(trainee.model, ctx)  # every shard scores the model rank 0 will save
     trainee.model.eval()
     loss_sum, metric_sum, count = 0.0, 0.0, 0
     with torch.no_grad():

@@ -36,7 +36,7 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def capture_rng_state() -> dict[str, Any]:
     """The torch, CUDA, NumPy (global) and Python ``random`` states as tensors and plain types."""
     import torch
 
-    np_state = np.random.get_state()
+    np_state = cast("tuple[Any, ...]", np.random.get_state(legacy=True))
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

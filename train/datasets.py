@@ -22,12 +22,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from bpedge._stages import Box, clamp_box, crop_resize, crop_resize_normalize, scale_box
+
+if TYPE_CHECKING:
+    from bpedge.train.data import Frame
 
 __all__ = [
     "DetectorDataset",
@@ -54,15 +58,15 @@ class FrameStore:
     """Decoded frames of a run, in the order of ``frames``: uint8 images, bit-packed masks and
     the ground-truth boxes (frame pixels, ``None`` for an empty mask)."""
 
-    def __init__(self, frames: Sequence[object], *, progress: bool = False, workers: int = 4) -> None:
+    def __init__(self, frames: Sequence[Frame], *, progress: bool = False, workers: int = 4) -> None:
         from bpedge.train.data import read_image, read_mask
 
-        self.keys: tuple[str, ...] = tuple(f.key for f in frames)  # type: ignore[attr-defined]
-        self.boxes: tuple[Box | None, ...] = tuple(f.box for f in frames)  # type: ignore[attr-defined]
+        self.keys: tuple[str, ...] = tuple(f.key for f in frames)
+        self.boxes: tuple[Box | None, ...] = tuple(f.box for f in frames)
 
-        def load(frame: object) -> tuple[np.ndarray, np.ndarray]:
-            image = read_image(frame.image_path)  # type: ignore[attr-defined]
-            mask = read_mask(frame.mask_path)  # type: ignore[attr-defined]
+        def load(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+            # Decoding releases the GIL, so threads overlap the TIFF decodes.
+            image, mask = read_image(frame.image_path), read_mask(frame.mask_path)
             return image, np.packbits(mask.ravel() != 0)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -118,6 +118,21 @@ def all_reduce_sums(values: Sequence[float], ctx: DistContext) -> list[float]:
     return [float(v) for v in t.cpu().tolist()]
 
 
+def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step of an
+    epoch every rank holds statistics updated by its own last batch. Evaluating with those would
+    score a slightly different model on each shard than the one rank 0 saves.
+    """
+    if not ctx.distributed:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank (no-op when alone)."""
     if ctx.distributed:
@@ -127,13 +142,6 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier(device_ids=[ctx.device.index])
         else:
             dist.barrier()
-
-
-def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
-    """Rank 0's ``flag`` on every rank: lets rank 0 decide (e.g. "stop, an error happened")."""
-    if not ctx.distributed:
-        return flag
-    return all_reduce_sums([1.0 if (flag and ctx.is_main) else 0.0], ctx)[0] > 0.5
 
 
 class ShardSampler:
@@ -154,6 +162,6 @@ class ShardSampler:
 
 
 __all__ = [
-    "DistContext", "ShardSampler", "all_reduce_sums", "barrier", "broadcast_flag",
+    "DistContext", "ShardSampler", "all_reduce_sums", "barrier", "broadcast_buffers",
     "init_distributed", "launched_by_torchrun", "resolve_device", "shutdown", "wrap_model",
 ]

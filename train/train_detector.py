@@ -13,7 +13,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from bpedge.train.presets import DetectorConfig, config_to_dict, get_preset
 from torch import nn
 
 from bpedge._metrics import box_iou
+
+if TYPE_CHECKING:
+    from bpedge.train.models import RetinaNetDetector
 
 __all__ = ["DetectorOptions", "DetectorTrainee", "resolve_detector_config", "train_detector"]
 
@@ -112,7 +115,7 @@ class DetectorTrainee:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: RetinaNetDetector,
         optimizer: torch.optim.Optimizer,
         train_set: DetectorDataset,
         val_set: DetectorDataset,
@@ -202,7 +205,7 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
     return TrainResult(run_dir=opts.out, history=history, metric_name=METRIC)
 
 
-def build_detector_for(cfg: DetectorConfig, weights: Path | None) -> nn.Module:
+def build_detector_for(cfg: DetectorConfig, weights: Path | None) -> RetinaNetDetector:
     """``build_detector`` with optional initial weights (a backbone or whole-detector state_dict)."""
     from bpedge.train.models import build_detector
 
