@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bpedge.train.checkpoint import load_checkpoint, load_model
+from bpedge.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from bpedge.train.data import read_image, scan_dataset
 from bpedge.train.predict import predict_frames
 from bpedge.train.train_detector import DetectorOptions, train_detector
@@ -115,20 +117,36 @@ def test_unet_on_gt_crops_learns(phantom_dir: Path, tmp_path: Path) -> None:
 def test_mnet_on_detector_crops_caches_boxes(
     detector_run: Path, phantom_dir: Path, tmp_path: Path
 ) -> None:
+    detector = tmp_path / "detector.pt"
+    shutil.copyfile(detector_run / "best.pt", detector)
     out = tmp_path / "mnet"
-    result = train_segmenter(SegmenterOptions(
+    opts = SegmenterOptions(
         data=phantom_dir, out=out, preset="tiny", arch="mnet", crop="detector",
-        detector=detector_run, epochs=1, batch_size=8, progress=False,
-    ))
+        detector=detector, epochs=1, batch_size=8, progress=False, verbose=False,
+    )
+    result = train_segmenter(opts)
     assert len(result.history) == 1 and 0.0 <= result.history[0]["val_metric"] <= 1.0
-    cached = json.loads((out / "detector_boxes.json").read_text())
+    cache = out / "detector_boxes.json"
+    cached = json.loads(cache.read_text())
     split = json.loads((out / "split.json").read_text())
     assert set(cached["frames"]) == set(split["train"]) | set(split["val"]) | set(split["test"])
     # The cache holds exactly what the detector predicts (clamped), not something re-derived.
     frames = [f for f in scan_dataset(phantom_dir).frames if f.key in split["val"]]
-    direct = predict_frames(detector_run / "best.pt", frames)
+    direct = predict_frames(detector, frames)
     for key, pred in direct.items():
         assert cached["frames"][key]["box"] == pytest.approx(list(pred.box), abs=1e-4)
     payload = load_checkpoint(out / "last.pt")
     assert payload["crop_mode"] == "detector" and payload["arch"] == "mnet"
-    assert payload["config"]["crop"]["detector"] == str((detector_run / "best.pt").resolve())
+    assert payload["config"]["crop"]["detector"] == str(detector.resolve())
+
+    # Resuming reuses the cached boxes as they are...
+    before = cache.stat().st_mtime_ns
+    resumed = train_segmenter(dataclasses.replace(opts, epochs=2, resume=True))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert cache.stat().st_mtime_ns == before
+    # ...and refuses them once the detector they came from has changed.
+    changed = load_checkpoint(detector)
+    changed["epoch"] += 1
+    save_checkpoint(detector, changed)
+    with pytest.raises(ValueError, match="changed since this run cached its boxes"):
+        train_segmenter(dataclasses.replace(opts, epochs=3, resume=True))
