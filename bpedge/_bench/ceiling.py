@@ -1,0 +1,80 @@
+"""The machine's measured matrix-multiply ceiling: float32 GEMM GFLOP/s, NumPy and PyTorch.
+
+A model's achieved GFLOP/s means little on its own; against what this CPU reaches on a large,
+cache-friendly SGEMM in the same run (same load, same thread count) it says how far a runtime is
+from the hardware limit. The ceiling is the best of several timed products (a ceiling, not an
+average), each ``2 * n**3`` FLOPs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GemmCeiling:
+    """Best float32 GEMM throughput measured per library, GFLOP/s, for ``n`` x ``n`` matrices.
+
+    ``numpy_threads`` is ``None`` because NumPy's BLAS picks its own thread count (set
+    ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` before starting Python to pin it); ``torch`` is
+    ``None`` where PyTorch is not installed.
+    """
+
+    n: int
+    numpy_gflops: float
+    torch_gflops: float | None
+    torch_threads: int | None
+
+    @property
+    def gflops(self) -> float:
+        """The ceiling: the faster of the two libraries."""
+        return max(self.numpy_gflops, self.torch_gflops or 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "numpy_gflops": self.numpy_gflops, "torch_gflops": self.torch_gflops,
+                "torch_threads": self.torch_threads, "gflops": self.gflops}
+
+
+def best_gflops(matmul: Callable[[], object], n: int, seconds: float, min_repeats: int = 3) -> float:
+    """Time ``matmul`` (one ``n`` x ``n`` product) repeatedly for about ``seconds`` (at least
+    ``min_repeats`` times, after one untimed call) and return the best GFLOP/s."""
+    if n < 1 or seconds < 0 or min_repeats < 1:
+        raise ValueError(f"need n >= 1, seconds >= 0, min_repeats >= 1; got {n}, {seconds}, "
+                         f"{min_repeats}")
+    matmul()  # first call: thread pool start-up, page faults
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    repeats = 0
+    while repeats < min_repeats or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        matmul()
+        best = min(best, time.perf_counter() - t0)
+        repeats += 1
+    return 2.0 * n**3 / best / 1e9
+
+
+def measure_ceiling(n: int = 1024, seconds: float = 1.0, threads: int | None = None) -> GemmCeiling:
+    """Measure NumPy's and (if installed) PyTorch's float32 GEMM for about ``seconds`` each.
+
+    ``threads`` sets ``torch.set_num_threads`` for the PyTorch product (the same count the
+    benchmarked runtimes use); ``None`` keeps PyTorch's current setting.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    numpy_gflops = best_gflops(lambda: a @ b, n, seconds)
+    try:
+        import torch
+    except ImportError:
+        return GemmCeiling(n, numpy_gflops, None, None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    with torch.inference_mode():
+        torch_gflops = best_gflops(lambda: torch.mm(ta, tb), n, seconds)
+    return GemmCeiling(n, numpy_gflops, torch_gflops, torch.get_num_threads())
