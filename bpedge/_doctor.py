@@ -1,0 +1,255 @@
+"""``bpedge doctor``: what this machine has, which backends will run, and the fix for each gap.
+
+Every probe is cheap and side-effect free, imports its library lazily, and turns any failure into
+a finding with the reason, so the doctor itself never fails on a machine that lacks something.
+TensorRT is judged by its API (``tensorrt.Builder``), not by ``import tensorrt`` succeeding: the
+``tensorrt-stubs`` type stubs make that import work as an empty namespace package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpedge._bench.machine import library_versions, machine_info
+from bpedge._engine_key import INSTALL_HINT
+
+TRAIN_HINT = "pip install 'bpedge[train]'"
+DRIVER_HINT = ("install the NVIDIA driver for your GPU (Linux: the distribution's nvidia-driver "
+               "package or NVIDIA's .run installer; Jetson: JetPack), then reboot")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One fact about the machine. ``ok`` is None for plain information (CPU, memory)."""
+
+    topic: str
+    detail: str
+    ok: bool | None = None
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.topic, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class BackendVerdict:
+    """Whether one backend will run here, why (not), and what would make it run."""
+
+    backend: str
+    runs: bool
+    reason: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "runs": self.runs, "reason": self.reason, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    findings: tuple[Finding, ...]
+    backends: tuple[BackendVerdict, ...]
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+    def verdict(self, backend: str) -> BackendVerdict:
+        for v in self.backends:
+            if v.backend == backend:
+                return v
+        raise ValueError(f"unknown backend {backend!r}; choose one of "
+                         f"{[v.backend for v in self.backends]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"findings": [f.to_json() for f in self.findings],
+                "backends": [b.to_json() for b in self.backends], "versions": self.versions}
+
+
+# --- probes: each returns what it found, never raises ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Gpu:
+    driver: str | None            # "12.4" (the CUDA version the driver supports), None: no driver
+    runtime: str | None           # CUDA runtime the bindings load
+    devices: tuple[str, ...]      # "NVIDIA H100 (compute capability 9.0, 132 SMs, 79.6 GiB)"
+    problem: str | None           # why no GPU can be used
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def probe_gpu() -> _Gpu:
+    """Driver, CUDA runtime and devices through ``cuda.bindings.runtime``."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        return _Gpu(None, None, (), f"cuda-python is not installed ({exc})")
+    ok = cudart.cudaError_t.cudaSuccess
+    try:
+        err, runtime = cudart.cudaRuntimeGetVersion()
+        runtime_text = _cuda_version(runtime) if err == ok else None
+        err, driver = cudart.cudaDriverGetVersion()
+        # cudaDriverGetVersion answers success and 0 when no driver is installed.
+        driver_text = _cuda_version(driver) if err == ok and driver > 0 else None
+        err, count = cudart.cudaGetDeviceCount()
+        if err != ok:
+            name = getattr(err, "name", str(err))
+            problem = ("no NVIDIA driver" if name == "cudaErrorInsufficientDriver" and not driver_text
+                       else f"no usable NVIDIA GPU ({name})")
+            return _Gpu(driver_text, runtime_text, (), problem)
+        devices = []
+        for d in range(count):
+            err, prop = cudart.cudaGetDeviceProperties(d)
+            if err != ok:
+                devices.append(f"device {d}: properties unreadable ({getattr(err, 'name', err)})")
+                continue
+            name = bytes(prop.name).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+            devices.append(f"{name} (compute capability {prop.major}.{prop.minor}, "
+                           f"{prop.multiProcessorCount} SMs, {prop.totalGlobalMem / 2**30:.1f} GiB)")
+        return _Gpu(driver_text, runtime_text, tuple(devices),
+                    None if devices else "the driver reports no CUDA device")
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a finding, not a crash
+        return _Gpu(None, None, (), f"CUDA runtime query failed ({type(exc).__name__}: {exc})")
+
+
+def probe_nvrtc() -> tuple[str | None, str | None]:
+    """(NVRTC version, problem)."""
+    try:
+        from bpedge.kernels._nvrtc import nvrtc_version
+
+        major, minor = nvrtc_version()
+        return f"{major}.{minor}", None
+    except Exception as exc:  # noqa: BLE001 - NvrtcUnavailableError, or a broken wheel
+        return None, str(exc).splitlines()[0]
+
+
+def probe_tensorrt() -> tuple[str | None, str | None]:
+    """(TensorRT version, problem): real only when the module has the ``Builder`` API."""
+    try:
+        import tensorrt
+    except ImportError:
+        return None, "not installed"
+    except Exception as exc:  # noqa: BLE001 - e.g. a TensorRT wheel whose libraries fail to load
+        return None, f"import fails ({type(exc).__name__}: {exc})"
+    if not hasattr(tensorrt, "Builder"):
+        return None, ("not installed: the 'tensorrt' module found has no TensorRT API (type stubs "
+                      "only, e.g. tensorrt-stubs)")
+    return str(getattr(tensorrt, "__version__", "unknown version")), None
+
+
+def probe_onnxruntime() -> tuple[str | None, tuple[str, ...], str | None]:
+    """(version, providers, problem)."""
+    try:
+        import onnxruntime as ort
+
+        return ort.__version__, tuple(ort.get_available_providers()), None
+    except Exception as exc:  # noqa: BLE001 - ImportError or a broken native library
+        return None, (), f"{type(exc).__name__}: {exc}"
+
+
+def probe_torch() -> tuple[str | None, str | None, str | None]:
+    """(version, CUDA status, problem)."""
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a wheel built for another CUDA
+        return None, None, f"{type(exc).__name__}: {exc}"
+    try:
+        cuda = (f"CUDA {torch.version.cuda} build, GPU available" if torch.cuda.is_available()
+                else f"CUDA {torch.version.cuda} build, no GPU visible" if torch.version.cuda
+                else "CPU-only build")
+    except Exception as exc:  # noqa: BLE001
+        cuda = f"CUDA status unknown ({exc})"
+    return torch.__version__, f"{cuda}, {torch.get_num_threads()} threads", None
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def diagnose(
+    gpu: Callable[[], _Gpu] = probe_gpu,
+    nvrtc: Callable[[], tuple[str | None, str | None]] = probe_nvrtc,
+    tensorrt: Callable[[], tuple[str | None, str | None]] = probe_tensorrt,
+    onnxruntime: Callable[[], tuple[str | None, tuple[str, ...], str | None]] = probe_onnxruntime,
+    torch: Callable[[], tuple[str | None, str | None, str | None]] = probe_torch,
+) -> DoctorReport:
+    """Run every probe and judge each backend. The probes are parameters so tests can stand in a
+    machine with a GPU; the defaults ask this machine."""
+    host = machine_info()
+    mem = f", {host.memory_gib:.1f} GiB memory" if host.memory_gib else ""
+    findings = [Finding("CPU", f"{host.cpu_model or 'unknown model'}, {host.cores} cores{mem}")]
+
+    g = gpu()
+    if g.driver:
+        findings.append(Finding("NVIDIA driver", f"supports CUDA {g.driver}", True))
+    else:
+        findings.append(Finding("NVIDIA driver", "no NVIDIA driver", False, DRIVER_HINT))
+    if g.devices:
+        findings += [Finding("GPU", d, True) for d in g.devices]
+    else:
+        # Without a driver the driver row already carries the fix.
+        findings.append(Finding("GPU", g.problem or "none", False,
+                                None if not g.driver else "check that nvidia-smi lists the GPU"))
+    findings.append(Finding("CUDA runtime", g.runtime or "not found", g.runtime is not None,
+                            None if g.runtime else "pip install 'cuda-python>=12.6'"))
+    nv_version, nv_problem = nvrtc()
+    findings.append(Finding("NVRTC", nv_version or nv_problem or "not found", nv_version is not None,
+                            None if nv_version else "pip install 'cuda-python>=12.6'"))
+    trt_version, trt_problem = tensorrt()
+    findings.append(Finding("TensorRT", trt_version or trt_problem or "not found",
+                            trt_version is not None, None if trt_version else INSTALL_HINT))
+    ort_version, providers, ort_problem = onnxruntime()
+    findings.append(Finding(
+        "ONNX Runtime",
+        f"{ort_version}; providers: {', '.join(providers)}" if ort_version else str(ort_problem),
+        ort_version is not None, None if ort_version else "pip install onnxruntime",
+    ))
+    torch_version, torch_cuda, torch_problem = torch()
+    findings.append(Finding("PyTorch", f"{torch_version} ({torch_cuda})" if torch_version
+                            else f"not usable ({torch_problem})", torch_version is not None,
+                            None if torch_version else TRAIN_HINT))
+
+    backends = _backends(g, nv_version, trt_version, trt_problem, ort_version, providers,
+                         torch_version, torch_problem)
+    return DoctorReport(tuple(findings), tuple(backends), library_versions())
+
+
+def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | None,
+              ort: str | None, providers: tuple[str, ...], torch: str | None,
+              torch_problem: str | None) -> list[BackendVerdict]:
+    cpu_ok = ort is not None and "CPUExecutionProvider" in providers
+    out = [
+        BackendVerdict("onnxruntime fp32", cpu_ok,
+                       "ONNX Runtime CPU provider present" if cpu_ok else "ONNX Runtime unusable",
+                       None if cpu_ok else "pip install onnxruntime"),
+        BackendVerdict("onnxruntime fp16", cpu_ok,
+                       "runs with a bundle exported with FP16 ONNX; most CPUs lack FP16 "
+                       "arithmetic, so expect it slower than fp32" if cpu_ok
+                       else "ONNX Runtime unusable", None if cpu_ok else "pip install onnxruntime"),
+    ]
+    missing: list[tuple[str, str]] = []
+    if trt is None:
+        missing.append((f"TensorRT {trt_problem or 'missing'}", INSTALL_HINT))
+    if not g.driver:
+        missing.append(("no NVIDIA driver", DRIVER_HINT))
+    elif not g.devices:
+        missing.append((g.problem or "no GPU", "check that nvidia-smi lists the GPU"))
+    if nvrtc is None:
+        nvrtc_why = ("NVRTC missing (the fused pre/post-processing kernels are compiled with "
+                     "it)")
+        missing.append((nvrtc_why, "pip install 'cuda-python>=12.6'"))
+    for precision in ("fp16", "fp32"):
+        if missing:
+            out.append(BackendVerdict(f"tensorrt {precision}", False,
+                                      "; ".join(m for m, _ in missing),
+                                      "; ".join(dict.fromkeys(f for _, f in missing))))
+        else:
+            out.append(BackendVerdict(
+                f"tensorrt {precision}", True,
+                f"TensorRT {trt} and {g.devices[0]}; engines are built per GPU with "
+                "`bpedge build-engines BUNDLE`"))
+    out.append(BackendVerdict(
+        "pytorch eager", torch is not None,
+        "training and the benchmark baseline" if torch else f"PyTorch not usable ({torch_problem})",
+        None if torch else TRAIN_HINT))
+    return out

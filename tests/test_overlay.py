@@ -1,0 +1,47 @@
+"""Overlay pictures: outlines and box drawn where the masks and box are, in their colours."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from bpedge._overlay import (
+    BOX_PRESENT_BGR,
+    PREDICTION_BGR,
+    TRUTH_BGR,
+    draw_overlay,
+    write_png,
+)
+
+
+def _square(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    m = np.zeros((100, 120), np.uint8)
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
+def _has_colour(region: np.ndarray, bgr: tuple[int, int, int]) -> bool:
+    return bool(np.all(region == np.array(bgr, np.uint8), axis=-1).any())
+
+
+def test_outlines_and_box_land_where_they_belong(tmp_path):
+    frame = np.full((100, 120), 40, np.uint8)
+    truth, pred = _square(10, 10, 40, 40), _square(70, 50, 100, 90)
+    img = draw_overlay(frame, pred, truth, (60.0, 45.0, 110.0, 95.0), present=True)
+    assert img.shape == (100, 120, 3) and img.dtype == np.uint8
+    assert _has_colour(img[5:45, 5:45], TRUTH_BGR) and not _has_colour(img[5:45, 5:45], PREDICTION_BGR)
+    assert _has_colour(img[47:93, 67:103], PREDICTION_BGR)
+    assert _has_colour(img[44:47, 58:112], BOX_PRESENT_BGR)
+    # Inside the truth square, away from its outline, the frame is untouched.
+    assert (img[20:30, 20:30] == 40).all()
+    write_png(tmp_path / "o.png", img)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o.png")), img)
+
+
+def test_shapes_are_checked():
+    frame = np.zeros((100, 120), np.uint8)
+    with pytest.raises(ValueError, match="prediction mask shape"):
+        draw_overlay(frame, np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        draw_overlay(frame.astype(np.float32))
