@@ -17,6 +17,10 @@ _COMMAND_MODULES = [
     "bpedge._cli.train",
     "bpedge._cli.build_engines",
     "bpedge._cli.export",
+    "bpedge._cli.doctor",
+    "bpedge._cli.bench",
+    "bpedge._cli.segment",
+    "bpedge._cli.demo",
     "bpedge._cli.experiment",
 ]
 
