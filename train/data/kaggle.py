@@ -52,14 +52,16 @@ IGNORED = "ignored"
 class DatasetError(ValueError):
     """The dataset folder has bad files (``scan_dataset(on_error="fail")``); the message names each."""
 
-    def __init__(self, root: Path, problems: Iterable[Problem]) -> None:
+    def __init__(self, root: Path, problems: Iterable[Problem], headline: str | None = None) -> None:
         self.root = root
         self.problems = tuple(problems)
-        lines = "\n".join(f"  {p.path}: {p.reason}" for p in self.problems)
-        super().__init__(
-            f"{len(self.problems)} bad file(s) in {root} (pass on_error='skip' to leave them out):\n"
-            f"{lines}"
-        )
+        lines = "".join(f"\n  {p.path}: {p.reason}" for p in self.problems)
+        if headline is None:
+            headline = (
+                f"{len(self.problems)} bad file(s) in {root} "
+                "(pass on_error='skip' to leave them out):"
+            )
+        super().__init__(headline + lines)
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,12 @@ def scan_dataset(
         verdict = "noted" if p.reason.startswith(IGNORED) else "skipped"
         log.warning("%s %s: %s", verdict, p.path, p.reason)
     if not frames:
-        raise DatasetError(root, problems or [Problem(root, "no {subject}_{frame}.tif files")])
+        raise DatasetError(
+            root,
+            problems,
+            f"no usable frame in {root}: expected pairs of {{subject}}_{{frame}}.tif and "
+            "{subject}_{frame}_mask.tif" + (f"; {len(problems)} file(s) reported:" if problems else ""),
+        )
 
     digest = hashlib.sha256()
     for name, sha in sorted(h for r in loaded for h in r.hashes):

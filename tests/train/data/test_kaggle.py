@@ -223,7 +223,10 @@ def test_missing_or_empty_folders(tmp_path: Path) -> None:
         scan_dataset(tmp_path / "f.txt")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DatasetError, match="no"):
+    with pytest.raises(DatasetError, match="no usable frame"):
+        scan_dataset(empty, on_error="skip")
+    (empty / "1_1.tif").write_bytes(b"broken")
+    with pytest.raises(DatasetError, match=r"no usable frame(.|\n)*1_1\.tif: image without mask"):
         scan_dataset(empty, on_error="skip")
     with pytest.raises(ValueError, match="on_error"):
         scan_dataset(empty, on_error="ignore")  # type: ignore[arg-type]
