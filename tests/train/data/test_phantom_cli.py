@@ -10,25 +10,10 @@ from bpedge.train.data.kaggle import scan_dataset
 from typer.testing import CliRunner
 
 from bpedge._cli import app as cli_app
-from bpedge._cli import phantom as phantom_cli
 
 
 def _app() -> typer.Typer:
-    """The real app; while another command module of ``_COMMAND_MODULES`` is still missing from the
-    tree, an app with the same root options holding only this command."""
-    try:
-        return cli_app.build_app()
-    except ModuleNotFoundError as exc:
-        if exc.name == "bpedge._cli.phantom":
-            raise
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    phantom_cli.register(app)
-    return app
+    return cli_app.build_app()
 
 
 @pytest.fixture
