@@ -59,7 +59,7 @@ class DatasetError(ValueError):
         if headline is None:
             headline = (
                 f"{len(self.problems)} bad file(s) in {root} "
-                "(pass on_error='skip' to leave them out):"
+                "(skip them with on_error='skip', or --on-error skip on the command line):"
             )
         super().__init__(headline + lines)
 
