@@ -23,7 +23,7 @@ def summary_table(record: BenchRecord) -> Table:
     ceiling = record.context.get("ceiling", {}).get("gflops")
     title = (f"bpedge bench: {record.context.get('frames', {}).get('count', '?')} frames, "
              f"{record.context.get('settings', {}).get('threads', '?')} threads"
-             + (f"; GEMM ceiling {ceiling:.1f} GFLOP/s" if ceiling else ""))
+             + (f"; float32 GEMM ceiling {ceiling:.1f} GFLOP/s" if ceiling else ""))
     table = Table(title=escape(title), title_justify="left")
     for name, justify in (("backend", "left"), ("e2e median ms", "right"), ("p90", "right"),
                           ("p99", "right"), ("FPS", "right"), ("speed-up", "right"),

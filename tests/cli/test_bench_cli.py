@@ -53,7 +53,11 @@ def test_a_small_run_measures_every_available_row(bench_json):
         assert trt["status"] == "skipped" and "TensorRT" in trt["reason"]
     assert record["settings"]["threads"] == 1 and record["notes"] == ["test run"]
     assert record["machine"]["cores"] >= 1 and record["versions"]["onnxruntime"]
-    assert record["ceiling"]["gflops"] > 0
+    ceiling = record["ceiling"]
+    assert ceiling["gflops"] == max(ceiling["before_rows_gflops"], ceiling["after_rows_gflops"]) > 0
+    ort = rows[("onnxruntime", "fp32")]
+    assert ort["gflops"]["models_fraction_of_ceiling"] == pytest.approx(
+        ort["gflops"]["models"] / ceiling["gflops"])
     assert "skipped TensorRT fp16" in output and "ONNX Runtime fp32" in output
 
 
