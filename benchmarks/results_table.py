@@ -1,0 +1,96 @@
+"""Write the Markdown results table from ``bpedge bench --json`` files (stdout).
+
+    python benchmarks/results_table.py benchmarks/results/cpu_*.json > benchmarks/results/README.md
+
+Every number comes from the JSON files; nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bpedge._bench.record import BenchRecord, read_record
+
+
+def _f(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def section(path: Path, rec: BenchRecord) -> list[str]:
+    c = rec.context
+    m, s = c["machine"], c["settings"]
+    load = m.get("load_average") or [None] * 3
+    after = m.get("load_average_after") or [None] * 3
+    models = c["bundle"]["models"]
+    lines = [
+        f"## {path.name}",
+        "",
+        *(f"> {note}" for note in c.get("notes", [])),
+        "",
+        f"- command: `{c['command']}`",
+        (f"- machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']:.1f} GiB; "
+        f"load average (1/5/15 min) before {', '.join(_f(v, '{:.1f}') for v in load)}, "
+        f"after {', '.join(_f(v, '{:.1f}') for v in after)}"),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in c["versions"].items() if v),
+        f"- settings: {s['threads']} threads for every runtime, warm-up {s['warmup_seconds']} s, "
+        + (f"{s['iterations']} iterations" if s["iterations"] else f"{s['seconds']} s")
+        + f" per row, batch {s['batch']}, depth {s['depth']}",
+        (f"- frames: {c['frames']['source']}; {c['frames']['positives']} of "
+        f"{c['frames']['count']} show the BP"),
+        (f"- models: detector {models['detector']['arch']} {models['detector']['input_hw']} "
+        f"{models['detector']['flops_per_frame'] / 1e9:.2f} GFLOP/frame, segmenter "
+        f"{models['segmenter']['arch']} {models['segmenter']['input_hw']} "
+        f"{models['segmenter']['flops_per_frame'] / 1e9:.2f} GFLOP/frame"),
+        (f"- float32 GEMM ceiling (n={c['ceiling']['n']}, the better of before and after the "
+         f"rows): NumPy "
+        f"{c['ceiling']['numpy_gflops']:.1f}, PyTorch {_f(c['ceiling']['torch_gflops'], '{:.1f}')}"
+        " GFLOP/s"),
+        "",
+        ("| backend | e2e median ms | mean | p90 | p99 | FPS | speed-up vs PyTorch (e2e mean) "
+        "| models ms | models speed-up | Dice (BP frames) | box IoU | models GFLOP/s (% ceiling) |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rec.rows:
+        if not r.ran or r.end_to_end is None:
+            lines.append(f"| {r.label} | skipped: {r.reason} |" + " |" * 10)
+            continue
+        acc = r.accuracy or {}
+        frac = r.gflops.get("models_fraction_of_ceiling")
+        lines.append(
+            f"| {r.label} | {_f(r.end_to_end.median)} | {_f(r.end_to_end.mean)} | "
+            f"{_f(r.end_to_end.p90)} | {_f(r.end_to_end.p99)} | {_f(r.fps, '{:.1f}')} | "
+            f"{_f(r.speedup.get('end_to_end_mean'), '{:.2f}x')} | {_f(r.model_ms)} | "
+            f"{_f(r.speedup.get('models_mean'), '{:.2f}x')} | "
+            f"{_f(acc.get('dice_positive'), '{:.4f}')} | {_f(acc.get('box_iou_positive'), '{:.4f}')} | "
+            f"{_f(r.gflops.get('models'), '{:.1f}')} ({_f(frac * 100 if frac is not None else None, '{:.0f}')}%) |"
+        )
+    stages = [s for s in ("preprocess", "detector", "crop", "segmenter", "paste", "total")
+              if any(s in r.stages for r in rec.rows)]
+    lines += ["", "Median ms per stage (stage clock: time.perf_counter on CPU rows):", "",
+              "| backend | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for r in rec.rows:
+        if r.ran:
+            lines.append(f"| {r.label} | "
+                         + " | ".join(_f(r.stages[s].median if s in r.stages else None, "{:.3f}")
+                                      for s in stages) + " |")
+    return [*lines, ""]
+
+
+def main(paths: list[str]) -> None:
+    if not paths:
+        raise SystemExit("usage: results_table.py RUN.json...")
+    out = ["# CPU benchmark results", "",
+           ("Made by `benchmarks/run_cpu.sh` (see `benchmarks/README.md`); regenerate with it. "
+           "Speed-ups are ratios within one run (same frames, same thread count, same "
+           "pre/post-processing code; only the model runtime differs). Dice is over BP-positive "
+           "frames, full frame after paste-back. Model FLOPs are nominal (2 per multiply-add of the "
+           "convolutions as written), so an FP16 row, or a runtime that needs fewer operations, "
+           "can exceed 100% of the float32 GEMM ceiling."), ""]
+    for p in paths:
+        out += section(Path(p), read_record(p))
+    sys.stdout.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
