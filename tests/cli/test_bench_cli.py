@@ -85,3 +85,16 @@ def test_bad_input_exits_2_with_one_line(args, message, tiny_bundle):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_kaggle_folder_frames(tiny_bundle, phantom_dir, tmp_path):
+    out = tmp_path / "run.json"
+    result = runner.invoke(build_app(), [
+        "bench", str(tiny_bundle), "--data", str(phantom_dir), "--limit", "4", "--backends",
+        "onnxruntime", "--precisions", "fp32", "--iterations", "2", "--warmup-seconds", "0",
+        "--ceiling-seconds", "0.01", "--json", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["frames"]["count"] == 4 and str(phantom_dir) in record["frames"]["source"]
+    assert [r["backend"] for r in record["rows"]] == ["onnxruntime"]
+    assert record["rows"][0]["speedup_vs_baseline"] == {}  # no baseline in this run

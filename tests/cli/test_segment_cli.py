@@ -105,3 +105,15 @@ def test_not_a_bundle_exits_2(tmp_path, inputs):
     result = runner.invoke(build_app(), ["segment", str(tmp_path), str(png), "--out",
                                          str(tmp_path / "out")])
     assert result.exit_code == 2 and "manifest.json" in result.output
+
+
+def test_tensorrt_without_a_gpu_fails_with_exit_1(tiny_bundle, inputs, tmp_path):
+    from bpedge._doctor import probe_gpu
+
+    if probe_gpu().devices:
+        pytest.skip("this machine has a GPU; the no-GPU failure cannot be shown here")
+    _, png, _ = inputs
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(png), "--out",
+                                         str(tmp_path / "out"), "--backend", "tensorrt"])
+    assert result.exit_code == 1, result.output
+    assert "cannot run" in result.output and "Traceback" not in result.output
