@@ -259,3 +259,35 @@ def test_an_interrupted_study_resumes(phantom_dir: Path, tmp_path: Path) -> None
     ]
     epochs = _read(run_dir / "metrics.json")["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2] and epochs[0] == epoch1
+
+
+def test_both_split_modes_are_reported_side_by_side(study: StudyLayout, tmp_path: Path) -> None:
+    """The tables, figures and report of two split modes, from the random mode's files copied
+    as a second mode (no training: only how two modes are laid out is checked here)."""
+    import shutil
+
+    from bpedge.train.experiment.figures import make_figures
+    from bpedge.train.experiment.report import write_report
+    from bpedge.train.experiment.runner import _write_timings
+    from bpedge.train.experiment.tables import build_summary
+
+    root = tmp_path / "both"
+    shutil.copytree(study.root, root)
+    shutil.copytree(root / "random", root / "subject")
+    layout = StudyLayout(root)
+    summary = build_summary(layout, ("random", "subject"), GAMMAS, ("unet",), CONDITIONS, 0.5)
+    make_figures(layout)
+    _write_timings(layout)
+    write_report(layout)
+    for png in figure_paths(layout, ["random", "subject"]):
+        assert png.is_file(), png
+    tables = _tables(layout.report_md.read_text())
+    table2 = _table_with(tables, "subject: test mIoU")
+    assert "random: test mIoU" in table2[0]
+    overview = _table_with(tables, "subject: Dice mean ± sd")
+    for r, cond in zip(overview, CONDITIONS):
+        for mode in ("random", "subject"):
+            e = summary["segmentation"][mode]["unet"][cond]["frame"]
+            assert r[f"{mode}: Dice mean ± sd"] == f"{fmt(e['mean'])} ± {fmt(e['sd'])}"
+    sizes = _table_with(tables, "test (empty)")
+    assert [r["split mode"] for r in sizes] == ["random", "subject"]
