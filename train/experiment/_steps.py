@@ -158,7 +158,7 @@ def run_steps(
     total = sum(s.weight for s in steps)
     done_weight, run_weight, run_seconds = 0.0, 0.0, 0.0
     mine: list[StepRecord] = []
-    bar = tqdm(total=round(total, 3), desc="study", unit="ep", disable=not progress,
+    bar = tqdm(total=total, desc="study", unit="ep", disable=not progress,
                dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     try:
         for step in steps:

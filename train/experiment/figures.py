@@ -49,14 +49,27 @@ def figure_paths(layout: StudyLayout, modes: Sequence[str]) -> list[Path]:
 
 
 def _save(fig: Any, path: Path, line_colours: Sequence[str] | None = None) -> None:
-    """Write ``fig`` as PNG. With ``line_colours``, the figure is stored with an 8-bit palette of
-    grey levels plus exactly those colours: ultrasound speckle barely compresses in full colour,
-    and a fixed palette keeps the outline colours true."""
+    """Write ``fig`` as an 8-bit palette PNG (a quarter of the full-colour size). With
+    ``line_colours`` the palette is grey levels plus exactly those colours: ultrasound speckle
+    barely compresses in full colour, and a fixed palette keeps the outline colours true;
+    otherwise an adaptive palette of 256 colours, plenty for line plots."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
     if line_colours is not None:
-        buf = io.BytesIO(_grey_palette_png(buf.getvalue(), line_colours))
-    atomic_write_bytes(path, buf.getvalue())
+        png = _grey_palette_png(buf.getvalue(), line_colours)
+    else:
+        png = _adaptive_palette_png(buf.getvalue())
+    atomic_write_bytes(path, png)
+
+
+def _adaptive_palette_png(png: bytes) -> bytes:
+    from PIL import Image as PILImage
+
+    image = PILImage.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    image.quantize(colors=256, method=PILImage.Quantize.FASTOCTREE).save(out, format="PNG",
+                                                                         optimize=True)
+    return out.getvalue()
 
 
 def _grey_palette_png(png: bytes, colours: Sequence[str]) -> bytes:

@@ -67,8 +67,8 @@ def _setup(study: dict[str, Any], data: dict[str, Any], summary: dict[str, Any],
     opts = study["options"]
     blocks: list[Block] = [
         Heading(2, "Setup"),
-        Paragraph("Command that made this study:"),
-        Code(study["command"] or "(run from Python; options below)"),
+        Paragraph("Command(s) that made this study, in order (a re-run skips finished steps):"),
+        Code("\n".join(study["commands"]) or "(run from Python; options below)"),
         Items((
             f"Data: `{data['root']}`, fingerprint `{data['fingerprint']}`",
             (f"Frames: {data['frames']} ({data['positive']} with BP, {data['empty']} empty) "
@@ -250,8 +250,12 @@ def _provenance(study: dict[str, Any], timings: dict[str, Any], summary: dict[st
                     for name, m in models.items())),
         Paragraph("FLOPs as torch's FlopCounterMode counts them: 2 per multiply-add of "
                   "convolutions and matrix products."),
-        Heading(2, "Presets as trained"),
-        Code(json.dumps(study["presets"], indent=2)),
+        Heading(2, "Model configurations as trained"),
+        Paragraph("Read back from every training run's config.json (the detectors' focal-loss "
+                  "gamma left out); a model listed with more than one configuration was trained "
+                  "with different settings in different runs."),
+        Code(json.dumps({k: v[0] if len(v) == 1 else v
+                         for k, v in summary["trained_configs"].items()}, indent=2)),
         Heading(2, "Versions"),
         Table(("component", "version"), tuple((k, str(v)) for k, v in study["versions"].items())),
         Heading(2, "Wall time per step"),

@@ -231,7 +231,7 @@ def _resolved_presets(opts: ExperimentOptions) -> dict[str, Any]:
 
 
 def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str | None) -> None:
-    """RUN/study.json: options, resolved presets, versions and the command. Refuses to continue a
+    """RUN/study.json: options, resolved presets, versions and the commands. Refuses to continue a
     study whose defining options (data, preset, seed, limit, dedup, on_error) were different."""
     options = opts.to_json()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -245,10 +245,15 @@ def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str
                 "use the original options to continue it, or a new --out"
             )
         created = old.get("created", created)
+        commands = list(old.get("commands", []))
+    else:
+        commands = []
+    if command is not None and command not in commands:
+        commands.append(command)
     atomic_write_json(layout.study_json, {
         "schema": "bpedge.study/1",
         "created": created,
-        "command": command,
+        "commands": commands,  # every distinct command that worked on this folder, in order
         "options": options,
         "presets": _resolved_presets(opts),
         "versions": _versions(),

@@ -184,6 +184,28 @@ def _split_sizes(layout: StudyLayout, mode: str) -> dict[str, int]:
             "test_empty": len(testset["empty"])}
 
 
+def _trained_configs(layout: StudyLayout, modes: Sequence[str], gammas: Sequence[float],
+                     archs: Sequence[str], conditions: Sequence[str]) -> dict[str, Any]:
+    """The model configs the runs actually trained with (their RUN/config.json), per model kind;
+    the detectors' focal-loss gamma is left out, as it is what varies. A kind whose runs differ
+    in anything else lists every variant, so the report can say so."""
+    runs: dict[str, list[Path]] = {"detector": [layout.detector_run(m, g) for m in modes
+                                                for g in gammas]}
+    for arch in archs:
+        runs[arch] = [layout.segmenter_run(m, arch, c) for m in modes for c in conditions]
+    out: dict[str, Any] = {}
+    for kind, dirs in runs.items():
+        variants: list[dict[str, Any]] = []
+        for d in dirs:
+            cfg = dict(_read(d / "config.json")["model"])
+            if kind == "detector":
+                cfg.pop("focal_gamma", None)
+            if cfg not in variants:
+                variants.append(cfg)
+        out[kind] = variants
+    return out
+
+
 def build_summary(
     layout: StudyLayout,
     modes: Sequence[str],
@@ -206,6 +228,7 @@ def build_summary(
         "segmentation": {m: _segmentation(layout, m, archs, conditions) for m in modes},
         "dice_vs_iou": {m: _dice_vs_iou(layout, m, archs) for m in modes},
         "empty_frames": {m: _empty_frames(layout, m, archs, conditions) for m in modes},
+        "trained_configs": _trained_configs(layout, modes, gammas, archs, conditions),
         "published": published_json(),
     }
     atomic_write_json(layout.summary_json, summary)

@@ -116,6 +116,11 @@ def test_summary_is_the_per_image_metrics(study: StudyLayout) -> None:
         assert len(dices) == len(split["test"])
         assert summary["segmentation"]["random"]["unet"][cond]["frame"]["mean"] == \
             pytest.approx(np.mean(dices))
+    configs = summary["trained_configs"]
+    assert sorted(configs) == ["detector", "unet"]
+    assert [c["epochs"] for c in configs["detector"]] == [1]  # one config, as the options said
+    assert [c["epochs"] for c in configs["unet"]] == [1]
+    assert "focal_gamma" not in configs["detector"][0]
     rows = {r["subset"]: r for r in summary["dice_vs_iou"]["random"]["rows"]}
     assert rows["all test images"]["n"] == len(split["test"])
     assert rows["IoU >= 0.7"]["n"] + rows["IoU < 0.7"]["n"] == len(split["test"])
