@@ -165,8 +165,9 @@ def run_steps(
             bar.set_description_str(f"study: {step.name}")
             if step.prepare is not None:
                 step.prepare()
+            digests: dict[str, str] = {}
             if step.state is not None:
-                state, digests = step.state(), {}
+                state = step.state()
             else:
                 state, digests = _derived_state(step, records)
             t0 = time.perf_counter()

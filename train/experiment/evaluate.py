@@ -259,9 +259,9 @@ def evaluate_segmenter(
 def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
     keys = sorted(masks)
     shapes = np.array([masks[k].shape for k in keys], dtype=np.int64).reshape(-1, 2)
-    packed = {f"m{i}": np.packbits(masks[k].ravel() != 0) for i, k in enumerate(keys)}
-    atomic_save_with(path, lambda fh: np.savez_compressed(
-        fh, keys=np.array(keys, dtype=str), shapes=shapes, **packed))
+    arrays: dict[str, Any] = {"keys": np.array(keys, dtype=str), "shapes": shapes}
+    arrays.update({f"m{i}": np.packbits(masks[k].ravel() != 0) for i, k in enumerate(keys)})
+    atomic_save_with(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def load_figure_masks(path: Path) -> dict[str, np.ndarray]:

@@ -167,15 +167,15 @@ def _view_window(h: int, w: int, masks: Sequence[np.ndarray], boxes: Sequence[Se
                  pad: float = 0.35, min_width: float = 232.0) -> tuple[float, float, float, float]:
     """The frame region to show: everything outlined or boxed, padded, with the frame's aspect
     ratio and at least ``min_width`` pixels wide (zooming makes thin outlines readable)."""
-    xs0, ys0, xs1, ys1 = [], [], [], []
+    extents = [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in boxes]
     for m in masks:
         ys, xs = np.nonzero(m)
         if xs.size:
-            xs0.append(xs.min()), ys0.append(ys.min()), xs1.append(xs.max() + 1), ys1.append(ys.max() + 1)
-    for b in boxes:
-        xs0.append(b[0]), ys0.append(b[1]), xs1.append(b[2]), ys1.append(b[3])
-    if not xs0:
+            extents.append((float(xs.min()), float(ys.min()), float(xs.max() + 1),
+                            float(ys.max() + 1)))
+    if not extents:
         return 0.0, 0.0, float(w), float(h)
+    xs0, ys0, xs1, ys1 = (list(v) for v in zip(*extents))
     x0, y0, x1, y1 = min(xs0), min(ys0), max(xs1), max(ys1)
     bw, bh = x1 - x0, y1 - y0
     bw, bh = bw * (1 + 2 * pad), bh * (1 + 2 * pad)
@@ -205,7 +205,7 @@ def _fig6(layout: StudyLayout, summary: dict[str, Any], mode: str) -> None:
         truth = read_mask(Path(frames[key]["mask"])) > 0
         row_masks = [truth] + [masks[(a, c)][key] for a in archs for c in conds]
         row_boxes = [evals[(archs[0], c)][key]["box"] for c in conds if c != "none"]
-        x0, y0, x1, y1 = _view_window(*truth.shape, row_masks, row_boxes)
+        x0, y0, x1, y1 = _view_window(truth.shape[0], truth.shape[1], row_masks, row_boxes)
         for j, cond in enumerate(conds):
             ax = axes[i, j]
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
