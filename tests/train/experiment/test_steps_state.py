@@ -1,0 +1,23 @@
+"""A training folder's state as the study runner reads it, including what a kill leaves behind."""
+
+from __future__ import annotations
+
+import json
+
+from bpedge.train.experiment._steps import StepState, training_state
+
+
+def test_orphan_best_checkpoint_from_a_killed_first_epoch_is_discarded(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert training_state(tmp_path, 2) is StepState.TODO
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_states(tmp_path):
+    assert training_state(tmp_path, 2) is StepState.TODO
+    (tmp_path / "last.pt").write_bytes(b"x")
+    assert training_state(tmp_path, 2) is StepState.UNFINISHED
+    (tmp_path / "best.pt").write_bytes(b"x")
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": [{}, {}]}))
+    assert training_state(tmp_path, 2) is StepState.DONE
+    assert training_state(tmp_path, 3) is StepState.UNFINISHED
