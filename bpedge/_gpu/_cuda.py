@@ -15,6 +15,7 @@ frees (a finaliser may run on another thread or at interpreter exit, when CUDA i
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import warnings
 from collections.abc import Callable
@@ -134,7 +135,7 @@ def memory_info() -> tuple[int, int]:
 # --- owned resources ----------------------------------------------------------------------------
 
 
-class _Owned:
+class _Owned(abc.ABC):
     """One CUDA resource with one owner: ``free()`` releases it once; ``__del__`` only warns."""
 
     _what = "CUDA resource"
@@ -153,8 +154,9 @@ class _Owned:
         self._freed = True  # first: a release that fails must not be retried by a second free()
         self._release()
 
+    @abc.abstractmethod
     def _release(self) -> None:
-        raise NotImplementedError
+        """Give the resource back to CUDA (called once, by :meth:`free`)."""
 
     def _check_live(self) -> None:
         if self._freed:
