@@ -1,0 +1,190 @@
+"""Ultrasound DICOM in: single- and multi-frame files decoded with pydicom (the ``[dicom]`` extra),
+each frame turned into the uint8 (H, W) grey frame the Segmenter takes, with the pixel spacing in mm.
+
+Colour: pydicom hands RGB for ``RGB``, ``YBR_FULL`` and ``YBR_FULL_422`` (it converts YCbCr to RGB
+unless ``raw=True``: https://pydicom.github.io/pydicom/stable/reference/generated/pydicom.pixels.utils.pixel_array.html),
+and the RGB frame goes to grey through :func:`bpedge._frames.as_grey_frame` with its channels put in
+BGR order, so a DICOM frame and the same picture handed over as BGR give the same grey levels.
+Compressed transfer syntaxes are decoded by pydicom's plugins: RLE Lossless natively (faster with
+pylibjpeg-rle), JPEG Baseline with pylibjpeg + pylibjpeg-libjpeg (or Pillow); see
+https://pydicom.github.io/pydicom/stable/guides/user/image_data_handlers.html.
+
+Spacing: the ultrasound region's physical deltas (Sequence of Ultrasound Regions, PS3.3 C.8.5.5)
+when a region measures space in cm, else Pixel Spacing (0028,0030, mm, row spacing first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bpedge._frames import as_grey_frame
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+#: PhysicalUnitsX/YDirection code for centimetres (PS3.3 C.8.5.5.1.15); the other codes are
+#: percent, dB, seconds, hertz... which do not measure distance across the picture.
+_UNITS_CM = 3
+#: RegionSpatialFormat code for a 2D (B-mode) region (PS3.3 C.8.5.5.1.1).
+_SPATIAL_2D = 1
+
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+
+
+class DicomUnavailableError(ImportError):
+    """pydicom (or a decoder it needs) is not installed."""
+
+
+def _pydicom() -> Any:
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise DicomUnavailableError(
+            "reading DICOM needs pydicom: pip install 'bpedge[dicom]' (pydicom with the "
+            "pylibjpeg decoders for JPEG and RLE compressed files)"
+        ) from exc
+    return pydicom
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` file, or any file with the DICOM preamble's ``DICM`` magic
+    at byte 128 (carts often send files without a suffix)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class DicomInfo:
+    """What bpedge takes from a DICOM header.
+
+    Attributes:
+        frames: number of frames (1 for a single-frame file).
+        spacing_mm: ``(x, y)`` millimetres per pixel along columns and rows, or None when the file
+            gives no spatial calibration.
+        spacing_from: ``"ultrasound region"``, ``"PixelSpacing"`` or ``None``.
+        fps: frames per second from Frame Time (0018,1063) or Cine Rate, None if absent.
+        photometric: the Photometric Interpretation as stored.
+    """
+
+    frames: int
+    spacing_mm: tuple[float, float] | None
+    spacing_from: str | None
+    fps: float | None
+    photometric: str
+
+
+def _region_spacing(ds: Any) -> tuple[float, float] | None:
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None) or []
+    candidates = []
+    for region in regions:
+        ux = getattr(region, "PhysicalUnitsXDirection", None)
+        uy = getattr(region, "PhysicalUnitsYDirection", None)
+        dx = getattr(region, "PhysicalDeltaX", None)
+        dy = getattr(region, "PhysicalDeltaY", None)
+        if ux != _UNITS_CM or uy != _UNITS_CM or dx is None or dy is None:
+            continue
+        if not (float(dx) > 0 and float(dy) > 0):
+            continue
+        # The B-mode (2D) region first: a Doppler strip beside it may also be in cm.
+        rank = 0 if getattr(region, "RegionSpatialFormat", None) == _SPATIAL_2D else 1
+        candidates.append((rank, float(dx) * 10.0, float(dy) * 10.0))
+    if not candidates:
+        return None
+    _, dx_mm, dy_mm = min(candidates, key=lambda c: c[0])
+    return dx_mm, dy_mm
+
+
+def read_info(ds: Any) -> DicomInfo:
+    """The header facts of an opened pydicom dataset (see :class:`DicomInfo`)."""
+    spacing = _region_spacing(ds)
+    source: str | None = "ultrasound region" if spacing else None
+    if spacing is None and getattr(ds, "PixelSpacing", None) is not None:
+        row, col = (float(v) for v in ds.PixelSpacing)  # PS3.3 10.7.1.3: row spacing first
+        if row > 0 and col > 0:
+            spacing, source = (col, row), "PixelSpacing"
+    fps = None
+    frame_time = getattr(ds, "FrameTime", None)  # ms between frames
+    if frame_time is not None and float(frame_time) > 0:
+        fps = 1000.0 / float(frame_time)
+    elif getattr(ds, "CineRate", None):
+        fps = float(ds.CineRate)
+    return DicomInfo(frames=int(getattr(ds, "NumberOfFrames", 1) or 1), spacing_mm=spacing,
+                     spacing_from=source, fps=fps,
+                     photometric=str(getattr(ds, "PhotometricInterpretation", "")))
+
+
+def _to_grey(array: np.ndarray, photometric: str, bits_stored: int, path: Path) -> np.ndarray:
+    if array.dtype.kind not in "ui":
+        raise ValueError(f"{path}: DICOM pixels are {array.dtype}; expected unsigned integers")
+    if array.dtype != np.uint8 or bits_stored > 8:
+        # 10-16 bit ultrasound (rare): scale the stored range onto 0..255.
+        top = float(2 ** min(max(bits_stored, 1), 16) - 1)
+        array = np.rint(np.clip(array, 0, top).astype(np.float32) * (255.0 / top)).astype(np.uint8)
+    if photometric in _COLOUR:
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"{path}: {photometric} frame has shape {array.shape}, expected (H, W, 3)")
+        return as_grey_frame(array[:, :, ::-1])  # RGB -> BGR: the same rule as BGR frames
+    grey = as_grey_frame(array)
+    return (255 - grey) if photometric == "MONOCHROME1" else grey  # MONOCHROME1: 0 is white
+
+
+def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator[np.ndarray]]:
+    """Open a DICOM file: its :class:`DicomInfo` and an iterator over its frames as uint8 (H, W).
+
+    Raises :class:`DicomUnavailableError` when pydicom is missing, ``ValueError`` naming the file
+    when it is not a DICOM image bpedge can use (no pixel data, palette colour, a transfer syntax no
+    installed decoder handles), and ``FileNotFoundError`` when it does not exist.
+    """
+    pydicom = _pydicom()
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DICOM file {path} does not exist")
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ValueError(f"{path}: not a DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        raise ValueError(f"{path}: DICOM file holds no image (no Pixel Data element)")
+    info = read_info(ds)
+    if info.photometric not in _COLOUR + _GREY:
+        raise ValueError(f"{path}: Photometric Interpretation {info.photometric!r} is not "
+                         f"supported; bpedge reads {', '.join(_GREY + _COLOUR)}")
+    bits = int(getattr(ds, "BitsStored", 8) or 8)
+
+    def frames() -> Iterator[np.ndarray]:
+        from pydicom.pixels import iter_pixels, pixel_array
+
+        try:
+            if (info.photometric == "YBR_FULL_422" and info.frames > 1
+                    and not ds.file_meta.TransferSyntaxUID.is_compressed):
+                # pydicom 3.0.2's iter_pixels sizes native 4:2:2 frames as if they held 3 full
+                # samples per pixel and stops at frame 2 ("insufficient pixel data"); the
+                # whole-array decode sizes them right (seen here; a test covers it).
+                decoded: Iterator[np.ndarray] = iter(pixel_array(ds))
+            else:
+                decoded = iter_pixels(ds)
+            for array in decoded:
+                yield _to_grey(array, info.photometric, bits, path)
+        except (NotImplementedError, RuntimeError, ValueError) as exc:
+            # pydicom says which plugin would decode the transfer syntax; pass that on.
+            syntax = ds.file_meta.get("TransferSyntaxUID", "?")
+            raise ValueError(
+                f"{path}: cannot decode pixel data ({getattr(syntax, 'name', syntax)}): {exc}. "
+                "pip install 'bpedge[dicom]' installs the JPEG and RLE decoders"
+            ) from exc
+
+    return info, frames()
