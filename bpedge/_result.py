@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+#: File types :meth:`Result.save` writes: the overlay picture, or the JSON of :meth:`Result.to_dict`.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,12 @@ class Result:
         timings: milliseconds per stage (``preprocess``, ``detector``, ``crop``, ``segmenter``,
             ``paste``, ``total``; GPU backends add ``upload``/``download``), host monotonic clock
             unless the backend says otherwise.
+        frame: the ``uint8`` (H, W) grey frame this result belongs to (what :meth:`plot` draws on);
+            set by :class:`~bpedge.segmenter.Segmenter`, which copies a caller's array so a reused
+            buffer cannot change it. None on results built by hand.
+        name, timestamp: the frame's name and time in seconds when it came from
+            :func:`bpedge.sources.open_frames` (else None).
+        spacing_mm: ``(x, y)`` millimetres per pixel when the frame is calibrated (DICOM), else None.
     """
 
     mask: np.ndarray
@@ -27,3 +40,95 @@ class Result:
     score: float
     present: bool
     timings: dict[str, float] = field(default_factory=dict)
+    frame: np.ndarray | None = field(default=None, repr=False, compare=False)
+    name: str | None = None
+    timestamp: float | None = None
+    spacing_mm: tuple[float, float] | None = None
+
+    # --- measurements ------------------------------------------------------------------------
+
+    @property
+    def area_px(self) -> int:
+        """Pixels of the predicted mask (0 when ``present`` is False)."""
+        return int(np.count_nonzero(self.mask))
+
+    @property
+    def area_mm2(self) -> float | None:
+        """Mask area in mm² (``area_px`` x x-spacing x y-spacing), None without ``spacing_mm``."""
+        if self.spacing_mm is None:
+            return None
+        return self.area_px * self.spacing_mm[0] * self.spacing_mm[1]
+
+    @property
+    def box_size_mm(self) -> tuple[float, float] | None:
+        """``(width, height)`` of ``box`` in mm, None without ``spacing_mm``."""
+        if self.spacing_mm is None:
+            return None
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * self.spacing_mm[0], (y1 - y0) * self.spacing_mm[1]
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def plot(self, truth: np.ndarray | None = None, label: str | None = None) -> np.ndarray:
+        """The overlay picture, ``uint8`` (H, W, 3) BGR, drawn as the demo and ``bpedge segment``
+        draw theirs: prediction outlined magenta, ground truth (``truth``, optional (H, W) mask)
+        green, box yellow (grey when the BP is judged absent), ``label`` (default: name and score)
+        top left. Needs :attr:`frame` (set on every result a Segmenter returns)."""
+        from bpedge._overlay import draw_overlay
+
+        if self.frame is None:
+            raise ValueError("this Result has no frame to draw on (results from a Segmenter "
+                             "carry one); draw it with bpedge._overlay.draw_overlay(frame, ...)")
+        if label is None:
+            label = (f"{self.name}  " if self.name else "") + f"score {self.score:.2f}" + (
+                "" if self.present else " (no BP)")
+        return draw_overlay(self.frame, self.mask, truth, self.box, self.present, label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values: ``name``, ``timestamp`` (s), ``present``, ``score``, ``box``
+        ``[x0, y0, x1, y1]`` (frame pixels), ``box_size_mm`` ``[w, h]``, ``area_px``,
+        ``area_mm2``, ``spacing_mm`` ``[x, y]``, ``frame_hw`` ``[H, W]`` and ``timings_ms``.
+        mm values are None when the frame carries no spacing."""
+        size = self.box_size_mm
+        return {
+            "name": self.name,
+            "timestamp": self.timestamp,
+            "present": bool(self.present),
+            "score": float(self.score),
+            "box": [float(v) for v in self.box],
+            "box_size_mm": None if size is None else [float(size[0]), float(size[1])],
+            "area_px": self.area_px,
+            "area_mm2": None if self.area_mm2 is None else float(self.area_mm2),
+            "spacing_mm": None if self.spacing_mm is None else [float(v) for v in self.spacing_mm],
+            "frame_hw": [int(self.mask.shape[0]), int(self.mask.shape[1])],
+            "timings_ms": {k: float(v) for k, v in self.timings.items()},
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as a JSON string (``kwargs`` go to ``json.dumps``, e.g. ``indent=2``)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the overlay picture (``.png``, ``.jpg``, ``.bmp``, ``.tif``: :meth:`plot`) or the
+        JSON (``.json``: :meth:`to_dict`) to ``path``, atomically. An existing file is never
+        replaced unless ``overwrite=True`` (FileExistsError naming it). Returns the path."""
+        from bpedge._atomic import atomic_write_bytes, atomic_write_text
+
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (*IMAGE_SUFFIXES, ".json"):
+            raise ValueError(f"{path}: cannot tell what to write from {suffix or 'no suffix'}; "
+                             f"use .json or one of {', '.join(IMAGE_SUFFIXES)}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists: choose another name, or save(..., "
+                                  "overwrite=True)")
+        if suffix == ".json":
+            atomic_write_text(path, self.to_json(indent=2) + "\n")
+            return path
+        import cv2
+
+        ok, encoded = cv2.imencode(suffix, self.plot())
+        if not ok:
+            raise ValueError(f"{path}: OpenCV could not encode the overlay as {suffix}")
+        atomic_write_bytes(path, encoded.tobytes())
+        return path

@@ -7,8 +7,10 @@ overlapping (several in flight, results in order).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -20,6 +22,7 @@ from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame
 from bpedge._result import Result
 from bpedge.bundle import Bundle
+from bpedge.sources import SourceFrame
 
 Backend = Literal["auto", "onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16"]
@@ -120,23 +123,45 @@ class Segmenter:
                     "the host first (e.g. tensor.cpu().numpy())"
                 )
             return cascade.run_device(frame)  # type: ignore[attr-defined,no-any-return]
-        return cascade.run(as_grey_frame(frame))
+        image, meta = _split(frame)
+        grey = as_grey_frame(image)
+        return _attach(cascade.run(grey), _own(grey, image, meta), meta)
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
         """Segment several host frames (sizes may differ) with one model call per stage."""
         cascade = self._live()
         if isinstance(frames, np.ndarray) and frames.ndim == 2:
             raise ValueError("segment_batch takes a sequence of frames; for one frame call seg(frame)")
-        greys = [as_grey_frame(f) for f in frames]
-        return cascade.run_batch(greys)
+        split = [_split(f) for f in frames]
+        greys = [as_grey_frame(image) for image, _ in split]
+        results = cascade.run_batch(greys)
+        return [_attach(r, _own(g, image, meta), meta)
+                for r, g, (image, meta) in zip(results, greys, split)]
 
     def stream(self, frames: Iterable[Any], depth: int = 3) -> Iterator[Result]:
         """Segment frames from an iterator with up to ``depth`` in flight; results in order.
-        A bad frame raises ``ValueError`` when it is reached."""
+        ``frames`` may be arrays or :class:`~bpedge.sources.SourceFrame` objects (what
+        :func:`bpedge.sources.open_frames` yields; their name, timestamp and spacing go into the
+        results). A bad frame raises ``ValueError`` when it is reached."""
         cascade = self._live()
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-        return cascade.stream((as_grey_frame(f) for f in frames), depth)
+        # Each frame's grey copy and metadata wait here until its result comes back (in order).
+        held: deque[tuple[np.ndarray, SourceFrame | None]] = deque()
+
+        def greys() -> Iterator[np.ndarray]:
+            for frame in frames:
+                image, meta = _split(frame)
+                grey = as_grey_frame(image)
+                held.append((_own(grey, image, meta), meta))
+                yield grey
+
+        def attached() -> Iterator[Result]:
+            for result in cascade.stream(greys(), depth):
+                grey, meta = held.popleft()
+                yield _attach(result, grey, meta)
+
+        return attached()
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -164,6 +189,26 @@ class Segmenter:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"Segmenter(backend={self.backend!r}, precision={self.precision!r}, {state})"
+
+
+def _split(frame: Any) -> tuple[Any, SourceFrame | None]:
+    """A SourceFrame's image and the frame itself as metadata; anything else as it is."""
+    return (frame.image, frame) if isinstance(frame, SourceFrame) else (frame, None)
+
+
+def _own(grey: np.ndarray, given: Any, meta: SourceFrame | None) -> np.ndarray:
+    """The grey frame a Result keeps: a copy when it is the caller's own buffer (a capture loop
+    may refill it), so a result always shows the frame it was computed on."""
+    if meta is None and isinstance(given, np.ndarray) and np.may_share_memory(grey, given):
+        return grey.copy()
+    return grey
+
+
+def _attach(result: Result, grey: np.ndarray, meta: SourceFrame | None) -> Result:
+    if meta is None:
+        return dataclasses.replace(result, frame=grey)
+    return dataclasses.replace(result, frame=grey, name=meta.name, timestamp=meta.timestamp,
+                               spacing_mm=meta.spacing_mm)
 
 
 def _onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,

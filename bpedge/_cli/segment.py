@@ -1,47 +1,42 @@
-"""``bpedge segment BUNDLE INPUT... --out DIR``: frames, folders or videos in; masks (PNG), overlays
-and a CSV of presence, scores, boxes and milliseconds out."""
+"""``bpedge segment BUNDLE SOURCE... --out DIR``: images, folders, globs, videos, DICOM, capture
+devices and streams in; masks (PNG), overlays, a CSV and JSON lines of presence, scores, boxes,
+areas and milliseconds out, accuracy when ground-truth masks sit beside the frames, and optionally
+the annotated video."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from bpedge._cli._errors import UsageError, command_errors
-
-if TYPE_CHECKING:
-    from bpedge._cli._frame_sources import FrameSource
-
-CSV_COLUMNS = ("file", "frame", "present", "score", "x0", "y0", "x1", "y1", "ms")
+from bpedge._cli._errors import CommandFailed, UsageError, command_errors
 
 _EPILOG = """Examples:
 
-  bpedge segment demo_out/bundle scan1.png scan2.tif --out seg_out
+  bpedge segment demo_out/bundle demo_out/heldout --out seg_out     # accuracy too: masks beside
 
-  bpedge segment BUNDLE kaggle/test/ --out seg_out --no-overlays
+  bpedge segment BUNDLE scan1.png "scans/*.tif" study.dcm --out seg_out --no-overlays
 
-  bpedge segment BUNDLE probe.mp4 --out seg_out --backend onnxruntime --threads 2
+  bpedge segment BUNDLE probe.mp4 --out seg_out --save-video seg_out/probe_seg.mp4
+
+  bpedge segment BUNDLE 0 --out live_out --save-video live.mp4     # capture device 0; Ctrl-C ends
+
+  bpedge segment BUNDLE rtsp://cart.local/probe --out live_out --on-error skip
+
+SOURCE: an image (tif, png, jpg, bmp), a folder of them (Kaggle layout or plain; *_mask files are
+skipped), a quoted glob, a video, a DICOM file (.dcm, or any file with the DICOM magic; needs
+pip install 'bpedge[dicom]'), a capture device index, a stream URL, or a GStreamer pipeline (when
+OpenCV was built with GStreamer).
 
 Writes DIR/masks/NAME.png (0/255, the frame's size), DIR/overlays/NAME.png (prediction magenta,
-box yellow, ground truth green where a NAME_mask file sits beside the image) and DIR/results.csv
-(file, frame, present, score, x0, y0, x1, y1 in frame pixels, ms). Video frames are named
-STEM_fNNNNNN.
+box yellow, ground truth green), DIR/results.csv (file, frame, present, score, x0, y0, x1, y1 in
+frame pixels, ms), DIR/results.jsonl (one Result.to_dict() per frame: box, score, presence, area
+in px and, for calibrated DICOM, mm, timings) and, when NAME_mask files sit beside the images,
+DIR/accuracy.csv (Dice, HD95 in px, presence correct) and a summary line. Frames of a video or
+multi-frame DICOM are named STEM_fNNNNNN. If a source fails or vanishes mid-way, what was done is
+written before the error is reported.
 """
-
-
-def _output_names(sources: list[FrameSource]) -> dict[Path, str]:
-    """A unique output stem per source (two inputs may share a file name)."""
-    names: dict[Path, str] = {}
-    used: set[str] = set()
-    for source in sources:
-        stem, k = source.path.stem, 2
-        name = stem
-        while name in used:
-            name, k = f"{stem}-{k}", k + 1
-        used.add(name)
-        names[source.path] = name
-    return names
 
 
 def register(app: typer.Typer) -> None:
@@ -50,8 +45,9 @@ def register(app: typer.Typer) -> None:
     def segment(
         bundle: Annotated[Path, typer.Argument(help="Bundle directory (holds manifest.json).")],
         inputs: Annotated[
-            list[Path], typer.Argument(help="Image files (tif, png, jpg, bmp), folders of them "
-                                       "(Kaggle layout or plain; *_mask files skipped), or videos.")
+            list[str], typer.Argument(help="Sources: images, folders, quoted globs, videos, DICOM "
+                                      "files, a device index (0), a stream URL or a GStreamer "
+                                      "pipeline.", metavar="SOURCE...")
         ],
         out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
         backend: Annotated[
@@ -72,6 +68,18 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")
         ] = True,
         masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Write mask PNGs.")] = True,
+        save_video: Annotated[
+            Path | None, typer.Option("--save-video", help="Write the overlays as a video "
+                                      "(.mp4 or .avi) at the source's frame rate.")
+        ] = None,
+        video_fps: Annotated[
+            float | None, typer.Option("--video-fps", help="Frame rate of --save-video when the "
+                                       "source declares none (stills, some cameras); default 10.")
+        ] = None,
+        on_error: Annotated[
+            str, typer.Option("--on-error", help="fail: stop at the first unreadable input or "
+                              "frame (what was done is kept); skip: report it and go on.")
+        ] = "fail",
         force: Annotated[
             bool, typer.Option("--force", help="Write into an --out that already holds results.")
         ] = False,
@@ -79,80 +87,98 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
         ] = True,
     ) -> None:
-        """Segment frames with a bundle: one mask, overlay and CSV row per frame."""
-        import csv
-        import io
-        from collections import deque
+        """Segment frames with a bundle: one mask, overlay, CSV row and JSON line per frame."""
         from collections.abc import Iterator
 
-        import numpy as np
         from tqdm import tqdm
 
-        from bpedge._atomic import atomic_write_text
-        from bpedge._cli._frame_sources import (
-            collect_sources,
-            count_frames,
-            iter_frames,
-            read_grey,
-        )
-        from bpedge._overlay import draw_overlay, write_png
+        from bpedge._cli._segment_outputs import SegmentOutputs
+        from bpedge._frames import as_grey_frame
         from bpedge.segmenter import Segmenter
+        from bpedge.sources import SourceError, SourceFrame, open_frames
 
         if depth < 1:
             raise UsageError(f"--depth must be >= 1, got {depth}")
-        sources = collect_sources(inputs)
+        if on_error not in ("fail", "skip"):
+            raise UsageError(f"--on-error must be fail or skip, got {on_error!r}")
+        if video_fps is not None and video_fps <= 0:
+            raise UsageError(f"--video-fps must be > 0, got {video_fps}")
+        skipped: list[str] = []
+
+        def report_skip(name: str, reason: str) -> None:
+            skipped.append(name)
+            typer.echo(f"skipped {name}: {reason}", err=True)
+
+        source = open_frames(*inputs, on_error=on_error,  # type: ignore[arg-type]
+                             on_skip=report_skip)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
         if (out / "results.csv").exists() and not force:
             raise UsageError(f"{out} already holds results.csv: choose a new --out, or --force")
-        names = _output_names(sources)
+        if save_video is not None:
+            if save_video.suffix.lower() not in (".mp4", ".m4v", ".mov", ".avi"):
+                raise UsageError(f"--save-video {save_video}: use a .mp4 or .avi name")
+            if save_video.exists() and not force:
+                raise UsageError(f"--save-video {save_video} exists: choose a new name, or --force")
         seg = Segmenter.from_bundle(bundle, backend, precision=precision,  # type: ignore[arg-type]
                                     threads=threads)
         note = f" ({seg.fallback_reason})" if seg.fallback_reason else ""
         typer.echo(f"segmenting with {seg.backend} {seg.precision}{note}", err=True)
-        for sub, wanted in (("masks", masks), ("overlays", overlays)):
-            if wanted:
-                (out / sub).mkdir(parents=True, exist_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
+        outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=save_video,
+                                 video_fps=video_fps)
+        # Frames wait here (at most depth + 1 of them) until their result comes back in order.
+        from collections import deque
 
-        # Frames go into the stream and wait here (at most depth + 1 of them) until their result
-        # comes back in order, so the overlay can be drawn on the frame itself.
-        pending: deque[tuple[FrameSource, int, np.ndarray]] = deque()
+        pending: deque[SourceFrame] = deque()
+        source_failure: list[BaseException] = []
 
-        def frames() -> Iterator[np.ndarray]:
-            for source, number, image in iter_frames(sources):
-                pending.append((source, number, image))
-                yield image
+        def frames() -> Iterator[SourceFrame]:
+            # A source that fails ends this iterator instead of raising through the stream, so
+            # the frames already in flight are still segmented and written; the error is raised
+            # after that.
+            try:
+                yield from checked()
+            except (SourceError, ValueError, OSError) as exc:
+                source_failure.append(exc)
 
-        rows: list[tuple[str | int, ...]] = []
-        bar = tqdm(total=count_frames(sources), desc="segmenting", unit="frame",
-                   disable=not progress)
+        def checked() -> Iterator[SourceFrame]:
+            for frame in source:
+                if on_error == "skip":
+                    try:
+                        as_grey_frame(frame.image)
+                    except ValueError as exc:
+                        report_skip(frame.name, str(exc))
+                        continue
+                pending.append(frame)
+                yield frame
+
+        bar = tqdm(total=source.length, desc="segmenting", unit="frame", disable=not progress)
+        failure: BaseException | None = None
         try:
-            with seg:
+            with seg, source:
                 for result in seg.stream(frames(), depth=depth):
-                    source, number, image = pending.popleft()
-                    name = names[source.path] + (f"_f{number:06d}" if source.video else "")
-                    if masks:
-                        write_png(out / "masks" / f"{name}.png", result.mask)
-                    if overlays:
-                        truth = read_grey(source.mask_path) if source.mask_path else None
-                        label = f"score {result.score:.2f}" + ("" if result.present else " (no BP)")
-                        write_png(out / "overlays" / f"{name}.png",
-                                  draw_overlay(image, result.mask, truth, result.box,
-                                               result.present, label))
-                    x0, y0, x1, y1 = result.box
-                    rows.append((str(source.path), number, int(result.present),
-                                 f"{result.score:.6f}", f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}",
-                                 f"{y1:.2f}", f"{result.timings.get('total', float('nan')):.3f}"))
+                    outputs.add(pending.popleft(), result)
                     bar.update(1)
+            if source_failure:
+                raise source_failure[0]
+        except (SourceError, ValueError, OSError, KeyboardInterrupt) as exc:
+            failure = exc
         finally:
             bar.close()
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
-        atomic_write_text(out / "results.csv", buffer.getvalue())
-        present = sum(int(r[2]) for r in rows)
-        typer.echo(f"segmented {len(rows)} frame(s) from {len(sources)} input(s): BP present in "
-                   f"{present}; wrote {out / 'results.csv'}")
-
+            lines = outputs.finish() if outputs.rows or failure is None else []
+        done = len(outputs.rows)
+        if failure is not None:
+            kept = (f" (the {done} frame(s) segmented before it are in {out / 'results.csv'})"
+                    if done else "")
+            if isinstance(failure, KeyboardInterrupt):
+                typer.echo(f"interrupted{kept}", err=True)
+                raise failure
+            error = UsageError if isinstance(failure, (ValueError, FileNotFoundError)) \
+                else CommandFailed
+            raise error(f"{failure}{kept}") from failure
+        for line in lines:
+            typer.echo(line)
+        present = sum(int(r[2]) for r in outputs.rows)
+        extra = f"; skipped {len(skipped)} (see above)" if skipped else ""
+        typer.echo(f"segmented {done} frame(s) from {len(inputs)} source(s): BP present in "
+                   f"{present}{extra}; wrote {out / 'results.csv'} and {out / 'results.jsonl'}")

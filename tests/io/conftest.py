@@ -114,7 +114,7 @@ def _subsample_422(ybr: np.ndarray) -> bytes:
     return np.ascontiguousarray(out).tobytes()
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -104,7 +104,7 @@ def test_not_dicom_and_missing_pixels_are_named(dicom_writer, tmp_path):
     bad = tmp_path / "x.dcm"
     bad.write_bytes(b"\0" * 200)
     with pytest.raises(ValueError, match="x.dcm"):
-        info, frames = iter_dicom_frames(bad)
+        _, frames = iter_dicom_frames(bad)
         list(frames)
     with pytest.raises(FileNotFoundError, match="nope.dcm"):
         iter_dicom_frames(tmp_path / "nope.dcm")

@@ -1,0 +1,396 @@
+"""Frames from wherever a cart or a researcher has them, as one iterator for :meth:`Segmenter.stream`.
+
+A source is what people type into other vision tools: an image file, a folder of images (the
+Kaggle layout or plain; ``*_mask`` files are skipped), a glob (``"scans/*.png"``), a video file,
+an ultrasound DICOM file (``.dcm``, or any file with the DICOM magic; needs ``bpedge[dicom]``), a
+capture device index (``0``), a stream URL (``rtsp://...``, ``http://...``), a GStreamer pipeline
+(``"v4l2src ! videoconvert ! appsink"``, when OpenCV was built with GStreamer), or in Python any
+object with OpenCV's ``read() -> (ok, frame)`` (a frame grabber's wrapper)::
+
+    from bpedge import Segmenter
+    from bpedge.sources import open_frames
+
+    with Segmenter.from_bundle("bundle/") as seg, open_frames("probe.mp4") as frames:
+        for r in seg.stream(frames):
+            print(r.name, r.timestamp, r.present, r.area_mm2)
+
+Every frame comes as a :class:`SourceFrame`: the grey ``uint8`` (H, W) image with its name,
+timestamp, frame rate and (for DICOM) pixel spacing, which the Segmenter copies into the Result.
+A source that cannot be opened, or that stops delivering frames mid-way (a camera unplugged, a
+stream dropped), raises :class:`SourceError` naming it and how many frames it gave; the frames
+already yielded stay valid, so a caller keeps what was done.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from bpedge._dicom import DICOM_SUFFIXES, iter_dicom_frames, looks_like_dicom
+
+__all__ = ["Frames", "SourceError", "SourceFrame", "open_frames"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv")
+_MASK = re.compile(r"_mask$", re.IGNORECASE)
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_log = logging.getLogger("bpedge")
+
+OnError = Literal["fail", "skip"]
+
+
+class Capture(Protocol):
+    """What bpedge needs of a capture: OpenCV's ``VideoCapture`` has it, and so can a wrapper
+    around a frame grabber. ``read`` returns ``(ok, frame)`` with frame uint8 (H, W) or
+    (H, W, 3) BGR."""
+
+    def read(self) -> tuple[bool, Any]: ...
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened, or stopped delivering frames; ``frames_read`` says how many
+    frames it gave before that."""
+
+    def __init__(self, message: str, frames_read: int = 0) -> None:
+        super().__init__(message)
+        self.frames_read = frames_read
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One frame and where it came from.
+
+    Attributes:
+        image: ``uint8`` (H, W) grey frame (colour converted with OpenCV's BGR->grey weights).
+        name: unique within one :func:`open_frames` call, usable as a file stem: the image's stem,
+            ``STEM_fNNNNNN`` for frames of a video or multi-frame DICOM, ``camera0_fNNNNNN`` /
+            ``stream_fNNNNNN`` for live sources.
+        index: frame number within its input, from 0.
+        timestamp: seconds. Video files and DICOM cines: the frame's position (index / frame
+            rate); live sources: ``time.time()`` when the frame was read; stills: None.
+        source: the input it came from (path, device index, URL with any password hidden).
+        fps: the input's frame rate (frames per second) when it declares one, else None.
+        spacing_mm: ``(x, y)`` millimetres per pixel when the file is calibrated (DICOM), else None.
+        truth_path: a ground-truth mask beside the image in the Kaggle layout
+            (``{stem}_mask{suffix}``), when there is one.
+    """
+
+    image: np.ndarray
+    name: str
+    index: int = 0
+    timestamp: float | None = None
+    source: str = ""
+    fps: float | None = None
+    spacing_mm: tuple[float, float] | None = None
+    truth_path: Path | None = None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        # So anything that takes an array (cv2, np.asarray) takes a SourceFrame too.
+        return self.image if dtype is None else self.image.astype(dtype)
+
+
+@dataclass(frozen=True)
+class _Input:
+    kind: Literal["image", "dicom", "video", "live"]
+    label: str  # what messages and SourceFrame.source show
+    stem: str  # the name frames get
+    target: Any = None  # path, device index, URL / pipeline, or a Capture object
+    api: int | None = None  # OpenCV capture API preference
+
+
+def _natural_key(path: Path) -> list[object]:
+    # "2_10" after "2_9": Kaggle names and numbered exports sort the way people expect.
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def gstreamer_available() -> bool:
+    """Whether this OpenCV build can open GStreamer pipelines (opencv-python wheels cannot)."""
+    import cv2
+
+    return bool(re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))
+
+
+def _file_input(path: Path) -> _Input | None:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return _Input("image", str(path), path.stem, path)
+    if suffix in VIDEO_SUFFIXES:
+        return _Input("video", str(path), path.stem, path)
+    if suffix in DICOM_SUFFIXES or (not suffix and looks_like_dicom(path)):
+        return _Input("dicom", str(path), path.stem, path)
+    return None
+
+
+def _folder_inputs(paths: list[Path], where: str) -> list[_Input]:
+    inputs = []
+    for path in sorted(paths, key=_natural_key):
+        if path.is_file() and not _MASK.search(path.stem):
+            found = _file_input(path)
+            if found is not None and found.kind != "video":
+                inputs.append(found)
+    if not inputs:
+        raise ValueError(f"{where} holds no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM files "
+                         "(*_mask files are skipped)")
+    return inputs
+
+
+def resolve(source: str | os.PathLike[str] | int | Capture) -> list[_Input]:
+    """Classify one source argument (see the module docstring) into the inputs it names. Raises
+    FileNotFoundError for a path that does not exist and ValueError for anything unusable."""
+    if isinstance(source, bool):
+        raise TypeError(f"source must be a path, device index, URL or capture, got {source!r}")
+    if isinstance(source, int):
+        return [_Input("live", f"capture device {source}", f"camera{source}", source)]
+    if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
+        name = type(source).__name__
+        return [_Input("live", f"capture {name}", "capture", source)]
+    text = os.fspath(source)
+    path = Path(text)
+    if path.exists():
+        if path.is_dir():
+            return _folder_inputs(list(path.iterdir()), f"folder {path}")
+        found = _file_input(path)
+        if found is None:
+            raise ValueError(f"{path}: unsupported file type {path.suffix or '(none)'}; images: "
+                             f"{', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES)}; "
+                             f"DICOM: {', '.join(DICOM_SUFFIXES)}")
+        return [found]
+    if text.isdigit():
+        return [_Input("live", f"capture device {text}", f"camera{text}", int(text))]
+    if _URL.match(text):
+        import cv2
+
+        return [_Input("live", _redact(text), "stream", text, cv2.CAP_FFMPEG)]
+    if "!" in text:
+        if not gstreamer_available():
+            raise ValueError("this looks like a GStreamer pipeline, but this OpenCV was built "
+                             "without GStreamer (the opencv-python wheels are): use an OpenCV "
+                             "built with GStreamer, or give the device index or stream URL")
+        import cv2
+
+        return [_Input("live", "GStreamer pipeline", "gstreamer", text, cv2.CAP_GSTREAMER)]
+    if any(c in text for c in "*?["):
+        matches = [Path(p) for p in _glob.glob(text, recursive=True)]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {text}")
+        return _folder_inputs(matches, f"glob {text}")
+    raise FileNotFoundError(f"input {text} does not exist (nor is it a device index, URL or "
+                            "GStreamer pipeline)")
+
+
+def _open_capture(target: Any, api: int | None) -> Any:
+    """cv2.VideoCapture for a file, device, URL or pipeline (tests put a fake capture here)."""
+    import cv2
+
+    return cv2.VideoCapture(target) if api is None else cv2.VideoCapture(target, api)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return image
+
+
+def _grey(frame: Any, label: str) -> np.ndarray:
+    from bpedge._frames import as_grey_frame
+
+    if frame is None:
+        raise SourceError(f"{label} returned no frame")
+    return as_grey_frame(np.asarray(frame))
+
+
+def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
+    owned = not hasattr(item.target, "read")
+    target = str(item.target) if isinstance(item.target, Path) else item.target
+    capture = _open_capture(target, item.api) if owned else item.target
+    try:
+        if owned and not capture.isOpened():
+            hint = ("is a camera attached and free?" if isinstance(item.target, int)
+                    else "is the codec supported and the address reachable?")
+            raise SourceError(f"{item.label}: cannot be opened ({hint})")
+        fps = _capture_fps(capture)
+        declared = _declared_count(capture) if item.kind == "video" else None
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                if item.kind == "live":
+                    # A live source has no end: no frame means it is gone.
+                    raise SourceError(f"{item.label} stopped delivering frames after {index} "
+                                      "frame(s)", index)
+                if index == 0:
+                    raise SourceError(f"{item.label}: OpenCV opened it but could not read a "
+                                      "frame (is the codec supported?)")
+                if declared is not None and index < declared - 1:
+                    raise SourceError(f"{item.label}: ended after {index} of the {declared} "
+                                      "frames it declares (truncated?)", index)
+                return
+            stamp = (index / fps if fps else None) if item.kind == "video" else time.time()
+            yield SourceFrame(_grey(frame, item.label), f"{item.stem}_f{index:06d}", index, stamp,
+                              item.label, fps)
+            index += 1
+    finally:
+        release = getattr(capture, "release", None)
+        if owned and release is not None:
+            release()
+
+
+def _capture_fps(capture: Any) -> float | None:
+    import cv2
+
+    get = getattr(capture, "get", None)
+    fps = float(get(cv2.CAP_PROP_FPS)) if get is not None else 0.0
+    return fps if fps > 0 and np.isfinite(fps) else None
+
+
+def _declared_count(capture: Any) -> int | None:
+    import cv2
+
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    return count if count > 0 else None
+
+
+def _dicom_frames(item: _Input) -> Iterator[SourceFrame]:
+    info, frames = iter_dicom_frames(item.target)
+    for index, image in enumerate(frames):
+        name = item.stem if info.frames == 1 else f"{item.stem}_f{index:06d}"
+        stamp = index / info.fps if info.fps else None
+        yield SourceFrame(image, name, index, stamp, item.label, info.fps, info.spacing_mm)
+
+
+def _truth_beside(path: Path) -> Path | None:
+    candidate = path.with_name(f"{path.stem}_mask{path.suffix}")
+    return candidate if candidate.is_file() else None
+
+
+def _unique_stems(inputs: list[_Input]) -> list[_Input]:
+    """Two inputs may share a stem (a/scan.png and b/scan.png): later ones get -2, -3..."""
+    used: set[str] = set()
+    out = []
+    for item in inputs:
+        stem, k = item.stem, 2
+        while stem in used:
+            stem, k = f"{item.stem}-{k}", k + 1
+        used.add(stem)
+        out.append(item if stem == item.stem else _Input(item.kind, item.label, stem,
+                                                         item.target, item.api))
+    return out
+
+
+class Frames(Iterator[SourceFrame]):
+    """The iterator :func:`open_frames` returns. ``length`` is the number of frames the inputs
+    declare (None when a live source or a video without a frame count is among them);
+    ``skipped`` lists ``(input, reason)`` for inputs passed over with ``on_error="skip"``.
+    Use it as a context manager (or call :meth:`close`) to release an open capture early."""
+
+    def __init__(self, inputs: list[_Input], on_error: OnError,
+                 on_skip: Callable[[str, str], None] | None) -> None:
+        self._inputs = inputs
+        self.skipped: list[tuple[str, str]] = []
+        self._on_error = on_error
+        self._on_skip = on_skip
+        self._generator = self._generate()
+
+    @property
+    def length(self) -> int | None:
+        total = 0
+        for item in self._inputs:
+            if item.kind == "live":
+                return None
+            if item.kind == "video":
+                capture = _open_capture(str(item.target), None)
+                try:
+                    count = _declared_count(capture) if capture.isOpened() else 0
+                finally:
+                    capture.release()
+                if not count:
+                    return None
+                total += count
+            elif item.kind == "dicom":
+                total += _dicom_length(item.target)
+            else:
+                total += 1
+        return total
+
+    def _generate(self) -> Iterator[SourceFrame]:
+        for item in self._inputs:
+            try:
+                if item.kind == "image":
+                    yield SourceFrame(_read_image(item.target), item.stem, 0, None, item.label,
+                                      None, None, _truth_beside(item.target))
+                elif item.kind == "dicom":
+                    yield from _dicom_frames(item)
+                else:
+                    yield from _capture_frames(item)
+            except (ValueError, OSError, SourceError) as exc:
+                if self._on_error == "fail":
+                    raise
+                reason = str(exc)
+                self.skipped.append((item.label, reason))
+                _log.warning("bpedge: skipped %s: %s", item.label, reason)
+                if self._on_skip is not None:
+                    self._on_skip(item.label, reason)
+
+    def __iter__(self) -> Frames:
+        return self
+
+    def __next__(self) -> SourceFrame:
+        return next(self._generator)
+
+    def close(self) -> None:
+        """Stop reading and release any open capture. Idempotent."""
+        self._generator.close()
+
+    def __enter__(self) -> Frames:  # noqa: PYI034 - Segmenter's style; Self needs 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dicom_length(path: Path) -> int:
+    from bpedge._dicom import _pydicom
+
+    ds = _pydicom().dcmread(path, stop_before_pixels=True)
+    return int(getattr(ds, "NumberOfFrames", 1) or 1)
+
+
+def open_frames(*sources: str | os.PathLike[str] | int | Capture, on_error: OnError = "fail",
+                on_skip: Callable[[str, str], None] | None = None) -> Frames:
+    """Frames from one or more sources, in the order given, as :class:`SourceFrame` objects.
+
+    Args:
+        sources: paths, folders, globs, videos, DICOM files, device indices (``0`` or ``"0"``),
+            stream URLs, GStreamer pipelines, or objects with ``read() -> (ok, frame)``.
+        on_error: ``"fail"`` raises on the first input that cannot be read; ``"skip"`` logs it,
+            records it in :attr:`Frames.skipped`, calls ``on_skip(input, reason)`` and goes on.
+
+    Paths are checked now (FileNotFoundError / ValueError naming the argument); files, devices and
+    streams are opened as the iterator reaches them.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if not sources:
+        raise ValueError("give at least one source: an image, folder, glob, video, DICOM file, "
+                         "device index, URL or GStreamer pipeline")
+    inputs: list[_Input] = []
+    for source in sources:
+        inputs += resolve(source)
+    return Frames(_unique_stems(inputs), on_error, on_skip)

@@ -1,0 +1,183 @@
+"""``bpedge segment`` with the sources and outputs of issue 16: accuracy against masks beside the
+frames, DICOM with mm, ``--save-video`` at the source rate, a capture device that vanishes, and
+``--on-error skip|fail``. Inputs are files the tests make."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from bpedge.train.data import read_image, read_mask
+from typer.testing import CliRunner
+
+from bpedge import sources
+from bpedge._cli.app import build_app
+from bpedge._metrics import dice
+from bpedge._surface import hd95
+from bpedge.segmenter import Segmenter
+
+runner = CliRunner()
+BASE = ["--backend", "onnxruntime", "--no-progress"]
+
+
+def _rows(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def kaggle(phantom_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kaggle16") / "frames"
+    folder.mkdir()
+    for stem in ("1_1", "1_2", "2_11", "2_12"):  # subject 2's frames 11/12 hold no BP
+        for suffix in (".tif", "_mask.tif"):
+            shutil.copy(phantom_dir / f"{stem}{suffix}", folder / f"{stem}{suffix}")
+    return folder
+
+
+def test_accuracy_against_masks_beside_the_frames(tiny_bundle, kaggle, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(kaggle), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 0, result.output
+    assert "accuracy against 4 ground-truth mask(s)" in result.output
+    assert "presence correct" in result.output and "Dice over all frames" in result.output
+    rows = _rows(out / "accuracy.csv")
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["1_1.tif", "1_2.tif", "2_11.tif",
+                                                           "2_12.tif"]
+    with Segmenter.from_bundle(tiny_bundle, "onnxruntime") as seg:
+        for row in rows:
+            name = row["file"].rsplit("/", 1)[-1]
+            r = seg(read_image(kaggle / name))
+            truth = read_mask(kaggle / name.replace(".tif", "_mask.tif"))
+            assert float(row["dice"]) == pytest.approx(dice(r.mask, truth), abs=1e-6)
+            assert int(row["truth_present"]) == int(truth.any())
+            assert int(row["presence_correct"]) == int(bool(truth.any()) == r.present)
+            h = hd95(r.mask, truth)
+            assert row["hd95_px"] == ("" if h is None else f"{h:.3f}")
+    jsonl = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [j["name"] for j in jsonl] == ["1_1", "1_2", "2_11", "2_12"]
+    assert all(j["area_mm2"] is None and j["area_px"] >= 0 for j in jsonl)
+
+
+def test_dicom_in_gives_areas_in_mm(tiny_bundle, phantom_dir, tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+    frame = read_image(phantom_dir / "1_3.tif")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = frame.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelSpacing = [0.12, 0.1]
+    ds.PixelData = frame.tobytes()
+    path = tmp_path / "scan.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(path), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 0, result.output
+    [line] = (out / "results.jsonl").read_text().splitlines()
+    j = json.loads(line)
+    assert j["name"] == "scan" and j["spacing_mm"] == pytest.approx([0.1, 0.12])
+    assert j["area_mm2"] == pytest.approx(j["area_px"] * 0.1 * 0.12)
+    assert (out / "masks" / "scan.png").is_file()
+
+
+def test_save_video_at_the_source_frame_rate(tiny_bundle, phantom_dir, tmp_path):
+    frames = [read_image(phantom_dir / f"3_{k}.tif") for k in (1, 2, 3, 4)]
+    h, w = frames[0].shape
+    video = tmp_path / "probe.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    target = tmp_path / "probe_seg.mp4"
+    args = ["segment", str(tiny_bundle), str(video), "--out", str(tmp_path / "out"),
+            "--save-video", str(target), "--no-masks", "--no-overlays", *BASE]
+    result = runner.invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {target}: 4 frame(s) at 15 fps" in result.output
+    capture = cv2.VideoCapture(str(target))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(15.0)
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    ok, first = capture.read()
+    capture.release()
+    assert ok and first.shape == (h, w, 3)
+    assert not list(tmp_path.glob(".*partial*"))
+    args[args.index("--out") + 1] = str(tmp_path / "out2")
+    again = runner.invoke(build_app(), args)
+    assert again.exit_code == 2 and f"--save-video {target} exists" in again.output
+
+
+class _VanishingCamera:
+    def __init__(self, frame: np.ndarray, n: int) -> None:
+        self.frame, self.n, self.reads = frame, n, 0
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self):
+        if self.reads >= self.n:
+            return False, None
+        self.reads += 1
+        return True, cv2.cvtColor(self.frame, cv2.COLOR_GRAY2BGR)
+
+    def get(self, prop):
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_capture_device_that_vanishes_keeps_what_was_done(tiny_bundle, phantom_dir, tmp_path,
+                                                         monkeypatch):
+    frame = read_image(phantom_dir / "1_4.tif")
+    monkeypatch.setattr(sources, "_open_capture", lambda target, api: _VanishingCamera(frame, 3))
+    out = tmp_path / "live"
+    video = tmp_path / "live.mp4"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), "0", "--out", str(out),
+                                         "--save-video", str(video), *BASE])
+    assert result.exit_code == 1, result.output
+    assert "capture device 0 stopped delivering frames after 3 frame(s)" in result.output
+    assert "the 3 frame(s) segmented before it are in" in result.output
+    rows = _rows(out / "results.csv")
+    assert [r["frame"] for r in rows] == ["0", "1", "2"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [
+        "camera0_f000000.png", "camera0_f000001.png", "camera0_f000002.png"]
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0)
+    capture.release()
+
+
+def test_on_error_skip_or_fail(tiny_bundle, kaggle, tmp_path):
+    folder = tmp_path / "frames"
+    shutil.copytree(kaggle, folder)
+    (folder / "1_5.tif").write_bytes(b"truncated")
+    skip = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
+                                       str(tmp_path / "skip"), "--on-error", "skip", *BASE])
+    assert skip.exit_code == 0, skip.output
+    assert "skipped" in skip.output and "1_5.tif" in skip.output
+    assert len(_rows(tmp_path / "skip" / "results.csv")) == 4
+    fail = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
+                                       str(tmp_path / "fail"), *BASE])
+    assert fail.exit_code == 2, fail.output
+    assert "1_5.tif: not a readable image" in fail.output
+    # Natural order: 1_1, 1_2, then 1_5 fails; the two frames before it are kept.
+    assert "the 2 frame(s) segmented before it" in fail.output
+    assert len(_rows(tmp_path / "fail" / "results.csv")) == 2
+    bad = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
+                                      str(tmp_path / "x"), "--on-error", "ignore", *BASE])
+    assert bad.exit_code == 2 and "--on-error" in bad.output

@@ -1,0 +1,164 @@
+"""``bpedge.sources.open_frames``: files, folders, globs, videos (written with OpenCV), DICOM (written
+with pydicom), capture devices and streams (fake captures), and how bad or vanishing sources end."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from bpedge import sources
+from bpedge.sources import SourceError, SourceFrame, open_frames
+
+
+class FakeCapture:
+    """OpenCV's VideoCapture surface: ``n`` BGR frames, then ``read`` fails (the camera is gone)."""
+
+    def __init__(self, n: int, opened: bool = True, fps: float = 30.0) -> None:
+        self.n, self.opened, self.fps, self.reads, self.released = n, opened, fps, 0, False
+
+    def isOpened(self) -> bool:
+        return self.opened
+
+    def read(self):
+        if self.reads >= self.n:
+            return False, None
+        self.reads += 1
+        frame = np.full((48, 64, 3), self.reads * 10, np.uint8)
+        return True, frame
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self) -> None:
+        self.released = True
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "frames"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for stem in ("1_2", "1_10", "1_1"):
+        cv2.imwrite(str(root / f"{stem}.png"), rng.integers(0, 255, (40, 50), np.uint8))
+    cv2.imwrite(str(root / "1_1_mask.png"), np.zeros((40, 50), np.uint8))
+    (root / "notes.txt").write_text("not a frame")
+    return root
+
+
+def _video(path, frames, fps=12.0):
+    h, w = frames[0].shape
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
+def test_folder_in_natural_order_masks_skipped_truth_found(folder):
+    frames = list(open_frames(folder))
+    assert [f.name for f in frames] == ["1_1", "1_2", "1_10"]
+    assert frames[0].truth_path == folder / "1_1_mask.png" and frames[1].truth_path is None
+    assert all(f.image.dtype == np.uint8 and f.image.shape == (40, 50) for f in frames)
+    assert frames[0].timestamp is None and frames[0].source == str(folder / "1_1.png")
+    np.testing.assert_array_equal(np.asarray(frames[2]), cv2.imread(str(folder / "1_10.png"), 0))
+
+
+def test_glob_and_repeated_stems_get_unique_names(folder, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(folder / "1_2.png", other / "1_2.png")
+    frames = list(open_frames(str(folder / "1_*.png"), other / "1_2.png"))
+    assert [f.name for f in frames] == ["1_1", "1_2", "1_10", "1_2-2"]
+
+
+def test_video_frames_have_index_timestamps_and_fps(tmp_path):
+    grey = [np.full((32, 48), v, np.uint8) for v in (20, 120, 220)]
+    path = _video(tmp_path / "probe.avi", grey, fps=12.0)
+    stream = open_frames(path)
+    assert stream.length == 3
+    frames = list(stream)
+    assert [f.name for f in frames] == ["probe_f000000", "probe_f000001", "probe_f000002"]
+    assert [f.timestamp for f in frames] == pytest.approx([0.0, 1 / 12, 2 / 12])
+    assert all(f.fps == pytest.approx(12.0) for f in frames)
+    assert [int(f.image.mean()) for f in frames] == pytest.approx([20, 120, 220], abs=3)
+
+
+def test_dicom_file_frames_carry_spacing(dicom_writer, tmp_path):
+    write, picture = dicom_writer
+    rgb = np.stack([picture(seed=k) for k in range(2)])
+    path = write(tmp_path / "cine.dcm", rgb, "RGB", pixel_spacing=(0.3, 0.2), frame_time_ms=50)
+    stream = open_frames(path)
+    assert stream.length == 2
+    frames = list(stream)
+    assert [f.name for f in frames] == ["cine_f000000", "cine_f000001"]
+    assert frames[1].spacing_mm == pytest.approx((0.2, 0.3))
+    assert frames[1].timestamp == pytest.approx(0.05) and frames[1].fps == pytest.approx(20.0)
+
+
+def test_capture_object_that_vanishes_keeps_the_frames_it_gave():
+    capture = FakeCapture(4)
+    got: list[SourceFrame] = []
+    with pytest.raises(SourceError, match="stopped delivering frames after 4") as info:
+        got.extend(open_frames(capture))
+    assert info.value.frames_read == 4
+    assert [f.name for f in got] == [f"capture_f{k:06d}" for k in range(4)]
+    assert [int(f.image[0, 0]) for f in got] == [10, 20, 30, 40]
+    assert all(f.timestamp is not None and f.fps == 30.0 for f in got)
+
+
+def test_device_index_opens_a_capture_and_releases_it(monkeypatch):
+    opened = {}
+
+    def fake_open(target, api):
+        opened["target"] = target
+        opened["capture"] = FakeCapture(2)
+        return opened["capture"]
+
+    monkeypatch.setattr(sources, "_open_capture", fake_open)
+    stream = open_frames("0")
+    assert stream.length is None
+    first = next(stream)
+    assert opened["target"] == 0 and first.name == "camera0_f000000"
+    stream.close()
+    assert opened["capture"].released
+
+
+def test_device_that_cannot_open_and_url_password_hidden(monkeypatch):
+    monkeypatch.setattr(sources, "_open_capture", lambda target, api: FakeCapture(0, opened=False))
+    with pytest.raises(SourceError, match="capture device 3: cannot be opened"):
+        list(open_frames(3))
+    with pytest.raises(SourceError) as info:
+        list(open_frames("rtsp://nurse:secret@10.0.0.5/probe"))
+    assert "secret" not in str(info.value) and "rtsp://nurse:***@10.0.0.5/probe" in str(info.value)
+
+
+def test_gstreamer_pipeline_needs_an_opencv_with_gstreamer():
+    if sources.gstreamer_available():
+        pytest.skip("this OpenCV has GStreamer; the refusal cannot be shown here")
+    with pytest.raises(ValueError, match="without GStreamer"):
+        open_frames("videotestsrc ! videoconvert ! appsink")
+
+
+def test_skip_bad_files_or_fail(folder):
+    (folder / "1_5.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="1_5.png: not a readable image"):
+        list(open_frames(folder))
+    reported = []
+    stream = open_frames(folder, on_error="skip", on_skip=lambda name, why: reported.append(name))
+    assert [f.name for f in stream] == ["1_1", "1_2", "1_10"]
+    assert reported == [str(folder / "1_5.png")] and len(stream.skipped) == 1
+
+
+def test_missing_and_unsupported_inputs_are_refused_at_once(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        open_frames(tmp_path / "missing.png")
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        open_frames(str(tmp_path / "*.png"))
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        open_frames(tmp_path / "a.txt")
+    with pytest.raises(ValueError, match="on_error"):
+        open_frames(tmp_path, on_error="ignore")  # type: ignore[arg-type]
