@@ -36,12 +36,15 @@ def run_bench(
     ceiling_seconds: float = 1.0,
     notes: Sequence[str] = (),
     say: Callable[[str], None] = lambda line: None,
+    speed_workload: bool = False,
 ) -> BenchRecord:
     """Measure every choice on ``frames`` and return the record (rows in ``choices`` order).
 
     ``threads`` is the intra-op thread count of every CPU runtime (ONNX Runtime's session option
     and ``torch.set_num_threads``) and of the PyTorch GEMM ceiling, so rows compare like for like.
-    A row that cannot run here is kept, skipped, with the reason.
+    A row that cannot run here is kept, skipped, with the reason. ``speed_workload``: the frames
+    are only something to time (phantom frames the bundle never saw): the accuracy pass still
+    runs, as a check that the runtimes agree, but the tables do not show it as a result.
     """
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
@@ -103,7 +106,8 @@ def run_bench(
                    "thresholds": {"score": bundle.manifest.thresholds.score,
                                   "mask": bundle.manifest.thresholds.mask}},
         "frames": {"source": frames.source, "count": len(frames.images),
-                   "positives": frames.positives, "frame_hw": list(frames.frame_hw)},
+                   "positives": frames.positives, "frame_hw": list(frames.frame_hw),
+                   "speed_workload": speed_workload},
         "ceiling": {**ceiling.to_json(), "before_rows_gflops": before.gflops,
                     "after_rows_gflops": after.gflops},
         "notes": list(notes),

@@ -21,31 +21,41 @@ def summary_table(record: BenchRecord) -> Table:
     """One row per backend/precision: end-to-end latency, throughput, speed-up against the
     baseline, accuracy, and achieved GFLOP/s against the GEMM ceiling."""
     ceiling = record.context.get("ceiling", {}).get("gflops")
+    # Phantom frames from subjects the bundle never saw are a speed workload: a Dice on them
+    # says nothing about the models, so it is left out rather than printed as a result.
+    speed_only = bool(record.context.get("frames", {}).get("speed_workload"))
     title = (f"bpedge bench: {record.context.get('frames', {}).get('count', '?')} frames, "
              f"{record.context.get('settings', {}).get('threads', '?')} threads"
-             + (f"; float32 GEMM ceiling {ceiling:.1f} GFLOP/s" if ceiling else ""))
+             + (f"; float32 GEMM ceiling {ceiling:.1f} GFLOP/s" if ceiling else "")
+             + ("; phantom frames: a speed workload, accuracy not shown (give --data for it)"
+                if speed_only else ""))
     table = Table(title=escape(title), title_justify="left")
-    for name, justify in (("backend", "left"), ("e2e median ms", "right"), ("p90", "right"),
-                          ("p99", "right"), ("FPS", "right"), ("speed-up", "right"),
-                          ("models ms", "right"), ("Dice (BP frames)", "right"),
-                          ("box IoU", "right"), ("GFLOP/s (of ceiling)", "right")):
+    columns = [("backend", "left"), ("e2e median ms", "right"), ("p90", "right"),
+               ("p99", "right"), ("FPS", "right"), ("speed-up", "right"),
+               ("models ms", "right"), ("Dice (BP frames)", "right"), ("box IoU", "right"),
+               ("GFLOP/s (of ceiling)", "right")]
+    if speed_only:
+        columns = [c for c in columns if c[0] not in ("Dice (BP frames)", "box IoU")]
+    for name, justify in columns:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in record.rows:
         if not row.ran or row.end_to_end is None:
-            table.add_row(escape(row.label), "[yellow]skipped[/] (see below)", *[""] * 8)
+            table.add_row(escape(row.label), "[yellow]skipped[/] (see below)",
+                          *[""] * (len(columns) - 2))
             continue
         acc: dict[str, Any] = row.accuracy or {}
         speed = row.speedup.get("end_to_end_mean")
         models = row.gflops.get("models")
         fraction = row.gflops.get("models_fraction_of_ceiling")
+        accuracy = [] if speed_only else [_num(acc.get("dice_positive"), "{:.4f}"),
+                                          _num(acc.get("box_iou_positive"), "{:.4f}")]
         table.add_row(
             escape(row.label),
             _num(row.end_to_end.median), _num(row.end_to_end.p90), _num(row.end_to_end.p99),
             _num(row.fps, "{:.1f}"),
             _num(speed, "{:.2f}x"),
             _num(row.model_ms),
-            _num(acc.get("dice_positive"), "{:.4f}"),
-            _num(acc.get("box_iou_positive"), "{:.4f}"),
+            *accuracy,
             f"{_num(models, '{:.1f}')} ({_num(fraction * 100 if fraction is not None else None, '{:.0f}')}%)",
         )
     return table

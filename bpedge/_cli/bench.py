@@ -13,7 +13,9 @@ from bpedge._cli._errors import UsageError, command_errors
 
 _EPILOG = """Examples:
 
-  bpedge bench demo_out/bundle                      # phantom frames made on the fly
+  bpedge bench demo_out/bundle                      # phantom frames: speed only, no accuracy
+
+  bpedge bench demo_out/bundle --data demo_out/heldout      # speed and accuracy on held-out data
 
   bpedge bench BUNDLE --data kaggle/train --limit 200 --seconds 30 --json run.json
 
@@ -148,7 +150,8 @@ def register(app: typer.Typer) -> None:
             say(f"making {phantom_subjects * phantom_frames} phantom frames (seed {seed})")
             frames = make_phantom(phantom_subjects, phantom_frames, seed)
         record = run_bench(bundle, frames, choices, settings, threads or usable_cores(),
-                           ceiling_seconds=ceiling_seconds, notes=tuple(note or ()), say=say)
+                           ceiling_seconds=ceiling_seconds, notes=tuple(note or ()), say=say,
+                           speed_workload=data is None)
         console.print(tables.summary_table(record))
         for line in tables.skipped_lines(record):
             console.print(escape(line))

@@ -98,3 +98,20 @@ def test_kaggle_folder_frames(tiny_bundle, phantom_dir, tmp_path):
     assert record["frames"]["count"] == 4 and str(phantom_dir) in record["frames"]["source"]
     assert [r["backend"] for r in record["rows"]] == ["onnxruntime"]
     assert record["rows"][0]["speedup_vs_baseline"] == {}  # no baseline in this run
+
+
+def test_phantom_run_is_a_speed_workload_without_dice(bench_json):
+    # Issue 16: phantom frames the bundle never saw are timed, not scored.
+    path, output = bench_json
+    assert "a speed workload, accuracy not shown" in output
+    assert "Dice" not in output and "0.0000" not in output
+    assert json.loads(path.read_text())["frames"]["speed_workload"] is True
+
+
+def test_data_run_shows_accuracy(tiny_bundle, phantom_dir):
+    result = runner.invoke(build_app(), [
+        "bench", str(tiny_bundle), "--data", str(phantom_dir), "--limit", "2", "--backends",
+        "onnxruntime", "--precisions", "fp32", "--iterations", "1", "--warmup-seconds", "0",
+        "--ceiling-seconds", "0.01", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "Dice (BP frames)" in result.output and "speed workload" not in result.output
