@@ -96,14 +96,18 @@ def latency_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, str]
 def write_summaries(paths: DemoPaths, state: DemoState, metrics: dict[str, Any],
                     total_seconds: float) -> None:
     """``summary.md`` and ``summary.html`` under ``--out`` (overlays linked relatively)."""
+    from bpedge._cli import _demo_html as parts
+
     steps = [(name, f"{seconds:.0f} s") for name, seconds in state.done.items()]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    context = (f"demo settings {state.config}; wall time of this run {total_seconds:.0f} s"
+    c = state.config
+    settings = (f"{c.subjects} phantom subjects x {c.frames} frames, seed {c.seed}, epochs "
+                + (str(c.epochs) if c.epochs is not None else "of the tiny preset"))
+    context = (f"demo settings: {settings}; wall time of this run {total_seconds:.0f} s"
                + (f"; load average now {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
                   f"on {os.cpu_count()} cores" if load else ""))
-    overlays = sorted(paths.overlays.glob("*.png"),
-                      key=lambda p: [int(t) if t.isdigit() else t for t in p.stem.split("_")])
-    shown = overlays[:12]
+    shown_sets = parts.galleries(metrics["per_frame"])
+    dice_bp = [f["dice"] for f in metrics["per_frame"] if f["bp"]]
     next_steps = [f"bpedge bench {paths.bundle} --data {paths.heldout}",
                   f"bpedge segment {paths.bundle} {paths.heldout} --out {paths.out / 'segmented'}"]
 
@@ -115,9 +119,12 @@ def write_summaries(paths: DemoPaths, state: DemoState, metrics: dict[str, Any],
            "| stage | median | p90 | p99 | max |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(r)} |" for r in latency_rows(metrics)]
     md += ["", "Steps (seconds when each ran):", ""] + [f"- {n}: {s}" for n, s in steps]
-    md += ["", context, "", ("Overlays: ground truth green, prediction magenta, box yellow "
-           "(grey when the detector says no BP)."), ""]
-    md += [f"![{p.stem}](overlays/{p.name})" for p in shown]
+    md += ["", context, "", ("Overlays (every frame's is in overlays/): ground truth green, "
+           "prediction magenta, box yellow (grey when the detector says no BP)."), ""]
+    for title, why, frames in shown_sets:
+        md += [f"### {title} ({why}): {len(frames)} shown", ""]
+        md += [f"![{parts.caption(f)}](overlays/{f['frame']}.png)" for f in frames] or ["none"]
+        md += [""]
     md += ["", "Next:", "", *[f"    {c}" for c in next_steps], ""]
     atomic_write_text(paths.out / "summary.md", "\n".join(md))
 
@@ -125,8 +132,12 @@ def write_summaries(paths: DemoPaths, state: DemoState, metrics: dict[str, Any],
     rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in summary_lines(metrics))
     lat = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
                   for r in latency_rows(metrics))
-    imgs = "".join(f'<figure><img src="overlays/{e(p.name)}" width="290"><figcaption>'
-                   f"{e(p.stem)}</figcaption></figure>" for p in shown)
+    imgs = ""
+    for title, why, frames in shown_sets:
+        figures = "".join(f'<figure><img src="overlays/{e(f["frame"])}.png" width="290">'
+                          f"<figcaption>{e(parts.caption(f))}</figcaption></figure>"
+                          for f in frames) or "<p>none</p>"
+        imgs += f"<h3>{e(title)}</h3><p>{e(why)}</p>{figures}"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bpedge demo</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}
@@ -137,10 +148,15 @@ figure{{display:inline-block;margin:4px}}</style></head><body>
 Runtime fp32) on the held-out subjects.</p>
 <table><tr><th>metric</th><th>value</th></tr>{rows}</table>
 <h2>Latency per frame, ms</h2>
+{parts.latency_svg(metrics["latency_ms"])}
+<p>bar: median, tick: p90</p>
 <table><tr><th>stage</th><th>median</th><th>p90</th><th>p99</th><th>max</th></tr>{lat}</table>
+<h2>Dice over the BP frames</h2>
+{parts.dice_histogram_svg(dice_bp)}
 <h2>Steps</h2><ul>{"".join(f"<li>{e(n)}: {e(s)}</li>" for n, s in steps)}</ul>
 <p>{e(context)}</p>
-<h2>Overlays</h2><p>ground truth green, prediction magenta, box yellow (grey: no BP)</p>{imgs}
+<h2>Where it fails</h2><p>ground truth green, prediction magenta, box yellow (grey: no BP);
+every frame's overlay is in overlays/</p>{imgs}
 <h2>Next</h2><pre>{e(chr(10).join(next_steps))}</pre>
 </body></html>
 """
