@@ -37,6 +37,8 @@ def build_app() -> typer.Typer:
         help="Find and outline the brachial plexus in neck ultrasound: train, export, build "
         "TensorRT engines, segment and benchmark.",
         no_args_is_help=True,
+        epilog="Example: bpedge demo --out demo (then: bpedge segment demo/bundle demo/heldout "
+        "--out seg). Every command's --help has examples.",
         pretty_exceptions_enable=False,
         add_completion=False,
     )

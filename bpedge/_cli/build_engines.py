@@ -13,7 +13,12 @@ from bpedge._cli._errors import command_errors
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("build-engines")
+    @app.command("build-engines", epilog="""Examples:
+
+  bpedge build-engines bundle                   # on the target GPU: FP16 engines
+
+  bpedge build-engines bundle -p fp16 -p fp32 --max-batch 8
+""")
     @command_errors
     def build_engines_command(
         bundle: Annotated[Path, typer.Argument(help="Bundle directory (holds manifest.json).")],

@@ -24,7 +24,12 @@ def _command_line() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("experiment")
+    @app.command("experiment", epilog="""Examples:
+
+  bpedge experiment --data phantom --out study --preset tiny --split both
+
+  bpedge experiment --data kaggle/train --out study_paper --preset paper --gammas 1,2,3,5
+""")
     @command_errors
     def experiment(
         data: Annotated[Path, typer.Option("--data", help="Kaggle-layout folder (or its parent).")],

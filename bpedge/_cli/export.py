@@ -17,7 +17,10 @@ from bpedge._cli._errors import command_errors
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
+    @app.command("export", epilog="""Examples:
+
+  bpedge export --detector runs/detector --segmenter runs/unet --out bundle --data phantom
+""")
     @command_errors
     def export_command(
         detector: Annotated[

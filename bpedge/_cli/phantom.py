@@ -11,7 +11,12 @@ from bpedge._cli._errors import command_errors
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("phantom")
+    @app.command("phantom", epilog="""Examples:
+
+  bpedge phantom --out phantom --subjects 8 --frames 40 --seed 0
+
+  bpedge phantom --out phantom_hd --subjects 2 --frames 10 --height 1080 --width 1920
+""")
     @command_errors
     def phantom(
         out: Annotated[

@@ -67,10 +67,18 @@ DETECTOR = typer.Option(None, "--detector", help="Detector run folder or checkpo
 
 def register(app: typer.Typer) -> None:
     train_app = typer.Typer(
-        help="Train the RetinaNet detector or a U-Net/M-Net segmenter.", no_args_is_help=True
+        help="Train the RetinaNet detector or a U-Net/M-Net segmenter.", no_args_is_help=True,
+        epilog="Example: bpedge train detector --data phantom --out runs/detector --preset tiny",
     )
 
-    @train_app.command("detector")
+    @train_app.command("detector", epilog="""Examples:
+
+  bpedge train detector --data phantom --out runs/detector --preset tiny --split subject
+
+  bpedge train detector --data kaggle/train --out runs/det_g3 --preset paper --gamma 3 --dedup
+
+  bpedge train detector --data phantom --out runs/detector --preset tiny --split subject --resume
+""")
     @command_errors
     def detector(
         data: Path = DATA, out: Path = OUT, preset: str = PRESET, split: str = SPLIT,
@@ -97,7 +105,12 @@ def register(app: typer.Typer) -> None:
         result = train_detector(opts)
         _report_main(result)
 
-    @train_app.command("segmenter")
+    @train_app.command("segmenter", epilog="""Examples:
+
+  bpedge train segmenter --data phantom --out runs/unet --preset tiny --crop gt
+
+  bpedge train segmenter --data phantom --out runs/mnet --arch mnet --crop detector --detector runs/detector
+""")
     @command_errors
     def segmenter(
         data: Path = DATA, out: Path = OUT, preset: str = PRESET,
