@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_block_runs_as_printed(tiny_bundle, phantom_dir, tmp_path, monkeypatch,
                                               capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     assert blocks, "README has no python block"
     code = blocks[0]
     demo = tmp_path / "demo"

@@ -44,8 +44,8 @@ def dice_histogram_svg(values: list[float], bins: int = 10) -> str:
     width, height, pad = 420, 150, 24
     bar = (width - 2 * pad) / bins
     top = max(counts)
-    parts = [f'<svg width="{width}" height="{height + 2 * pad}" role="img" '
-             f'aria-label="Dice histogram">']
+    parts = [(f'<svg width="{width}" height="{height + 2 * pad}" role="img" '
+              f'aria-label="Dice histogram">')]
     for i, c in enumerate(counts):
         h = height * c / top if top else 0
         x, y = pad + i * bar, pad + height - h
@@ -70,8 +70,8 @@ def latency_svg(latency: dict[str, dict[str, float]]) -> str:
     label_w, width, row = 90, 460, 22
     top = max(max(v["p90"], v["median"]) for v in latency.values()) or 1.0
     scale = (width - label_w - 60) / top
-    parts = [f'<svg width="{width}" height="{row * len(stages) + 10}" role="img" '
-             f'aria-label="latency per stage">']
+    parts = [(f'<svg width="{width}" height="{row * len(stages) + 10}" role="img" '
+              f'aria-label="latency per stage">')]
     for i, stage in enumerate(stages):
         v = latency[stage]
         y = 5 + i * row
