@@ -142,24 +142,32 @@ class Segmenter:
         """Segment frames from an iterator with up to ``depth`` in flight; results in order.
         ``frames`` may be arrays or :class:`~bpedge.sources.SourceFrame` objects (what
         :func:`bpedge.sources.open_frames` yields; their name, timestamp and spacing go into the
-        results). A bad frame raises ``ValueError`` when it is reached."""
+        results). A bad frame (``ValueError``), or an iterator that fails (a source that
+        vanishes), ends the stream: the results of every frame before it come first, then the
+        error is raised, so a caller keeps what was done."""
         cascade = self._live()
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an int >= 1, got {depth!r}")
         # Each frame's grey copy and metadata wait here until its result comes back (in order).
         held: deque[tuple[np.ndarray, SourceFrame | None]] = deque()
+        failed: list[Exception] = []
 
         def greys() -> Iterator[np.ndarray]:
-            for frame in frames:
-                image, meta = _split(frame)
-                grey = as_grey_frame(image)
-                held.append((_own(grey, image, meta), meta))
-                yield grey
+            try:
+                for frame in frames:
+                    image, meta = _split(frame)
+                    grey = as_grey_frame(image)
+                    held.append((_own(grey, image, meta), meta))
+                    yield grey
+            except Exception as exc:  # noqa: BLE001 - kept and re-raised below, after the frames in flight
+                failed.append(exc)
 
         def attached() -> Iterator[Result]:
             for result in cascade.stream(greys(), depth):
                 grey, meta = held.popleft()
                 yield _attach(result, grey, meta)
+            if failed:
+                raise failed[0]
 
         return attached()
 

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -329,7 +329,7 @@ class Frames(Iterator[SourceFrame]):
                 total += 1
         return total
 
-    def _generate(self) -> Iterator[SourceFrame]:
+    def _generate(self) -> Generator[SourceFrame, None, None]:
         for item in self._inputs:
             try:
                 if item.kind == "image":

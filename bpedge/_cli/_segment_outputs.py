@@ -159,7 +159,7 @@ class _VideoOut:
 
         self.path, self.fps, self.size, self.frames = path, fps, (width, height), 0
         self.partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() in (".mp4", ".m4v",
+        fourcc = cv2.VideoWriter.fourcc(*("mp4v" if path.suffix.lower() in (".mp4", ".m4v",
                                                                             ".mov") else "MJPG"))
         self._writer = cv2.VideoWriter(str(self.partial), fourcc, fps, self.size)
         if not self._writer.isOpened():

@@ -130,18 +130,10 @@ def register(app: typer.Typer) -> None:
         from collections import deque
 
         pending: deque[SourceFrame] = deque()
-        source_failure: list[BaseException] = []
 
         def frames() -> Iterator[SourceFrame]:
-            # A source that fails ends this iterator instead of raising through the stream, so
-            # the frames already in flight are still segmented and written; the error is raised
-            # after that.
-            try:
-                yield from checked()
-            except (SourceError, ValueError, OSError) as exc:
-                source_failure.append(exc)
-
-        def checked() -> Iterator[SourceFrame]:
+            # A source that fails mid-way: Segmenter.stream answers the frames in flight first,
+            # then raises, so every frame read is written before the error is reported.
             for frame in source:
                 if on_error == "skip":
                     try:
@@ -159,8 +151,6 @@ def register(app: typer.Typer) -> None:
                 for result in seg.stream(frames(), depth=depth):
                     outputs.add(pending.popleft(), result)
                     bar.update(1)
-            if source_failure:
-                raise source_failure[0]
         except (SourceError, ValueError, OSError, KeyboardInterrupt) as exc:
             failure = exc
         finally:

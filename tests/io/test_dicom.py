@@ -130,3 +130,13 @@ def test_missing_pydicom_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_pydicom)
     with pytest.raises(DicomUnavailableError, match=r"bpedge\[dicom\]"):
         iter_dicom_frames(tmp_path / "any.dcm")
+
+
+def test_runtime_imports_do_not_load_pydicom():
+    import subprocess
+    import sys
+
+    code = ("import sys, bpedge, bpedge.segmenter, bpedge.sources, bpedge._cli.app; "
+            "print('pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -95,3 +95,17 @@ def test_plot_without_a_frame_says_what_to_do(seg, frame):
     bare = dataclasses.replace(seg(frame), frame=None)
     with pytest.raises(ValueError, match="no frame"):
         bare.plot()
+
+
+def test_a_vanishing_source_gets_its_frames_in_flight_answered_first(seg, frame):
+    from bpedge.sources import SourceError
+
+    def camera():
+        for k in range(3):
+            yield SourceFrame(frame, f"cam_f{k:06d}", k)
+        raise SourceError("camera gone after 3 frame(s)", 3)
+
+    names = []
+    with pytest.raises(SourceError, match="camera gone"):
+        names.extend(r.name for r in seg.stream(camera(), depth=3))
+    assert names == ["cam_f000000", "cam_f000001", "cam_f000002"]
