@@ -157,6 +157,8 @@ def register(app: typer.Typer) -> None:
             bar.close()
             lines = outputs.finish() if outputs.rows or failure is None else []
         done = len(outputs.rows)
+        for line in lines:
+            typer.echo(line)
         if failure is not None:
             kept = (f" (the {done} frame(s) segmented before it are in {out / 'results.csv'})"
                     if done else "")
@@ -166,8 +168,6 @@ def register(app: typer.Typer) -> None:
             error = UsageError if isinstance(failure, (ValueError, FileNotFoundError)) \
                 else CommandFailed
             raise error(f"{failure}{kept}") from failure
-        for line in lines:
-            typer.echo(line)
         present = sum(int(r[2]) for r in outputs.rows)
         extra = f"; skipped {len(skipped)} (see above)" if skipped else ""
         typer.echo(f"segmented {done} frame(s) from {len(inputs)} source(s): BP present in "
