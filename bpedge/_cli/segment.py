@@ -33,7 +33,9 @@ Writes DIR/masks/NAME.png (0/255, the frame's size), DIR/overlays/NAME.png (pred
 box yellow, ground truth green), DIR/results.csv (file, frame, present, score, x0, y0, x1, y1 in
 frame pixels, ms), DIR/results.jsonl (one Result.to_dict() per frame: box, score, presence, area
 in px and, for calibrated DICOM, mm, timings) and, when NAME_mask files sit beside the images,
-DIR/accuracy.csv (Dice, HD95 in px, presence correct) and a summary line. Frames of a video or
+DIR/accuracy.csv (Dice, 1 when both masks are empty; HD95 in px, empty when one mask is;
+presence correct) and a summary line (Dice over BP frames and over all frames, HD95 median,
+sensitivity and specificity of presence). Frames of a video or
 multi-frame DICOM are named STEM_fNNNNNN. If a source fails or vanishes mid-way, what was done is
 written before the error is reported.
 """
