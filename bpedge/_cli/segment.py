@@ -14,30 +14,32 @@ from bpedge._cli._errors import CommandFailed, UsageError, command_errors
 
 _EPILOG = """Examples:
 
-  bpedge segment demo_out/bundle demo_out/heldout --out seg_out     # accuracy too: masks beside
+  bpedge segment demo_out/bundle demo_out/heldout --out seg_out  # + accuracy
 
   bpedge segment BUNDLE scan1.png "scans/*.tif" study.dcm --out seg_out --no-overlays
 
   bpedge segment BUNDLE probe.mp4 --out seg_out --save-video seg_out/probe_seg.mp4
 
-  bpedge segment BUNDLE 0 --out live_out --save-video live.mp4     # capture device 0; Ctrl-C ends
+  bpedge segment BUNDLE 0 --out live_out --save-video live.mp4   # camera 0
 
   bpedge segment BUNDLE rtsp://cart.local/probe --out live_out --on-error skip
 
-SOURCE: an image (tif, png, jpg, bmp), a folder of them (Kaggle layout or plain; *_mask files are
-skipped), a quoted glob, a video, a DICOM file (.dcm, or any file with the DICOM magic; needs
-pip install 'bpedge[dicom]'), a capture device index, a stream URL, or a GStreamer pipeline (when
-OpenCV was built with GStreamer).
+SOURCE: an image (tif, png, jpg, bmp), a folder of them (Kaggle layout or
+plain; *_mask files are skipped), a quoted glob, a video, a DICOM file (.dcm,
+or any file with the DICOM magic; needs pip install 'bpedge\\[dicom]'), a
+capture device index, a stream URL, or a GStreamer pipeline (when OpenCV was
+built with GStreamer).
 
-Writes DIR/masks/NAME.png (0/255, the frame's size), DIR/overlays/NAME.png (prediction magenta,
-box yellow, ground truth green), DIR/results.csv (file, frame, present, score, x0, y0, x1, y1 in
-frame pixels, ms), DIR/results.jsonl (one Result.to_dict() per frame: box, score, presence, area
-in px and, for calibrated DICOM, mm, timings) and, when NAME_mask files sit beside the images,
-DIR/accuracy.csv (Dice, 1 when both masks are empty; HD95 in px, empty when one mask is;
-presence correct) and a summary line (Dice over BP frames and over all frames, HD95 median,
-sensitivity and specificity of presence). Frames of a video or
-multi-frame DICOM are named STEM_fNNNNNN. If a source fails or vanishes mid-way, what was done is
-written before the error is reported.
+Writes under DIR: masks/NAME.png (0/255, the frame's size); overlays/NAME.png
+(prediction magenta, box yellow, ground truth green); results.csv (file,
+frame, present, score, x0, y0, x1, y1 in frame pixels, ms); results.jsonl
+(one Result.to_dict() per frame: box, score, presence, area in px and, for
+calibrated DICOM, in mm, timings). When NAME_mask files sit beside the
+images: accuracy.csv (Dice, 1 when both masks are empty; HD95 in px, empty
+when one mask is; presence correct) and a summary line (Dice over BP frames
+and over all frames, HD95 median, presence sensitivity and specificity).
+Frames of a video or multi-frame DICOM are named STEM_fNNNNNN. If a source
+fails or vanishes mid-way, what was done is written before the error.
 """
 
 
