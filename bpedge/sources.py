@@ -226,12 +226,12 @@ def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
                     else "is the codec supported and the address reachable?")
             raise SourceError(f"{item.label}: cannot be opened ({hint})")
         fps = _capture_fps(capture)
-        declared = _declared_count(capture) if item.kind == "video" else None
+        declared = _declared_count(capture)
         index = 0
         while True:
             ok, frame = capture.read()
             if not ok:
-                if item.kind == "live":
+                if item.kind == "live" and not (declared and index >= declared - 1):
                     # A live source has no end: no frame means it is gone.
                     raise SourceError(f"{item.label} stopped delivering frames after {index} "
                                       "frame(s)", index)
@@ -261,9 +261,12 @@ def _capture_fps(capture: Any) -> float | None:
 
 
 def _declared_count(capture: Any) -> int | None:
+    """The frame count a file or a finite stream (a video over HTTP) declares; None for cameras
+    and live streams (OpenCV answers 0 or -1)."""
     import cv2
 
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    get = getattr(capture, "get", None)
+    count = int(get(cv2.CAP_PROP_FRAME_COUNT)) if get is not None else 0
     return count if count > 0 else None
 
 

@@ -162,3 +162,17 @@ def test_missing_and_unsupported_inputs_are_refused_at_once(tmp_path):
         open_frames(tmp_path / "a.txt")
     with pytest.raises(ValueError, match="on_error"):
         open_frames(tmp_path, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_a_finite_stream_that_declares_its_length_ends_normally(monkeypatch):
+    class FiniteStream(FakeCapture):
+        def get(self, prop: int) -> float:
+            return 3.0 if prop == cv2.CAP_PROP_FRAME_COUNT else super().get(prop)
+
+    monkeypatch.setattr(sources, "_open_capture", lambda target, api: FiniteStream(3))
+    frames = list(open_frames("http://server/clip.mp4"))
+    assert [f.name for f in frames] == ["stream_f000000", "stream_f000001", "stream_f000002"]
+    # Containers round their counts: one frame short is an end; more is a dropped stream.
+    monkeypatch.setattr(sources, "_open_capture", lambda target, api: FiniteStream(1))
+    with pytest.raises(SourceError, match="stopped delivering frames after 1"):
+        list(open_frames("http://server/clip.mp4"))
