@@ -73,7 +73,7 @@ class _Accuracy:
 
     def summary(self) -> str:
         n = len(self.rows)
-        parts = [f"accuracy against {n} ground-truth mask(s):"]
+        parts: list[str] = []
         if self.dice_positive:
             parts.append(f"Dice over BP frames {np.mean(self.dice_positive):.4f} "
                          f"({len(self.dice_positive)} frames)")
