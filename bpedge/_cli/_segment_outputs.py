@@ -82,7 +82,7 @@ class _Accuracy:
             parts.append(f"HD95 median {np.median(self.hd95):.1f} px")
         parts.append(f"presence correct {self.tp + self.tn}/{n} (sensitivity {self.tp}/"
                      f"{self.tp + self.fn}, specificity {self.tn}/{self.tn + self.fp})")
-        return "; ".join(parts)
+        return f"accuracy against {n} ground-truth mask(s): " + "; ".join(parts)
 
 
 class SegmentOutputs:
