@@ -113,8 +113,9 @@ class Segmenter:
 
     def __call__(self, frame: Any) -> Result:
         """Segment one frame. ``frame``: ``uint8`` (H, W), (H, W, 1) or (H, W, 3) BGR host array
-        (float in [0, 255] also accepted), or on the TensorRT backend a device array exposing
-        ``__cuda_array_interface__`` (uint8 (H, W), no copy to the host)."""
+        (float in [0, 255] also accepted), a :class:`~bpedge.sources.SourceFrame` (its name,
+        timestamp and mm spacing go into the Result), or on the TensorRT backend a device array
+        exposing ``__cuda_array_interface__`` (uint8 (H, W), no copy to the host)."""
         cascade = self._live()
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
             if self.backend != "tensorrt":
