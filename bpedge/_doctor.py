@@ -116,7 +116,7 @@ def probe_gpu() -> _Gpu:
 def probe_nvrtc() -> tuple[str | None, str | None]:
     """(NVRTC version, problem)."""
     try:
-        from bpedge.kernels._nvrtc import nvrtc_version
+        from bpedge.kernels import nvrtc_version
 
         major, minor = nvrtc_version()
         return f"{major}.{minor}", None

@@ -1,0 +1,51 @@
+"""The layer contracts (pyproject.toml ``[tool.importlinter]``) hold, checked by ``lint-imports``
+through ``.ci/lint-imports``, and a forbidden import is caught (so the check can fail)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / ".ci" / "lint-imports"
+
+pytestmark = pytest.mark.skipif(shutil.which("lint-imports") is None,
+                                reason="lint-imports not installed (pip install -e '.[dev]')")
+
+
+def _lint(source: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if source is not None:
+        env["BPEDGE_LINT_SOURCE"] = str(source)
+    return subprocess.run(["bash", str(SCRIPT), "--no-logo"], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_the_layer_contracts_hold() -> None:
+    result = _lint()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), [
+    ("bpedge/_result.py", "import torch", "runtime core imports nothing"),
+    ("bpedge/_gpu/_chain.py", "from bpedge._cli import app", "runtime core imports nothing"),
+    ("bpedge/_gpu/_kernels.py", "from bpedge.kernels._nvrtc import compile_kernel",
+     "used through their public modules"),
+    ("train/datasets.py", "from bpedge.export import bundle_export", "Training does not import"),
+])
+def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line: str,
+                                              contract: str) -> None:
+    for part in ("bpedge", "train", "export", "kernels"):
+        shutil.copytree(REPO / part, tmp_path / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    with (tmp_path / module).open("a") as f:
+        f.write(f"\n{line}\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert contract in result.stdout and "BROKEN" in result.stdout
