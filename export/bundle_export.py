@@ -1,4 +1,10 @@
-"""``bpedge export``: two checkpoints -> a checked bundle (ONNX FP32 + FP16, manifest, checkpoints).
+"""``bpedge export``: two checkpoints -> a checked bundle (ONNX FP32 + FP16, manifest).
+
+A bundle holds what a device needs: the ONNX files, the manifest and later the engines. The
+training checkpoints stay beside it, in their run folders, and the manifest records where they
+were and their sha256 (``training.presets.<model>.checkpoint``); ``include_checkpoints``
+(``--include-checkpoints``) copies them in as well, listed and hash-checked like every other
+file (what ``bpedge bench``'s PyTorch row runs).
 
 Steps (each announced through ``log``):
 
@@ -13,7 +19,8 @@ Steps (each announced through ``log``):
    frame, or the exported detector's boxes) and run it likewise;
 7. choose the mask and score thresholds on the FP32 ONNX outputs (:mod:`bpedge.export.thresholds`)
    and measure FP16 against FP32 at that mask threshold (:mod:`bpedge.export.parity`);
-8. fail if a parity gate fails; otherwise copy the checkpoints in, write ``manifest.json`` through
+8. fail if a parity gate fails; otherwise (with ``include_checkpoints``) copy the checkpoints
+   in, write ``manifest.json`` through
    :meth:`bpedge.bundle.Bundle.create` (which hashes and checks every file) and move the finished
    bundle into place.
 
@@ -58,6 +65,7 @@ from bpedge._manifest import (
     Preprocessing,
     Thresholds,
     Training,
+    sha256_file,
 )
 from bpedge.bundle import Bundle, file_ref
 
@@ -79,7 +87,9 @@ FILES = {
 class ExportOptions:
     """What ``bpedge export`` takes. ``data`` None: the folder each checkpoint recorded.
     ``max_val``: check on at most this many validation frames per model (seeded sample).
-    ``force``: replace a non-empty ``out`` and accept data whose fingerprint differs."""
+    ``force``: replace a non-empty ``out`` and accept data whose fingerprint differs.
+    ``include_checkpoints``: copy the two training checkpoints into the bundle (by default it holds
+    ONNX files and the manifest only, which records where the checkpoints are)."""
 
     detector: Path
     segmenter: Path
@@ -89,6 +99,7 @@ class ExportOptions:
     force: bool = False
     batch_size: int = 8
     tolerances: Tolerances = field(default_factory=Tolerances)
+    include_checkpoints: bool = False
 
     def check(self) -> None:
         """ValueError / FileNotFoundError naming the option, before any work is done."""
@@ -235,7 +246,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
         }
         thresholds = Thresholds(score=score.value, mask=mask.value,
                                 how_chosen={"score": score.how, "mask": mask.how})
-        _write_bundle(tmp, det, seg, thresholds, parity)
+        _write_bundle(tmp, det, seg, thresholds, parity,
+                      include_checkpoints=opts.include_checkpoints)
         _publish(tmp, out, opts.force)
     log(f"done: {out}")
     return Bundle.open(out)
@@ -360,13 +372,15 @@ def _runtime_versions() -> dict[str, str]:
 
 
 def _write_bundle(tmp: Path, det: LoadedCheckpoint, seg: LoadedCheckpoint,
-                  thresholds: Thresholds, parity: dict[str, Any]) -> None:
-    """Copy the checkpoints in and write the manifest (Bundle.create hashes and checks every
-    file it lists)."""
-    for ck in (det, seg):
-        shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
+                  thresholds: Thresholds, parity: dict[str, Any], *,
+                  include_checkpoints: bool = False) -> None:
+    """Write the manifest (Bundle.create hashes and checks every file it lists), and with
+    ``include_checkpoints`` copy the checkpoints in first."""
+    if include_checkpoints:
+        for ck in (det, seg):
+            shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
     manifest = Manifest(
-        models={ck.kind: _model_entry(ck, tmp) for ck in (det, seg)},
+        models={ck.kind: _model_entry(ck, tmp, include_checkpoints) for ck in (det, seg)},
         preprocessing=Preprocessing.from_spec(preprocessing_spec(det.payload, seg.payload)),
         thresholds=thresholds,
         training=_training(det, seg),
@@ -379,7 +393,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _model_entry(ck: LoadedCheckpoint, root: Path) -> ModelEntry:
+def _model_entry(ck: LoadedCheckpoint, root: Path, include_checkpoint: bool) -> ModelEntry:
     from bpedge.export.onnx_export import contract_specs
     from bpedge.train.models import model_complexity
 
@@ -393,7 +407,7 @@ def _model_entry(ck: LoadedCheckpoint, root: Path) -> ModelEntry:
         arch=str(ck.payload["arch"]),
         flops=flops,
         params=params,
-        checkpoint=file_ref(root, pt),
+        checkpoint=file_ref(root, pt) if include_checkpoint else None,
     )
 
 
@@ -442,6 +456,8 @@ def _training(det: LoadedCheckpoint, seg: LoadedCheckpoint) -> Training:
         ck.kind: {
             "preset": (ck.payload.get("config") or {}).get("preset"),
             "model_config": ck.payload.get("model_config"),
+            # Where the weights came from: the checkpoint stays in its run folder.
+            "checkpoint": {"path": str(ck.path.resolve()), "sha256": sha256_file(ck.path)},
             **({"crop_mode": ck.payload.get("crop_mode")} if ck.kind == "segmenter" else {}),
         }
         for ck in (det, seg)

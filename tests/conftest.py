@@ -53,11 +53,14 @@ def tiny_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle ``bpedge export`` made from :func:`tiny_checkpoints`: ``detector.fp32.onnx``,
     ``detector.fp16.onnx``, ``segmenter.fp32.onnx``, ``segmenter.fp16.onnx``, ``detector.pt``,
-    ``segmenter.pt`` and ``manifest.json`` (parity passed, thresholds chosen on phantom_dir)."""
+    ``segmenter.pt`` and ``manifest.json`` (parity passed, thresholds chosen on phantom_dir).
+    The checkpoints are in because it is exported with ``include_checkpoints`` (the tests run the
+    bundle's own weights in PyTorch); a plain export leaves them out."""
     from bpedge.export.bundle_export import ExportOptions, export_bundle
 
     detector, segmenter = tiny_checkpoints
     out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
-    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir),
+    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir,
+                                include_checkpoints=True),
                   log=lambda line: None)
     return out

@@ -47,6 +47,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--force", help="Replace a non-empty --out, and export even if the "
                          "data's fingerprint differs from the checkpoints'."),
         ] = False,
+        include_checkpoints: Annotated[
+            bool,
+            typer.Option("--include-checkpoints", help="Copy the two training checkpoints into "
+                         "the bundle (what bench's PyTorch row runs). By default a bundle holds "
+                         "what a device needs (ONNX, manifest, later engines) and the manifest "
+                         "records where the checkpoints are."),
+        ] = False,
     ) -> None:
         """Export both models to FP32 and mixed-precision FP16 ONNX, check them against PyTorch
         and each other on the validation data, choose the mask and "no BP" score thresholds, and
@@ -54,7 +61,8 @@ def register(app: typer.Typer) -> None:
         from bpedge.export.bundle_export import ExportOptions, export_bundle
 
         opts = ExportOptions(detector=detector, segmenter=segmenter, out=out, data=data,
-                             max_val=max_val, force=force)
+                             max_val=max_val, force=force,
+                             include_checkpoints=include_checkpoints)
         bundle = export_bundle(opts, log=lambda line: typer.echo(line, err=True))
         thresholds = bundle.manifest.thresholds
         typer.echo(f"bundle {bundle.root}: score threshold {thresholds.score:g}, mask threshold "
