@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame
 from bpedge._result import Result
@@ -29,9 +27,13 @@ _log = logging.getLogger("bpedge")
 
 
 class _Cascade(Protocol):
+    """What a backend's cascade offers the Segmenter (the host cascade, the TensorRT cascade)."""
+
     def run(self, grey: np.ndarray) -> Result: ...
     def run_batch(self, greys: Sequence[np.ndarray]) -> list[Result]: ...
+    def run_device(self, frame: Any) -> Result: ...
     def stream(self, greys: Iterable[np.ndarray], depth: int) -> Iterator[Result]: ...
+    def close(self) -> None: ...
 
 
 class Segmenter:
@@ -49,10 +51,10 @@ class Segmenter:
     """
 
     def __init__(self, cascade: _Cascade, spec: CascadeSpec, backend: str, precision: str,
-                 fallback_reason: str | None = None, closer: Any = None):
-        # Use from_bundle(); this constructor wires already-built parts together.
+                 fallback_reason: str | None = None):
+        # Use from_bundle(); this constructor wires already-built parts together. The Segmenter
+        # owns ``cascade`` and closes it.
         self._cascade: _Cascade | None = cascade
-        self._closer = closer
         self.spec = spec
         self.backend = backend
         self.precision = precision
@@ -97,11 +99,13 @@ class Segmenter:
             if reason is None:
                 cascade = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
                 _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
-                return cls(cascade, spec, "tensorrt", trt_precision, None, cascade)
+                return cls(cascade, spec, "tensorrt", trt_precision, None)
             if backend == "tensorrt":
                 raise RuntimeError(f"backend='tensorrt' cannot run: {reason}")
         ort_precision = precision or "fp32"
-        cascade = _onnxruntime_cascade(bundle, spec, ort_precision, threads)
+        from bpedge._onnxruntime import onnxruntime_cascade
+
+        cascade = onnxruntime_cascade(bundle, spec, ort_precision, threads)
         _log.info("bpedge: using ONNX Runtime (%s) from %s%s", ort_precision, bundle.root,
                   f"; TensorRT not used: {reason}" if reason else "")
         return cls(cascade, spec, "onnxruntime", ort_precision, reason)
@@ -114,12 +118,7 @@ class Segmenter:
         ``__cuda_array_interface__`` (uint8 (H, W), no copy to the host)."""
         cascade = self._live()
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
-            if self.backend != "tensorrt":
-                raise ValueError(
-                    "frame is a GPU array but this Segmenter runs on ONNX Runtime (CPU): copy it to "
-                    "the host first (e.g. tensor.cpu().numpy())"
-                )
-            return cascade.run_device(frame)  # type: ignore[attr-defined,no-any-return]
+            return cascade.run_device(frame)
         return cascade.run(as_grey_frame(frame))
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
@@ -142,9 +141,9 @@ class Segmenter:
 
     def close(self) -> None:
         """Release the engines, sessions and GPU buffers. Idempotent."""
-        closer, self._closer, self._cascade = self._closer, None, None
-        if closer is not None:
-            closer.close()
+        cascade, self._cascade = self._cascade, None
+        if cascade is not None:
+            cascade.close()
 
     @property
     def closed(self) -> bool:
@@ -164,28 +163,6 @@ class Segmenter:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"Segmenter(backend={self.backend!r}, precision={self.precision!r}, {state})"
-
-
-def _onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,
-                         threads: int | None) -> HostCascade:
-    from bpedge._onnxruntime import OrtModel
-
-    def model(name: str, outputs: list[str]) -> OrtModel:
-        ref = bundle.onnx_ref(name, precision)
-        return OrtModel(bundle.read_verified(ref.file), str(Path(bundle.root) / ref.file),
-                        outputs, threads)
-
-    detector = model("detector", ["score", "box"])
-    segmenter = model("segmenter", ["prob"])
-
-    def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        score, box = detector(batch)
-        return score.reshape(-1), box.reshape(-1, 4)
-
-    def run_segmenter(batch: np.ndarray) -> np.ndarray:
-        return segmenter(batch)[0]
-
-    return HostCascade(run_detector, run_segmenter, spec)
 
 
 __all__ = ["Backend", "Precision", "Result", "Segmenter"]

@@ -406,7 +406,3 @@ def run_study(
                         on_step_done=on_step_done)
     return StudyOutcome(layout=layout, records=records)
 
-
-def step_names(steps: Sequence[Step]) -> list[str]:
-    """Names of ``steps``, in order (for listings and tests)."""
-    return [s.name for s in steps]
