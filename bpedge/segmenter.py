@@ -97,18 +97,18 @@ class Segmenter:
             trt_precision = precision or "fp16"
             reason = tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
             if reason is None:
-                cascade = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
+                gpu = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
                 _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
-                return cls(cascade, spec, "tensorrt", trt_precision, None)
+                return cls(gpu, spec, "tensorrt", trt_precision, None)
             if backend == "tensorrt":
                 raise RuntimeError(f"backend='tensorrt' cannot run: {reason}")
         ort_precision = precision or "fp32"
         from bpedge._onnxruntime import onnxruntime_cascade
 
-        cascade = onnxruntime_cascade(bundle, spec, ort_precision, threads)
+        host = onnxruntime_cascade(bundle, spec, ort_precision, threads)
         _log.info("bpedge: using ONNX Runtime (%s) from %s%s", ort_precision, bundle.root,
                   f"; TensorRT not used: {reason}" if reason else "")
-        return cls(cascade, spec, "onnxruntime", ort_precision, reason)
+        return cls(host, spec, "onnxruntime", ort_precision, reason)
 
     # --- running -------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ def _lint(source: Path | None = None) -> subprocess.CompletedProcess[str]:
     if source is not None:
         env["BPEDGE_LINT_SOURCE"] = str(source)
     return subprocess.run(["bash", str(SCRIPT), "--no-logo"], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=300, check=False)
 
 
 def test_the_layer_contracts_hold() -> None:
