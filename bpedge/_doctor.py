@@ -14,6 +14,7 @@ from typing import Any
 
 from bpedge._bench.machine import library_versions, machine_info
 from bpedge._engine_key import INSTALL_HINT
+from bpedge._machine import probe_cuda, probe_tensorrt_module
 
 TRAIN_HINT = "pip install 'bpedge[train]'"
 DRIVER_HINT = ("install the NVIDIA driver for your GPU (Linux: the distribution's nvidia-driver "
@@ -75,42 +76,25 @@ class _Gpu:
     problem: str | None           # why no GPU can be used
 
 
-def _cuda_version(v: int) -> str:
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
 def probe_gpu() -> _Gpu:
-    """Driver, CUDA runtime and devices through ``cuda.bindings.runtime``."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as exc:
-        return _Gpu(None, None, (), f"cuda-python is not installed ({exc})")
-    ok = cudart.cudaError_t.cudaSuccess
-    try:
-        err, runtime = cudart.cudaRuntimeGetVersion()
-        runtime_text = _cuda_version(runtime) if err == ok else None
-        err, driver = cudart.cudaDriverGetVersion()
-        # cudaDriverGetVersion answers success and 0 when no driver is installed.
-        driver_text = _cuda_version(driver) if err == ok and driver > 0 else None
-        err, count = cudart.cudaGetDeviceCount()
-        if err != ok:
-            name = getattr(err, "name", str(err))
-            problem = ("no NVIDIA driver" if name == "cudaErrorInsufficientDriver" and not driver_text
-                       else f"no usable NVIDIA GPU ({name})")
-            return _Gpu(driver_text, runtime_text, (), problem)
-        devices = []
-        for d in range(count):
-            err, prop = cudart.cudaGetDeviceProperties(d)
-            if err != ok:
-                devices.append(f"device {d}: properties unreadable ({getattr(err, 'name', err)})")
-                continue
-            name = bytes(prop.name).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-            devices.append(f"{name} (compute capability {prop.major}.{prop.minor}, "
-                           f"{prop.multiProcessorCount} SMs, {prop.totalGlobalMem / 2**30:.1f} GiB)")
-        return _Gpu(driver_text, runtime_text, tuple(devices),
-                    None if devices else "the driver reports no CUDA device")
-    except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a finding, not a crash
-        return _Gpu(None, None, (), f"CUDA runtime query failed ({type(exc).__name__}: {exc})")
+    """Driver, CUDA runtime and devices (from the shared probe, :mod:`bpedge._machine`)."""
+    cuda = probe_cuda()
+    if cuda.missing is not None:
+        return _Gpu(None, None, (), f"cuda-python is not installed ({cuda.missing})")
+    if cuda.failure is not None:
+        return _Gpu(None, None, (), f"CUDA runtime query failed ({cuda.failure})")
+    if cuda.count_error is not None:
+        problem = ("no NVIDIA driver" if cuda.count_error == "cudaErrorInsufficientDriver"
+                   and not cuda.driver else f"no usable NVIDIA GPU ({cuda.count_error})")
+        return _Gpu(cuda.driver, cuda.runtime, (), problem)
+    devices = tuple(
+        f"device {d.index}: properties unreadable ({d.error})" if d.error is not None else
+        f"{d.name} (compute capability {d.compute_capability}, {d.sm_count} SMs, "
+        f"{d.memory_bytes / 2**30:.1f} GiB)"
+        for d in cuda.devices
+    )
+    return _Gpu(cuda.driver, cuda.runtime, devices,
+                None if devices else "the driver reports no CUDA device")
 
 
 def probe_nvrtc() -> tuple[str | None, str | None]:
@@ -126,16 +110,15 @@ def probe_nvrtc() -> tuple[str | None, str | None]:
 
 def probe_tensorrt() -> tuple[str | None, str | None]:
     """(TensorRT version, problem): real only when the module has the ``Builder`` API."""
-    try:
-        import tensorrt
-    except ImportError:
+    found = probe_tensorrt_module()
+    if found.missing is not None:
         return None, "not installed"
-    except Exception as exc:  # noqa: BLE001 - e.g. a TensorRT wheel whose libraries fail to load
-        return None, f"import fails ({type(exc).__name__}: {exc})"
-    if not hasattr(tensorrt, "Builder"):
+    if found.broken is not None:
+        return None, f"import fails ({found.broken})"
+    if found.stubs_only:
         return None, ("not installed: the 'tensorrt' module found has no TensorRT API (type stubs "
                       "only, e.g. tensorrt-stubs)")
-    return str(getattr(tensorrt, "__version__", "unknown version")), None
+    return found.version or "unknown version", None
 
 
 def probe_onnxruntime() -> tuple[str | None, tuple[str, ...], str | None]:
