@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from bpedge.train._loop import HeldParts
 from bpedge.train._run_setup import (
     RunOptions,
     TrainingStart,
@@ -101,7 +102,7 @@ class _DetectorLoss(nn.Module):
         return losses["classification"] + losses["box_regression"]
 
 
-class DetectorTrainee:
+class DetectorTrainee(HeldParts):
     """The detector as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
 
     metric_name = METRIC
@@ -114,10 +115,7 @@ class DetectorTrainee:
         val_set: DetectorDataset,
         payload: dict[str, Any],
     ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.loss_module = _DetectorLoss(model)
-        self.train_set, self.val_set = train_set, val_set
-        self._payload = payload
+        super().__init__(model, _DetectorLoss(model), optimizer, train_set, val_set, payload)
 
     def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
         images, boxes = batch
@@ -127,9 +125,6 @@ class DetectorTrainee:
         _, predicted = self.model(images)
         ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
         return loss, float(sum(ious)), n
-
-    def static_payload(self) -> dict[str, Any]:
-        return self._payload
 
 
 def train_detector(opts: DetectorOptions) -> TrainResult:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bpedge.train._loop import HeldParts
 from bpedge.train._run_setup import (
     RunOptions,
     TrainingStart,
@@ -121,7 +122,7 @@ class _SegmenterLoss(nn.Module):
         return torch.stack([segmentation_loss(p, y) for p in outputs]).mean()
 
 
-class SegmenterTrainee:
+class SegmenterTrainee(HeldParts):
     """The segmenter as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
 
     metric_name = METRIC
@@ -134,10 +135,7 @@ class SegmenterTrainee:
         val_set: SegmenterDataset,
         payload: dict[str, Any],
     ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.loss_module = _SegmenterLoss(model)
-        self.train_set, self.val_set = train_set, val_set
-        self._payload = payload
+        super().__init__(model, _SegmenterLoss(model), optimizer, train_set, val_set, payload)
 
     def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
         from bpedge.train.losses import segmentation_loss
@@ -150,9 +148,6 @@ class SegmenterTrainee:
         truth = y.cpu().numpy()
         total = sum(dice(pred[k, 0], truth[k, 0], empty=0.0) for k in range(n))
         return loss, float(total), n
-
-    def static_payload(self) -> dict[str, Any]:
-        return self._payload
 
 
 def _sha256(path: Path) -> str:
