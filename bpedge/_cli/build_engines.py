@@ -45,8 +45,11 @@ def register(app: typer.Typer) -> None:
         """Build one TensorRT engine per model and precision for this GPU and TensorRT version
         and list it in the bundle's manifest; a fitting engine whose file is intact is reused."""
         # Lazy: the CLI must start (and --help work) without TensorRT installed.
+        from bpedge.bundle import Bundle
         from bpedge.export.tensorrt_build import build_engines
 
+        # The bundle is the user's input: a wrong path is reported before what this machine lacks.
+        Bundle.open(bundle)
         entries = build_engines(
             bundle,
             precisions=tuple(precision or ["fp16"]),
