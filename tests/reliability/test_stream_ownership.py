@@ -15,7 +15,7 @@ import pytest
 from bpedge.train.data import read_image
 
 from bpedge import Segmenter
-from bpedge._result import Result, with_valid_score
+from bpedge._result import Result
 
 N_FRAMES, DEPTH = 2000, 3
 
@@ -137,6 +137,8 @@ def test_float_frames_normalised_to_0_1_are_refused(seg, distinct):
     (0.4, True, 0.4, True),
 ])
 def test_a_detector_score_is_brought_into_0_1(raw, said_present, score, present):
+    from bpedge._result import with_valid_score
+
     mask = np.full((4, 5), 255 if said_present else 0, np.uint8)
     fixed = with_valid_score(Result(mask, (0.0, 0.0, 5.0, 4.0), raw, said_present))
     assert fixed.score == score and fixed.present is present
