@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bpedge.train.distributed import DistContext
 
+from bpedge._out_dir import check_out_dir
+
 if TYPE_CHECKING:
     import torch
     from bpedge.train._loop import Trainee
@@ -70,6 +72,9 @@ class RunOptions:
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         if self.out.exists() and not self.out.is_dir():
             raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+        # A run writes config.json, split.json, metrics.* and checkpoints: only into a run folder
+        # that train made (or a new or empty one), never over a user's files of those names.
+        check_out_dir(self.out, "train")
 
     def overrides(self) -> dict[str, Any]:
         """Model-config fields this run sets explicitly."""
@@ -247,11 +252,13 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
     )
     from bpedge.train.distributed import init_distributed, shutdown
 
+    from bpedge._out_dir import claim_out_dir
+
     ctx = init_distributed(opts.device)
     try:
         resume_from = prepare_run_dir(opts.out, config, opts.resume)
         if ctx.is_main:
-            opts.out.mkdir(parents=True, exist_ok=True)
+            claim_out_dir(opts.out, "train")
             remove_stale_temporaries(opts.out)
         seed_everything(seed)
         data = prepare_data(opts, seed, ctx, resume_from)

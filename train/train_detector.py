@@ -64,6 +64,10 @@ class DetectorOptions(RunOptions):
             raise ValueError(f"--alpha must be in [0, 1] (or -1 to disable), got {self.alpha}")
         if self.weights is not None and not self.weights.is_file():
             raise FileNotFoundError(f"--weights file {self.weights} does not exist")
+        if self.weights is not None:
+            from bpedge.train.models.retinanet import read_state_dict
+
+            read_state_dict(self.weights)  # refused before the run folder is made
 
 
 def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:

@@ -148,7 +148,7 @@ def export_step(paths: DemoPaths, config: DemoConfig, say: Callable[[str], None]
     from bpedge.export.tiny_bundle import export_tiny
 
     # `bpedge bench` on the demo bundle compares with PyTorch: the checkpoints go in.
-    export_tiny(_tiny(paths, config)[0], include_checkpoints=True, force=True,
+    export_tiny(_tiny(paths, config)[0], include_checkpoints=True,
                 log=lambda line: say(f"    {line}"))
 
 
