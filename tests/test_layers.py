@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,14 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line:
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert contract in result.stdout and "BROKEN" in result.stdout
+
+
+def test_every_bpedge_module_has_a_layer() -> None:
+    """A new module under bpedge/ must be named in the runtime-core contract or be part of the
+    application layer, so no module escapes the contracts by being new."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    core = next(c for c in config["contracts"] if c["id"] == "runtime-core")["source_modules"]
+    application = {"bpedge._cli", "bpedge._bench", "bpedge._doctor"}
+    found = {f"bpedge.{p.stem}" for p in (REPO / "bpedge").iterdir()
+             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert found - set(core) - application == set()
