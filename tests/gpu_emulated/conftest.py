@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # the stand-in package lives beside this file
 
-from bpedge_cuda_standin import Machine, install  # noqa: E402
+from bpedge_cuda_standin import Machine, install
 
 #: Engines' largest batch, and the frame size of the emulated runs: the kernels' host emulation
 #: runs a thread per CUDA thread, so frames are a quarter of the Kaggle size to keep it quick.

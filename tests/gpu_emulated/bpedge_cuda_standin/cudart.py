@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 
-class cudaError_t(enum.IntEnum):  # noqa: N801 - the real module's names
+class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
@@ -76,13 +76,13 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - the real module's names
     cudaErrorStreamCaptureWrongThread = 908
 
 
-class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+class cudaStreamCaptureMode(enum.IntEnum):
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
     cudaStreamCaptureModeRelaxed = 2
 
 
-class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToHost = 0
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
@@ -103,7 +103,7 @@ class Handle:
     def __init__(self, init_value: int = 0) -> None:
         self._value = int(init_value)
 
-    def getPtr(self) -> int:  # noqa: N802 - the real name; the address OF the handle, not its value
+    def getPtr(self) -> int:
         return id(self)
 
     def __int__(self) -> int:
@@ -122,19 +122,19 @@ class Handle:
         return f"<{type(self).__name__} 0x{self._value:x}>"
 
 
-class cudaStream_t(Handle):  # noqa: N801
+class cudaStream_t(Handle):
     pass
 
 
-class cudaEvent_t(Handle):  # noqa: N801
+class cudaEvent_t(Handle):
     pass
 
 
-class cudaGraph_t(Handle):  # noqa: N801
+class cudaGraph_t(Handle):
     pass
 
 
-class cudaGraphExec_t(Handle):  # noqa: N801
+class cudaGraphExec_t(Handle):
     pass
 
 
@@ -177,7 +177,7 @@ class Capture:
     stream: Stream
     mode: cudaStreamCaptureMode
     thread: int
-    nodes: list[Callable[[], None]] = field(default_factory=list)
+    nodes: list[Any] = field(default_factory=list)
     invalidated: str | None = None
 
 
@@ -203,10 +203,26 @@ class Event:
 
 
 @dataclass
+class RecordNode:
+    """An event-record node of a graph (``cudaEventRecordExternal`` in capture): each launch of
+    the graph makes the event pending again until the stream reaches the node."""
+
+    event: Event
+
+    def arm(self, stream: Stream) -> Callable[[], None]:
+        event, token = self.event, Token(stream)
+        event.token, event.captured, event.time = token, False, None
+
+        def record() -> None:
+            token.done, event.time = True, time.perf_counter()
+        return record
+
+
+@dataclass
 class Graph:
     value: int
     device: int
-    nodes: list[Callable[[], None]]
+    nodes: list[Any]
     destroyed: bool = False
 
 
@@ -372,6 +388,12 @@ class Machine:
 # --- the runtime module ---------------------------------------------------------------------------
 
 
+#: Runtime calls that do not initialise a context on the calling thread.
+_NO_CONTEXT = frozenset({"cudaGetErrorString", "cudaGetLastError", "cudaRuntimeGetVersion",
+                         "cudaDriverGetVersion", "cudaGetDeviceCount", "cudaSetDevice",
+                         "cudaGetDeviceProperties"})
+
+
 def make_runtime_module(m: Machine) -> types.ModuleType:
     rt = types.ModuleType("cuda.bindings.runtime")
     rt.cudaError_t = cudaError_t
@@ -394,6 +416,8 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
                                                                 "cudaGetLastError"):
                     result: tuple[Any, ...] = (m.sticky,)
                 else:
+                    if fn.__name__ not in _NO_CONTEXT:
+                        m.runtime_device()  # a runtime call makes a context current (R6)
                     result = fn(*args)
             if result[0] != E.cudaSuccess:
                 last_error.value = result[0]
@@ -418,40 +442,40 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
     # --- errors and devices ---
 
     @api
-    def cudaGetErrorString(err: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaGetErrorString(err: Any) -> tuple[Any, ...]:
         return E.cudaSuccess, f"{cudaError_t(err).name} (bpedge CUDA stand-in)".encode()
 
     @api
-    def cudaGetLastError() -> tuple[Any, ...]:  # noqa: N802
+    def cudaGetLastError() -> tuple[Any, ...]:
         err = m.sticky or getattr(last_error, "value", E.cudaSuccess)
         last_error.value = E.cudaSuccess
         return (err,)
 
     @api
-    def cudaRuntimeGetVersion() -> tuple[Any, ...]:  # noqa: N802
+    def cudaRuntimeGetVersion() -> tuple[Any, ...]:
         return E.cudaSuccess, 13000
 
     @api
-    def cudaDriverGetVersion() -> tuple[Any, ...]:  # noqa: N802
+    def cudaDriverGetVersion() -> tuple[Any, ...]:
         return E.cudaSuccess, 13000
 
     @api
-    def cudaGetDeviceCount() -> tuple[Any, ...]:  # noqa: N802
+    def cudaGetDeviceCount() -> tuple[Any, ...]:
         return E.cudaSuccess, len(m.devices)
 
     @api
-    def cudaSetDevice(device: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaSetDevice(device: int) -> tuple[Any, ...]:
         if not 0 <= int(device) < len(m.devices):
             return (E.cudaErrorInvalidDevice,)
         m.local.device = int(device)
         return (E.cudaSuccess,)
 
     @api
-    def cudaGetDevice() -> tuple[Any, ...]:  # noqa: N802
+    def cudaGetDevice() -> tuple[Any, ...]:
         return E.cudaSuccess, m.runtime_device()
 
     @api
-    def cudaGetDeviceProperties(device: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaGetDeviceProperties(device: int) -> tuple[Any, ...]:
         if not 0 <= int(device) < len(m.devices):
             return E.cudaErrorInvalidDevice, None
         d = m.devices[int(device)]
@@ -460,19 +484,19 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return E.cudaSuccess, prop
 
     @api
-    def cudaMemGetInfo() -> tuple[Any, ...]:  # noqa: N802
+    def cudaMemGetInfo() -> tuple[Any, ...]:
         d = m.devices[m.runtime_device()]
         return E.cudaSuccess, d.total - d.used, d.total
 
     @api
-    def cudaDeviceSynchronize() -> tuple[Any, ...]:  # noqa: N802
+    def cudaDeviceSynchronize() -> tuple[Any, ...]:
         refused = m.unsafe_call("cudaDeviceSynchronize")
         return (refused or m.run_device(m.runtime_device()),)
 
     # --- memory ---
 
     @api
-    def cudaMalloc(nbytes: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaMalloc(nbytes: int) -> tuple[Any, ...]:
         refused = m.unsafe_call("cudaMalloc")
         if refused:
             return refused, 0
@@ -483,7 +507,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return E.cudaSuccess, m.allocate(nbytes, "device").base
 
     @api
-    def cudaHostAlloc(nbytes: int, flags: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaHostAlloc(nbytes: int, flags: int) -> tuple[Any, ...]:
         refused = m.unsafe_call("cudaHostAlloc")
         if refused:
             return refused, 0
@@ -508,11 +532,11 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (E.cudaSuccess,)
 
     @api
-    def cudaFree(ptr: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaFree(ptr: int) -> tuple[Any, ...]:
         return free(ptr, "device", "cudaFree")
 
     @api
-    def cudaFreeHost(ptr: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaFreeHost(ptr: int) -> tuple[Any, ...]:
         return free(ptr, "pinned", "cudaFreeHost")
 
     def copy_sides(dst: int, dst_extent: int, src: int, src_extent: int,
@@ -551,7 +575,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return run
 
     @api
-    def cudaMemcpy2DAsync(dst: int, dpitch: int, src: int, spitch: int, width: int,  # noqa: N802
+    def cudaMemcpy2DAsync(dst: int, dpitch: int, src: int, spitch: int, width: int,
                           height: int, kind: Any, stream: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None:
@@ -575,12 +599,12 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (m.enqueue(s, op),)
 
     @api
-    def cudaMemcpyAsync(dst: int, src: int, count: int, kind: Any,  # noqa: N802
+    def cudaMemcpyAsync(dst: int, src: int, count: int, kind: Any,
                         stream: Any) -> tuple[Any, ...]:
         return cudaMemcpy2DAsync(dst, count, src, count, count, 1, kind, stream)
 
     @api
-    def cudaMemcpy(dst: int, src: int, count: int, kind: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaMemcpy(dst: int, src: int, count: int, kind: Any) -> tuple[Any, ...]:
         refused = m.unsafe_call("cudaMemcpy")
         if refused:
             return (refused,)
@@ -595,13 +619,13 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
     # --- streams ---
 
     @api
-    def cudaStreamCreateWithFlags(flags: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamCreateWithFlags(flags: int) -> tuple[Any, ...]:
         stream = Stream(m.new_handle(), m.runtime_device())
         m.streams[stream.value] = stream
         return E.cudaSuccess, cudaStream_t(stream.value)
 
     @api
-    def cudaStreamDestroy(stream: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamDestroy(stream: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None or s.legacy:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -610,7 +634,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (E.cudaSuccess,)
 
     @api
-    def cudaStreamSynchronize(stream: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamSynchronize(stream: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -624,7 +648,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (m.run_device(s.device) if s.legacy else m.run(s),)
 
     @api
-    def cudaStreamWaitEvent(stream: Any, event: Any, flags: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamWaitEvent(stream: Any, event: Any, flags: int) -> tuple[Any, ...]:
         s, e = stream_or_error(stream), event_or_error(event)
         if s is None or e is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -644,7 +668,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (m.enqueue(s, wait),)
 
     @api
-    def cudaStreamBeginCapture(stream: Any, mode: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamBeginCapture(stream: Any, mode: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -658,7 +682,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (E.cudaSuccess,)
 
     @api
-    def cudaStreamEndCapture(stream: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamEndCapture(stream: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None:
             return E.cudaErrorInvalidResourceHandle, None
@@ -676,14 +700,14 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return E.cudaSuccess, cudaGraph_t(graph.value)
 
     @api
-    def cudaStreamIsCapturing(stream: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaStreamIsCapturing(stream: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None:
             return E.cudaErrorInvalidResourceHandle, None
         return E.cudaSuccess, int(s.capture is not None)
 
     @api
-    def cudaThreadExchangeStreamCaptureMode(mode: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaThreadExchangeStreamCaptureMode(mode: Any) -> tuple[Any, ...]:
         previous = m.capture_mode()
         m.local.mode = cudaStreamCaptureMode(mode)
         return E.cudaSuccess, previous
@@ -691,13 +715,13 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
     # --- events ---
 
     @api
-    def cudaEventCreateWithFlags(flags: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventCreateWithFlags(flags: int) -> tuple[Any, ...]:
         event = Event(m.new_handle(), m.runtime_device(), int(flags))
         m.events[event.value] = event
         return E.cudaSuccess, cudaEvent_t(event.value)
 
     @api
-    def cudaEventDestroy(event: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventDestroy(event: Any) -> tuple[Any, ...]:
         e = event_or_error(event)
         if e is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -705,7 +729,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (E.cudaSuccess,)
 
     @api
-    def cudaEventRecordWithFlags(event: Any, stream: Any, flags: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventRecordWithFlags(event: Any, stream: Any, flags: int) -> tuple[Any, ...]:
         e, s = event_or_error(event), stream_or_error(stream)
         if e is None or s is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -724,10 +748,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
                 e.captured, e.token = True, None  # only a dependency inside the graph
                 return (E.cudaSuccess,)
 
-            def replay_record() -> None:
-                token = Token(s, done=True)
-                e.token, e.time, e.captured = token, time.perf_counter(), False
-            s.capture.nodes.append(replay_record)
+            s.capture.nodes.append(RecordNode(e))
             return (E.cudaSuccess,)
         token = Token(s)
         e.token, e.captured, e.time = token, False, None
@@ -737,7 +758,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (m.enqueue(s, record),)
 
     @api
-    def cudaEventRecord(event: Any, stream: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventRecord(event: Any, stream: Any) -> tuple[Any, ...]:
         return cudaEventRecordWithFlags(event, stream, 0)
 
     def wait_event(e: Event, name: str) -> cudaError_t:
@@ -752,13 +773,13 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return E.cudaSuccess
 
     @api
-    def cudaEventSynchronize(event: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventSynchronize(event: Any) -> tuple[Any, ...]:
         e = event_or_error(event)
         return (E.cudaErrorInvalidResourceHandle if e is None
                 else wait_event(e, "cudaEventSynchronize"),)
 
     @api
-    def cudaEventQuery(event: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventQuery(event: Any) -> tuple[Any, ...]:
         e = event_or_error(event)
         if e is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -771,7 +792,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
                 else E.cudaSuccess,)
 
     @api
-    def cudaEventElapsedTime(start: Any, end: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaEventElapsedTime(start: Any, end: Any) -> tuple[Any, ...]:
         a, b = event_or_error(start), event_or_error(end)
         if a is None or b is None:
             return E.cudaErrorInvalidResourceHandle, 0.0
@@ -790,7 +811,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
     # --- graphs ---
 
     @api
-    def cudaGraphInstantiate(graph: Any, flags: int) -> tuple[Any, ...]:  # noqa: N802
+    def cudaGraphInstantiate(graph: Any, flags: int) -> tuple[Any, ...]:
         g = m.graphs.get(native(graph)) if isinstance(graph, cudaGraph_t) else None
         if g is None or g.destroyed:
             return E.cudaErrorInvalidResourceHandle, None
@@ -802,7 +823,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return E.cudaSuccess, cudaGraphExec_t(exec_.value)
 
     @api
-    def cudaGraphDestroy(graph: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaGraphDestroy(graph: Any) -> tuple[Any, ...]:
         g = m.graphs.get(native(graph)) if isinstance(graph, cudaGraph_t) else None
         if g is None or g.destroyed:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -810,20 +831,20 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
         return (E.cudaSuccess,)
 
     @api
-    def cudaGraphLaunch(graph_exec: Any, stream: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaGraphLaunch(graph_exec: Any, stream: Any) -> tuple[Any, ...]:
         g = m.execs.get(native(graph_exec)) if isinstance(graph_exec, cudaGraphExec_t) else None
         s = stream_or_error(stream)
         if g is None or g.destroyed or s is None:
             m.violation("R5", f"cudaGraphLaunch of {graph_exec!r} on {stream!r}")
             return (E.cudaErrorInvalidResourceHandle,)
         for node in g.nodes:
-            err = m.enqueue(s, node)
+            err = m.enqueue(s, node.arm(s) if isinstance(node, RecordNode) else node)
             if err:
                 return (err,)
         return (E.cudaSuccess,)
 
     @api
-    def cudaGraphExecDestroy(graph_exec: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cudaGraphExecDestroy(graph_exec: Any) -> tuple[Any, ...]:
         g = m.execs.get(native(graph_exec)) if isinstance(graph_exec, cudaGraphExec_t) else None
         if g is None or g.destroyed:
             return (E.cudaErrorInvalidResourceHandle,)

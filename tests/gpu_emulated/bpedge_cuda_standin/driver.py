@@ -111,7 +111,7 @@ def make_driver_module(m: Machine) -> types.ModuleType:
         return call
 
     @api
-    def cuModuleLoadData(image: bytes) -> tuple[Any, ...]:  # noqa: N802
+    def cuModuleLoadData(image: bytes) -> tuple[Any, ...]:
         data = bytes(image)
         if not (data.startswith(b"\x7fELF") or (b".version" in data and data.endswith(b"\0"))):
             return R.CUDA_ERROR_INVALID_IMAGE, None
@@ -120,7 +120,7 @@ def make_driver_module(m: Machine) -> types.ModuleType:
         return R.CUDA_SUCCESS, CUmodule(module.value)
 
     @api
-    def cuModuleGetFunction(module: Any, name: bytes) -> tuple[Any, ...]:  # noqa: N802
+    def cuModuleGetFunction(module: Any, name: bytes) -> tuple[Any, ...]:
         mod = modules.get(native(module)) if isinstance(module, CUmodule) else None
         if mod is None or mod.unloaded:
             m.violation("R5", f"cuModuleGetFunction on {module!r}")
@@ -132,7 +132,7 @@ def make_driver_module(m: Machine) -> types.ModuleType:
         return R.CUDA_SUCCESS, CUfunction(function.value)
 
     @api
-    def cuModuleUnload(module: Any) -> tuple[Any, ...]:  # noqa: N802
+    def cuModuleUnload(module: Any) -> tuple[Any, ...]:
         mod = modules.get(native(module)) if isinstance(module, CUmodule) else None
         if mod is None or mod.unloaded:
             m.violation("R5", f"cuModuleUnload of {module!r}")
@@ -142,7 +142,7 @@ def make_driver_module(m: Machine) -> types.ModuleType:
         return (R.CUDA_SUCCESS,)
 
     @api
-    def cuLaunchKernel(f: Any, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,  # noqa: N802
+    def cuLaunchKernel(f: Any, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
                        shared: int, stream: Any, params: int, extra: Any) -> tuple[Any, ...]:
         function = functions.get(native(f)) if isinstance(f, CUfunction) else None
         if function is None or function.module.unloaded:

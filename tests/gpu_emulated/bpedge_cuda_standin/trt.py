@@ -67,7 +67,7 @@ class MemoryPoolType(enum.IntEnum):
 
 
 class Dims(tuple):
-    def __new__(cls, shape: Any) -> Dims:
+    def __new__(cls, shape: Any):
         return super().__new__(cls, (int(d) for d in shape))
 
 
