@@ -120,6 +120,13 @@ def use_device(device: int) -> None:
     rt_call("cudaFree", 0)  # the documented idiom that forces context creation now, not later
 
 
+def bind_device(device: int) -> None:
+    """Make ``device`` current for the calling thread (``cudaSetDevice``; the current device is
+    per host thread, and since CUDA 12 the call also makes its primary context current, which the
+    driver-API kernel launches need). Cheap: called before every submit."""
+    rt_call("cudaSetDevice", device)
+
+
 def compute_capability(device: int) -> int:
     """``major * 10 + minor`` of ``device`` (86 for an RTX A2000, 87 for a Jetson Orin)."""
     prop = rt_call("cudaGetDeviceProperties", device)
@@ -230,6 +237,8 @@ def native_handle(handle: Any) -> int:
     """The address behind a cuda-bindings handle (``cudaStream_t``, ``cudaGraph_t``...), through
     the documented accessor ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-bindings >= 12.9;
     NVIDIA/cuda-python#773 replaces ``int(handle)`` with it). Older bindings: ``int()``."""
+    if isinstance(handle, int):
+        return handle
     try:
         from cuda.bindings.utils import get_cuda_native_handle
     except ImportError:
