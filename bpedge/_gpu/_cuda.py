@@ -394,6 +394,11 @@ def capture_graph(stream: Stream, enqueue: Callable[[], None]) -> GraphExec:
         raise GraphCaptureError(f"the stream capture was invalidated: {exc}") from exc
     try:
         return GraphExec(rt_call("cudaGraphInstantiate", graph, 0))
+    except CudaError as exc:
+        # A graph that cannot be instantiated (a node type or a size the driver refuses) is a
+        # capture that did not work: the caller runs that chain eagerly from now on.
+        cudart.cudaGetLastError()
+        raise GraphCaptureError(f"instantiating the captured graph failed: {exc}") from exc
     finally:
         # The executable graph is independent of the graph it was made from.
         rt_call("cudaGraphDestroy", graph)
