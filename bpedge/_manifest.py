@@ -330,9 +330,14 @@ class EngineEntry:
     key: EngineKey
     built: str
     build_seconds: float
+    #: The engine's arithmetic, e.g. "fp32: IEEE fp32 everywhere (TF32 disabled)"; None in
+    #: manifests written before bpedge recorded it.
+    math: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODEL_NAMES)
+        if self.math is not None and (not isinstance(self.math, str) or not self.math.strip()):
+            raise FieldError("math", f"must be a non-empty string or absent, got {self.math!r}")
         check_choice("precision", self.precision, PRECISIONS)
         FileRef(self.file, self.sha256)  # same rules as every other file
         check_type("key", self.key, EngineKey)
@@ -351,6 +356,7 @@ class EngineEntry:
             "key": self.key.to_json(),
             "built": self.built,
             "build_seconds": self.build_seconds,
+            **({"math": self.math} if self.math is not None else {}),
         }
 
     @classmethod
@@ -364,9 +370,10 @@ class EngineEntry:
                     if isinstance(exc, FieldError):
                         raise
                     raise FieldError("", f"is invalid: {exc}") from None
+            math = r.take("math") if isinstance(obj, dict) and "math" in obj else None
             return cls(model=r.take("model"), precision=r.take("precision"), file=r.take("file"),
                        sha256=r.take("sha256"), key=key, built=r.take("built"),
-                       build_seconds=r.take("build_seconds"))
+                       build_seconds=r.take("build_seconds"), math=math)
 
 
 @dataclass(frozen=True)
