@@ -15,7 +15,8 @@ from typing import Any
 
 PRECISIONS = ("fp16", "fp32")
 
-INSTALL_HINT = "pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = ("pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and a CUDA 13 "
+                "driver (R580 or newer), or 'bpedge[tensorrt-cu12]' with a CUDA 12 driver")
 
 _CC_PATTERN = re.compile(r"^[0-9]+\.[0-9]+$")
 _MODEL_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -61,8 +61,8 @@ def _nvrtc() -> Any:
         from cuda.bindings import nvrtc
     except ImportError as exc:
         raise NvrtcUnavailableError(
-            "compiling the kernels needs cuda-bindings and nvidia-cuda-nvrtc "
-            "(pip install 'cuda-python>=12.6')"
+            "compiling the kernels needs cuda-python's cuda-bindings and NVRTC: pip install "
+            "'bpedge[tensorrt-cu13]' (CUDA 13 driver) or 'bpedge[tensorrt-cu12]' (CUDA 12)"
         ) from exc
     return nvrtc
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from bpedge._engine_key import INSTALL_HINT
+
 
 class CudaUnavailableError(RuntimeError):
     """cuda-python (``cuda.bindings``) is not installed."""
@@ -43,7 +45,7 @@ def runtime_api() -> Any:
         from cuda.bindings import runtime
     except ImportError as exc:
         raise CudaUnavailableError(
-            f"the GPU backend needs cuda-python: pip install 'cuda-python>=12.6' ({exc})"
+            f"the GPU backend needs cuda-python's cuda-bindings: {INSTALL_HINT} ({exc})"
         ) from exc
     return runtime
 
@@ -54,7 +56,7 @@ def driver_api() -> Any:
         from cuda.bindings import driver
     except ImportError as exc:
         raise CudaUnavailableError(
-            f"the GPU backend needs cuda-python: pip install 'cuda-python>=12.6' ({exc})"
+            f"the GPU backend needs cuda-python's cuda-bindings: {INSTALL_HINT} ({exc})"
         ) from exc
     return driver
 
