@@ -105,9 +105,11 @@ def test_stream_keeps_order_across_frame_sizes(machine, emulated_bundle, small_f
         one_by_one = [gpu.run(f) for f in frames]
         streamed = list(gpu.stream(iter(frames), depth=depth))
         assert len(gpu._slots) == max(1, depth)
-    assert len(streamed) == len(frames)
-    for a, b in zip(one_by_one, streamed):
+        batched = gpu.run_batch(frames)  # two sizes: batches grouped by size, over the slots
+    assert len(streamed) == len(batched) == len(frames)
+    for a, b, c in zip(one_by_one, streamed, batched):
         _same(a, b)
+        _same(a, c)
     _no_violations(machine)
 
 
