@@ -209,3 +209,19 @@ def test_auto_backend_takes_the_emulated_gpu(machine, emulated_bundle, small_fra
         spec = CascadeSpec.from_manifest(Bundle.open(emulated_bundle).manifest)
         _agrees(result, cpu(small_frames[0]), spec, "fp32")
     _no_violations(machine)
+
+
+def test_a_frame_larger_than_the_buffers_regrows_them_and_rebinds_the_engines(
+        machine, emulated_bundle, small_frames):
+    import cv2
+
+    spec = CascadeSpec.from_manifest(Bundle.open(emulated_bundle).manifest)
+    large = cv2.resize(small_frames[2], (600, 440))  # more pixels than the initial 420x580
+    with _onnxruntime(emulated_bundle) as cpu, _cascade(emulated_bundle) as gpu:
+        first = [gpu.run(small_frames[0]) for _ in range(2)]  # warm-up, then a captured graph
+        addresses = dict(gpu._slots[0].device)
+        _agrees(gpu.run(large), cpu(large), spec, "fp32")
+        assert gpu._slots[0].device != addresses, "the slot's buffers were reallocated"
+        for _ in range(2):  # old graphs are void: warm up and capture again at the new addresses
+            _same(gpu.run(small_frames[0]), first[0])
+    _no_violations(machine)
