@@ -73,6 +73,7 @@ esac
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 
 PYTHON=${PYTHON:-python3}
+HOST_PYTHON=$PYTHON # writes the summary even when the install failed
 already_installed() {
   "$PYTHON" - <<'EOF' >/dev/null 2>&1
 import bpedge, tensorrt, cuda.bindings.runtime, torch  # noqa: F401
@@ -80,7 +81,7 @@ assert hasattr(tensorrt, "Builder")
 EOF
 }
 
-install() {
+install_bpedge() {
   "$PYTHON" -m venv "$OUT/venv" &&
     "$OUT/venv/bin/python" -m pip install --upgrade pip || return 1
   # The CPU build of torch is enough (training the tiny models runs on the CPU) and is a tenth of
@@ -95,7 +96,10 @@ if already_installed; then
   printf 'install\t0\t0\n' >>"$STEPS"
   echo "gpu_check: bpedge, TensorRT, cuda-bindings and torch already import: not installing" >&2
 else
-  step install 600 install || true
+  export -f install_bpedge
+  export PYTHON OUT REPO EXTRA
+  # A function cannot be run by timeout itself: an inner bash runs it, killed as a whole.
+  step install 600 bash -c 'install_bpedge' || true
   PYTHON="$OUT/venv/bin/python"
 fi
 BPEDGE=("$PYTHON" -m bpedge._cli.app)
@@ -114,7 +118,7 @@ step bench 50 "${BPEDGE[@]}" bench "$BUNDLE" --data "$OUT/demo/heldout" \
 step pytest_gpu 140 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
   --junitxml "$OUT/pytest_gpu.xml" tests || true
 
-"$PYTHON" - "$OUT" "$START" "$CUDA_MAJOR" <<'EOF'
+"$HOST_PYTHON" - "$OUT" "$START" "$CUDA_MAJOR" <<'EOF'
 import json, sys, time
 from pathlib import Path
 
