@@ -18,7 +18,7 @@
 # uses an interpreter that already has bpedge[dev] and TensorRT (no install, no network needed). Exit status 0 when
 # every step passed, 1 otherwise. Without a GPU it exits 1 at once and runs nothing.
 # Budget: every step after the install has a time limit, and the limits add up to 8 minutes
-# (30 + 110 + 90 + 60 + 50 + 140 s); the install is bounded at 10 minutes. Not yet run on a GPU.
+# (15 + 90 + 90 + 45 + 40 + 200 s); the install is bounded at 10 minutes. Not yet run on a GPU.
 set -uo pipefail
 
 usage() {
@@ -105,17 +105,17 @@ fi
 BPEDGE=("$PYTHON" -m bpedge._cli.app)
 
 cd "$REPO" || exit 1
-step doctor 30 "${BPEDGE[@]}" doctor --json "$OUT/doctor.json" --require "tensorrt fp16" || true
-step bundle 110 "${BPEDGE[@]}" demo --out "$OUT/demo" --fast --no-progress || true
+step doctor 15 "${BPEDGE[@]}" doctor --json "$OUT/doctor.json" --require "tensorrt fp16" || true
+step bundle 90 "${BPEDGE[@]}" demo --out "$OUT/demo" --fast --no-progress || true
 BUNDLE="$OUT/demo/bundle"
 step build_engines 90 "${BPEDGE[@]}" build-engines "$BUNDLE" -p fp32 -p fp16 --max-batch 4 \
   --timing-cache "$OUT/timing.cache" --no-progress || true
-step compare 60 "$PYTHON" "$REPO/benchmarks/gpu_compare.py" "$BUNDLE" "$OUT/demo/heldout" \
+step compare 45 "$PYTHON" "$REPO/benchmarks/gpu_compare.py" "$BUNDLE" "$OUT/demo/heldout" \
   "$OUT/compare.json" || true
-step bench 50 "${BPEDGE[@]}" bench "$BUNDLE" --data "$OUT/demo/heldout" \
+step bench 40 "${BPEDGE[@]}" bench "$BUNDLE" --data "$OUT/demo/heldout" \
   --backends tensorrt,onnxruntime --precisions fp32,fp16 --seconds 3 --warmup-seconds 1 \
   --json "$OUT/bench.json" --no-progress || true
-step pytest_gpu 140 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
+step pytest_gpu 200 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
   --junitxml "$OUT/pytest_gpu.xml" tests || true
 
 "$HOST_PYTHON" - "$OUT" "$START" "$CUDA_MAJOR" <<'EOF'
