@@ -15,9 +15,15 @@ R2 No potentially unsafe call (allocation, free, synchronous copy, synchronisati
    Host-Device Synchronization", "No Stream/Event Query Operations"). Reported:
    ``cudaErrorStreamCaptureUnsupported``; the capture is invalidated and ends with
    ``cudaErrorStreamCaptureInvalidated``.
-R3 No async copy from pageable host memory into a capture (CUDA C++ Programming Guide, "CUDA
-   Graphs" > "Prohibited and Unhandled Operations"; ``cudaMemcpyAsync`` "only works on
-   page-locked host memory" for true asynchrony). Reported: ``cudaErrorStreamCaptureUnsupported``.
+R3 No async copy from pageable host memory into a capture: such a copy is staged through the
+   host before the call returns, which a graph cannot replay (CUDA runtime API
+   ``cudaMemcpyAsync``: "It only works on page-locked host memory",
+   https://developer.download.nvidia.com/compute/DevZone/docs/html/C/doc/html/group__CUDART__MEMORY_g732efed5ab5cb184c920a21eb36e8ce4.html;
+   ``cudaErrorStreamCaptureUnsupported``: "The operation is not permitted when the stream is
+   capturing"). Reported: ``cudaErrorStreamCaptureUnsupported``; the capture is invalidated.
+   Also from ``cudaStreamBeginCapture``: the legacy stream cannot be captured, and a capture not
+   begun in relaxed mode must be ended on the thread that began it
+   (``cudaErrorStreamCaptureWrongThread``).
 R4 An event last recorded inside a capture cannot be waited for, queried or timed from the host
    (``cudaErrorCapturedEvent``: "The operation is not permitted on an event which was last
    recorded in a capturing stream.").
