@@ -108,6 +108,70 @@ def probe_nvrtc() -> tuple[str | None, str | None]:
         return None, str(exc).splitlines()[0]
 
 
+def probe_headers() -> tuple[str | None, str | None]:
+    """(directory of the CUDA headers NVRTC compiles the kernels with, problem): the headers must
+    be of the loaded NVRTC's CUDA major."""
+    try:
+        from bpedge.kernels import cuda_include_dir, header_cuda_major
+
+        directory = cuda_include_dir()
+        return f"{directory} (CUDA {header_cuda_major(directory)})", None
+    except Exception as exc:  # noqa: BLE001 - NvrtcUnavailableError, or a broken wheel
+        return None, str(exc).splitlines()[0]
+
+
+def probe_tensorrt_cuda() -> int | None:
+    """The CUDA major the installed TensorRT wheels are built for (``tensorrt-cu12`` /
+    ``tensorrt-cu13`` and their ``_libs``), None when unknown (not from pip, or absent)."""
+    from importlib import metadata
+
+    for major in (13, 12):
+        for name in (f"tensorrt-cu{major}", f"tensorrt-cu{major}-libs"):
+            try:
+                metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+            return major
+    return None
+
+
+def _major(version: str | None) -> int | None:
+    return int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else None
+
+
+def install_line(driver: str | None) -> str:
+    """The pip line that installs TensorRT, cuda-bindings, NVRTC and the CUDA headers of one
+    CUDA major that this driver (the CUDA version it supports, e.g. ``"12.4"``) can run."""
+    major = _major(driver)
+    if major is None:
+        return INSTALL_HINT
+    if major < 12:
+        return (f"update the NVIDIA driver (it supports CUDA {driver}; bpedge needs CUDA 12 or "
+                "13), then pip install 'bpedge[tensorrt-cu12]'")
+    if major == 12:
+        return ("pip install 'bpedge[tensorrt-cu12]' (TensorRT, cuda-python's cuda-bindings, "
+                "NVRTC and the CUDA headers for CUDA 12; not 'bpedge[tensorrt]', which is the "
+                "CUDA 13 set this driver cannot run)")
+    return ("pip install 'bpedge[tensorrt]' (the same as 'bpedge[tensorrt-cu13]': TensorRT, "
+            "cuda-python's cuda-bindings, NVRTC and the CUDA headers for CUDA 13)")
+
+
+def _stack_problems(g: _Gpu, nvrtc: str | None, trt_cuda: int | None) -> list[str]:
+    """Pieces of different CUDA majors, or newer than the driver: each a reason not to run."""
+    driver, runtime, compiler = _major(g.driver), _major(g.runtime), _major(nvrtc)
+    problems = []
+    if driver is not None and runtime is not None and runtime > driver:
+        problems.append(f"cuda-bindings is for CUDA {g.runtime}, this driver supports CUDA "
+                        f"{g.driver}")
+    if compiler is not None and runtime is not None and compiler != runtime:
+        problems.append(f"NVRTC {nvrtc} and cuda-bindings for CUDA {g.runtime} are of different "
+                        "CUDA majors")
+    if trt_cuda is not None and driver is not None and trt_cuda > driver:
+        problems.append(f"TensorRT is built for CUDA {trt_cuda}, this driver supports CUDA "
+                        f"{g.driver}")
+    return problems
+
+
 def probe_tensorrt() -> tuple[str | None, str | None]:
     """(TensorRT version, problem): real only when the module has the ``Builder`` API."""
     found = probe_tensorrt_module()
@@ -155,6 +219,8 @@ def diagnose(
     tensorrt: Callable[[], tuple[str | None, str | None]] = probe_tensorrt,
     onnxruntime: Callable[[], tuple[str | None, tuple[str, ...], str | None]] = probe_onnxruntime,
     torch: Callable[[], tuple[str | None, str | None, str | None]] = probe_torch,
+    headers: Callable[[], tuple[str | None, str | None]] = probe_headers,
+    tensorrt_cuda: Callable[[], int | None] = probe_tensorrt_cuda,
 ) -> DoctorReport:
     """Run every probe and judge each backend. The probes are parameters so tests can stand in a
     machine with a GPU; the defaults ask this machine."""
@@ -173,14 +239,26 @@ def diagnose(
         # Without a driver the driver row already carries the fix.
         findings.append(Finding("GPU", g.problem or "none", False,
                                 None if not g.driver else "check that nvidia-smi lists the GPU"))
-    findings.append(Finding("CUDA runtime", g.runtime or "not found", g.runtime is not None,
-                            None if g.runtime else "pip install 'cuda-python>=12.6'"))
+    line = install_line(g.driver)
+    findings.append(Finding("install line", f"for this driver: {line}" if g.driver else line))
+    findings.append(Finding("CUDA runtime",
+                            f"cuda-bindings for CUDA {g.runtime}" if g.runtime else "not found",
+                            g.runtime is not None, None if g.runtime else line))
     nv_version, nv_problem = nvrtc()
     findings.append(Finding("NVRTC", nv_version or nv_problem or "not found", nv_version is not None,
-                            None if nv_version else "pip install 'cuda-python>=12.6'"))
+                            None if nv_version else line))
+    header_dir, header_problem = headers() if nv_version else (None, "needs NVRTC first")
+    findings.append(Finding("CUDA headers", header_dir or header_problem or "not found",
+                            header_dir is not None, None if header_dir else line))
     trt_version, trt_problem = tensorrt()
-    findings.append(Finding("TensorRT", trt_version or trt_problem or "not found",
-                            trt_version is not None, None if trt_version else INSTALL_HINT))
+    trt_major = tensorrt_cuda()
+    findings.append(Finding(
+        "TensorRT", (f"{trt_version}" + (f" (for CUDA {trt_major})" if trt_major else ""))
+        if trt_version else (trt_problem or "not found"),
+        trt_version is not None, None if trt_version else line))
+    stack = _stack_problems(g, nv_version, trt_major)
+    if stack:
+        findings.append(Finding("CUDA versions", "; ".join(stack), False, line))
     ort_version, providers, ort_problem = onnxruntime()
     findings.append(Finding(
         "ONNX Runtime",
@@ -193,13 +271,16 @@ def diagnose(
                             None if torch_version else TRAIN_HINT))
 
     backends = _backends(g, nv_version, trt_version, trt_problem, ort_version, providers,
-                         torch_version, torch_problem)
+                         torch_version, torch_problem,
+                         [*stack, *([f"CUDA headers: {header_problem}"] if nv_version and
+                                    header_dir is None else [])], line)
     return DoctorReport(tuple(findings), tuple(backends), library_versions())
 
 
 def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | None,
               ort: str | None, providers: tuple[str, ...], torch: str | None,
-              torch_problem: str | None) -> list[BackendVerdict]:
+              torch_problem: str | None, stack: list[str],
+              line: str) -> list[BackendVerdict]:
     cpu_ok = ort is not None and "CPUExecutionProvider" in providers
     out = [
         BackendVerdict("onnxruntime fp32", cpu_ok,
@@ -212,7 +293,7 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
     ]
     missing: list[tuple[str, str]] = []
     if trt is None:
-        missing.append((f"TensorRT {trt_problem or 'missing'}", INSTALL_HINT))
+        missing.append((f"TensorRT {trt_problem or 'missing'}", line))
     if not g.driver:
         missing.append(("no NVIDIA driver", DRIVER_HINT))
     elif not g.devices:
@@ -220,7 +301,8 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
     if nvrtc is None:
         nvrtc_why = ("NVRTC missing (the fused pre/post-processing kernels are compiled with "
                      "it)")
-        missing.append((nvrtc_why, "pip install 'cuda-python>=12.6'"))
+        missing.append((nvrtc_why, line))
+    missing += [(problem, line) for problem in stack]
     for precision in ("fp16", "fp32"):
         if missing:
             out.append(BackendVerdict(f"tensorrt {precision}", False,

@@ -17,7 +17,8 @@ from bpedge._machine import TensorRTProbe, probe_cuda, probe_tensorrt_module
 
 PRECISIONS = ("fp16", "fp32")
 
-INSTALL_HINT = "pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = ("pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and a CUDA 13 "
+                "driver (R580 or newer), or 'bpedge[tensorrt-cu12]' with a CUDA 12 driver")
 
 _CC_PATTERN = re.compile(r"^[0-9]+\.[0-9]+$")
 _MODEL_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")

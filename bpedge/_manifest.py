@@ -282,9 +282,14 @@ class EngineEntry(JsonRecord):
     key: EngineKey
     built: str
     build_seconds: float
+    #: The engine's arithmetic, e.g. "fp32: IEEE fp32 everywhere (TF32 disabled)"; None in
+    #: manifests written before bpedge recorded it.
+    math: str | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODEL_NAMES)
+        if self.math is not None and (not isinstance(self.math, str) or not self.math.strip()):
+            raise FieldError("math", f"must be a non-empty string or absent, got {self.math!r}")
         check_choice("precision", self.precision, PRECISIONS)
         FileRef(self.file, self.sha256)  # same rules as every other file
         check_type("key", self.key, EngineKey)
@@ -305,9 +310,10 @@ class EngineEntry(JsonRecord):
                     if isinstance(exc, FieldError):
                         raise
                     raise FieldError("", f"is invalid: {exc}") from None
+            math = r.take("math") if isinstance(obj, dict) and "math" in obj else None
             return cls(model=r.take("model"), precision=r.take("precision"), file=r.take("file"),
                        sha256=r.take("sha256"), key=key, built=r.take("built"),
-                       build_seconds=r.take("build_seconds"))
+                       build_seconds=r.take("build_seconds"), math=math)
 
 
 @dataclass(frozen=True)

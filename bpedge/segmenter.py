@@ -110,12 +110,23 @@ class Segmenter:
 
             trt_precision = precision or "fp16"
             reason = tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
+            failure: Exception | None = None
             if reason is None:
-                gpu = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
-                _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
-                return cls(gpu, spec, "tensorrt", trt_precision, None)
+                try:
+                    gpu = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
+                except Exception as exc:  # noqa: BLE001 - reported as the reason, or re-raised
+                    # Everything can still fail once the GPU is really used (NVRTC, the kernel
+                    # cache, a plan TensorRT refuses, GPU memory); the cascade released what it
+                    # had set up. "auto" says why and runs on the CPU instead.
+                    failure = exc
+                    reason = f"building the TensorRT cascade failed: {type(exc).__name__}: {exc}"
+                else:
+                    _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
+                    return cls(gpu, spec, "tensorrt", trt_precision, None)
             if backend == "tensorrt":
-                raise RuntimeError(f"backend='tensorrt' cannot run: {reason}")
+                raise RuntimeError(f"backend='tensorrt' cannot run: {reason}") from failure
+            if failure is not None:
+                _log.warning("bpedge: %s; falling back to ONNX Runtime", reason)
         ort_precision = precision or "fp32"
         from bpedge._onnxruntime import onnxruntime_cascade
 
