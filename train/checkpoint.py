@@ -19,6 +19,7 @@ Payload keys (``FORMAT_VERSION`` 1)::
     epoch             number of completed epochs (1-based count)
     rng               {"torch": ByteTensor, "numpy": {...}, "python": [...], "cuda": [ByteTensor]}
     crop_mode         "none" | "gt" | "detector" for a segmenter, None for a detector
+    crop_margin       a segmenter's crop margin (PreprocessingSpec.crop_margin; 0.0 if absent)
     normalization     {"mean": float, "std": float} of the model's training inputs (0-255 scale)
     input_hw          [H, W] of the model input
     frame_hw          [H, W] of the training frames
@@ -35,12 +36,14 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from bpedge._atomic import atomic_save_with
+from bpedge._preprocessing import ModelInput, Normalization, PreprocessingSpec
 
 if TYPE_CHECKING:
     import torch
@@ -179,6 +182,81 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- Models from checkpoints ------------------------------------------------------------------
+
+
+def model_input(payload: dict[str, Any]) -> ModelInput:
+    """The model's input as the runtime's typed spec: ``input_hw`` and ``normalization``."""
+    h, w = payload["input_hw"]
+    norm = payload["normalization"]
+    return ModelInput((int(h), int(w)), Normalization(float(norm["mean"]), float(norm["std"])))
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """The part of a checkpoint that says what the weights are and how to feed them (the keys
+    above from ``kind`` to ``data_fingerprint``), typed; :meth:`to_dict` is what is saved.
+
+    ``input``: the model's input size and normalisation; ``crop_mode`` / ``crop_margin``: how a
+    segmenter's crops were made (None / 0.0 for a detector); ``frame_hw``: the training frames'
+    common size (None when sizes differ)."""
+
+    kind: str
+    arch: str
+    model_config: dict[str, Any]
+    config: dict[str, Any]
+    input: ModelInput
+    frame_hw: tuple[int, int] | None
+    split: dict[str, Any]
+    data_fingerprint: str
+    crop_mode: str | None = None
+    crop_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind == "segmenter") != (self.crop_mode is not None):
+            raise ValueError(f"a segmenter records its crop mode and a detector none, got "
+                             f"kind {self.kind!r} with crop_mode {self.crop_mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint keys, as plain types (a detector writes no ``crop_margin``)."""
+        return {
+            "kind": self.kind,
+            "arch": self.arch,
+            "model_config": self.model_config,
+            "config": self.config,
+            "crop_mode": self.crop_mode,
+            **({"crop_margin": self.crop_margin} if self.kind == "segmenter" else {}),
+            "normalization": self.input.norm.to_dict(),
+            "input_hw": list(self.input.hw),
+            "frame_hw": list(self.frame_hw) if self.frame_hw else None,
+            "split": self.split,
+            "data_fingerprint": self.data_fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ModelPayload:
+        """The typed view of a loaded checkpoint (older ones: no margin means 0.0)."""
+        frame_hw = payload.get("frame_hw")
+        return cls(
+            kind=payload["kind"], arch=payload["arch"], model_config=payload["model_config"],
+            config=payload.get("config") or {}, input=model_input(payload),
+            frame_hw=(int(frame_hw[0]), int(frame_hw[1])) if frame_hw else None,
+            split=payload.get("split") or {}, data_fingerprint=str(payload.get("data_fingerprint")),
+            crop_mode=payload.get("crop_mode"), crop_margin=crop_margin(payload),
+        )
+
+
+def crop_margin(payload: dict[str, Any]) -> float:
+    """A segmenter's crop margin; a checkpoint written before margins existed cropped the box as
+    found (0.0)."""
+    return float(payload.get("crop_margin", 0.0))
+
+
+def preprocessing_spec(detector: dict[str, Any], segmenter: dict[str, Any]) -> PreprocessingSpec:
+    """The bundle's preprocessing spec from a detector's and a segmenter's payloads."""
+    return PreprocessingSpec.from_inputs(model_input(detector), model_input(segmenter),
+                                         crop_margin(segmenter))
 
 
 def build_model_from_payload(payload: dict[str, Any]) -> nn.Module:

@@ -40,6 +40,11 @@ when one mask is; presence correct) and a summary line (Dice over BP frames
 and over all frames, HD95 median, presence sensitivity and specificity).
 Frames of a video or multi-frame DICOM are named STEM_fNNNNNN. If a source
 fails or vanishes mid-way, what was done is written before the error.
+
+results.csv is written last: while a run goes on (or after one failed)
+DIR/INCOMPLETE.txt says so. A non-empty DIR that segment did not make is
+refused (--add-to-existing adds to it without overwriting anything); earlier
+results in DIR are replaced only with --force.
 """
 
 
@@ -53,7 +58,8 @@ def register(app: typer.Typer) -> None:
                                       "files, a device index (0), a stream URL or a GStreamer "
                                       "pipeline.", metavar="SOURCE...")
         ],
-        out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
+        out: Annotated[Path, typer.Option("--out", help="Output folder (created; a non-empty "
+                                          "folder segment did not make is refused).")],
         backend: Annotated[
             str, typer.Option("--backend", help="auto (TensorRT when it can run, else ONNX "
                               "Runtime), onnxruntime or tensorrt.")
@@ -85,7 +91,13 @@ def register(app: typer.Typer) -> None:
                               "frame (what was done is kept); skip: report it and go on.")
         ] = "fail",
         force: Annotated[
-            bool, typer.Option("--force", help="Write into an --out that already holds results.")
+            bool, typer.Option("--force", help="Replace the results (complete or not) of an "
+                               "earlier segment run in --out.")
+        ] = False,
+        add_to_existing: Annotated[
+            bool, typer.Option("--add-to-existing", help="Write into a non-empty --out that "
+                               "segment did not make: adds masks/, overlays/ and results.csv, "
+                               "refused if any of them is already there.")
         ] = False,
         progress: Annotated[
             bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -96,6 +108,7 @@ def register(app: typer.Typer) -> None:
 
         from tqdm import tqdm
 
+        from bpedge._cli import _segment_output as output
         from bpedge._cli._segment_outputs import SegmentOutputs
         from bpedge._frames import as_grey_frame
         from bpedge.segmenter import Segmenter
@@ -117,8 +130,6 @@ def register(app: typer.Typer) -> None:
                              on_skip=report_skip)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
-        if (out / "results.csv").exists() and not force:
-            raise UsageError(f"{out} already holds results.csv: choose a new --out, or --force")
         if save_video is not None:
             if save_video.suffix.lower() not in (".mp4", ".m4v", ".mov", ".avi"):
                 raise UsageError(f"--save-video {save_video}: use a .mp4 or .avi name")
@@ -128,8 +139,6 @@ def register(app: typer.Typer) -> None:
                                     threads=threads)
         note = f" ({seg.fallback_reason})" if seg.fallback_reason else ""
         typer.echo(f"segmenting with {seg.backend} {seg.precision}{note}", err=True)
-        outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=save_video,
-                                 video_fps=video_fps)
         # Frames wait here (at most depth + 1 of them) until their result comes back in order.
         from collections import deque
 
@@ -150,28 +159,33 @@ def register(app: typer.Typer) -> None:
 
         bar = tqdm(total=source.length, desc="segmenting", unit="frame", disable=not progress)
         failure: BaseException | None = None
-        try:
-            with seg, source:
+        with seg, source, output.run_in(out, force=force, add_to_existing=add_to_existing,
+                                        masks=masks, overlays=overlays):
+            outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=save_video,
+                                     video_fps=video_fps)
+            try:
                 for result in seg.stream(frames(), depth=depth):
                     outputs.add(pending.popleft(), result)
                     bar.update(1)
-        except (SourceError, ValueError, OSError, KeyboardInterrupt) as exc:
-            failure = exc
-        finally:
-            bar.close()
-            lines = outputs.finish() if outputs.rows or failure is None else []
-        done = len(outputs.rows)
-        for line in lines:
-            typer.echo(line)
-        if failure is not None:
-            kept = (f" (the {done} frame(s) segmented before it are in {out / 'results.csv'})"
-                    if done else "")
-            if isinstance(failure, KeyboardInterrupt):
-                typer.echo(f"interrupted{kept}", err=True)
-                raise failure
-            error = UsageError if isinstance(failure, (ValueError, FileNotFoundError)) \
-                else CommandFailed
-            raise error(f"{failure}{kept}") from failure
+            except (SourceError, ValueError, OSError, KeyboardInterrupt) as exc:
+                failure = exc
+            finally:
+                bar.close()
+                lines = outputs.finish() if outputs.rows or failure is None else []
+            done = len(outputs.rows)
+            for line in lines:
+                typer.echo(line)
+            if failure is not None:
+                # The results of the frames done are written; INCOMPLETE.txt stays and says why.
+                kept = (f" (the {done} frame(s) segmented before it are in {out / 'results.csv'})"
+                        if done else "")
+                if isinstance(failure, KeyboardInterrupt):
+                    typer.echo(f"interrupted{kept}", err=True)
+                    raise failure
+                error = UsageError if isinstance(failure, (ValueError, FileNotFoundError)) \
+                    else CommandFailed
+                raise error(f"{failure}{kept}") from failure
+            (out / output.INCOMPLETE).unlink()  # results.csv is written: the set is complete
         present = sum(int(r[2]) for r in outputs.rows)
         extra = f"; skipped {len(skipped)} (see above)" if skipped else ""
         typer.echo(f"segmented {done} frame(s) from {len(inputs)} source(s): BP present in "
