@@ -283,15 +283,22 @@ def _truth_beside(path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+_FRAME_NAME = re.compile(r"^(?P<stem>.*)_f\d{6}$")
+
+
 def _unique_stems(inputs: list[_Input]) -> list[_Input]:
-    """Two inputs may share a stem (a/scan.png and b/scan.png): later ones get -2, -3..."""
+    """Two inputs may share a stem (a/scan.png and b/scan.png): later ones get -2, -3... Names
+    compare case-insensitively (a case-insensitive filesystem would merge A.png and a.png), and a
+    video's frames (STEM_fNNNNNN) never take the name of an image called like one."""
+    framed = {m["stem"] for i in inputs if i.kind == "image"
+              if (m := _FRAME_NAME.match(i.stem.casefold()))}
     used: set[str] = set()
     out = []
     for item in inputs:
         stem, k = item.stem, 2
-        while stem in used:
+        while stem.casefold() in used or (item.kind != "image" and stem.casefold() in framed):
             stem, k = f"{item.stem}-{k}", k + 1
-        used.add(stem)
+        used.add(stem.casefold())
         out.append(item if stem == item.stem else _Input(item.kind, item.label, stem,
                                                          item.target, item.api))
     return out

@@ -36,9 +36,11 @@ COMMAND = "segment"
 RESULTS = "results.csv"
 INCOMPLETE = "INCOMPLETE.txt"
 SUBFOLDERS = ("masks", "overlays")
-#: results.jsonl and accuracy.csv: issue 16's per-frame JSON and accuracy tables, written with
-#: results.csv (so --force replaces them and a foreign file of that name is refused like it).
-EXTRA_TABLES = ("results.jsonl", "accuracy.csv")
+#: Issue 16's per-frame JSON and accuracy tables, written with results.csv, and the *.partial.*
+#: tables a run that failed mid-way leaves (so --force replaces them and a foreign file of that
+#: name is refused like results.csv).
+EXTRA_TABLES = ("results.jsonl", "accuracy.csv", "results.partial.csv", "results.partial.jsonl",
+                "accuracy.partial.csv")
 ENTRIES = (*SUBFOLDERS, RESULTS, *EXTRA_TABLES, INCOMPLETE)
 _VIDEO_NAME = re.compile(r"^(?P<stem>.*)_f\d{6}$")
 

@@ -129,16 +129,20 @@ class SegmentOutputs:
         self.jsonl.append(json.dumps({"file": frame.source, "frame": frame.index,
                                       **result.to_dict()}))
 
-    def finish(self) -> list[str]:
-        """Write the tables (and close the video); the lines to show the user."""
+    def finish(self, complete: bool = True) -> list[str]:
+        """Write the tables (and close the video); the lines to show the user. A run that did
+        not finish writes its tables as ``*.partial.*`` (``results.csv`` means complete)."""
         lines = []
         if self._video is not None:
             lines.append(self._video.close())
-        _write_csv(self.out / "results.csv", CSV_COLUMNS, self.rows)
-        atomic_write_text(self.out / "results.jsonl", "".join(f"{j}\n" for j in self.jsonl))
+        tag = "" if complete else ".partial"
+        _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows)
+        atomic_write_text(self.out / f"results{tag}.jsonl",
+                          "".join(f"{j}\n" for j in self.jsonl))
         if self.accuracy.rows:
-            _write_csv(self.out / "accuracy.csv", ACCURACY_COLUMNS, self.accuracy.rows)
-            lines.append(self.accuracy.summary() + f"; per frame in {self.out / 'accuracy.csv'}")
+            path = self.out / f"accuracy{tag}.csv"
+            _write_csv(path, ACCURACY_COLUMNS, self.accuracy.rows)
+            lines.append(self.accuracy.summary() + f"; per frame in {path}")
         return lines
 
 

@@ -39,7 +39,8 @@ images: accuracy.csv (Dice, 1 when both masks are empty; HD95 in px, empty
 when one mask is; presence correct) and a summary line (Dice over BP frames
 and over all frames, HD95 median, presence sensitivity and specificity).
 Frames of a video or multi-frame DICOM are named STEM_fNNNNNN. If a source
-fails or vanishes mid-way, what was done is written before the error.
+fails or vanishes mid-way, what was done is written (results.partial.csv,
+results.partial.jsonl) before the error.
 
 results.csv is written last: while a run goes on (or after one failed)
 DIR/INCOMPLETE.txt says so. A non-empty DIR that segment did not make is
@@ -171,14 +172,15 @@ def register(app: typer.Typer) -> None:
                 failure = exc
             finally:
                 bar.close()
-                lines = outputs.finish() if outputs.rows or failure is None else []
+                lines = (outputs.finish(complete=failure is None)
+                         if outputs.rows or failure is None else [])
             done = len(outputs.rows)
             for line in lines:
                 typer.echo(line)
             if failure is not None:
                 # The results of the frames done are written; INCOMPLETE.txt stays and says why.
-                kept = (f" (the {done} frame(s) segmented before it are in {out / 'results.csv'})"
-                        if done else "")
+                kept = (f" (the {done} frame(s) segmented before it are in "
+                        f"{out / 'results.partial.csv'})" if done else "")
                 if isinstance(failure, KeyboardInterrupt):
                     typer.echo(f"interrupted{kept}", err=True)
                     raise failure

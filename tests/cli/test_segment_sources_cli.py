@@ -152,7 +152,8 @@ def test_capture_device_that_vanishes_keeps_what_was_done(tiny_bundle, phantom_d
     assert result.exit_code == 1, result.output
     assert "capture device 0 stopped delivering frames after 3 frame(s)" in result.output
     assert "the 3 frame(s) segmented before it are in" in result.output
-    rows = _rows(out / "results.csv")
+    assert not (out / "results.csv").exists()  # results.csv means complete (issue 12)
+    rows = _rows(out / "results.partial.csv")
     assert [r["frame"] for r in rows] == ["0", "1", "2"]
     assert sorted(p.name for p in (out / "masks").iterdir()) == [
         "camera0_f000000.png", "camera0_f000001.png", "camera0_f000002.png"]
@@ -177,7 +178,7 @@ def test_on_error_skip_or_fail(tiny_bundle, kaggle, tmp_path):
     assert "1_5.tif: not a readable image" in fail.output
     # Natural order: 1_1, 1_2, then 1_5 fails; the two frames before it are kept.
     assert "the 2 frame(s) segmented before it" in fail.output
-    assert len(_rows(tmp_path / "fail" / "results.csv")) == 2
+    assert len(_rows(tmp_path / "fail" / "results.partial.csv")) == 2
     bad = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
                                       str(tmp_path / "x"), "--on-error", "ignore", *BASE])
     assert bad.exit_code == 2 and "--on-error" in bad.output
