@@ -82,15 +82,16 @@ __device__ __forceinline__ void bp_clamp_box(double box[4], const BpPreprocessAr
 }
 
 // _preprocessing.expand_box: each side grown by margin times its size, half on either side.
-// dx = (x1 - x0) * margin / 2.0 as the reference rounds it: __dmul_rn / __ddiv_rn are never
-// contracted into a fused multiply-add (CUDA Math API, "Double Precision Intrinsics":
+// dx = (x1 - x0) * margin / 2.0 rounded as the reference rounds it: "/ 2.0" is "* 0.5" exactly (a
+// power of two), and __dmul_rn is never contracted into a fused multiply-add (CUDA Math API,
+// "Double Precision Intrinsics":
 // https://docs.nvidia.com/cuda/cuda-math-api/cuda_math_api/group__CUDA__MATH__INTRINSIC__DOUBLE.html),
-// which NVRTC's default --fmad=true would otherwise be free to do. Margin 0 leaves the box as is
-// (no arithmetic), as the reference does.
+// which NVRTC's default --fmad=true would otherwise be free to do with the subtraction that
+// follows. Margin 0 leaves the box as is (no arithmetic), as the reference does.
 __device__ __forceinline__ void bp_expand_box(double box[4], double margin) {
   if (margin == 0.0) return;
-  const double dx = __ddiv_rn(__dmul_rn(box[2] - box[0], margin), 2.0);
-  const double dy = __ddiv_rn(__dmul_rn(box[3] - box[1], margin), 2.0);
+  const double dx = __dmul_rn(__dmul_rn(box[2] - box[0], margin), 0.5);
+  const double dy = __dmul_rn(__dmul_rn(box[3] - box[1], margin), 0.5);
   box[0] = box[0] - dx;
   box[1] = box[1] - dy;
   box[2] = box[2] + dx;
