@@ -243,11 +243,12 @@ def test_a_crop_margin_crops_and_reports_the_host_cascades_box(machine, margin_b
             want = cpu(grey)
             _agrees(got, want, spec, precision)
             # The reported box is the host cascade's crop box (the detector's grown by the
-            # margin, clamped), up to the float32 box buffer and the detector's own rounding.
-            np.testing.assert_allclose(got.box, want.box, rtol=0, atol=2e-2)
+            # margin, clamped), up to the float32 box buffer and the detector's own rounding
+            # (here within 4e-6 px; the margin moves each side by about 1 px).
+            np.testing.assert_allclose(got.box, want.box, rtol=0, atol=1e-3)
             plain = np.array(no_margin(grey).box)
-            assert (np.array(got.box[:2]) <= plain[:2] + 2e-2).all()
-            assert (np.array(got.box[2:]) >= plain[2:] - 2e-2).all()
+            assert (np.array(got.box[:2]) <= plain[:2] + 1e-3).all()
+            assert (np.array(got.box[2:]) >= plain[2:] - 1e-3).all()
             grown += (got.box[2] - got.box[0]) * (got.box[3] - got.box[1]) > \
                 1.01 * (plain[2] - plain[0]) * (plain[3] - plain[1])
     assert grown > 0, "the margin never grew a box: the test frames do not exercise it"
