@@ -63,6 +63,7 @@ def emulated_preprocess(
     out_h: int,
     *,
     scale: tuple[float, float] = (1.0, 1.0),
+    crop_margin: float = 0.0,
     mean: float | None = None,
     std: float | None = None,
     eps: float = 1e-6,
@@ -76,10 +77,11 @@ def emulated_preprocess(
 
     ``frames``: uint8 ``(N, H, W)`` or ``(H, W)`` (a row pitch wider than W is kept as is);
     ``boxes``: ``(N, >=4)`` ``[x0, y0, x1, y1]`` in detector-input pixels, or None for whole frames;
-    ``scale``: detector-input -> frame pixel factors ``(sx, sy)``; ``mean``/``std``: dataset
+    ``scale``: detector-input -> frame pixel factors ``(sx, sy)``; ``crop_margin``: each box grown
+    and clamped as :func:`bpedge._preprocessing.crop_box` does; ``mean``/``std``: dataset
     statistics, or both None for per-crop statistics. ``out`` / ``boxes_out`` may be given
     (e.g. poisoned) and are filled in place. Returns ``out`` ``(N, 1, out_h, out_w)`` of ``dtype``
-    and ``boxes_out`` float32 ``(N, 4)``, the clamped frame-pixel boxes (NaN for a non-finite box).
+    and ``boxes_out`` float32 ``(N, 4)``, the frame-pixel crop boxes (NaN for a non-finite box).
     """
     frames = _batched(np.asarray(frames), 3, "frames")
     if frames.dtype != np.uint8:
@@ -107,7 +109,7 @@ def emulated_preprocess(
         frames=frames.ctypes.data, boxes=None if boxes is None else boxes.ctypes.data,
         box_stride=box_stride, boxes_out=boxes_out.ctypes.data, out=out.ctypes.data, batch=n,
         width=width, height=height, pitch=_row_pitch(frames) or width, out_w=out_w, out_h=out_h,
-        scale=scale, mean=mean, std=std, eps=eps,
+        scale=scale, crop_margin=crop_margin, mean=mean, std=std, eps=eps,
     )
     shape = preprocess_launch(n, out_w, out_h, per_crop=mean is None)
     if grid_x is not None:

@@ -43,6 +43,7 @@ class PreprocessArgs(ctypes.Structure):
         ("scale_x", ctypes.c_double),
         ("scale_y", ctypes.c_double),
         ("min_box_side", ctypes.c_double),
+        ("crop_margin", ctypes.c_double),
         ("mean", ctypes.c_double),
         ("stddev", ctypes.c_double),
         ("eps", ctypes.c_double),
@@ -108,6 +109,7 @@ def preprocess_args(
     box_stride: int = 4,
     scale: tuple[float, float] = (1.0, 1.0),
     boxes_out: int | None = None,
+    crop_margin: float = 0.0,
     eps: float = 1e-6,
 ) -> PreprocessArgs:
     """Checked :class:`PreprocessArgs`. Pointers are addresses (``int``); ``boxes=None`` crops the
@@ -115,8 +117,10 @@ def preprocess_args(
 
     ``frames``: uint8 ``[batch, height, pitch]``; ``boxes``: float32 ``[x0, y0, x1, y1]`` per item
     in detector-input pixels, ``box_stride`` floats apart, mapped to frame pixels by ``scale``;
-    ``boxes_out``: float32 ``[batch, 4]`` clamped frame-pixel boxes; ``out``: ``[batch, 1, out_h,
-    out_w]`` of the entry point's type.
+    ``crop_margin``: :attr:`bpedge._preprocessing.PreprocessingSpec.crop_margin` (each box is
+    cropped as :func:`bpedge._preprocessing.crop_box` grows and clamps it; ignored without
+    ``boxes``); ``boxes_out``: float32 ``[batch, 4]`` frame-pixel crop boxes; ``out``:
+    ``[batch, 1, out_h, out_w]`` of the entry point's type.
     """
     _check_positive(batch=batch, width=width, height=height, pitch=pitch, out_w=out_w, out_h=out_h,
                     box_stride=box_stride)
@@ -134,11 +138,14 @@ def preprocess_args(
         raise ValueError(f"mean must be finite, got {mean}")
     if not all(math.isfinite(s) and s > 0 for s in scale):
         raise ValueError(f"scale must be two finite positive factors, got {scale}")
+    if not (math.isfinite(crop_margin) and crop_margin >= 0.0):
+        raise ValueError(f"crop_margin must be a finite fraction >= 0, got {crop_margin}")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be finite and positive, got {eps}")
     return PreprocessArgs(
         frames=frames, boxes=boxes, boxes_out=boxes_out, out=out,
         scale_x=float(scale[0]), scale_y=float(scale[1]), min_box_side=MIN_BOX_SIDE,
+        crop_margin=float(crop_margin),
         mean=0.0 if mean is None else float(mean), stddev=1.0 if std is None else float(std),
         eps=float(eps), per_crop=int(mean is None), batch=batch, width=width, height=height,
         pitch=pitch, box_stride=box_stride, out_w=out_w, out_h=out_h,

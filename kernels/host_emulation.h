@@ -10,7 +10,8 @@
 //     thread does on the GPU;
 //   - blocks of a grid run one after another on the same pool of threads, so __shared__ (mapped to
 //     function-local statics) is per block instance; launches are serialised by a mutex;
-//   - __half with round-to-nearest-even __float2half_rn and exact __half2float.
+//   - __half with round-to-nearest-even __float2half_rn and exact __half2float;
+//   - the __dmul_rn double intrinsic (the plain operator under -ffp-contract=off).
 // What it does NOT show: memory coalescing, bank conflicts, timing, races between blocks, or a race
 // inside a block that the OS scheduler happens never to interleave (real threads make such races
 // possible here, not certain).
@@ -64,6 +65,9 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float fminf(float a, float b) { return std::fmin(a, b); }
+// The round-to-nearest double multiply intrinsic: g++ builds with -ffp-contract=off and the
+// default rounding mode, so the plain operator rounds the same way.
+inline double __dmul_rn(double a, double b) { return a * b; }
 
 // ---- __half ----------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 // Fused preprocessing: uint8 frame -> bilinear crop of a box -> normalised FP32/FP16 NCHW tensor.
 //
-// The maths is bpedge/_stages.py (clamp_box, scale_box, crop_resize, normalize), transcribed; the
-// tests in tests/kernels/ run this file under kernels/host_emulation.h against those functions.
+// The maths is bpedge/_stages.py (clamp_box, scale_box, crop_resize, normalize) and the box rule of
+// bpedge/_preprocessing.py (frame_box, expand_box, crop_box), transcribed; the tests in
+// tests/kernels/ run this file under kernels/host_emulation.h against those functions.
 //
 // Entry points (one per output type):
 //   bp_preprocess_f32(BpPreprocessArgs)   out is float  [batch, 1, out_h, out_w]
@@ -10,10 +11,12 @@
 //   per_crop == 1: statistics are a block reduction, so only block x == 0 of each batch item works
 //                  (G = 1; extra blocks return at once).
 //   per_crop == 0: dataset mean/std; the G blocks of an item share its pixels (grid-stride loop).
-// The box is read from device memory (the detector's output, in detector-input pixels), scaled to
-// frame pixels, clamped to the frame as clamp_box does, and written to boxes_out for paste.cu.
-// A non-finite box crops the whole frame and writes NaN to boxes_out, which paste.cu turns into an
-// empty mask; _stages.clamp_box raises instead, which a kernel cannot.
+// The box is read from device memory (the detector's output, in detector-input pixels) and becomes
+// the crop box of _preprocessing.crop_box("detector", ..., frame_box(...)): scaled to frame pixels
+// and clamped (frame_box), grown by crop_margin about its centre (expand_box) and clamped again
+// (clamp_box), in that order, in double. That crop box is written to boxes_out for paste.cu (and
+// the result). A non-finite box crops the whole frame (frame_box's rule; the margin cannot grow it
+// past the frame) and writes NaN to boxes_out, which paste.cu turns into an empty mask.
 
 #ifndef BP_HOST_EMULATION
 #include <cuda_fp16.h>
@@ -24,7 +27,7 @@
 #define BP_PREPROCESS_MAX_SIDE 1024
 
 // Field order is the layout contract with kernels/_launch_args.py (ctypes mirror): 4 pointers,
-// 6 doubles, 8 ints = 112 bytes, no padding.
+// 7 doubles, 8 ints = 120 bytes, no padding.
 struct BpPreprocessArgs {
   const unsigned char* frames;  // batch frames; frame n starts at frames + n * height * pitch
   const float* boxes;           // [x0, y0, x1, y1] per item, box_stride floats apart; NULL = whole frame
@@ -33,6 +36,7 @@ struct BpPreprocessArgs {
   double scale_x;               // box x (detector-input px) * scale_x = frame px
   double scale_y;
   double min_box_side;          // _stages.MIN_BOX_SIDE
+  double crop_margin;           // PreprocessingSpec.crop_margin (>= 0; 0 crops the box as found)
   double mean;                  // dataset statistics, used when per_crop == 0
   double stddev;
   double eps;                   // floor of the std (both modes)
@@ -65,9 +69,40 @@ __device__ __forceinline__ void bp_clamp_interval(double& lo, double& hi, double
   }
 }
 
-// The frame-pixel box of item n: scale_box then clamp_box. Returns false for a non-finite box,
-// leaving the whole frame in box[].
-__device__ __forceinline__ bool bp_frame_box(const BpPreprocessArgs& a, int n, double box[4]) {
+// _stages.clamp_box on a finite box: corners ordered, then each axis clamped.
+__device__ __forceinline__ void bp_clamp_box(double box[4], const BpPreprocessArgs& a) {
+  double lo_x = fmin(box[0], box[2]), hi_x = fmax(box[0], box[2]);
+  double lo_y = fmin(box[1], box[3]), hi_y = fmax(box[1], box[3]);
+  bp_clamp_interval(lo_x, hi_x, (double)a.width, a.min_box_side);
+  bp_clamp_interval(lo_y, hi_y, (double)a.height, a.min_box_side);
+  box[0] = lo_x;
+  box[1] = lo_y;
+  box[2] = hi_x;
+  box[3] = hi_y;
+}
+
+// _preprocessing.expand_box: each side grown by margin times its size, half on either side.
+// dx = (x1 - x0) * margin / 2.0 rounded as the reference rounds it: "/ 2.0" is "* 0.5" exactly (a
+// power of two), and __dmul_rn is never contracted into a fused multiply-add (CUDA Math API,
+// "Double Precision Intrinsics":
+// https://docs.nvidia.com/cuda/cuda-math-api/cuda_math_api/group__CUDA__MATH__INTRINSIC__DOUBLE.html),
+// which NVRTC's default --fmad=true would otherwise be free to do with the subtraction that
+// follows. Margin 0 leaves the box as is (no arithmetic), as the reference does.
+__device__ __forceinline__ void bp_expand_box(double box[4], double margin) {
+  if (margin == 0.0) return;
+  const double dx = __dmul_rn(__dmul_rn(box[2] - box[0], margin), 0.5);
+  const double dy = __dmul_rn(__dmul_rn(box[3] - box[1], margin), 0.5);
+  box[0] = box[0] - dx;
+  box[1] = box[1] - dy;
+  box[2] = box[2] + dx;
+  box[3] = box[3] + dy;
+}
+
+// The frame-pixel crop box of item n: _preprocessing.crop_box("detector", (H, W), crop_margin,
+// detected=frame_box(raw box)), i.e. scale_box, clamp_box, expand_box, clamp_box. Returns false
+// for a non-finite box (frame_box's rule), leaving the whole frame in box[]; with no boxes (the
+// detector input) box[] is the whole frame, untouched.
+__device__ __forceinline__ bool bp_crop_box(const BpPreprocessArgs& a, int n, double box[4]) {
   box[0] = 0.0;
   box[1] = 0.0;
   box[2] = (double)a.width;
@@ -77,13 +112,13 @@ __device__ __forceinline__ bool bp_frame_box(const BpPreprocessArgs& a, int n, d
   const double x0 = (double)b[0] * a.scale_x, y0 = (double)b[1] * a.scale_y;
   const double x1 = (double)b[2] * a.scale_x, y1 = (double)b[3] * a.scale_y;
   if (!(isfinite(x0) && isfinite(y0) && isfinite(x1) && isfinite(y1))) return false;
-  double lo_x = fmin(x0, x1), hi_x = fmax(x0, x1), lo_y = fmin(y0, y1), hi_y = fmax(y0, y1);
-  bp_clamp_interval(lo_x, hi_x, (double)a.width, a.min_box_side);
-  bp_clamp_interval(lo_y, hi_y, (double)a.height, a.min_box_side);
-  box[0] = lo_x;
-  box[1] = lo_y;
-  box[2] = hi_x;
-  box[3] = hi_y;
+  box[0] = x0;
+  box[1] = y0;
+  box[2] = x1;
+  box[3] = y1;
+  bp_clamp_box(box, a);  // frame_box
+  bp_expand_box(box, a.crop_margin);
+  bp_clamp_box(box, a);  // crop_box clamps again, margin 0 included
   return true;
 }
 
@@ -132,7 +167,7 @@ __device__ __forceinline__ void bp_preprocess(const BpPreprocessArgs& a) {
   const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 
   double box[4];
-  const bool finite_box = bp_frame_box(a, n, box);
+  const bool finite_box = bp_crop_box(a, n, box);
   if (t == 0 && blockIdx.x == 0 && a.boxes_out != 0) {
     float* out_box = a.boxes_out + 4LL * n;
     for (int k = 0; k < 4; ++k) out_box[k] = finite_box ? (float)box[k] : nanf("");

@@ -9,8 +9,9 @@ One frame, all on one stream, no host synchronisation between the stages (events
 0 upload: pinned frame -> device (or device frame -> slot buffer)                1
   preprocess kernel: whole frame -> detector input "image"                       2
   detector engine: "image" -> "score" (N,), "box" (N, 4) detector-input px       3
-  preprocess kernel: frame + "box" read on device, scaled by (W/in_w, H/in_h)
-                     -> "crop" (N, 1, ch, cw), clamped frame-px box -> "boxes_out" 4
+  preprocess kernel: frame + "box" read on device, scaled by (W/in_w, H/in_h),
+                     grown by the crop margin -> "crop" (N, 1, ch, cw),
+                     the frame-px crop box -> "boxes_out"                         4
   segmenter engine: "crop" -> "prob"                                             5
   paste kernel: "prob" + "boxes_out" + "score" (device) -> "masks"               6
   download: masks, score, boxes_out -> pinned                                    7
@@ -189,16 +190,6 @@ class DeviceSource:
     pitch: int
 
 
-def check_spec(spec: CascadeSpec) -> None:
-    """Refuse a spec the kernels cannot follow: the crop kernel maps the detector box exactly as
-    :func:`bpedge._preprocessing.frame_box` does, but it does not expand it by a crop margin
-    (:func:`bpedge._preprocessing.crop_box`) yet, and cropping differently from the host would be
-    train/serve skew."""
-    if spec.crop_margin != 0.0:
-        raise ValueError(f"this bundle's crop_margin is {spec.crop_margin}; the TensorRT chain "
-                         "crops boxes without a margin so far: use backend='onnxruntime'")
-
-
 def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int],
                spec: CascadeSpec, types: TensorTypes,
                source: DeviceSource | None = None) -> ChainPlan:
@@ -206,7 +197,6 @@ def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int]
     of :meth:`SlotLayout.device_nbytes` / :meth:`SlotLayout.host_nbytes`; ``source``: the device
     frame when ``key.source == "device"``."""
     n, h, w = key.batch, key.height, key.width
-    check_spec(spec)
     in_h, in_w = spec.detector_input_hw
     ch, cw = spec.crop_hw
     if key.source == "device":
@@ -223,12 +213,15 @@ def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int]
                         std=spec.detector_std),
         preprocess_launch(n, in_w, in_h, per_crop=spec.detector_mean is None),
     )
+    # The crop kernel turns the detector box into the host cascade's crop box on the device
+    # (frame_box, expand_box by the margin, clamp_box: _preprocessing.crop_box's "detector" mode);
+    # paste and the result use that same box.
     crop = Launch(
         PREPROCESS_ENTRY_POINTS[types.crop],
         preprocess_args(frames=device["frames"], out=device["crop"], batch=n, width=w, height=h,
                         pitch=w, out_w=cw, out_h=ch, mean=spec.crop_mean, std=spec.crop_std,
                         boxes=device["box"], box_stride=4, scale=(w / in_w, h / in_h),
-                        boxes_out=device["boxes_out"]),
+                        crop_margin=spec.crop_margin, boxes_out=device["boxes_out"]),
         preprocess_launch(n, cw, ch, per_crop=spec.crop_mean is None),
     )
     paste = Launch(
@@ -289,7 +282,8 @@ def enqueue_compute(plan: ChainPlan, ops: ChainOps) -> None:
 def read_results(key: ChainKey, masks: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
                  spec: CascadeSpec, stage_ms: Mapping[str, float], host_ms: float) -> list[Result]:
     """Results from the downloaded buffers: ``masks`` uint8 (>= n*H*W,), ``scores`` float32
-    (>= n,), ``boxes`` float32 (>= n, 4) clamped frame-pixel boxes. Masks are copied out (the
+    (>= n,), ``boxes`` float32 (>= n, 4) frame-pixel crop boxes (the detector's, grown by the
+    crop margin and clamped: the box the host cascade reports). Masks are copied out (the
     buffers are reused). Timings are per frame: a batch's stage times divided by its size.
 
     ``present`` is the paste kernel's rule: score >= threshold and a finite box. A non-finite

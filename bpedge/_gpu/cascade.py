@@ -27,7 +27,6 @@ from bpedge._gpu._chain import (
     DeviceSource,
     SlotLayout,
     TensorTypes,
-    check_spec,
     expected_tensors,
 )
 from bpedge._gpu._cuda import bind_device, compute_capability, use_device
@@ -171,7 +170,6 @@ class TensorRTCascade:
                  max_batch: int = 1, device: int = 0, depth: int = 3, *,
                  use_graphs: bool = True) -> None:
         self._closed = True  # nothing to release (or warn about) until fully open
-        check_spec(spec)
         _check_request(precision, max_batch, device)
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")

@@ -140,3 +140,36 @@ def test_close_releases_the_gpu_memory_and_is_idempotent(gpu_bundle, greys):
     assert free_after >= free_before - (16 << 20)
     with pytest.raises(RuntimeError, match="closed"):
         gpu.run(greys[0])
+
+
+def test_a_crop_margin_bundle_matches_the_cpu_cascade(gpu_bundle, greys, tmp_path):
+    """The same engines under a manifest whose segmenter crops the detector box grown by 0.2:
+    the GPU crops, pastes into and reports the CPU cascade's crop box, which is the GPU's own
+    margin-free box grown as _preprocessing.crop_box grows it."""
+    import json
+
+    from bpedge import Segmenter
+    from bpedge._manifest import MANIFEST_NAME
+    from bpedge._preprocessing import crop_box
+    from bpedge.bundle import Bundle
+
+    out = tmp_path / "bundle"
+    shutil.copytree(gpu_bundle.root, out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["preprocessing"]["segmenter"]["crop_margin"] = 0.2
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    bundle = Bundle.open(out)
+    spec = CascadeSpec.from_manifest(bundle.manifest)
+    assert spec.crop_margin == 0.2
+    cpu = Segmenter.from_bundle(out, backend="onnxruntime", precision="fp32")
+    with cpu, _cascade(bundle, "fp32") as gpu, _cascade(gpu_bundle, "fp32") as plain:
+        for grey in greys:
+            want, got, unexpanded = cpu(grey), gpu.run(grey), plain.run(grey)
+            np.testing.assert_allclose(got.box, want.box, atol=1.0)  # as the fp32 test above
+            if unexpanded.present:  # the same engine, so the same detector box
+                np.testing.assert_allclose(
+                    got.box, crop_box("detector", grey.shape, 0.2, detected=unexpanded.box),
+                    atol=1e-3)
+            assert got.score == pytest.approx(want.score, abs=1e-4)
+            if want.present and got.present:
+                assert dice(got.mask, want.mask) > 0.99

@@ -83,9 +83,10 @@ class EmulatedSlot:
     """NumPy buffers laid out by SlotLayout (plus poisoned guard bytes) and ChainOps that run the
     kernels' host emulation and the stand-in engines on them."""
 
-    def __init__(self, library: ctypes.CDLL, layout: SlotLayout) -> None:
+    def __init__(self, library: ctypes.CDLL, layout: SlotLayout, spec: CascadeSpec = SPEC) -> None:
         self.library = library
         self.layout = layout
+        self.spec = spec
         self.raw = {}
         for side, sizes in (("device", layout.device_nbytes()), ("host", layout.host_nbytes())):
             for name, size in sizes.items():
@@ -127,13 +128,13 @@ class EmulatedSlot:
         n = self.key.batch
         types = self.layout.types
         if label == "detector":
-            image = self.array("device", "image", types.image, (n, 1, *SPEC.detector_input_hw))
+            image = self.array("device", "image", types.image, (n, 1, *self.spec.detector_input_hw))
             score, box = fake_detector(image)
             self.array("device", "score", np.float32, (n,))[...] = score
             self.array("device", "box", np.float32, (n, 4))[...] = box
         else:
-            crop = self.array("device", "crop", types.crop, (n, 1, *SPEC.crop_hw))
-            prob = self.array("device", "prob", types.prob, (n, 1, *SPEC.crop_hw))
+            crop = self.array("device", "crop", types.crop, (n, 1, *self.spec.crop_hw))
+            prob = self.array("device", "prob", types.prob, (n, 1, *self.spec.crop_hw))
             prob[...] = fake_segmenter(crop).astype(types.prob)
 
     def run(self, greys: list[np.ndarray], source: DeviceSource | None = None):
@@ -142,14 +143,14 @@ class EmulatedSlot:
         if source is None:
             staged = self.array("host", "frames", np.uint8, (len(greys), h, w))
             staged[...] = np.stack(greys)
-        plan = plan_chain(self.key, self.device, self.host, SPEC, self.layout.types, source)
+        plan = plan_chain(self.key, self.device, self.host, self.spec, self.layout.types, source)
         enqueue_upload(plan, self)
         enqueue_compute(plan, self)
         n = len(greys)
         return read_results(
             self.key, self.array("host", "masks", np.uint8, (n * h * w,)),
             self.array("host", "score", np.float32, (n,)),
-            self.array("host", "boxes", np.float32, (n, 4)), SPEC,
+            self.array("host", "boxes", np.float32, (n, 4)), self.spec,
             dict.fromkeys(STAGES, 0.5), host_ms=2.0,
         )
 
@@ -296,3 +297,43 @@ def test_read_results_divides_batch_timings_and_flags_non_finite_boxes():
     np.testing.assert_array_equal(results[1].mask, np.arange(12, 24).reshape(3, 4))
     masks[:] = 0
     assert results[1].mask.any(), "masks must be copies, not views of the reused buffer"
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.25])
+def test_a_crop_margin_chain_matches_the_host_cascade_frame_by_frame(host_library, margin):
+    """The real HostCascade (crop_box with the margin) with the same stand-in engines: the chain
+    crops, pastes into and reports the same grown and clamped box."""
+    from dataclasses import replace
+
+    from bpedge._cascade import HostCascade
+
+    spec = replace(SPEC, crop_margin=margin)
+    host = HostCascade(lambda x: fake_detector(x), lambda c: fake_segmenter(c), spec)
+    rng = np.random.default_rng(int(margin * 100))
+    greys = frames(rng, 3, 30, 41)
+    slot = EmulatedSlot(host_library, SlotLayout(4, 30 * 41, spec.detector_input_hw, spec.crop_hw,
+                                                 F32), spec)
+    results = slot.run(greys)
+    assert slot.guards_intact()
+    plain = EmulatedSlot(host_library, SlotLayout(4, 30 * 41, SPEC.detector_input_hw,
+                                                  SPEC.crop_hw, F32)).run(greys)
+    for result, want, unexpanded in zip(results, host.run_batch(greys), plain):
+        np.testing.assert_allclose(result.box, want.box, rtol=0, atol=1e-3)
+        assert result.score == pytest.approx(want.score, abs=1e-5)
+        assert result.present == want.present
+        if want.present:
+            assert dice(result.mask > 0, want.mask > 0) > 0.99
+        assert (np.array(result.box[:2]) <= np.array(unexpanded.box[:2])).all()
+        assert (np.array(result.box[2:]) >= np.array(unexpanded.box[2:])).all()
+        assert result.box != unexpanded.box, "the margin grew no side of this box"
+
+
+def test_plan_passes_the_crop_margin_to_the_crop_kernel_only():
+    from dataclasses import replace
+
+    layout = SlotLayout(1, 40 * 50, SPEC.detector_input_hw, SPEC.crop_hw, F32)
+    device = {name: 0x10000 * (i + 1) for i, name in enumerate(layout.device_nbytes())}
+    host = {name: 0x900000 * (i + 1) for i, name in enumerate(layout.host_nbytes())}
+    plan = plan_chain(ChainKey(1, 40, 50), device, host, replace(SPEC, crop_margin=0.2), F32)
+    assert plan.crop.args.crop_margin == 0.2
+    assert plan.detector_input.args.crop_margin == 0.0

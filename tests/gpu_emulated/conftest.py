@@ -56,3 +56,25 @@ def small_frames(phantom_dir: Path) -> list[np.ndarray]:
     frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files]
     h, w = FRAME_HW
     return [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+
+
+#: The crop margin of :func:`margin_bundle` (issue 14 trains with margins of this order).
+CROP_MARGIN = 0.2
+
+
+@pytest.fixture(scope="session")
+def margin_bundle(emulated_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`emulated_bundle` (same models and engines) whose manifest says the segmenter crops
+    the detector box grown by ``CROP_MARGIN``. Only ``manifest.json`` changes: the model files and
+    their sha256 entries are untouched, so the bundle still verifies."""
+    import json
+
+    from bpedge._manifest import MANIFEST_NAME
+
+    out = tmp_path_factory.mktemp("margin_bundle") / "bundle"
+    shutil.copytree(emulated_bundle, out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["preprocessing"]["segmenter"].get("crop_margin", 0.0) == 0.0
+    manifest["preprocessing"]["segmenter"]["crop_margin"] = CROP_MARGIN
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    return out

@@ -225,3 +225,31 @@ def test_a_frame_larger_than_the_buffers_regrows_them_and_rebinds_the_engines(
         for _ in range(2):  # old graphs are void: warm up and capture again at the new addresses
             _same(gpu.run(small_frames[0]), first[0])
     _no_violations(machine)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_crop_margin_crops_and_reports_the_host_cascades_box(machine, margin_bundle,
+                                                               emulated_bundle, small_frames,
+                                                               precision):
+    spec = CascadeSpec.from_manifest(Bundle.open(margin_bundle).manifest)
+    assert spec.crop_margin > 0.0
+    frames = small_frames[:MAX_BATCH]
+    grown = 0
+    with _onnxruntime(margin_bundle, precision) as cpu, \
+            _onnxruntime(emulated_bundle, precision) as no_margin, \
+            _cascade(margin_bundle, precision) as gpu:
+        results = gpu.run_batch(frames) + [gpu.run(g) for g in small_frames[MAX_BATCH:]]
+        for got, grey in zip(results, small_frames):
+            want = cpu(grey)
+            _agrees(got, want, spec, precision)
+            # The reported box is the host cascade's crop box (the detector's grown by the
+            # margin, clamped), up to the float32 box buffer and the detector's own rounding
+            # (here within 4e-6 px; the margin moves each side by about 1 px).
+            np.testing.assert_allclose(got.box, want.box, rtol=0, atol=1e-3)
+            plain = np.array(no_margin(grey).box)
+            assert (np.array(got.box[:2]) <= plain[:2] + 1e-3).all()
+            assert (np.array(got.box[2:]) >= plain[2:] - 1e-3).all()
+            grown += (got.box[2] - got.box[0]) * (got.box[3] - got.box[1]) > \
+                1.01 * (plain[2] - plain[0]) * (plain[3] - plain[1])
+    assert grown > 0, "the margin never grew a box: the test frames do not exercise it"
+    _no_violations(machine)

@@ -185,3 +185,90 @@ def test_bad_arguments_raise_value_errors():
         emulated_preprocess(frames, np.zeros((2, 4), np.float32), 8, 8)
     with pytest.raises(ValueError, match="at most 256 threads"):
         emulated_preprocess(frames, None, 8, 8, block=(512, 1, 1))
+
+
+# --- the crop margin: the kernel's box is bpedge._preprocessing's crop box ------------------------
+
+MARGINS = (0.0, 0.1, 0.25)
+
+
+def _margin_reference(frames, raw_boxes, detector_hw, crop, margin):
+    """Per item, from bpedge._preprocessing only: the crop box (frame_box -> crop_box, NaN where
+    box_found is False) and the segmenter input cropped from it."""
+    from bpedge._preprocessing import ModelInput, Normalization, box_found, crop_box, frame_box
+
+    detector = ModelInput(detector_hw, Normalization(None, None))
+    n, h, w = frames.shape
+    refs, ref_boxes = [], []
+    for i in range(n):
+        raw = np.asarray(raw_boxes[i][:4], np.float32)  # what the kernel reads
+        box = crop_box("detector", (h, w), margin, detected=frame_box(raw, (h, w), detector))
+        refs.append(_stages.crop_resize_normalize(frames[i], box, crop.hw[1], crop.hw[0],
+                                                  crop.norm.mean, crop.norm.std))
+        ref_boxes.append(box if box_found(raw) else (np.nan,) * 4)
+    return np.stack(refs)[:, None], np.array(ref_boxes)
+
+
+def _run_margin(frames, raw_boxes, detector_hw, margin, *, out_hw=(40, 48), mean=None, std=None):
+    from bpedge._preprocessing import ModelInput, Normalization
+
+    n, h, w = frames.shape
+    crop = ModelInput(out_hw, Normalization(mean, std))
+    ref, ref_boxes = _margin_reference(frames, raw_boxes, detector_hw, crop, margin)
+    scale = (w / detector_hw[1], h / detector_hw[0])
+    out = _poisoned((n, 1, *out_hw), np.float32)
+    boxes_out = _poisoned((n, 4), np.float32)
+    emulated_preprocess(frames, np.asarray(raw_boxes, np.float32), out_hw[1], out_hw[0],
+                        scale=scale, mean=mean, std=std, crop_margin=margin, out=out,
+                        boxes_out=boxes_out)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=FP32_ATOL)
+    np.testing.assert_array_equal(boxes_out, ref_boxes.astype(np.float32))
+    return boxes_out
+
+
+@pytest.mark.parametrize("mode", [(None, None), (101.5, 47.25)], ids=["per_crop", "dataset"])
+@pytest.mark.parametrize("margin", MARGINS)
+def test_crop_margin_expands_the_box_like_the_reference(margin, mode):
+    rng = np.random.default_rng(int(margin * 100))
+    frames = _frames(rng, 4, 57, 73)
+    # Detector-input boxes (a 48x64 input, so a non-trivial scale): inside, fractional, reversed,
+    # a thin one (clamped to MIN_BOX_SIDE before and after the margin).
+    raw = np.array([[10.3, 8.6, 40.2, 30.9], [5.5, 3.25, 17.75, 44.0], [50.0, 30.0, 20.0, 12.5],
+                    [31.2, 20.1, 31.4, 20.2]], np.float32)
+    boxes_out = _run_margin(frames, raw, (48, 64), margin, mean=mode[0], std=mode[1])
+    if margin > 0:  # the margin moved the box the kernel crops (and reports)
+        unexpanded = _run_margin(frames, raw, (48, 64), 0.0, mean=mode[0], std=mode[1])
+        assert (boxes_out[:3, :2] < unexpanded[:3, :2]).all()
+        assert (boxes_out[:3, 2:] > unexpanded[:3, 2:]).all()
+
+
+@pytest.mark.parametrize("margin", MARGINS)
+def test_crop_margin_at_the_frame_edges_clamps_like_the_reference(margin):
+    rng = np.random.default_rng(11)
+    frames = _frames(rng, 6, 45, 61)
+    # Detector input 45x61 (scale 1): boxes touching each edge, the whole frame, a box past two
+    # edges, a box wholly outside, a thin box on the right edge.
+    raw = np.array([[0.0, 0.0, 20.0, 15.0], [40.0, 30.0, 61.0, 45.0], [0.0, 0.0, 61.0, 45.0],
+                    [-5.0, 10.0, 30.0, 50.0], [70.0, -9.0, 80.0, -1.0], [60.5, 3.0, 61.0, 40.0]],
+                   np.float32)
+    boxes_out = _run_margin(frames, raw, (45, 61), margin)
+    assert (boxes_out[:, [0, 1]] >= 0).all() and (boxes_out[:, 2] <= 61).all()
+    assert (boxes_out[:, 3] <= 45).all()
+    np.testing.assert_array_equal(boxes_out[2], [0, 0, 61, 45])  # the whole frame stays whole
+
+
+@pytest.mark.parametrize("margin", MARGINS)
+def test_crop_margin_non_finite_box_crops_the_whole_frame_and_reports_nan(margin):
+    rng = np.random.default_rng(12)
+    frames = _frames(rng, 3, 20, 30)
+    raw = np.array([[np.nan, 1, 5, 5], [1, 2, np.inf, 9], [2, -np.inf, 8, 9]], np.float32)
+    boxes_out = _run_margin(frames, raw, (20, 30), margin, out_hw=(16, 16))
+    assert np.isnan(boxes_out).all()
+
+
+def test_crop_margin_must_be_finite_and_non_negative():
+    frames = np.zeros((1, 10, 10), np.uint8)
+    boxes = np.array([[1, 1, 5, 5]], np.float32)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="crop_margin"):
+            emulated_preprocess(frames, boxes, 8, 8, crop_margin=bad)
