@@ -40,7 +40,7 @@ from bpedge._manifest_fields import (
 from bpedge._version import __version__
 
 __all__ = [
-    "DTYPES", "MANIFEST_NAME", "MODEL_NAMES", "NORMS", "SCHEMA_VERSION", "BundleError",
+    "DTYPES", "MANIFEST_NAME", "MODEL_NAMES", "NORMS", "ONNX_PRECISIONS", "SCHEMA_VERSION", "BundleError",
     "DetectorPreprocessing", "EngineEntry", "FieldError", "FileRef", "Manifest", "ModelEntry",
     "OnnxFiles", "Preprocessing", "SegmenterPreprocessing", "TensorSpec", "Thresholds",
     "Training", "now_iso", "sha256_bytes", "sha256_file",
@@ -51,6 +51,8 @@ SCHEMA_VERSION = 1
 a field changes meaning or a required field is added."""
 
 MODEL_NAMES = ("detector", "segmenter")
+#: Precisions an ONNX file of the bundle can have (engines: ``bpedge._engine_key.PRECISIONS``).
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 NORMS = ("dataset", "per_image")
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
 
@@ -115,23 +117,31 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class OnnxFiles:
-    """The FP32 ONNX (always) and the mixed-precision FP16 ONNX (when exported)."""
+    """The FP32 ONNX (always), the mixed-precision FP16 ONNX (when exported) and the INT8 QDQ
+    ONNX (``bpedge export --int8``, only when it passed its gate)."""
 
     fp32: FileRef
     fp16: FileRef | None = None
+    int8: FileRef | None = None
 
     def __post_init__(self) -> None:
         check_type("fp32", self.fp32, FileRef)
-        if self.fp16 is not None:
-            check_type("fp16", self.fp16, FileRef)
+        for name in ("fp16", "int8"):
+            if getattr(self, name) is not None:
+                check_type(name, getattr(self, name), FileRef)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fp32": self.fp32.to_json(), "fp16": _opt_json(self.fp16)}
+        return {"fp32": self.fp32.to_json(), "fp16": _opt_json(self.fp16),
+                "int8": _opt_json(self.int8)}
 
     @classmethod
     def from_json(cls, obj: object) -> OnnxFiles:
+        # "int8" came later within schema 1: a manifest written before it has no such field.
+        if isinstance(obj, dict) and "int8" not in obj:
+            obj = {**obj, "int8": None}
         with reading(obj) as r:
-            return cls(fp32=r.take_obj("fp32", FileRef), fp16=r.take_opt_obj("fp16", FileRef))
+            return cls(fp32=r.take_obj("fp32", FileRef), fp16=r.take_opt_obj("fp16", FileRef),
+                       int8=r.take_opt_obj("int8", FileRef))
 
 
 @dataclass(frozen=True)
@@ -162,12 +172,14 @@ class ModelEntry:
             check_type("checkpoint", self.checkpoint, FileRef)
 
     def onnx_file(self, precision: str) -> FileRef | None:
-        """The ONNX file for ``precision`` (``"fp32"`` or ``"fp16"``), None if not exported."""
-        check_choice("precision", precision, PRECISIONS)
-        return self.onnx.fp16 if precision == "fp16" else self.onnx.fp32
+        """The ONNX file for ``precision`` (``"fp32"``, ``"fp16"`` or ``"int8"``), None if not
+        exported."""
+        check_choice("precision", precision, ONNX_PRECISIONS)
+        return {"fp32": self.onnx.fp32, "fp16": self.onnx.fp16, "int8": self.onnx.int8}[precision]
 
     def files(self) -> list[FileRef]:
-        return [f for f in (self.onnx.fp32, self.onnx.fp16, self.checkpoint) if f is not None]
+        return [f for f in (self.onnx.fp32, self.onnx.fp16, self.onnx.int8, self.checkpoint)
+                if f is not None]
 
     def to_json(self) -> dict[str, Any]:
         return {

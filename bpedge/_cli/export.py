@@ -47,6 +47,18 @@ def register(app: typer.Typer) -> None:
             typer.Option("--force", help="Replace a non-empty --out, and export even if the "
                          "data's fingerprint differs from the checkpoints'."),
         ] = False,
+        int8: Annotated[
+            bool,
+            typer.Option("--int8", help="Also write INT8 QDQ ONNX (static, per-channel), "
+                         "calibrated on training frames and gated against FP32 on the "
+                         "validation frames (box IoU, presence, mask Dice); a model that fails "
+                         "its gate is not shipped."),
+        ] = False,
+        calibration_frames: Annotated[
+            int,
+            typer.Option("--calibration-frames", min=1, help="Training frames per model to "
+                         "calibrate INT8 on (a seeded sample)."),
+        ] = 32,
     ) -> None:
         """Export both models to FP32 and mixed-precision FP16 ONNX, check them against PyTorch
         and each other on the validation data, choose the mask and "no BP" score thresholds, and
@@ -54,8 +66,13 @@ def register(app: typer.Typer) -> None:
         from bpedge.export.bundle_export import ExportOptions, export_bundle
 
         opts = ExportOptions(detector=detector, segmenter=segmenter, out=out, data=data,
-                             max_val=max_val, force=force)
+                             max_val=max_val, force=force, int8=int8,
+                             calibration_frames=calibration_frames)
         bundle = export_bundle(opts, log=lambda line: typer.echo(line, err=True))
         thresholds = bundle.manifest.thresholds
         typer.echo(f"bundle {bundle.root}: score threshold {thresholds.score:g}, mask threshold "
                    f"{thresholds.mask:g}")
+        if int8:
+            shipped = [m for m, e in bundle.manifest.models.items() if e.onnx.int8 is not None]
+            typer.echo(f"INT8 shipped for: {', '.join(shipped) or 'no model'} (gate results in "
+                       "the manifest's parity.int8)")
