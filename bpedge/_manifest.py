@@ -131,12 +131,14 @@ class OnnxFiles:
                 check_type(name, getattr(self, name), FileRef)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fp32": self.fp32.to_json(), "fp16": _opt_json(self.fp16),
-                "int8": _opt_json(self.int8)}
+        out = {"fp32": self.fp32.to_json(), "fp16": _opt_json(self.fp16)}
+        if self.int8 is not None:  # absent, not null: manifests without INT8 stay as they were
+            out["int8"] = self.int8.to_json()
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> OnnxFiles:
-        # "int8" came later within schema 1: a manifest written before it has no such field.
+        # "int8" is optional within schema 1: written only when an INT8 model was shipped.
         if isinstance(obj, dict) and "int8" not in obj:
             obj = {**obj, "int8": None}
         with reading(obj) as r:

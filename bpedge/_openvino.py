@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-#: Precisions this backend runs, and the ONNX file each reads.
+#: Precisions this backend runs (bf16 reads the FP32 ONNX, int8 the INT8 QDQ ONNX).
 PRECISIONS = ("fp32", "bf16", "int8")
-ONNX_FOR = {"fp32": "fp32", "bf16": "fp32", "int8": "int8"}
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -73,7 +72,7 @@ class OvModel:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {threads}")
         if precision == "bf16" and "BF16" not in cpu_capabilities():
-            raise ValueError(f"{name}: this CPU has no native BF16 (OpenVINO's CPU capabilities: "
+            raise RuntimeError(f"{name}: this CPU has no native BF16 (OpenVINO's CPU capabilities: "
                              f"{list(cpu_capabilities())}); use precision 'fp32' or 'int8'")
         core = ov.Core()
         config: dict[str, Any] = {

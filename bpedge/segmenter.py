@@ -89,7 +89,8 @@ class Segmenter:
                 ``"onnxruntime"`` always runs.
             precision: ``"fp32"``, ``"fp16"`` (ONNX Runtime, TensorRT), ``"bf16"`` (OpenVINO, on
                 CPUs with native BF16) or ``"int8"`` (CPU backends; the bundle's gated INT8 QDQ
-                ONNX from ``bpedge export --int8``). Default: fp16 on TensorRT; on OpenVINO bf16
+                ONNX from ``bpedge export --int8``; a model whose INT8 failed the export's gate
+                runs FP32). Default: fp16 on TensorRT; on OpenVINO bf16
                 where the CPU has it, else fp32; fp32 on ONNX Runtime (FP16 arithmetic on most
                 CPUs is emulated and slower).
             threads: CPU intra-op threads of ONNX Runtime or OpenVINO (default: the runtime's
@@ -223,17 +224,24 @@ def _host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: st
     """The host cascade over the bundle's ONNX files run by ``runtime`` ("onnxruntime" or
     "openvino") at ``precision``."""
     def model(name: str, outputs: list[str]) -> Any:
+        onnx_precision = "fp32" if precision == "bf16" else precision
+        if onnx_precision == "int8" and bundle.manifest.models[name].onnx.int8 is None:
+            # The export's INT8 gate did not ship this model: it stays FP32 (the manifest's
+            # parity.int8 says why), the other model still runs INT8.
+            if all(bundle.manifest.models[m].onnx.int8 is None for m in ("detector", "segmenter")):
+                bundle.onnx_ref(name, "int8")  # raises: no INT8 model at all, with the fix
+            _log.info("bpedge: the %s has no INT8 ONNX (it failed the export's INT8 gate or was "
+                      "not quantised); it runs FP32", name)
+            onnx_precision = "fp32"
+        ref = bundle.onnx_ref(name, onnx_precision)
+        label = str(Path(bundle.root) / ref.file)
         if runtime == "openvino":
-            from bpedge._openvino import ONNX_FOR, OvModel
+            from bpedge._openvino import OvModel
 
-            ref = bundle.onnx_ref(name, ONNX_FOR[precision])
-            return OvModel(bundle.read_verified(ref.file), str(Path(bundle.root) / ref.file),
-                           outputs, precision, threads)
+            return OvModel(bundle.read_verified(ref.file), label, outputs, precision, threads)
         from bpedge._onnxruntime import OrtModel
 
-        ref = bundle.onnx_ref(name, precision)
-        return OrtModel(bundle.read_verified(ref.file), str(Path(bundle.root) / ref.file),
-                        outputs, threads)
+        return OrtModel(bundle.read_verified(ref.file), label, outputs, threads)
 
     detector = model("detector", ["score", "box"])
     segmenter = model("segmenter", ["prob"])
