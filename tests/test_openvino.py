@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bpedge.train.data import read_image, scan_dataset
 
 from bpedge import Segmenter
 from bpedge._metrics import box_iou, dice
-from bpedge.train.data import read_image, scan_dataset
 
 pytest.importorskip("openvino")
 

@@ -16,7 +16,6 @@ from bpedge._bench.ceiling import measure_ceiling
 from bpedge._bench.frames import BenchFrames
 from bpedge._bench.harness import Accuracy, RowTimings, RunSettings, measure_accuracy, time_rows
 from bpedge._bench.machine import library_versions, machine_info
-from bpedge._bench.tracking import measure_tracking
 from bpedge._bench.record import (
     MODEL_STAGES,
     BenchRecord,
@@ -25,6 +24,7 @@ from bpedge._bench.record import (
     skipped_row,
     with_speedups,
 )
+from bpedge._bench.tracking import measure_tracking
 from bpedge._manifest_fields import now_iso
 from bpedge._tracking import TrackOptions
 from bpedge.bundle import Bundle

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bpedge.export.int8 import Int8Gate, excluded_nodes, gate_detector, gate_segmenter
+from bpedge.train.data import read_image, scan_dataset
 
 from bpedge import Segmenter
 from bpedge._manifest import Manifest
 from bpedge._metrics import dice
 from bpedge.bundle import Bundle, BundleError
-from bpedge.export.int8 import Int8Gate, excluded_nodes, gate_detector, gate_segmenter
-from bpedge.train.data import read_image, scan_dataset
 
 
 def _export(tiny_checkpoints, phantom_dir, out: Path, gate: Int8Gate) -> Bundle:
