@@ -1,8 +1,9 @@
 """The two-stage cascade on the host: detector -> clamp box -> crop -> segmenter -> paste-back.
 
 The stages run the OpenCV implementations of :mod:`bpedge._fast_stages`, which compute the maths
-:mod:`bpedge._stages` defines (``detector_input`` and ``segmenter_input`` below are the reference
-forms, used by tests and tools); only the two model calls differ between backends (ONNX Runtime,
+:mod:`bpedge._stages` defines, and the stage combinations of :mod:`bpedge._preprocessing` (which
+boxes are cropped; ``detector_input`` and ``segmenter_input`` there are the reference forms the
+fast path is tested against); only the two model calls differ between backends (ONNX Runtime,
 OpenVINO, PyTorch eager for the benchmark baseline), so they are injected as runner callables.
 
 Buffers: each thread that runs frames (the caller's, or a :meth:`HostCascade.stream` worker) owns
@@ -22,38 +23,18 @@ import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._fast_stages import crop_into, paste_mask, resize_frame_into
+from bpedge._preprocessing import box_found, crop_box, detector_input, frame_box, segmenter_input
 from bpedge._result import Result
-from bpedge._stages import clamp_box, crop_resize_normalize, scale_box
+from bpedge._stages import clamp_box
 from bpedge._tracking import Tracker, TrackOptions
+
+__all__ = ["DetectorRunner", "HostCascade", "SegmenterRunner", "detector_input", "frame_box",
+           "segmenter_input"]
 
 #: Detector: float32 (N, 1, H, W) -> (scores (N,), boxes (N, 4) in detector-input pixels).
 DetectorRunner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: Segmenter: float32 (N, 1, h, w) -> probabilities (N, 1, h, w).
 SegmenterRunner = Callable[[np.ndarray], np.ndarray]
-
-
-def detector_input(grey: np.ndarray, spec: CascadeSpec) -> np.ndarray:
-    """The whole frame resized to the detector input and normalised: float32 (1, H, W)."""
-    h, w = grey.shape
-    in_h, in_w = spec.detector_input_hw
-    x = crop_resize_normalize(grey, (0, 0, w, h), in_w, in_h, spec.detector_mean, spec.detector_std)
-    return x[None]
-
-
-def frame_box(raw_box: np.ndarray, frame_hw: tuple[int, int], spec: CascadeSpec) -> tuple[float, ...]:
-    """Detector-input box -> frame pixels, clamped to the frame (crops never overshoot it).
-    A non-finite box (a diverged model) becomes the whole frame; the caller marks it absent."""
-    h, w = frame_hw
-    if not np.isfinite(raw_box).all():
-        return (0.0, 0.0, float(w), float(h))
-    in_h, in_w = spec.detector_input_hw
-    return clamp_box(scale_box(raw_box, w / in_w, h / in_h), w, h)
-
-
-def segmenter_input(grey: np.ndarray, box: Sequence[float], spec: CascadeSpec) -> np.ndarray:
-    """The box region resized to the crop size and normalised: float32 (1, h, w)."""
-    ch, cw = spec.crop_hw
-    return crop_resize_normalize(grey, box, cw, ch, spec.crop_mean, spec.crop_std)[None]
 
 
 class _StageBuffers(threading.local):
@@ -109,7 +90,11 @@ class HostCascade:
         t.append(time.perf_counter())
         scores, raw_boxes = self._detector(det_in)
         t.append(time.perf_counter())
-        boxes = [frame_box(raw_boxes[i], g.shape, spec) for i, g in enumerate(greys)]
+        # The crop box (the detector's, expanded by the margin) is what the mask is pasted into
+        # and what the result reports, as on the GPU.
+        boxes = [crop_box("detector", g.shape, spec.crop_margin,
+                          detected=frame_box(raw_boxes[i], g.shape, spec))
+                 for i, g in enumerate(greys)]
         for i, (g, b) in enumerate(zip(greys, boxes)):
             crop_into(g, b, crops[i, 0], spec.crop_mean, spec.crop_std)
         t.append(time.perf_counter())
@@ -118,7 +103,7 @@ class HostCascade:
         results = []
         for i, g in enumerate(greys):
             score = float(scores[i])
-            present = bool(score >= spec.score_threshold) and bool(np.isfinite(raw_boxes[i]).all())
+            present = bool(score >= spec.score_threshold) and box_found(raw_boxes[i])
             mask = paste_mask(probs[i, 0], boxes[i], g.shape[1], g.shape[0],
                               spec.mask_threshold, present)
             results.append((mask, boxes[i], score, present))
@@ -135,12 +120,13 @@ class HostCascade:
         return self.run_batch([grey])[0]
 
     def run_crop(self, grey: np.ndarray, box: Sequence[float]) -> tuple[Result, np.ndarray]:
-        """Segment ``grey`` inside ``box`` (frame pixels) without the detector: the result (mask
-        pasted into ``box``, ``present`` True, ``score`` NaN: no detector ran) and the crop's
-        probability map, float32 (h, w). Timings have no ``preprocess``/``detector`` entries."""
+        """Segment ``grey`` inside ``box`` (frame pixels, used as the detector's box would be: the
+        spec's crop margin applied, clamped) without the detector: the result (mask pasted into
+        the crop box, ``present`` True, ``score`` NaN: no detector ran) and the crop's probability
+        map, float32 (h, w). Timings have no ``preprocess``/``detector`` entries."""
         spec = self.spec
         h, w = grey.shape
-        box = clamp_box(box, w, h)
+        box = crop_box("detector", (h, w), spec.crop_margin, detected=clamp_box(box, w, h))
         _, crops = self._buffers.batches(1, spec)
         t0 = time.perf_counter()
         crop_into(grey, box, crops[0, 0], spec.crop_mean, spec.crop_std)

@@ -6,12 +6,16 @@ frame's crop can come from where the mask was: the box around the previous mask,
 
 - on the first frame, and every ``detect_every`` frames after the last detection;
 - whenever the last frame had no confident segmentation to track (no BP, an empty mask);
-- on a tracked frame whose segmentation is not confident or not inside its crop (the mask touches
-  the crop's border: the BP may extend past it): that frame is run again with the detector, so a
-  lost track costs one extra segmenter call, never a wrong answer.
+- on a tracked frame whose segmentation is not confident or not inside its crop: that frame is run
+  again with the detector, so a lost track costs one extra segmenter call.
 
-"Confident": the mean probability over the pixels the mask keeps is at least ``min_confidence``
-and the mask holds at least ``min_pixels`` crop pixels.
+"Confident": the mask holds at least ``min_pixels`` crop pixels and their mean probability is at
+least ``min_confidence``. "Inside": the segmenter is trained on tight boxes, so a mask reaches the
+crop's edges at a few points; a BP that extends past the crop is cut along a stretch of an edge,
+so no edge may have more than ``max_edge_fraction`` of its pixels in the mask.
+
+The next crop box is the previous mask's box, widened by ``margin`` on each side for motion, then
+treated like a detector box (the bundle's crop margin applied, clamped to the frame).
 
 A tracked frame's :class:`~bpedge._result.Result` has ``present`` True, ``score`` the last
 detector score, ``box`` the crop box it used, and no ``preprocess``/``detector`` timings.
@@ -39,9 +43,10 @@ class TrackOptions:
     mask box's width/height added on each side of the next crop."""
 
     detect_every: int = 10
-    margin: float = 0.15
+    margin: float = 0.05
     min_confidence: float = 0.75
     min_pixels: int = 16
+    max_edge_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if not isinstance(self.detect_every, int) or self.detect_every < 1:
@@ -53,17 +58,22 @@ class TrackOptions:
             raise ValueError(f"min_confidence must lie in [0, 1], got {self.min_confidence!r}")
         if self.min_pixels < 1:
             raise ValueError(f"min_pixels must be >= 1, got {self.min_pixels!r}")
+        if not 0.0 <= self.max_edge_fraction <= 1.0:
+            raise ValueError(f"max_edge_fraction must lie in [0, 1], got "
+                             f"{self.max_edge_fraction!r}")
 
 
 def confident(prob: np.ndarray, threshold: float, options: TrackOptions) -> bool:
     """Whether a crop's probability map (float32 (h, w)) is a segmentation worth tracking: enough
     pixels at or above ``threshold``, their mean probability at least ``options.min_confidence``,
-    and none of them on the crop's border (the BP lies inside the crop)."""
+    and no crop edge with more than ``options.max_edge_fraction`` of its pixels in the mask (the
+    BP is not cut off by the crop)."""
     keep = prob >= threshold
     n = int(np.count_nonzero(keep))
     if n < options.min_pixels:
         return False
-    if keep[0].any() or keep[-1].any() or keep[:, 0].any() or keep[:, -1].any():
+    edges = (keep[0], keep[-1], keep[:, 0], keep[:, -1])
+    if max(float(edge.mean()) for edge in edges) > options.max_edge_fraction:
         return False
     return float(prob[keep].mean()) >= options.min_confidence
 

@@ -87,8 +87,11 @@ def test_confidence_rules():
     prob[10:20, 10:20] = 0.6
     assert not confident(prob, 0.5, options)  # kept pixels, but unsure
     prob[:] = 0
-    prob[0:5, 10:20] = 0.95
-    assert not confident(prob, 0.5, options)  # touches the crop's border
+    prob[0:5, 4:28] = 0.95
+    assert not confident(prob, 0.5, options)  # cut along the crop's top edge
+    prob[:] = 0
+    prob[0:5, 14:18] = 0.95
+    assert confident(prob, 0.5, options)  # reaches the edge at a few pixels, as tight crops do
     mask = np.zeros((H, W), np.uint8)
     assert next_box(mask, 0.1) is None
     mask[10:20, 30:50] = 255
@@ -97,6 +100,6 @@ def test_confidence_rules():
 
 def test_options_are_checked():
     for bad in ({"detect_every": 0}, {"margin": -1.0}, {"min_confidence": 2.0},
-                {"min_pixels": 0}):
+                {"min_pixels": 0}, {"max_edge_fraction": 1.5}):
         with pytest.raises(ValueError):
             TrackOptions(**bad)  # type: ignore[arg-type]

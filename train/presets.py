@@ -55,6 +55,9 @@ class SegmenterConfig:
     seed: int = 0
     hflip: bool = False                  # training augmentation: random horizontal flip
     box_jitter: float = 0.0              # --crop gt training: move box edges by up to this x side
+    # Fraction the crop box grows by (width and height, about its centre) before cropping; it
+    # travels in the checkpoint and the bundle (bpedge._preprocessing.PreprocessingSpec).
+    crop_margin: float = 0.0
 
 
 @dataclass(frozen=True)
