@@ -43,7 +43,7 @@ class TrackOptions:
     mask box's width/height added on each side of the next crop."""
 
     detect_every: int = 10
-    margin: float = 0.05
+    margin: float = 0.1
     min_confidence: float = 0.75
     min_pixels: int = 16
     max_edge_fraction: float = 0.3
