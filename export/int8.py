@@ -46,7 +46,9 @@ __all__ = ["Int8Gate", "Int8Result", "excluded_nodes", "gate_detector", "gate_se
 
 LEVELS = (0, 1)
 #: Module paths (TorchScript exporter node-name prefixes) of the detector's heads.
-_DETECTOR_OUTPUT_CONVS = ("/classification_head/cls_logits/", "/regression_head/bbox_reg/")
+# The head runs once per FPN level: the exporter names its convolutions cls_logits/Conv,
+# cls_logits_1/Conv, ... (one per level).
+_DETECTOR_OUTPUT_CONVS = ("/classification_head/cls_logits", "/regression_head/bbox_reg")
 _DETECTOR_HEADS = ("/classification_head/", "/regression_head/")
 
 
