@@ -546,11 +546,18 @@ class Manifest:
 
     @classmethod
     def loads(cls, text: str) -> Manifest:
+        too_deep = BundleError(f"{MANIFEST_NAME} is nested too deeply to be a manifest (a real "
+                               "one is a few levels deep): it is damaged or not a bpedge manifest")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BundleError(f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
-        return cls.from_json(obj)
+        except RecursionError:
+            raise too_deep from None
+        try:
+            return cls.from_json(obj)
+        except RecursionError:  # free-form fields are checked recursively
+            raise too_deep from None
 
 
 def _read_models(obj: object) -> dict[str, ModelEntry]:

@@ -49,6 +49,8 @@ class OrtModel:
         if len(inputs) != 1:
             raise ValueError(f"{name}: expected a model with one input, found {len(inputs)}")
         self.input_name = inputs[0].name
+        #: The model's declared input shape: ints, or strings/None for dynamic dimensions.
+        self.input_shape: tuple[int | str | None, ...] = tuple(inputs[0].shape)
         self._input_type = np.float16 if "float16" in inputs[0].type else np.float32
         known = {o.name for o in self._session.get_outputs()}
         missing = [n for n in output_names if n not in known]
@@ -56,6 +58,19 @@ class OrtModel:
             raise ValueError(f"{name}: model has no output(s) {missing}; it has {sorted(known)}")
         self.output_names = list(output_names)
         self.name = name
+
+    def check_input_hw(self, expected_hw: tuple[int, int], source: str) -> None:
+        """ValueError unless the model takes (N, 1, H, W) with (H, W) == ``expected_hw`` (what
+        ``source``, a manifest field, declares): caught at load instead of on every frame."""
+        shape = self.input_shape
+        hw = tuple(shape[-2:]) if len(shape) == 4 else None
+        fixed = hw is not None and all(isinstance(d, int) for d in hw)
+        if len(shape) != 4 or (fixed and hw != tuple(expected_hw)):
+            raise ValueError(
+                f"{self.name}: the model's input is {list(shape)}, but the manifest's {source} is "
+                f"{list(expected_hw)}; the manifest does not describe this model: re-export the "
+                "bundle with `bpedge export`"
+            )
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self._input_type)}

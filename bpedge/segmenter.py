@@ -3,6 +3,10 @@ bundle on ONNX Runtime (CPU, the embedded default), OpenVINO (CPU) or TensorRT (
 
 A ``Segmenter`` is used from one thread at a time; :meth:`Segmenter.stream` is how to get frames
 overlapping (several in flight, results in order).
+
+Every result belongs to the frame it was given: :meth:`Segmenter.stream` takes its own copy of a
+frame when it is handed over (the caller may refill the same buffer at once, as capture loops do),
+before any backend sees it, so the TensorRT pinned staging slots are filled from that copy too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame
-from bpedge._result import Result
+from bpedge._result import Result, with_valid_score
 from bpedge._tracking import TrackOptions
 from bpedge.bundle import Bundle
 
@@ -29,6 +33,12 @@ _BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 _PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: Precisions each CPU backend runs (TensorRT: fp32 and fp16 engines).
 _CPU_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8")}
+#: Upper bounds of the run-time knobs: far above what helps on any machine we target (an Orin has
+#: 12 cores; 3 frames in flight already hide the upload), low enough that a typo such as
+#: ``depth=30000`` fails at once instead of running for minutes and gigabytes.
+MAX_THREADS = 256
+MAX_DEPTH = 64
+MAX_BATCH = 1024
 _log = logging.getLogger("bpedge")
 
 
@@ -90,14 +100,17 @@ class Segmenter:
             precision: ``"fp32"``, ``"fp16"`` (ONNX Runtime, TensorRT), ``"bf16"`` (OpenVINO, on
                 CPUs with native BF16) or ``"int8"`` (CPU backends; the bundle's gated INT8 QDQ
                 ONNX from ``bpedge export --int8``; a model whose INT8 failed the export's gate
-                runs FP32). Default: fp16 on TensorRT; on OpenVINO bf16
-                where the CPU has it, else fp32; fp32 on ONNX Runtime (FP16 arithmetic on most
-                CPUs is emulated and slower).
-            threads: CPU intra-op threads of ONNX Runtime or OpenVINO (default: the runtime's
-                choice).
-            max_batch: largest :meth:`segment_batch` size the TensorRT engines must accept.
+                runs FP32). Default: fp16 on TensorRT; on OpenVINO bf16 where the CPU has it,
+                else fp32; fp32 on ONNX Runtime (FP16 arithmetic on most CPUs is emulated and
+                slower).
+            threads: CPU intra-op threads of ONNX Runtime or OpenVINO, 1..``MAX_THREADS``
+                (default: the runtime's choice).
+            max_batch: largest :meth:`segment_batch` size the TensorRT engines must accept,
+                1..``MAX_BATCH``.
             device: CUDA device ordinal for TensorRT.
         """
+        _check_bounded("threads", threads, MAX_THREADS, none_ok=True)
+        _check_bounded("max_batch", max_batch, MAX_BATCH)
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, *_PRECISIONS):
@@ -147,8 +160,9 @@ class Segmenter:
 
     def __call__(self, frame: Any) -> Result:
         """Segment one frame. ``frame``: ``uint8`` (H, W), (H, W, 1) or (H, W, 3) BGR host array
-        (float in [0, 255] also accepted), or on the TensorRT backend a device array exposing
-        ``__cuda_array_interface__`` (uint8 (H, W), no copy to the host)."""
+        (other dtypes: see :func:`bpedge._frames.as_grey_frame` for the rule), or on the TensorRT
+        backend a device array exposing ``__cuda_array_interface__`` (uint8 (H, W), no copy to
+        the host)."""
         cascade = self._live()
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
             if self.backend != "tensorrt":
@@ -156,21 +170,31 @@ class Segmenter:
                     "frame is a GPU array but this Segmenter runs on ONNX Runtime (CPU): copy it to "
                     "the host first (e.g. tensor.cpu().numpy())"
                 )
-            return cascade.run_device(frame)  # type: ignore[attr-defined,no-any-return]
-        return cascade.run(as_grey_frame(frame))
+            return with_valid_score(cascade.run_device(frame))  # type: ignore[attr-defined]
+        return with_valid_score(cascade.run(as_grey_frame(frame)))
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
-        """Segment several host frames (sizes may differ) with one model call per stage."""
+        """Segment several host frames (sizes may differ) with one model call per stage.
+        ``frames``: a list (or tuple) of frames, or an (N, H, W) / (N, H, W, C) array; a single
+        (H, W) or (H, W, 1|3) array is refused (it is one frame: call ``seg(frame)``)."""
         cascade = self._live()
-        if isinstance(frames, np.ndarray) and frames.ndim == 2:
-            raise ValueError("segment_batch takes a sequence of frames; for one frame call seg(frame)")
+        if isinstance(frames, np.ndarray) and (
+            frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] in (1, 3))
+        ):
+            raise ValueError(f"segment_batch takes a sequence of frames, got one array of shape "
+                             f"{frames.shape} (one frame): call seg(frame), or pass [frame]")
         greys = [as_grey_frame(f) for f in frames]
-        return cascade.run_batch(greys)
+        return [with_valid_score(r) for r in cascade.run_batch(greys)]
 
     def stream(self, frames: Iterable[Any], depth: int = 3,
                track: bool | TrackOptions = False) -> Iterator[Result]:
-        """Segment frames from an iterator with up to ``depth`` in flight; results in order.
-        A bad frame raises ``ValueError`` when it is reached.
+        """Segment frames from an iterator with up to ``depth`` (1..``MAX_DEPTH``) in flight;
+        results in order, each computed on the frame as it was when the iterator handed it over
+        (the stream copies it then, so the caller may reuse one buffer for every frame).
+
+        A bad frame, or an exception from ``frames`` itself, ends the stream: the results of the
+        frames before it come out first, then that exception is raised. :meth:`close` during a
+        stream stops it: the next step raises ``RuntimeError``.
 
         ``track`` (CPU backends; frames of one video, in order): while the segmentation stays
         confident and inside its crop, the next frame is cropped where the last mask was and
@@ -178,18 +202,46 @@ class Segmenter:
         drops (``True``: default :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
         after another (each needs the previous mask), so ``depth`` does not apply."""
         cascade = self._live()
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-        greys = (as_grey_frame(f) for f in frames)
-        if track is False:
-            return cascade.stream(greys, depth)
-        options = TrackOptions() if track is True else track
-        if not isinstance(options, TrackOptions):
-            raise TypeError(f"track must be True, False or a TrackOptions, got {track!r}")
-        if self.backend == "tensorrt":
-            raise ValueError("tracking runs on the CPU backends (onnxruntime, openvino); on "
-                             "TensorRT use stream(frames) without track")
-        return cast("_TrackingCascade", cascade).stream(greys, depth, options)
+        _check_bounded("depth", depth, MAX_DEPTH)
+        options: TrackOptions | None = None
+        if track is not False:
+            options = TrackOptions() if track is True else track
+            if not isinstance(options, TrackOptions):
+                raise TypeError(f"track must be True, False or a TrackOptions, got {track!r}")
+            if self.backend == "tensorrt":
+                raise ValueError("tracking runs on the CPU backends (onnxruntime, openvino); on "
+                                 "TensorRT use stream(frames) without track")
+        return self._stream(cascade, frames, depth, options)
+
+    def _stream(self, cascade: _Cascade, frames: Iterable[Any], depth: int,
+                track: TrackOptions | None = None) -> Iterator[Result]:
+        failure: list[Exception] = []
+
+        def owned_frames() -> Iterator[np.ndarray]:
+            # The one place every backend's stream gets its frames from. A failure here ends the
+            # input cleanly, so the backend delivers what it has in flight; it is raised after.
+            try:
+                for frame in frames:
+                    if self._cascade is None:
+                        return
+                    yield _owned_grey(frame)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the drained results
+                failure.append(exc)
+
+        results = (cascade.stream(owned_frames(), depth) if track is None
+                   else cast("_TrackingCascade", cascade).stream(owned_frames(), depth, track))
+        try:
+            for result in results:
+                if self._cascade is None:
+                    raise RuntimeError("this Segmenter was closed during stream(); its remaining "
+                                       "frames were not segmented")
+                yield with_valid_score(result)
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # shuts the backend's workers down even when the caller stops early
+        if failure:
+            raise failure[0]
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -219,6 +271,24 @@ class Segmenter:
         return f"Segmenter(backend={self.backend!r}, precision={self.precision!r}, {state})"
 
 
+def _check_bounded(name: str, value: object, maximum: int, *, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= int(value) <= maximum:
+        raise ValueError(f"{name} must be an int in [1, {maximum}], got {value!r}")
+
+
+def _owned_grey(frame: Any) -> np.ndarray:
+    """``as_grey_frame(frame)`` in memory nobody else holds: converted frames are new arrays
+    already; a frame used as it is (uint8, contiguous) or a view of the caller's buffer is copied
+    (one 420x580 frame: 240 KB)."""
+    grey = as_grey_frame(frame)
+    if grey is frame or not grey.flags.owndata:
+        grey = grey.copy()
+    return grey
+
+
 def _host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: str,
                   threads: int | None) -> HostCascade:
     """The host cascade over the bundle's ONNX files run by ``runtime`` ("onnxruntime" or
@@ -245,6 +315,9 @@ def _host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: st
 
     detector = model("detector", ["score", "box"])
     segmenter = model("segmenter", ["prob"])
+    if hasattr(detector, "check_input_hw"):  # ONNX Runtime sessions check the bundle's sizes
+        detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
+        segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
 
     def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, box = detector(batch)

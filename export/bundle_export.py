@@ -5,7 +5,7 @@ Steps (each announced through ``log``):
 1. load both checkpoints (a detector and a segmenter, each a file or a run folder's best.pt);
 2. find the validation data: the frames of each checkpoint's validation split in ``--data`` (or
    the folder the checkpoint recorded), refused if its content fingerprint is not the one the
-   checkpoint trained on (unless ``force``);
+   checkpoint trained on (unless ``accept_other_data``);
 3. export both models to FP32 ONNX (:mod:`bpedge.export.onnx_export`);
 4. convert both to mixed-precision FP16 ONNX (:mod:`bpedge.export.fp16`);
 5. run the detector (PyTorch, ONNX FP32, ONNX FP16) on its validation frames;
@@ -21,8 +21,10 @@ Steps (each announced through ``log``):
    bundle into place. (Without ``int8`` the steps are numbered 1-8.)
 
 Everything is built in a temporary directory beside ``out`` and renamed to ``out`` only at the
-end, so a failed or killed export leaves no ``out`` (and an existing bundle is replaced, with
-``force``, only by a complete one).
+end, so a failed or killed export leaves no ``out``. An existing ``out`` is replaced only with
+``force``, only by a complete bundle, and only when it is itself a bundle that export made
+(:func:`bpedge._out_dir.is_replaceable_bundle`): any other non-empty folder is refused before any
+work, so export never deletes a data folder, a run folder or anything else it did not write.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from bpedge._manifest import (
     Thresholds,
     Training,
 )
+from bpedge._out_dir import OutDirRefused, is_replaceable_bundle, mark_made_by
 from bpedge.bundle import Bundle, file_ref
 
 if TYPE_CHECKING:
@@ -84,7 +87,8 @@ INT8_FILES = {"detector": "detector.int8.onnx", "segmenter": "segmenter.int8.onn
 class ExportOptions:
     """What ``bpedge export`` takes. ``data`` None: the folder each checkpoint recorded.
     ``max_val``: check on at most this many validation frames per model (seeded sample).
-    ``force``: replace a non-empty ``out`` and accept data whose fingerprint differs."""
+    ``force``: replace an ``out`` that is a bundle made by export (never any other folder).
+    ``accept_other_data``: export although the data's fingerprint differs from the checkpoints'."""
 
     detector: Path
     segmenter: Path
@@ -92,6 +96,7 @@ class ExportOptions:
     data: Path | None = None
     max_val: int | None = None
     force: bool = False
+    accept_other_data: bool = False
     batch_size: int = 8
     tolerances: Tolerances = field(default_factory=Tolerances)
     int8: bool = False
@@ -116,9 +121,15 @@ class ExportOptions:
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not self.force:
-            raise ValueError(f"--out {out} exists and is not empty: choose a new directory, or "
-                             "pass --force to replace it")
+        if out.is_dir() and any(out.iterdir()):
+            if not is_replaceable_bundle(out):
+                raise OutDirRefused(
+                    f"--out {out} exists and is not empty, and it is not a bundle made by `bpedge "
+                    "export`: export never replaces a folder it did not make (--force replaces "
+                    "only such a bundle); choose a new or empty directory")
+            if not self.force:
+                raise ValueError(f"--out {out} exists and is not empty (an earlier bundle): choose "
+                                 "a new directory, or pass --force to replace it")
 
 
 @dataclass(frozen=True)
@@ -258,6 +269,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
         thresholds = Thresholds(score=score.value, mask=mask.value,
                                 how_chosen={"score": score.how, "mask": mask.how})
         _write_bundle(tmp, det, seg, thresholds, parity)
+        mark_made_by(tmp, "export")
         _publish(tmp, out, opts.force)
     log(f"done: {out}")
     return Bundle.open(out)
@@ -276,10 +288,12 @@ def _validation_sets(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedChec
     checks, frames = {}, {}
     for ck in (det, seg):
         root = val.resolve_data_root(ck.payload, opts.data, ck.kind)
-        checks[ck.kind] = val.check_data(root, ck.payload, ck.kind, force=opts.force, warn=note,
+        checks[ck.kind] = val.check_data(root, ck.payload, ck.kind,
+                                         accept_other_data=opts.accept_other_data, warn=note,
                                          scanned=scanned)
         frames[ck.kind] = val.validation_frames(checks[ck.kind], ck.payload, ck.kind,
-                                                max_val=opts.max_val, force=opts.force,
+                                                max_val=opts.max_val,
+                                                accept_other_data=opts.accept_other_data,
                                                 warn=note)
     seed = int((det.payload.get("split") or {}).get("seed", 0))
     positives = frames["detector"]
@@ -557,7 +571,8 @@ def _staging_dir(out: Path) -> Iterator[Path]:
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished bundle ``tmp`` to ``out``. An empty ``out`` directory is replaced; a
-    non-empty one only with ``force``, and only now that the new bundle is complete."""
+    non-empty one only with ``force``, only if it is (still) a bundle export made, and only now
+    that the new bundle is complete."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -565,6 +580,9 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
         return
     if not force or not out.is_dir():
         raise ValueError(f"--out {out} appeared during the export; nothing was replaced")
+    if not is_replaceable_bundle(out):
+        raise OutDirRefused(f"--out {out} changed during the export and is no longer a bundle "
+                            "made by `bpedge export`; nothing was replaced")
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
     os.replace(out, old / out.name)
     os.replace(tmp, out)

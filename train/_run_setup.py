@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bpedge.train.distributed import DistContext
 
+from bpedge._out_dir import check_out_dir
+
 if TYPE_CHECKING:
     import torch
     from bpedge.train.data import DatasetIndex, Frame, Split
@@ -67,6 +69,9 @@ class RunOptions:
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         if self.out.exists() and not self.out.is_dir():
             raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+        # A run writes config.json, split.json, metrics.* and checkpoints: only into a run folder
+        # that train made (or a new or empty one), never over a user's files of those names.
+        check_out_dir(self.out, "train")
 
     def overrides(self) -> dict[str, Any]:
         """Model-config fields this run sets explicitly."""

@@ -44,6 +44,7 @@ from bpedge.train.presets import DetectorConfig, config_to_dict, get_preset
 from torch import nn
 
 from bpedge._metrics import box_iou
+from bpedge._out_dir import claim_out_dir
 
 if TYPE_CHECKING:
     from bpedge.train.models import RetinaNetDetector
@@ -70,6 +71,10 @@ class DetectorOptions(RunOptions):
             raise ValueError(f"--alpha must be in [0, 1] (or -1 to disable), got {self.alpha}")
         if self.weights is not None and not self.weights.is_file():
             raise FileNotFoundError(f"--weights file {self.weights} does not exist")
+        if self.weights is not None:
+            from bpedge.train.models.retinanet import read_state_dict
+
+            read_state_dict(self.weights)  # refused before the run folder is made
 
 
 def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
@@ -155,7 +160,7 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
     try:
         resume_from = prepare_run_dir(opts.out, config, opts.resume)
         if ctx.is_main:
-            opts.out.mkdir(parents=True, exist_ok=True)
+            claim_out_dir(opts.out, "train")
             remove_stale_temporaries(opts.out)
         seed_everything(cfg.seed)
         data = prepare_data(opts, cfg.seed, ctx, resume_from)

@@ -56,6 +56,7 @@ from torch import nn
 
 from bpedge._atomic import atomic_write_json
 from bpedge._metrics import dice
+from bpedge._out_dir import claim_out_dir
 from bpedge._preprocessing import crop_box
 from bpedge._stages import Box
 
@@ -233,7 +234,7 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
     try:
         resume_from = prepare_run_dir(opts.out, config, opts.resume)
         if ctx.is_main:
-            opts.out.mkdir(parents=True, exist_ok=True)
+            claim_out_dir(opts.out, "train")
             remove_stale_temporaries(opts.out)
         seed_everything(cfg.seed)
         data = prepare_data(opts, cfg.seed, ctx, resume_from)

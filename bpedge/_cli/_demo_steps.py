@@ -148,7 +148,7 @@ def export_step(paths: DemoPaths, say: Callable[[str], None]) -> None:
     if (paths.bundle / "manifest.json").is_file():
         return  # export publishes the bundle whole: a manifest means a finished export
     export_bundle(ExportOptions(detector=paths.detector, segmenter=paths.segmenter,
-                                out=paths.bundle, data=paths.data, force=True),
+                                out=paths.bundle, data=paths.data),
                   log=lambda line: say(f"    {line}"))
 
 

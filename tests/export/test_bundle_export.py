@@ -237,7 +237,8 @@ def test_data_that_is_not_the_training_data_is_refused(tiny_checkpoints: tuple[P
     other = generate_phantom(tmp_path / "other", PhantomConfig(subjects=3, frames=2, seed=5,
                                                                height=96, width=128))
     detector, segmenter = tiny_checkpoints
-    with pytest.raises(ValueError, match="not what the detector was trained on.*--force"):
+    with pytest.raises(ValueError,
+                       match="not what the detector was trained on.*--accept-other-data"):
         export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=tmp_path / "b",
                                     data=other), log=lambda line: None)
     assert not (tmp_path / "b").exists()

@@ -477,7 +477,9 @@ def test_cli_help_lists_the_options():
         assert option in result.output
 
 
-@pytest.mark.parametrize("exists", [True, False])
+# A missing bundle is reported before a missing TensorRT (issue 12): see
+# test_cli_reports_a_missing_bundle_before_a_missing_tensorrt below.
+@pytest.mark.parametrize("exists", [True])
 def test_cli_without_tensorrt_exits_1_with_one_clear_line_and_writes_nothing(tmp_path, exists):
     root = write_bundle(tmp_path / "b") if exists else tmp_path / "missing"
     before = snapshot(root) if exists else None
@@ -492,6 +494,16 @@ def test_cli_without_tensorrt_exits_1_with_one_clear_line_and_writes_nothing(tmp
         assert snapshot(root) == before
     else:
         assert not root.exists()
+
+
+def test_cli_reports_a_missing_bundle_before_a_missing_tensorrt(tmp_path):
+    root = tmp_path / "missing"
+    result = CliRunner().invoke(_app(), ["build-engines", str(root), "--precision", "fp32"])
+    assert result.exit_code == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and str(root) in error_lines[0]
+    assert "does not exist" in error_lines[0] and "TensorRT" not in result.stderr
+    assert result.stdout == "" and not root.exists()
 
 
 def test_cli_bad_precision_is_a_usage_error(tmp_path):

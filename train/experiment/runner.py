@@ -33,6 +33,7 @@ from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions
 
 from bpedge._atomic import atomic_write_json
+from bpedge._out_dir import claim_out_dir
 
 __all__ = ["StudyOutcome", "plan_study", "run_study"]
 
@@ -400,7 +401,9 @@ def run_study(
     ``on_step_done`` is called with each step's record as soon as it is logged."""
     opts.check()
     layout = StudyLayout(opts.out)
-    opts.out.mkdir(parents=True, exist_ok=True)
+    # Writes only into a study folder it made (or a new/empty one): never into the data folder or
+    # anything else a user pointed --out at by mistake.
+    claim_out_dir(opts.out, "experiment")
     _write_study_json(opts, layout, command)
     records = run_steps(plan_study(opts), layout.step_log, progress=opts.progress,
                         on_step_done=on_step_done)
