@@ -216,9 +216,11 @@ class Bundle:
             self._commit(current.with_engine(entry))
 
     def store_engine(
-        self, model: str, key: EngineKey, plan: bytes, build_seconds: float
+        self, model: str, key: EngineKey, plan: bytes, build_seconds: float,
+        math: str | None = None,
     ) -> EngineEntry:
         """Write a TensorRT plan as ``key.file_name(model)`` and list it; returns its entry.
+        ``math``: what the engine computes in (e.g. fp32 with TF32 disabled), for the manifest.
 
         Safe against a kill at any moment: an entry for the same file is first unlisted, then
         the plan is written atomically, then the new entry is listed.
@@ -235,6 +237,7 @@ class Bundle:
             key=key,
             built=now_iso(),
             build_seconds=float(build_seconds),
+            math=math,
         )
         with self._locked() as current:
             if any(ref.file == entry.file for ref in current.model_files()):

@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
-from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame
 from bpedge._result import Result, with_valid_score
@@ -43,9 +41,13 @@ _log = logging.getLogger("bpedge")
 
 
 class _Cascade(Protocol):
+    """What a backend's cascade offers the Segmenter (the host cascade, the TensorRT cascade)."""
+
     def run(self, grey: np.ndarray) -> Result: ...
     def run_batch(self, greys: Sequence[np.ndarray]) -> list[Result]: ...
+    def run_device(self, frame: Any) -> Result: ...
     def stream(self, greys: Iterable[np.ndarray], depth: int) -> Iterator[Result]: ...
+    def close(self) -> None: ...
 
 
 class _TrackingCascade(_Cascade, Protocol):
@@ -68,10 +70,10 @@ class Segmenter:
     """
 
     def __init__(self, cascade: _Cascade, spec: CascadeSpec, backend: str, precision: str,
-                 fallback_reason: str | None = None, closer: Any = None):
-        # Use from_bundle(); this constructor wires already-built parts together.
+                 fallback_reason: str | None = None):
+        # Use from_bundle(); this constructor wires already-built parts together. The Segmenter
+        # owns ``cascade`` and closes it.
         self._cascade: _Cascade | None = cascade
-        self._closer = closer
         self.spec = spec
         self.backend = backend
         self.precision = precision
@@ -125,12 +127,25 @@ class Segmenter:
             reason = (tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
                       if trt_precision in ("fp32", "fp16")
                       else f"TensorRT runs fp32 and fp16 engines, not {trt_precision}")
+            failure: Exception | None = None
             if reason is None:
-                cascade = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
-                _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
-                return cls(cascade, spec, "tensorrt", trt_precision, None, cascade)
+                try:
+                    gpu = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
+                except Exception as exc:  # noqa: BLE001 - reported as the reason, or re-raised
+                    # Everything can still fail once the GPU is really used (NVRTC, the kernel
+                    # cache, a plan TensorRT refuses, GPU memory); the cascade released what it
+                    # had set up. "auto" says why and runs on the CPU instead.
+                    failure = exc
+                    reason = f"building the TensorRT cascade failed: {type(exc).__name__}: {exc}"
+                else:
+                    _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
+                    return cls(gpu, spec, "tensorrt", trt_precision, None)
             if backend == "tensorrt":
-                raise RuntimeError(f"backend='tensorrt' cannot run: {reason}")
+                raise RuntimeError(f"backend='tensorrt' cannot run: {reason}") from failure
+            if failure is not None:
+                _log.warning("bpedge: %s; falling back to a CPU backend", reason)
+        from bpedge._onnxruntime import host_cascade
+
         if backend in ("auto", "openvino"):
             from bpedge._openvino import default_precision, openvino_unavailable_reason
 
@@ -139,10 +154,10 @@ class Segmenter:
             if ov_reason is None and ov_precision not in _CPU_PRECISIONS["openvino"]:
                 ov_reason = f"OpenVINO runs {_CPU_PRECISIONS['openvino']}, not {ov_precision}"
             if ov_reason is None:
-                cascade = _host_cascade(bundle, spec, "openvino", ov_precision, threads)
+                host = host_cascade(bundle, spec, "openvino", ov_precision, threads)
                 _log.info("bpedge: using OpenVINO (%s) from %s%s", ov_precision, bundle.root,
                           f"; TensorRT not used: {reason}" if reason else "")
-                return cls(cascade, spec, "openvino", ov_precision, reason)
+                return cls(host, spec, "openvino", ov_precision, reason)
             if backend == "openvino":
                 raise RuntimeError(f"backend='openvino' cannot run: {ov_reason}")
             reason = f"{reason}; OpenVINO not used: {ov_reason}" if reason else ov_reason
@@ -151,10 +166,10 @@ class Segmenter:
             raise ValueError(f"ONNX Runtime runs {_CPU_PRECISIONS['onnxruntime']}, not "
                              f"{ort_precision!r} (bf16 is an OpenVINO precision: pip install "
                              "'bpedge[openvino]')")
-        cascade = _host_cascade(bundle, spec, "onnxruntime", ort_precision, threads)
+        host = host_cascade(bundle, spec, "onnxruntime", ort_precision, threads)
         _log.info("bpedge: using ONNX Runtime (%s) from %s%s", ort_precision, bundle.root,
                   f"; TensorRT not used: {reason}" if reason else "")
-        return cls(cascade, spec, "onnxruntime", ort_precision, reason)
+        return cls(host, spec, "onnxruntime", ort_precision, reason)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -165,12 +180,7 @@ class Segmenter:
         the host)."""
         cascade = self._live()
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
-            if self.backend != "tensorrt":
-                raise ValueError(
-                    "frame is a GPU array but this Segmenter runs on ONNX Runtime (CPU): copy it to "
-                    "the host first (e.g. tensor.cpu().numpy())"
-                )
-            return with_valid_score(cascade.run_device(frame))  # type: ignore[attr-defined]
+            return with_valid_score(cascade.run_device(frame))
         return with_valid_score(cascade.run(as_grey_frame(frame)))
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
@@ -247,9 +257,9 @@ class Segmenter:
 
     def close(self) -> None:
         """Release the engines, sessions and GPU buffers. Idempotent."""
-        closer, self._closer, self._cascade = self._closer, None, None
-        if closer is not None:
-            closer.close()
+        cascade, self._cascade = self._cascade, None
+        if cascade is not None:
+            cascade.close()
 
     @property
     def closed(self) -> bool:
@@ -287,46 +297,6 @@ def _owned_grey(frame: Any) -> np.ndarray:
     if grey is frame or not grey.flags.owndata:
         grey = grey.copy()
     return grey
-
-
-def _host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: str,
-                  threads: int | None) -> HostCascade:
-    """The host cascade over the bundle's ONNX files run by ``runtime`` ("onnxruntime" or
-    "openvino") at ``precision``."""
-    def model(name: str, outputs: list[str]) -> Any:
-        onnx_precision = "fp32" if precision == "bf16" else precision
-        if onnx_precision == "int8" and bundle.manifest.models[name].onnx.int8 is None:
-            # The export's INT8 gate did not ship this model: it stays FP32 (the manifest's
-            # parity.int8 says why), the other model still runs INT8.
-            if all(bundle.manifest.models[m].onnx.int8 is None for m in ("detector", "segmenter")):
-                bundle.onnx_ref(name, "int8")  # raises: no INT8 model at all, with the fix
-            _log.info("bpedge: the %s has no INT8 ONNX (it failed the export's INT8 gate or was "
-                      "not quantised); it runs FP32", name)
-            onnx_precision = "fp32"
-        ref = bundle.onnx_ref(name, onnx_precision)
-        label = str(Path(bundle.root) / ref.file)
-        if runtime == "openvino":
-            from bpedge._openvino import OvModel
-
-            return OvModel(bundle.read_verified(ref.file), label, outputs, precision, threads)
-        from bpedge._onnxruntime import OrtModel
-
-        return OrtModel(bundle.read_verified(ref.file), label, outputs, threads)
-
-    detector = model("detector", ["score", "box"])
-    segmenter = model("segmenter", ["prob"])
-    if hasattr(detector, "check_input_hw"):  # ONNX Runtime sessions check the bundle's sizes
-        detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
-        segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
-
-    def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        score, box = detector(batch)
-        return score.reshape(-1), box.reshape(-1, 4)
-
-    def run_segmenter(batch: np.ndarray) -> np.ndarray:
-        return segmenter(batch)[0]  # type: ignore[no-any-return]
-
-    return HostCascade(run_detector, run_segmenter, spec)
 
 
 __all__ = ["Backend", "Precision", "Result", "Segmenter", "TrackOptions"]

@@ -1,4 +1,10 @@
-"""``bpedge export``: two checkpoints -> a checked bundle (ONNX FP32 + FP16, manifest, checkpoints).
+"""``bpedge export``: two checkpoints -> a checked bundle (ONNX FP32 + FP16, manifest).
+
+A bundle holds what a device needs: the ONNX files, the manifest and later the engines. The
+training checkpoints stay beside it, in their run folders, and the manifest records where they
+were and their sha256 (``training.presets.<model>.checkpoint``); ``include_checkpoints``
+(``--include-checkpoints``) copies them in as well, listed and hash-checked like every other
+file (what ``bpedge bench``'s PyTorch row runs).
 
 Steps (each announced through ``log``):
 
@@ -16,7 +22,8 @@ Steps (each announced through ``log``):
 8. with ``int8``: quantise both models to INT8 QDQ ONNX, calibrated on training frames, and gate
    them against FP32 on the validation frames (:mod:`bpedge.export.int8`); a model that fails its
    gate is not shipped (the manifest records why), the export itself goes on;
-9. fail if a parity gate fails; otherwise copy the checkpoints in, write ``manifest.json`` through
+9. fail if a parity gate fails; otherwise (with ``include_checkpoints``) copy the checkpoints
+   in, write ``manifest.json`` through
    :meth:`bpedge.bundle.Bundle.create` (which hashes and checks every file) and move the finished
    bundle into place. (Without ``int8`` the steps are numbered 1-8.)
 
@@ -64,6 +71,7 @@ from bpedge._manifest import (
     Preprocessing,
     Thresholds,
     Training,
+    sha256_file,
 )
 from bpedge._out_dir import OutDirRefused, is_replaceable_bundle, mark_made_by
 from bpedge.bundle import Bundle, file_ref
@@ -88,7 +96,9 @@ class ExportOptions:
     """What ``bpedge export`` takes. ``data`` None: the folder each checkpoint recorded.
     ``max_val``: check on at most this many validation frames per model (seeded sample).
     ``force``: replace an ``out`` that is a bundle made by export (never any other folder).
-    ``accept_other_data``: export although the data's fingerprint differs from the checkpoints'."""
+    ``accept_other_data``: export although the data's fingerprint differs from the checkpoints'.
+    ``include_checkpoints``: copy the two training checkpoints into the bundle (by default it holds
+    ONNX files and the manifest only, which records where the checkpoints are)."""
 
     detector: Path
     segmenter: Path
@@ -99,6 +109,7 @@ class ExportOptions:
     accept_other_data: bool = False
     batch_size: int = 8
     tolerances: Tolerances = field(default_factory=Tolerances)
+    include_checkpoints: bool = False
     int8: bool = False
     int8_gate: Int8Gate = field(default_factory=Int8Gate)
     calibration_frames: int = 32
@@ -268,7 +279,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
                               **{k: v.to_json() for k, v in int8.items()}}
         thresholds = Thresholds(score=score.value, mask=mask.value,
                                 how_chosen={"score": score.how, "mask": mask.how})
-        _write_bundle(tmp, det, seg, thresholds, parity)
+        _write_bundle(tmp, det, seg, thresholds, parity,
+                      include_checkpoints=opts.include_checkpoints)
         mark_made_by(tmp, "export")
         _publish(tmp, out, opts.force)
     log(f"done: {out}")
@@ -456,13 +468,15 @@ def _runtime_versions() -> dict[str, str]:
 
 
 def _write_bundle(tmp: Path, det: LoadedCheckpoint, seg: LoadedCheckpoint,
-                  thresholds: Thresholds, parity: dict[str, Any]) -> None:
-    """Copy the checkpoints in and write the manifest (Bundle.create hashes and checks every
-    file it lists)."""
-    for ck in (det, seg):
-        shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
+                  thresholds: Thresholds, parity: dict[str, Any], *,
+                  include_checkpoints: bool = False) -> None:
+    """Write the manifest (Bundle.create hashes and checks every file it lists), and with
+    ``include_checkpoints`` copy the checkpoints in first."""
+    if include_checkpoints:
+        for ck in (det, seg):
+            shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
     manifest = Manifest(
-        models={ck.kind: _model_entry(ck, tmp) for ck in (det, seg)},
+        models={ck.kind: _model_entry(ck, tmp, include_checkpoints) for ck in (det, seg)},
         preprocessing=Preprocessing.from_spec(preprocessing_spec(det.payload, seg.payload)),
         thresholds=thresholds,
         training=_training(det, seg),
@@ -475,7 +489,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _model_entry(ck: LoadedCheckpoint, root: Path) -> ModelEntry:
+def _model_entry(ck: LoadedCheckpoint, root: Path, include_checkpoint: bool) -> ModelEntry:
     from bpedge.export.onnx_export import contract_specs
     from bpedge.train.models import model_complexity
 
@@ -491,7 +505,7 @@ def _model_entry(ck: LoadedCheckpoint, root: Path) -> ModelEntry:
         arch=str(ck.payload["arch"]),
         flops=flops,
         params=params,
-        checkpoint=file_ref(root, pt),
+        checkpoint=file_ref(root, pt) if include_checkpoint else None,
     )
 
 
@@ -540,6 +554,8 @@ def _training(det: LoadedCheckpoint, seg: LoadedCheckpoint) -> Training:
         ck.kind: {
             "preset": (ck.payload.get("config") or {}).get("preset"),
             "model_config": ck.payload.get("model_config"),
+            # Where the weights came from: the checkpoint stays in its run folder.
+            "checkpoint": {"path": str(ck.path.resolve()), "sha256": sha256_file(ck.path)},
             **({"crop_mode": ck.payload.get("crop_mode")} if ck.kind == "segmenter" else {}),
         }
         for ck in (det, seg)

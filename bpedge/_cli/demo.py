@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
                        lambda: steps.train_detector_step(paths, config, progress), say)
         steps.run_step("segmenter", paths, state,
                        lambda: steps.train_segmenter_step(paths, config, progress), say)
-        steps.run_step("export", paths, state, lambda: steps.export_step(paths, say), say)
+        steps.run_step("export", paths, state, lambda: steps.export_step(paths, config, say), say)
         steps.run_step("heldout", paths, state, lambda: steps.copy_heldout(paths), say)
         metrics: dict = {}
 

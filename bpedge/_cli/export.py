@@ -53,6 +53,13 @@ def register(app: typer.Typer) -> None:
                          "differs from the one the checkpoints trained on (the parity and "
                          "threshold numbers then describe that other data)."),
         ] = False,
+        include_checkpoints: Annotated[
+            bool,
+            typer.Option("--include-checkpoints", help="Copy the two training checkpoints into "
+                         "the bundle (what bench's PyTorch row runs). By default a bundle holds "
+                         "what a device needs (ONNX, manifest, later engines) and the manifest "
+                         "records where the checkpoints are."),
+        ] = False,
         int8: Annotated[
             bool,
             typer.Option("--int8", help="Also write INT8 QDQ ONNX (static, per-channel), "
@@ -73,7 +80,8 @@ def register(app: typer.Typer) -> None:
 
         opts = ExportOptions(detector=detector, segmenter=segmenter, out=out, data=data,
                              max_val=max_val, force=force,
-                             accept_other_data=accept_other_data, int8=int8,
+                             accept_other_data=accept_other_data,
+                             include_checkpoints=include_checkpoints, int8=int8,
                              calibration_frames=calibration_frames)
         bundle = export_bundle(opts, log=lambda line: typer.echo(line, err=True))
         thresholds = bundle.manifest.thresholds

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -409,7 +409,3 @@ def run_study(
                         on_step_done=on_step_done)
     return StudyOutcome(layout=layout, records=records)
 
-
-def step_names(steps: Sequence[Step]) -> list[str]:
-    """Names of ``steps``, in order (for listings and tests)."""
-    return [s.name for s in steps]
