@@ -20,9 +20,16 @@ mkdir -p "$RESULTS" "$WORK"
 # 1. The tiny models, trained by the demo (phantom data, subject split), on the demo's held-out
 #    subject: speed and accuracy of the models the demo ships.
 bpedge demo --out "$WORK/demo" --no-progress
-bpedge bench "$WORK/demo/bundle" --data "$WORK/demo/heldout" \
-  --threads "$THREADS" --warmup-seconds 5 --seconds "$SECONDS_PER_ROW" \
-  --note "tiny preset, trained by 'bpedge demo' (default settings)" \
+# INT8 QDQ models beside FP32/FP16, calibrated on training frames and gated against FP32.
+[ -f "$WORK/demo/bundle_int8/manifest.json" ] || bpedge export \
+  --detector "$WORK/demo/runs/detector" --segmenter "$WORK/demo/runs/unet" \
+  --out "$WORK/demo/bundle_int8" --data "$WORK/demo/data" --int8
+# Every CPU backend and precision, rows interleaved in rounds (a shared machine's load falls on all
+# rows alike), and tracking against per-frame detection on phantom sequences (one per subject).
+bpedge bench "$WORK/demo/bundle_int8" --phantom-subjects 3 --phantom-frames 12 \
+  --threads "$THREADS" --warmup-seconds 3 --seconds "$SECONDS_PER_ROW" --rounds 5 \
+  --backends torch,onnxruntime,openvino --precisions fp32,fp16,bf16,int8 --track \
+  --note "tiny preset, trained by 'bpedge demo' (default settings), exported with --int8" \
   --json "$RESULTS/cpu_tiny.json" --no-progress
 # The same with one thread per runtime: small models on a busy 2-core machine are where PyTorch's
 # OpenMP threads suffer most from other jobs, so this row is the less load-sensitive comparison.
@@ -44,10 +51,11 @@ if [ ! -f "$WORK/paper/bundle/manifest.json" ]; then
     --out "$WORK/paper/unet" --preset paper --arch unet --crop gt --epochs 1 --limit 12 \
     --batch-size 4 --no-progress
   bpedge export --detector "$WORK/paper/detector" --segmenter "$WORK/paper/unet" \
-    --out "$WORK/paper/bundle" --data "$WORK/paper/data" --force --include-checkpoints
+    --out "$WORK/paper/bundle" --data "$WORK/paper/data" --force --include-checkpoints --int8
 fi
 bpedge bench "$WORK/paper/bundle" --phantom-subjects 1 --phantom-frames 8 \
-  --threads "$THREADS" --warmup-seconds 5 --iterations "${PAPER_ITERATIONS:-20}" \
+  --threads "$THREADS" --warmup-seconds 5 --iterations "${PAPER_ITERATIONS:-20}" --rounds 4 \
+  --backends torch,onnxruntime,openvino --precisions fp32,bf16,int8 \
   --note "paper preset sizes, 1 epoch on 12 phantom frames: speed only, accuracy meaningless" \
   --json "$RESULTS/cpu_paper.json" --no-progress
 

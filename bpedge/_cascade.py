@@ -1,13 +1,20 @@
 """The two-stage cascade on the host: detector -> clamp box -> crop -> segmenter -> paste-back.
 
-Every stage calls the stage combinations of :mod:`bpedge._preprocessing` and the reference maths
-of :mod:`bpedge._stages`; only the two model calls differ
-between backends (ONNX Runtime here, PyTorch eager for the benchmark baseline), so they are
-injected as :class:`ModelRunner` callables.
+The stages run the OpenCV implementations of :mod:`bpedge._fast_stages`, which compute the maths
+:mod:`bpedge._stages` defines, and the stage combinations of :mod:`bpedge._preprocessing` (which
+boxes are cropped; ``detector_input`` and ``segmenter_input`` there are the reference forms the
+fast path is tested against); only the two model calls differ between backends (ONNX Runtime,
+OpenVINO, PyTorch eager for the benchmark baseline), so they are injected as runner callables.
+
+Buffers: each thread that runs frames (the caller's, or a :meth:`HostCascade.stream` worker) owns
+one contiguous float32 buffer per stage (detector batch, crop batch), reused from frame to frame;
+frames in flight on different threads never share one. Masks are new arrays: they belong to the
+result.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
+from bpedge._fast_stages import crop_into, paste_mask, resize_frame_into
 from bpedge._preprocessing import box_found, crop_box, detector_input, frame_box, segmenter_input
 from bpedge._result import Result
-from bpedge._stages import paste_back
+from bpedge._stages import clamp_box
+from bpedge._tracking import Tracker, TrackOptions
 
 __all__ = ["DetectorRunner", "HostCascade", "SegmenterRunner", "detector_input", "frame_box",
            "segmenter_input"]
@@ -29,6 +38,28 @@ DetectorRunner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 SegmenterRunner = Callable[[np.ndarray], np.ndarray]
 
 
+class _StageBuffers(threading.local):
+    """Per-thread stage buffers: float32 (n, 1, H, W) detector batch, (n, 1, h, w) crop batch,
+    and one float32 copy of the frame per frame size (OpenCV's uint8 resize rounds to integers)."""
+
+    def __init__(self) -> None:
+        self.detector = np.empty((0, 1, 1, 1), np.float32)
+        self.crops = np.empty((0, 1, 1, 1), np.float32)
+        self.frame: np.ndarray | None = None
+
+    def batches(self, n: int, spec: CascadeSpec) -> tuple[np.ndarray, np.ndarray]:
+        if self.detector.shape[0] < n:
+            self.detector = np.empty((n, 1, *spec.detector_input_hw), np.float32)
+            self.crops = np.empty((n, 1, *spec.crop_hw), np.float32)
+        return self.detector[:n], self.crops[:n]
+
+    def frame_f32(self, grey: np.ndarray) -> np.ndarray:
+        if self.frame is None or self.frame.shape != grey.shape:
+            self.frame = np.empty(grey.shape, np.float32)
+        np.copyto(self.frame, grey, casting="unsafe")
+        return self.frame
+
+
 class HostCascade:
     """Runs the cascade on host arrays with injected model runners; one thread at a time per call,
     except :meth:`stream`, which overlaps frames on a small thread pool."""
@@ -37,31 +68,45 @@ class HostCascade:
         self._detector = detector
         self._segmenter = segmenter
         self.spec = spec
+        self._buffers = _StageBuffers()
 
     def run_batch(self, greys: Sequence[np.ndarray]) -> list[Result]:
         """Segment validated uint8 (H, W) frames (sizes may differ); one model call per stage."""
         if not greys:
             return []
+        return self._run_batch(greys)[0]
+
+    def run_with_probability(self, grey: np.ndarray) -> tuple[Result, np.ndarray]:
+        """:meth:`run` and the segmenter's probability map for the result's box, float32 (h, w)."""
+        results, probs = self._run_batch([grey])
+        return results[0], probs[0, 0]
+
+    def _run_batch(self, greys: Sequence[np.ndarray]) -> tuple[list[Result], np.ndarray]:
+        spec = self.spec
+        det_in, crops = self._buffers.batches(len(greys), spec)
         t = [time.perf_counter()]
-        det_in = np.stack([detector_input(g, self.spec) for g in greys])
+        for i, g in enumerate(greys):
+            resize_frame_into(self._buffers.frame_f32(g), det_in[i, 0], spec.detector_mean,
+                              spec.detector_std)
         t.append(time.perf_counter())
         scores, raw_boxes = self._detector(det_in)
         t.append(time.perf_counter())
         # The crop box (the detector's, expanded by the margin) is what the mask is pasted into
         # and what the result reports, as on the GPU.
-        boxes = [crop_box("detector", g.shape, self.spec.crop_margin,
-                          detected=frame_box(raw_boxes[i], g.shape, self.spec))
+        boxes = [crop_box("detector", g.shape, spec.crop_margin,
+                          detected=frame_box(raw_boxes[i], g.shape, spec))
                  for i, g in enumerate(greys)]
-        crops = np.stack([segmenter_input(g, b, self.spec) for g, b in zip(greys, boxes)])
+        for i, (g, b) in enumerate(zip(greys, boxes)):
+            crop_into(g, b, crops[i, 0], spec.crop_mean, spec.crop_std)
         t.append(time.perf_counter())
         probs = self._segmenter(crops)
         t.append(time.perf_counter())
         results = []
         for i, g in enumerate(greys):
             score = float(scores[i])
-            present = bool(score >= self.spec.score_threshold) and box_found(raw_boxes[i])
-            mask = paste_back(probs[i, 0], boxes[i], g.shape[1], g.shape[0],
-                              self.spec.mask_threshold, present)
+            present = bool(score >= spec.score_threshold) and box_found(raw_boxes[i])
+            mask = paste_mask(probs[i, 0], boxes[i], g.shape[1], g.shape[0],
+                              spec.mask_threshold, present)
             results.append((mask, boxes[i], score, present))
         t.append(time.perf_counter())
         n = len(greys)
@@ -69,7 +114,8 @@ class HostCascade:
         # Per-frame share of each batched stage, so batch and single-frame timings compare.
         timings = {s: (t[k + 1] - t[k]) * 1e3 / n for k, s in enumerate(stages)}
         timings["total"] = (t[-1] - t[0]) * 1e3 / n
-        return [Result(m, tuple(b), s, p, dict(timings)) for m, b, s, p in results]  # type: ignore[arg-type]
+        return ([Result(m, tuple(b), s, p, dict(timings))  # type: ignore[arg-type]
+                 for m, b, s, p in results], probs)
 
     def run(self, grey: np.ndarray) -> Result:
         return self.run_batch([grey])[0]
@@ -85,10 +131,36 @@ class HostCascade:
         """Nothing to release by hand: the ONNX Runtime sessions (or torch models) are freed with
         their runners when the owner drops this cascade. Idempotent."""
 
-    def stream(self, greys: Iterable[np.ndarray], depth: int) -> Iterator[Result]:
-        """Results in input order with up to ``depth`` frames in flight on worker threads."""
+    def run_crop(self, grey: np.ndarray, box: Sequence[float]) -> tuple[Result, np.ndarray]:
+        """Segment ``grey`` inside ``box`` (frame pixels, used as the detector's box would be: the
+        spec's crop margin applied, clamped) without the detector: the result (mask pasted into
+        the crop box, ``present`` True, ``score`` NaN: no detector ran) and the crop's probability
+        map, float32 (h, w). Timings have no ``preprocess``/``detector`` entries."""
+        spec = self.spec
+        h, w = grey.shape
+        box = crop_box("detector", (h, w), spec.crop_margin, detected=clamp_box(box, w, h))
+        _, crops = self._buffers.batches(1, spec)
+        t0 = time.perf_counter()
+        crop_into(grey, box, crops[0, 0], spec.crop_mean, spec.crop_std)
+        t1 = time.perf_counter()
+        probs = self._segmenter(crops)
+        t2 = time.perf_counter()
+        mask = paste_mask(probs[0, 0], box, w, h, spec.mask_threshold, True)
+        t3 = time.perf_counter()
+        timings = {"crop": (t1 - t0) * 1e3, "segmenter": (t2 - t1) * 1e3,
+                   "paste": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        return Result(mask, box, float("nan"), True, timings), probs[0, 0]
+
+    def stream(self, greys: Iterable[np.ndarray], depth: int,
+               track: TrackOptions | None = None) -> Iterator[Result]:
+        """Results in input order with up to ``depth`` frames in flight on worker threads; with
+        ``track``, frames run one after another on the caller's thread, each tracked frame
+        cropped where the previous mask was (see :mod:`bpedge._tracking`)."""
         if depth < 1:
             raise ValueError(f"stream depth must be >= 1, got {depth}")
+        if track is not None:
+            yield from Tracker(self, track).run(greys)
+            return
         pending: list[Future[Result]] = []
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="bpedge-stream") as pool:
             for grey in greys:

@@ -195,6 +195,19 @@ def probe_onnxruntime() -> tuple[str | None, tuple[str, ...], str | None]:
         return None, (), f"{type(exc).__name__}: {exc}"
 
 
+def probe_openvino() -> tuple[str | None, tuple[str, ...], str | None]:
+    """(version, CPU optimisation capabilities such as FP32/BF16/INT8, problem)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        return None, (), f"not installed ({exc})"
+    try:
+        caps = tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError as exc:
+        return ov.__version__, (), f"the CPU plugin does not start ({exc})"
+    return ov.__version__, caps, None
+
+
 def probe_torch() -> tuple[str | None, str | None, str | None]:
     """(version, CUDA status, problem)."""
     try:
@@ -221,6 +234,7 @@ def diagnose(
     torch: Callable[[], tuple[str | None, str | None, str | None]] = probe_torch,
     headers: Callable[[], tuple[str | None, str | None]] = probe_headers,
     tensorrt_cuda: Callable[[], int | None] = probe_tensorrt_cuda,
+    openvino: Callable[[], tuple[str | None, tuple[str, ...], str | None]] = probe_openvino,
 ) -> DoctorReport:
     """Run every probe and judge each backend. The probes are parameters so tests can stand in a
     machine with a GPU; the defaults ask this machine."""
@@ -270,11 +284,38 @@ def diagnose(
                             else f"not usable ({torch_problem})", torch_version is not None,
                             None if torch_version else TRAIN_HINT))
 
+    ov_version, ov_caps, ov_problem = openvino()
+    findings.append(Finding(
+        "OpenVINO", f"{ov_version}; CPU capabilities: {', '.join(ov_caps)}" if ov_caps
+        else str(ov_problem), bool(ov_caps), None if ov_caps else OPENVINO_HINT))
+
     backends = _backends(g, nv_version, trt_version, trt_problem, ort_version, providers,
                          torch_version, torch_problem,
                          [*stack, *([f"CUDA headers: {header_problem}"] if nv_version and
                                     header_dir is None else [])], line)
+    backends[3:3] = _openvino_backends(ov_caps, ov_problem)
     return DoctorReport(tuple(findings), tuple(backends), library_versions())
+
+
+OPENVINO_HINT = "pip install 'bpedge[openvino]' (an optional, faster CPU backend)"
+
+
+def _openvino_backends(caps: tuple[str, ...], problem: str | None) -> list[BackendVerdict]:
+    if not caps:
+        why = f"OpenVINO {problem or 'unusable'}"
+        return [BackendVerdict(f"openvino {p}", False, why, OPENVINO_HINT)
+                for p in ("fp32", "bf16", "int8")]
+    return [
+        BackendVerdict("openvino fp32", True, "OpenVINO CPU plugin present; backend='auto' "
+                       "prefers it over ONNX Runtime"),
+        BackendVerdict("openvino bf16", "BF16" in caps,
+                       "this CPU has native BF16 (the OpenVINO default precision here)"
+                       if "BF16" in caps else "this CPU has no native BF16",
+                       None if "BF16" in caps else "use fp32 or int8"),
+        BackendVerdict("openvino int8", True, "runs the bundle's INT8 QDQ ONNX (export with "
+                       "`bpedge export --int8`)" + ("; the CPU has int8 dot-product support"
+                                                    if "INT8" in caps else "")),
+    ]
 
 
 def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | None,
@@ -290,6 +331,10 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
                        "runs with a bundle exported with FP16 ONNX; most CPUs lack FP16 "
                        "arithmetic, so expect it slower than fp32" if cpu_ok
                        else "ONNX Runtime unusable", None if cpu_ok else "pip install onnxruntime"),
+        BackendVerdict("onnxruntime int8", cpu_ok,
+                       "runs the bundle's INT8 QDQ ONNX (export with `bpedge export --int8`)"
+                       if cpu_ok else "ONNX Runtime unusable",
+                       None if cpu_ok else "pip install onnxruntime"),
     ]
     missing: list[tuple[str, str]] = []
     if trt is None:

@@ -42,7 +42,7 @@ from bpedge._preprocessing import PreprocessingSpec
 from bpedge._version import __version__
 
 __all__ = [
-    "DTYPES", "MANIFEST_NAME", "MODEL_NAMES", "NORMS", "SCHEMA_VERSION", "BundleError",
+    "DTYPES", "MANIFEST_NAME", "MODEL_NAMES", "NORMS", "ONNX_PRECISIONS", "SCHEMA_VERSION", "BundleError",
     "DetectorPreprocessing", "EngineEntry", "FieldError", "FileRef", "Manifest", "ModelEntry",
     "OnnxFiles", "Preprocessing", "SegmenterPreprocessing", "TensorSpec", "Thresholds",
     "Training", "now_iso", "sha256_bytes", "sha256_file",
@@ -53,6 +53,8 @@ SCHEMA_VERSION = 2
 a field changes meaning or a required field is added. 2: ``preprocessing.segmenter.crop_margin``."""
 
 MODEL_NAMES = ("detector", "segmenter")
+#: Precisions an ONNX file of the bundle can have (engines: ``bpedge._engine_key.PRECISIONS``).
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 NORMS = ("dataset", "per_image")
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
 
@@ -113,15 +115,24 @@ class TensorSpec(JsonRecord):
 
 @dataclass(frozen=True)
 class OnnxFiles(JsonRecord):
-    """The FP32 ONNX (always) and the mixed-precision FP16 ONNX (when exported)."""
+    """The FP32 ONNX (always), the mixed-precision FP16 ONNX (when exported) and the INT8 QDQ
+    ONNX (``bpedge export --int8``, only when it passed its gate; absent from the JSON otherwise,
+    so manifests without INT8 read and write as before)."""
 
     fp32: FileRef
     fp16: FileRef | None = None
+    int8: FileRef | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check_type("fp32", self.fp32, FileRef)
-        if self.fp16 is not None:
-            check_type("fp16", self.fp16, FileRef)
+        if isinstance(self.int8, dict):  # read from JSON: optional fields arrive as parsed JSON
+            try:
+                set_field(self, "int8", FileRef.from_json(self.int8))
+            except FieldError as exc:
+                raise exc.within("int8") from None
+        for name in ("fp16", "int8"):
+            if getattr(self, name) is not None:
+                check_type(name, getattr(self, name), FileRef)
 
 
 @dataclass(frozen=True)
@@ -152,12 +163,14 @@ class ModelEntry(JsonRecord):
             check_type("checkpoint", self.checkpoint, FileRef)
 
     def onnx_file(self, precision: str) -> FileRef | None:
-        """The ONNX file for ``precision`` (``"fp32"`` or ``"fp16"``), None if not exported."""
-        check_choice("precision", precision, PRECISIONS)
-        return self.onnx.fp16 if precision == "fp16" else self.onnx.fp32
+        """The ONNX file for ``precision`` (``"fp32"``, ``"fp16"`` or ``"int8"``), None if not
+        exported."""
+        check_choice("precision", precision, ONNX_PRECISIONS)
+        return {"fp32": self.onnx.fp32, "fp16": self.onnx.fp16, "int8": self.onnx.int8}[precision]
 
     def files(self) -> list[FileRef]:
-        return [f for f in (self.onnx.fp32, self.onnx.fp16, self.checkpoint) if f is not None]
+        return [f for f in (self.onnx.fp32, self.onnx.fp16, self.onnx.int8, self.checkpoint)
+                if f is not None]
 
 
 @dataclass(frozen=True)

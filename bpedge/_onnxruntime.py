@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,22 +88,46 @@ def onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,
                         threads: int | None) -> HostCascade:
     """The host cascade over ``bundle``'s ``precision`` ONNX files, each hash-checked as it is
     read (the verified bytes are what ONNX Runtime loads)."""
+    return host_cascade(bundle, spec, "onnxruntime", precision, threads)
 
-    def model(name: str, outputs: list[str]) -> OrtModel:
-        ref = bundle.onnx_ref(name, precision)
-        return OrtModel(bundle.read_verified(ref.file), str(Path(bundle.root) / ref.file),
-                        outputs, threads)
+
+def host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: str,
+                 threads: int | None) -> HostCascade:
+    """The host cascade over the bundle's ONNX files run by ``runtime`` ("onnxruntime" or
+    "openvino", see :mod:`bpedge._openvino`) at ``precision``; each file hash-checked as it is
+    read. ``int8``: a model whose INT8 failed the export's gate runs its FP32 file."""
+    import logging
+
+    def model(name: str, outputs: list[str]) -> Any:
+        onnx_precision = "fp32" if precision == "bf16" else precision
+        if onnx_precision == "int8" and bundle.manifest.models[name].onnx.int8 is None:
+            # The export's INT8 gate did not ship this model: it stays FP32 (the manifest's
+            # parity.int8 says why), the other model still runs INT8.
+            if all(bundle.manifest.models[m].onnx.int8 is None for m in ("detector", "segmenter")):
+                bundle.onnx_ref(name, "int8")  # raises: no INT8 model at all, with the fix
+            logging.getLogger("bpedge").info(
+                "bpedge: the %s has no INT8 ONNX (it failed the export's INT8 gate or was not "
+                "quantised); it runs FP32", name)
+            onnx_precision = "fp32"
+        ref = bundle.onnx_ref(name, onnx_precision)
+        label = str(Path(bundle.root) / ref.file)
+        if runtime == "openvino":
+            from bpedge._openvino import OvModel
+
+            return OvModel(bundle.read_verified(ref.file), label, outputs, precision, threads)
+        return OrtModel(bundle.read_verified(ref.file), label, outputs, threads)
 
     detector = model("detector", ["score", "box"])
     segmenter = model("segmenter", ["prob"])
-    detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
-    segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
+    if isinstance(detector, OrtModel):  # ONNX Runtime sessions check the bundle's sizes
+        detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
+        segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
 
     def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, box = detector(batch)
         return score.reshape(-1), box.reshape(-1, 4)
 
     def run_segmenter(batch: np.ndarray) -> np.ndarray:
-        return segmenter(batch)[0]
+        return segmenter(batch)[0]  # type: ignore[no-any-return]
 
     return HostCascade(run_detector, run_segmenter, spec)

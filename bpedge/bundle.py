@@ -23,8 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bpedge._atomic import atomic_write_bytes, atomic_write_text
-from bpedge._engine_key import PRECISIONS, EngineKey
-from bpedge._manifest import MODEL_NAMES, SCHEMA_VERSION, EngineEntry, FileRef, Manifest
+from bpedge._engine_key import EngineKey
+from bpedge._manifest import (
+    MODEL_NAMES,
+    ONNX_PRECISIONS,
+    SCHEMA_VERSION,
+    EngineEntry,
+    FileRef,
+    Manifest,
+)
 from bpedge._manifest_fields import (
     MANIFEST_NAME,
     BundleError,
@@ -161,13 +168,15 @@ class Bundle:
     def onnx_ref(self, model: str, precision: str = "fp32") -> FileRef:
         """The manifest's record of ``model``'s ONNX file for ``precision``."""
         _check_model(model)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in ONNX_PRECISIONS:
+            raise ValueError(f"precision must be one of {ONNX_PRECISIONS}, got {precision!r}")
         ref = self._manifest.models[model].onnx_file(precision)
         if ref is None:
             raise BundleError(
                 f"bundle {self._root} has no {precision} ONNX for the {model}: re-export it with "
-                f"{precision} enabled, or use fp32"
+                f"{precision} enabled" + (" (`bpedge export --int8`; a model that failed the INT8 "
+                                          "gate is not shipped, see the manifest's parity.int8)"
+                                          if precision == "int8" else "") + ", or use fp32"
             )
         return ref
 

@@ -1,5 +1,5 @@
 """The device-software entry point: ``Segmenter`` runs the detect -> crop -> segment cascade of a
-bundle on ONNX Runtime (CPU, the embedded default) or TensorRT (NVIDIA GPU).
+bundle on ONNX Runtime (CPU, the embedded default), OpenVINO (CPU) or TensorRT (NVIDIA GPU).
 
 A ``Segmenter`` is used from one thread at a time; :meth:`Segmenter.stream` is how to get frames
 overlapping (several in flight, results in order).
@@ -16,20 +16,24 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame
 from bpedge._result import Result, with_valid_score
+from bpedge._tracking import TrackOptions
 from bpedge.bundle import Bundle
 from bpedge.sources import SourceFrame
 
-Backend = Literal["auto", "onnxruntime", "tensorrt"]
-Precision = Literal["fp32", "fp16"]
+Backend = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
-_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+_BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: Precisions each CPU backend runs (TensorRT: fp32 and fp16 engines).
+_CPU_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8")}
 #: Upper bounds of the run-time knobs: far above what helps on any machine we target (an Orin has
 #: 12 cores; 3 frames in flight already hide the upload), low enough that a typo such as
 #: ``depth=30000`` fails at once instead of running for minutes and gigabytes.
@@ -47,6 +51,11 @@ class _Cascade(Protocol):
     def run_device(self, frame: Any) -> Result: ...
     def stream(self, greys: Iterable[np.ndarray], depth: int) -> Iterator[Result]: ...
     def close(self) -> None: ...
+
+
+class _TrackingCascade(_Cascade, Protocol):
+    def stream(self, greys: Iterable[np.ndarray], depth: int,
+               track: TrackOptions | None = None) -> Iterator[Result]: ...
 
 
 class Segmenter:
@@ -89,12 +98,18 @@ class Segmenter:
         Args:
             path: bundle directory (or an opened :class:`Bundle`).
             backend: ``"auto"`` takes TensorRT when TensorRT, a GPU and a matching engine are
-                there, else ONNX Runtime, and logs which it took; ``"tensorrt"`` raises
-                ``RuntimeError`` saying why it cannot run; ``"onnxruntime"`` always runs.
-            precision: ``"fp32"`` or ``"fp16"``; default fp16 on TensorRT, fp32 on ONNX Runtime
-                (FP16 arithmetic on most CPUs is emulated and slower).
-            threads: ONNX Runtime intra-op threads, 1..``MAX_THREADS`` (default: ONNX Runtime's
-                choice).
+                there, else OpenVINO when it is installed (``bpedge[openvino]``) and runs the
+                precision, else ONNX Runtime, and logs which it took; ``"tensorrt"`` and
+                ``"openvino"`` raise ``RuntimeError`` saying why they cannot run;
+                ``"onnxruntime"`` always runs.
+            precision: ``"fp32"``, ``"fp16"`` (ONNX Runtime, TensorRT), ``"bf16"`` (OpenVINO, on
+                CPUs with native BF16) or ``"int8"`` (CPU backends; the bundle's gated INT8 QDQ
+                ONNX from ``bpedge export --int8``; a model whose INT8 failed the export's gate
+                runs FP32). Default: fp16 on TensorRT; on OpenVINO bf16 where the CPU has it,
+                else fp32; fp32 on ONNX Runtime (FP16 arithmetic on most CPUs is emulated and
+                slower).
+            threads: CPU intra-op threads of ONNX Runtime or OpenVINO, 1..``MAX_THREADS``
+                (default: the runtime's choice).
             max_batch: largest :meth:`segment_batch` size the TensorRT engines must accept,
                 1..``MAX_BATCH``.
             device: CUDA device ordinal for TensorRT.
@@ -103,8 +118,8 @@ class Segmenter:
         _check_bounded("max_batch", max_batch, MAX_BATCH)
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-        if precision not in (None, "fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in (None, *_PRECISIONS):
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         bundle = path if isinstance(path, Bundle) else Bundle.open(path)
         spec = CascadeSpec.from_manifest(bundle.manifest)
         reason: str | None = None
@@ -112,7 +127,9 @@ class Segmenter:
             from bpedge._gpu.cascade import TensorRTCascade, tensorrt_unavailable_reason
 
             trt_precision = precision or "fp16"
-            reason = tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
+            reason = (tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
+                      if trt_precision in ("fp32", "fp16")
+                      else f"TensorRT runs fp32 and fp16 engines, not {trt_precision}")
             failure: Exception | None = None
             if reason is None:
                 try:
@@ -129,11 +146,30 @@ class Segmenter:
             if backend == "tensorrt":
                 raise RuntimeError(f"backend='tensorrt' cannot run: {reason}") from failure
             if failure is not None:
-                _log.warning("bpedge: %s; falling back to ONNX Runtime", reason)
-        ort_precision = precision or "fp32"
-        from bpedge._onnxruntime import onnxruntime_cascade
+                _log.warning("bpedge: %s; falling back to a CPU backend", reason)
+        from bpedge._onnxruntime import host_cascade
 
-        host = onnxruntime_cascade(bundle, spec, ort_precision, threads)
+        if backend in ("auto", "openvino"):
+            from bpedge._openvino import default_precision, openvino_unavailable_reason
+
+            ov_reason = openvino_unavailable_reason()
+            ov_precision = precision or (default_precision() if ov_reason is None else "fp32")
+            if ov_reason is None and ov_precision not in _CPU_PRECISIONS["openvino"]:
+                ov_reason = f"OpenVINO runs {_CPU_PRECISIONS['openvino']}, not {ov_precision}"
+            if ov_reason is None:
+                host = host_cascade(bundle, spec, "openvino", ov_precision, threads)
+                _log.info("bpedge: using OpenVINO (%s) from %s%s", ov_precision, bundle.root,
+                          f"; TensorRT not used: {reason}" if reason else "")
+                return cls(host, spec, "openvino", ov_precision, reason)
+            if backend == "openvino":
+                raise RuntimeError(f"backend='openvino' cannot run: {ov_reason}")
+            reason = f"{reason}; OpenVINO not used: {ov_reason}" if reason else ov_reason
+        ort_precision = precision or "fp32"
+        if ort_precision not in _CPU_PRECISIONS["onnxruntime"]:
+            raise ValueError(f"ONNX Runtime runs {_CPU_PRECISIONS['onnxruntime']}, not "
+                             f"{ort_precision!r} (bf16 is an OpenVINO precision: pip install "
+                             "'bpedge[openvino]')")
+        host = host_cascade(bundle, spec, "onnxruntime", ort_precision, threads)
         _log.info("bpedge: using ONNX Runtime (%s) from %s%s", ort_precision, bundle.root,
                   f"; TensorRT not used: {reason}" if reason else "")
         return cls(host, spec, "onnxruntime", ort_precision, reason)
@@ -168,7 +204,8 @@ class Segmenter:
         return [_attach(with_valid_score(r), _own(g, image, meta), meta)
                 for r, g, (image, meta) in zip(cascade.run_batch(greys), greys, split)]
 
-    def stream(self, frames: Iterable[Any], depth: int = 3) -> Iterator[Result]:
+    def stream(self, frames: Iterable[Any], depth: int = 3,
+               track: bool | TrackOptions = False) -> Iterator[Result]:
         """Segment frames from an iterator with up to ``depth`` (1..``MAX_DEPTH``) in flight;
         results in order, each computed on the frame as it was when the iterator handed it over
         (the stream copies it then, so the caller may reuse one buffer for every frame).
@@ -177,12 +214,27 @@ class Segmenter:
         frames before it come out first, then that exception is raised. :meth:`close` during a
         stream stops it: the next step raises ``RuntimeError``. ``frames`` may be arrays or
         :class:`~bpedge.sources.SourceFrame` objects (what :func:`bpedge.sources.open_frames`
-        yields); their name, timestamp and mm spacing go into the results."""
+        yields); their name, timestamp and mm spacing go into the results.
+
+        ``track`` (CPU backends; frames of one video, in order): while the segmentation stays
+        confident and inside its crop, the next frame is cropped where the last mask was and
+        the detector is skipped; it runs every ``detect_every`` frames and whenever confidence
+        drops (``True``: default :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
+        after another (each needs the previous mask), so ``depth`` does not apply."""
         cascade = self._live()
         _check_bounded("depth", depth, MAX_DEPTH)
-        return self._stream(cascade, frames, depth)
+        options: TrackOptions | None = None
+        if track is not False:
+            options = TrackOptions() if track is True else track
+            if not isinstance(options, TrackOptions):
+                raise TypeError(f"track must be True, False or a TrackOptions, got {track!r}")
+            if self.backend == "tensorrt":
+                raise ValueError("tracking runs on the CPU backends (onnxruntime, openvino); on "
+                                 "TensorRT use stream(frames) without track")
+        return self._stream(cascade, frames, depth, options)
 
-    def _stream(self, cascade: _Cascade, frames: Iterable[Any], depth: int) -> Iterator[Result]:
+    def _stream(self, cascade: _Cascade, frames: Iterable[Any], depth: int,
+                track: TrackOptions | None = None) -> Iterator[Result]:
         failure: list[Exception] = []
         # Each frame's own grey copy and metadata wait here until its result comes back (in order).
         held: deque[tuple[np.ndarray, SourceFrame | None]] = deque()
@@ -201,7 +253,8 @@ class Segmenter:
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the drained results
                 failure.append(exc)
 
-        results = cascade.stream(owned_frames(), depth)
+        results = (cascade.stream(owned_frames(), depth) if track is None
+                   else cast("_TrackingCascade", cascade).stream(owned_frames(), depth, track))
         try:
             for result in results:
                 if self._cascade is None:
@@ -282,4 +335,4 @@ def _attach(result: Result, grey: np.ndarray, meta: SourceFrame | None) -> Resul
                                spacing_mm=meta.spacing_mm)
 
 
-__all__ = ["Backend", "Precision", "Result", "Segmenter"]
+__all__ = ["Backend", "Precision", "Result", "Segmenter", "TrackOptions"]

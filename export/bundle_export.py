@@ -19,10 +19,13 @@ Steps (each announced through ``log``):
    frame, or the exported detector's boxes) and run it likewise;
 7. choose the mask and score thresholds on the FP32 ONNX outputs (:mod:`bpedge.export.thresholds`)
    and measure FP16 against FP32 at that mask threshold (:mod:`bpedge.export.parity`);
-8. fail if a parity gate fails; otherwise (with ``include_checkpoints``) copy the checkpoints
+8. with ``int8``: quantise both models to INT8 QDQ ONNX, calibrated on training frames, and gate
+   them against FP32 on the validation frames (:mod:`bpedge.export.int8`); a model that fails its
+   gate is not shipped (the manifest records why), the export itself goes on;
+9. fail if a parity gate fails; otherwise (with ``include_checkpoints``) copy the checkpoints
    in, write ``manifest.json`` through
    :meth:`bpedge.bundle.Bundle.create` (which hashes and checks every file) and move the finished
-   bundle into place.
+   bundle into place. (Without ``int8`` the steps are numbered 1-8.)
 
 Everything is built in a temporary directory beside ``out`` and renamed to ``out`` only at the
 end, so a failed or killed export leaves no ``out``. An existing ``out`` is replaced only with
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bpedge.export import _validation as val
 from bpedge.export.fp16 import Fp16Conversion, write_fp16_onnx
+from bpedge.export.int8 import Int8Gate, Int8Result, gate_detector, gate_segmenter, quantize_gated
 from bpedge.export.onnx_export import IO_NAMES, export_onnx
 from bpedge.export.parity import (
     DetectorOutputs,
@@ -84,6 +88,7 @@ FILES = {
     "detector": ("detector.fp32.onnx", "detector.fp16.onnx", "detector.pt"),
     "segmenter": ("segmenter.fp32.onnx", "segmenter.fp16.onnx", "segmenter.pt"),
 }
+INT8_FILES = {"detector": "detector.int8.onnx", "segmenter": "segmenter.int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,17 @@ class ExportOptions:
     batch_size: int = 8
     tolerances: Tolerances = field(default_factory=Tolerances)
     include_checkpoints: bool = False
+    int8: bool = False
+    int8_gate: Int8Gate = field(default_factory=Int8Gate)
+    calibration_frames: int = 32
 
     def check(self) -> None:
         """ValueError / FileNotFoundError naming the option, before any work is done."""
         if self.max_val is not None and self.max_val < 1:
             raise ValueError(f"--max-val must be at least 1, got {self.max_val}")
+        if self.calibration_frames < 1:
+            raise ValueError(f"--calibration-frames must be at least 1, got "
+                             f"{self.calibration_frames}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         for flag, path in (("--detector", self.detector), ("--segmenter", self.segmenter)):
@@ -176,13 +187,14 @@ def load_checkpoint_of(kind: str, path: Path) -> LoadedCheckpoint:
 
 
 class _Steps:
-    def __init__(self, log: Callable[[str], None]) -> None:
+    def __init__(self, log: Callable[[str], None], total: int = STEPS) -> None:
         self._log = log
         self._n = 0
+        self._total = total
 
     def __call__(self, what: str) -> None:
         self._n += 1
-        self._log(f"[{self._n}/{STEPS}] {what}")
+        self._log(f"[{self._n}/{self._total}] {what}")
 
     def note(self, what: str) -> None:
         self._log(f"      {what}")
@@ -193,7 +205,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
     ``opts.out``. Raises ValueError / FileNotFoundError for bad input, :class:`ParityError` when
     a parity gate fails (nothing is left at ``opts.out`` then)."""
     opts.check()
-    step = _Steps(log)
+    step = _Steps(log, STEPS + 1 if opts.int8 else STEPS)
     step("loading checkpoints")
     det = load_checkpoint_of("detector", Path(opts.detector))
     seg = load_checkpoint_of("segmenter", Path(opts.segmenter))
@@ -246,6 +258,13 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
         step.note(f"FP16 vs FP32: Dice change {seg_fp16['dice_change']:+.4f}, probability "
                   f"{seg_fp16['max_prob_diff']:.2e}")
 
+        int8: dict[str, Int8Result] = {}
+        if opts.int8:
+            step(f"INT8: calibrating on up to {opts.calibration_frames} training frames per "
+                 "model, gating against FP32 on the validation frames")
+            int8 = _write_int8(opts, det, seg, sets, det_runs, seg_runs, tmp, score.value,
+                               mask.value, step.note)
+
         step(f"writing the bundle to {out}")
         parity = {
             "passed": True,
@@ -255,6 +274,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
             "fp16_vs_fp32": {"detector": det_runs.fp16, "segmenter": seg_fp16},
             "fp16_conversion": {k: v.to_json() for k, v in fp16_info.items()},
         }
+        if opts.int8:
+            parity["int8"] = {"gate": opts.int8_gate.to_json(),
+                              **{k: v.to_json() for k, v in int8.items()}}
         thresholds = Thresholds(score=score.value, mask=mask.value,
                                 how_chosen={"score": score.how, "mask": mask.how})
         _write_bundle(tmp, det, seg, thresholds, parity,
@@ -319,6 +341,7 @@ class _DetectorRuns:
     outputs: dict[str, DetectorOutputs]  # "torch", "fp32", "fp16"
     fp32: dict[str, Any]  # FP32 ONNX vs PyTorch
     fp16: dict[str, Any]  # FP16 ONNX vs FP32 ONNX
+    inputs: np.ndarray  # float32 (N, 1, H, W): the validation frames as the detector sees them
 
 
 def _run_detector(det: LoadedCheckpoint, frames: val.ValidationFrames, runners: Runners,
@@ -335,7 +358,7 @@ def _run_detector(det: LoadedCheckpoint, frames: val.ValidationFrames, runners: 
     fp16 = compare_detectors(outputs["fp32"], outputs["fp16"], truth)
     note(f"FP32 vs PyTorch: score {fp32['max_score_diff']:.2e}, box {fp32['max_box_diff_px']:.2e} "
          f"px; FP16 vs FP32: box IoU {_fmt(fp16['mean_box_iou_with_reference'])}")
-    return _DetectorRuns(outputs=outputs, fp32=fp32, fp16=fp16)
+    return _DetectorRuns(outputs=outputs, fp32=fp32, fp16=fp16, inputs=x)
 
 
 _CROP_SOURCES = {
@@ -351,6 +374,7 @@ class _SegmenterRuns:
     targets: np.ndarray  # float32 (N, 1, h, w) 0/1
     crop_source: str
     fp32: dict[str, Any]  # FP32 ONNX vs PyTorch
+    inputs: np.ndarray  # float32 (N, 1, h, w): the validation crops
 
 
 def _run_segmenter(seg: LoadedCheckpoint, det: LoadedCheckpoint, frames: val.ValidationFrames,
@@ -374,7 +398,65 @@ def _run_segmenter(seg: LoadedCheckpoint, det: LoadedCheckpoint, frames: val.Val
     fp32 = compare_segmenters(probs["torch"], probs["fp32"])
     note(f"FP32 vs PyTorch: probability {fp32['max_prob_diff']:.2e}")
     return _SegmenterRuns(probs=probs, targets=targets,
-                          crop_source=_CROP_SOURCES[seg.payload["crop_mode"]], fp32=fp32)
+                          crop_source=_CROP_SOURCES[seg.payload["crop_mode"]], fp32=fp32,
+                          inputs=crops)
+
+
+def _training_frames(check: val.DataCheck, payload: dict[str, Any], n: int) -> list[Any]:
+    """A seeded ``n`` of the BP-positive frames of the checkpoint's training split (calibration
+    data that the gate's validation frames are not part of)."""
+    keys = list((payload.get("split") or {}).get("train") or [])
+    by_key = {f.key: f for f in check.index.frames}
+    frames = [by_key[k] for k in keys if k in by_key and by_key[k].present]
+    if not frames:
+        raise ValueError("the checkpoint's training split has no BP frames in the data folder to "
+                         "calibrate INT8 on: pass the training data folder with --data")
+    seed = int((payload.get("split") or {}).get("seed", 0))
+    if len(frames) > n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(frames), n, replace=False))
+        frames = [frames[i] for i in keep]
+    return frames
+
+
+def _write_int8(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedCheckpoint,
+                sets: _ValidationSets, det_runs: _DetectorRuns, seg_runs: _SegmenterRuns,
+                tmp: Path, score_threshold: float, mask_threshold: float,
+                note: Callable[[str], None]) -> dict[str, Int8Result]:
+    """Quantise, gate and (if it passes) write each model's INT8 QDQ ONNX into ``tmp``."""
+    gate = opts.int8_gate
+    det_store = val.load_store(_training_frames(sets.checks["detector"], det.payload,
+                                                opts.calibration_frames))
+    det_calibration = val.detector_inputs(det_store, det.input_hw, det.mean, det.std)
+    seg_store = val.load_store(_training_frames(sets.checks["segmenter"], seg.payload,
+                                                opts.calibration_frames))
+    detector32 = OnnxModel(tmp / FILES["detector"][0], *IO_NAMES["detector"], opts.batch_size)
+    boxes = val.segmenter_boxes(
+        seg.payload["crop_mode"], seg_store, detect=lambda x: detector32(x)[1],
+        detector_input=lambda st: val.detector_inputs(st, det.input_hw, det.mean, det.std),
+        detector_input_hw=det.input_hw,
+    )
+    seg_calibration, _ = val.segmenter_crops(seg_store, boxes, seg.input_hw, seg.mean, seg.std)
+    note(f"calibration: {len(det_calibration)} detector frames, {len(seg_calibration)} "
+         "segmenter crops from the training split")
+    fp32_det = det_runs.outputs["fp32"]
+
+    def detector_gate(path: Path) -> tuple[dict[str, Any], list[str]]:
+        scores, boxes8 = OnnxModel(path, *IO_NAMES["detector"], opts.batch_size)(det_runs.inputs)
+        return gate_detector((fp32_det.scores, fp32_det.boxes), (scores, boxes8),
+                             score_threshold, gate)
+
+    def segmenter_gate(path: Path) -> tuple[dict[str, Any], list[str]]:
+        probs = OnnxModel(path, *IO_NAMES["segmenter"], opts.batch_size)(seg_runs.inputs)[0]
+        return gate_segmenter(seg_runs.probs["fp32"], probs, mask_threshold, gate)
+
+    return {
+        "detector": quantize_gated("detector", tmp / FILES["detector"][0],
+                                   tmp / INT8_FILES["detector"], IO_NAMES["detector"][0],
+                                   det_calibration, detector_gate, note),
+        "segmenter": quantize_gated("segmenter", tmp / FILES["segmenter"][0],
+                                    tmp / INT8_FILES["segmenter"], IO_NAMES["segmenter"][0],
+                                    seg_calibration, segmenter_gate, note),
+    }
 
 
 def _runtime_versions() -> dict[str, str]:
@@ -415,7 +497,9 @@ def _model_entry(ck: LoadedCheckpoint, root: Path, include_checkpoint: bool) -> 
     inputs, outputs = contract_specs(ck.kind, ck.input_hw)  # both ONNX files were checked to match
     params, flops = model_complexity(ck.model, (1, 1, *ck.input_hw))
     return ModelEntry(
-        onnx=OnnxFiles(fp32=file_ref(root, fp32), fp16=file_ref(root, fp16)),
+        onnx=OnnxFiles(fp32=file_ref(root, fp32), fp16=file_ref(root, fp16),
+                       int8=file_ref(root, INT8_FILES[ck.kind])
+                       if (root / INT8_FILES[ck.kind]).exists() else None),
         inputs=inputs,
         outputs=outputs,
         arch=str(ck.payload["arch"]),

@@ -104,7 +104,9 @@ def test_train_export_and_runtime_crops_of_a_frame_are_identical(frames, margin:
 
     assert train_boxes == export_boxes == [r.box for r in results]
     np.testing.assert_array_equal(train_crops, export_crops)
-    np.testing.assert_array_equal(train_crops, seen["crops"])
+    # The runtime computes the same maths with OpenCV (issue 15): float32 sampling coordinates,
+    # so within float rounding of the reference (tests/test_fast_stages.py bounds it), not equal.
+    np.testing.assert_allclose(train_crops, seen["crops"], atol=1e-3)
     # The detector inputs too: training dataset, predict, export validation, runtime.
     det_set = DetectorDataset(store, [0, 1, 2], spec.detector_input_hw,
                               Normalization(spec.detector_mean, spec.detector_std))
@@ -113,7 +115,7 @@ def test_train_export_and_runtime_crops_of_a_frame_are_identical(frames, margin:
                                         spec.detector_std)
     np.testing.assert_array_equal(train_inputs, model.inputs[0])
     np.testing.assert_array_equal(train_inputs, export_inputs)
-    np.testing.assert_array_equal(train_inputs, seen["detector"])
+    np.testing.assert_allclose(train_inputs, seen["detector"], atol=1e-4)
     # The non-finite box: the whole frame everywhere, absent at run time.
     h, w = store.hw(2)
     assert train_boxes[2] == (0.0, 0.0, float(w), float(h))

@@ -22,8 +22,11 @@ from bpedge.segmenter import Segmenter
 if TYPE_CHECKING:
     from torch import nn
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: The precisions each backend can run: other pairs are not rows at all.
+SUPPORTED = {"torch": ("fp32",), "onnxruntime": ("fp32", "fp16", "int8"),
+             "openvino": ("fp32", "bf16", "int8"), "tensorrt": ("fp32", "fp16")}
 #: The row every speed-up is measured against.
 BASELINE = ("torch", "fp32")
 
@@ -45,7 +48,8 @@ class RowChoice:
 
     @property
     def label(self) -> str:
-        names = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+        names = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                 "tensorrt": "TensorRT"}
         return f"{names[self.backend]} {self.precision}"
 
 
@@ -65,7 +69,8 @@ def parse_choices(backends: str, precisions: str) -> list[RowChoice]:
             raise ValueError(f"--precisions: unknown precision {p!r}; choose from {list(PRECISIONS)}")
     # PyTorch eager is the fp32 baseline only: whenever "torch" is asked for, it runs in fp32
     # (the speed-ups need it), and never as an fp16 row.
-    pairs = [RowChoice(b, p) for b in dict.fromkeys(bs) if b != "torch" for p in dict.fromkeys(ps)]
+    pairs = [RowChoice(b, p) for b in dict.fromkeys(bs) if b != "torch" for p in dict.fromkeys(ps)
+             if p in SUPPORTED[b]]
     if "torch" in bs:
         pairs.insert(0, RowChoice(*BASELINE))
     return pairs
@@ -76,12 +81,13 @@ def open_row(bundle: Bundle, choice: RowChoice, threads: int, max_batch: int) ->
     or :class:`RowUnavailable` saying why it cannot run here."""
     if choice.backend == "torch":
         return _torch_segmenter(bundle, choice.precision, threads)
-    if choice.backend == "onnxruntime":
+    if choice.backend in ("onnxruntime", "openvino"):
         try:
-            return Segmenter.from_bundle(bundle, "onnxruntime", precision=choice.precision,  # type: ignore[arg-type]
+            return Segmenter.from_bundle(bundle, choice.backend, precision=choice.precision,  # type: ignore[arg-type]
                                          threads=threads, max_batch=max_batch)
-        except (BundleError, ValueError) as exc:
-            raise RowUnavailable(str(exc).splitlines()[0]) from exc
+        except (BundleError, ValueError, RuntimeError) as exc:
+            raise RowUnavailable(str(exc).splitlines()[0].removeprefix(
+                "backend='openvino' cannot run: ")) from exc
     try:
         return Segmenter.from_bundle(bundle, "tensorrt", precision=choice.precision,  # type: ignore[arg-type]
                                      max_batch=max_batch)

@@ -1,9 +1,12 @@
-"""The machine's measured matrix-multiply ceiling: float32 GEMM GFLOP/s, NumPy and PyTorch.
+"""The machine's measured matrix-multiply ceilings: float32 GEMM GFLOP/s (NumPy and PyTorch), and
+the bf16 and int8 GEMM ceilings measured the same way (PyTorch: ``torch.mm`` on bfloat16 tensors,
+``torch._int_mm`` int8 x int8 -> int32).
 
 A model's achieved GFLOP/s means little on its own; against what this CPU reaches on a large,
-cache-friendly SGEMM in the same run (same load, same thread count) it says how far a runtime is
-from the hardware limit. The ceiling is the best of several timed products (a ceiling, not an
-average), each ``2 * n**3`` FLOPs.
+cache-friendly GEMM of the row's precision in the same run (same load, same thread count) it says
+how far a runtime is from the hardware limit. Each ceiling is the best of several timed products (a
+ceiling, not an average), each ``2 * n**3`` operations. fp16 rows are read against the fp32
+ceiling (CPUs without native FP16 arithmetic convert to float32).
 """
 
 from __future__ import annotations
@@ -29,15 +32,26 @@ class GemmCeiling:
     numpy_gflops: float
     torch_gflops: float | None
     torch_threads: int | None
+    bf16_gflops: float | None = None
+    int8_gops: float | None = None
 
     @property
     def gflops(self) -> float:
         """The ceiling: the faster of the two libraries."""
         return max(self.numpy_gflops, self.torch_gflops or 0.0)
 
+    def for_precision(self, precision: str) -> float | None:
+        """The ceiling a row of ``precision`` is read against (None: not measured here)."""
+        if precision == "bf16":
+            return self.bf16_gflops
+        if precision == "int8":
+            return self.int8_gops
+        return self.gflops
+
     def to_json(self) -> dict[str, Any]:
         return {"n": self.n, "numpy_gflops": self.numpy_gflops, "torch_gflops": self.torch_gflops,
-                "torch_threads": self.torch_threads, "gflops": self.gflops}
+                "torch_threads": self.torch_threads, "gflops": self.gflops,
+                "bf16_gflops": self.bf16_gflops, "int8_gops": self.int8_gops}
 
 
 def best_gflops(matmul: Callable[[], object], n: int, seconds: float, min_repeats: int = 3) -> float:
@@ -58,8 +72,10 @@ def best_gflops(matmul: Callable[[], object], n: int, seconds: float, min_repeat
     return 2.0 * n**3 / best / 1e9
 
 
-def measure_ceiling(n: int = 1024, seconds: float = 1.0, threads: int | None = None) -> GemmCeiling:
-    """Measure NumPy's and (if installed) PyTorch's float32 GEMM for about ``seconds`` each.
+def measure_ceiling(n: int = 1024, seconds: float = 1.0, threads: int | None = None,
+                    low_precision: bool = True) -> GemmCeiling:
+    """Measure NumPy's and (if installed) PyTorch's float32 GEMM for about ``seconds`` each, and
+    with ``low_precision`` PyTorch's bf16 and int8 GEMM too.
 
     ``threads`` sets ``torch.set_num_threads`` for the PyTorch product (the same count the
     benchmarked runtimes use); ``None`` keeps PyTorch's current setting.
@@ -77,4 +93,14 @@ def measure_ceiling(n: int = 1024, seconds: float = 1.0, threads: int | None = N
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     with torch.inference_mode():
         torch_gflops = best_gflops(lambda: torch.mm(ta, tb), n, seconds)
-    return GemmCeiling(n, numpy_gflops, torch_gflops, torch.get_num_threads())
+        bf16 = int8 = None
+        if low_precision:
+            ha, hb = ta.bfloat16(), tb.bfloat16()
+            bf16 = best_gflops(lambda: torch.mm(ha, hb), n, seconds)
+            qa = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+            qb = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+            try:
+                int8 = best_gflops(lambda: torch._int_mm(qa, qb), n, seconds)
+            except RuntimeError:  # a PyTorch build without a CPU int8 GEMM
+                int8 = None
+    return GemmCeiling(n, numpy_gflops, torch_gflops, torch.get_num_threads(), bf16, int8)

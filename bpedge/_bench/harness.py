@@ -33,7 +33,9 @@ class RunSettings:
 
     ``iterations`` counts calls (a call is one frame, or one batch of ``batch`` frames; with
     ``depth`` > 1 one frame through the stream); ``seconds`` runs calls until that much time has
-    passed. Exactly one of the two is set.
+    passed. Exactly one of the two is set. ``rounds`` > 1 interleaves the rows (:func:`time_rows`):
+    each round runs every row for ``1/rounds`` of its budget, so a burst of load from other jobs
+    lands on all rows alike and the ratios between rows stay meaningful.
     """
 
     warmup_seconds: float = 2.0
@@ -41,6 +43,7 @@ class RunSettings:
     seconds: float | None = 10.0
     batch: int = 1
     depth: int = 1
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if (self.iterations is None) == (self.seconds is None):
@@ -53,6 +56,8 @@ class RunSettings:
             raise ValueError(f"--warmup-seconds must be >= 0, got {self.warmup_seconds}")
         if self.batch < 1 or self.depth < 1:
             raise ValueError(f"--batch and --depth must be >= 1, got {self.batch}, {self.depth}")
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if self.batch > 1 and self.depth > 1:
             raise ValueError("use --batch or --depth above 1, not both (a stream runs one frame "
                              "per call)")
@@ -131,19 +136,58 @@ def _warm_up(segment: Any, images: Sequence[np.ndarray], settings: RunSettings) 
 
 def time_row(segment: Any, frames: BenchFrames, settings: RunSettings) -> RowTimings:
     """Warm up for ``settings.warmup_seconds``, then time ``segment`` over the frames, cycled."""
-    _warm_up(segment, frames.images, settings)
-    return _run(segment, frames.images, settings)
+    return time_rows([segment], frames, dataclasses.replace(settings, rounds=1))[0]
 
 
-def _run(segment: Any, images: Sequence[np.ndarray], settings: RunSettings) -> RowTimings:
-    stage_samples: dict[str, list[float]] = {}
-    e2e: list[float] = []
-    n_frames = 0
+def time_rows(segments: Sequence[Any], frames: BenchFrames,
+              settings: RunSettings) -> list[RowTimings]:
+    """Warm every segmenter up, then time them in ``settings.rounds`` interleaved rounds (each
+    round runs every row for its share of ``iterations`` or ``seconds``); one RowTimings per
+    segmenter, over all its rounds."""
+    for segment in segments:
+        _warm_up(segment, frames.images, settings)
+    rounds = settings.rounds
+    if settings.iterations is not None:
+        shares = [settings.iterations // rounds + (r < settings.iterations % rounds)
+                  for r in range(rounds)]
+        per_round = [dataclasses.replace(settings, iterations=max(n, 1)) for n in shares if n]
+    else:
+        per_round = [dataclasses.replace(settings, seconds=float(settings.seconds or 0) / rounds)
+                     ] * rounds
+    samples = [_Samples() for _ in segments]
+    for round_settings in per_round:
+        for segment, acc in zip(segments, samples):
+            _run(segment, frames.images, round_settings, acc)
+    return [acc.timings() for acc in samples]
 
-    def record(timings: dict[str, float]) -> None:
+
+class _Samples:
+    """Per-call samples of one row, gathered over one or more rounds."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, list[float]] = {}
+        self.e2e: list[float] = []
+        self.frames = 0
+        self.wall = 0.0
+
+    def record(self, timings: dict[str, float]) -> None:
         for stage, ms in timings.items():
-            stage_samples.setdefault(stage, []).append(ms)
+            self.stages.setdefault(stage, []).append(ms)
 
+    def timings(self) -> RowTimings:
+        ordered = [s for s in STAGE_ORDER if s in self.stages]
+        ordered += sorted(s for s in self.stages if s not in STAGE_ORDER)
+        return RowTimings(
+            stages={s: summarize(self.stages[s]) for s in ordered},
+            end_to_end=summarize(self.e2e),
+            frames=self.frames,
+            wall_seconds=self.wall,
+        )
+
+
+def _run(segment: Any, images: Sequence[np.ndarray], settings: RunSettings,
+         acc: _Samples | None = None) -> _Samples:
+    acc = acc if acc is not None else _Samples()
     start = time.perf_counter()
     if settings.depth > 1:
         def feed() -> Iterator[np.ndarray]:
@@ -156,10 +200,10 @@ def _run(segment: Any, images: Sequence[np.ndarray], settings: RunSettings) -> R
         for result in segment.stream(feed(), depth=settings.depth):
             now = time.perf_counter()
             # In a stream, the time between results is what a frame costs the caller.
-            e2e.append((now - last) * 1e3)
+            acc.e2e.append((now - last) * 1e3)
             last = now
-            record(result.timings)
-            n_frames += 1
+            acc.record(result.timings)
+            acc.frames += 1
     else:
         cycle = itertools.cycle(images)
         calls = 0
@@ -170,17 +214,10 @@ def _run(segment: Any, images: Sequence[np.ndarray], settings: RunSettings) -> R
                 results = [segment(chunk[0])]
             else:
                 results = segment.segment_batch(chunk)
-            e2e.append((time.perf_counter() - t0) * 1e3 / settings.batch)
+            acc.e2e.append((time.perf_counter() - t0) * 1e3 / settings.batch)
             # A batch's results share one per-frame timing: count it once per call.
-            record(results[0].timings)
-            n_frames += settings.batch
+            acc.record(results[0].timings)
+            acc.frames += settings.batch
             calls += 1
-    wall = time.perf_counter() - start
-    ordered = [s for s in STAGE_ORDER if s in stage_samples]
-    ordered += sorted(s for s in stage_samples if s not in STAGE_ORDER)
-    return RowTimings(
-        stages={s: summarize(stage_samples[s]) for s in ordered},
-        end_to_end=summarize(e2e),
-        frames=n_frames,
-        wall_seconds=wall,
-    )
+    acc.wall += time.perf_counter() - start
+    return acc

@@ -90,12 +90,13 @@ def skipped_row(choice: RowChoice, reason: str) -> BenchRow:
 
 
 def measured_row(choice: RowChoice, timings: RowTimings, accuracy: Accuracy,
-                 flops: dict[str, int], ceiling_gflops: float) -> BenchRow:
+                 flops: dict[str, int], ceiling_gflops: float | None) -> BenchRow:
     """A row from its measurements; ``flops`` per frame per model (from the manifest).
 
     Achieved GFLOP/s: a model's FLOPs over its mean stage time; ``models`` both models over
     their summed stage time; ``end_to_end`` both over the mean end-to-end time; and
-    ``models_fraction_of_ceiling`` the ``models`` figure over the machine's GEMM ceiling.
+    ``models_fraction_of_ceiling`` the ``models`` figure over the GEMM ceiling of the row's
+    precision (``ceiling_gflops``, recorded as ``ceiling``; None where it was not measured).
     """
     stages = timings.stages
     gflops: dict[str, float | None] = {}
@@ -107,8 +108,9 @@ def measured_row(choice: RowChoice, timings: RowTimings, accuracy: Accuracy,
     gflops["models"] = _gflops(total_flops, model_ms)
     gflops["end_to_end"] = _gflops(total_flops, timings.end_to_end.mean)
     models = gflops["models"]
+    gflops["ceiling"] = ceiling_gflops
     gflops["models_fraction_of_ceiling"] = (models / ceiling_gflops
-                                            if models is not None and ceiling_gflops > 0 else None)
+                                            if models is not None and ceiling_gflops else None)
     return BenchRow(
         backend=choice.backend, precision=choice.precision, label=choice.label,
         stages=dict(stages), end_to_end=timings.end_to_end, fps=timings.fps,

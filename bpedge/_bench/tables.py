@@ -20,20 +20,24 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
 def summary_table(record: BenchRecord) -> Table:
     """One row per backend/precision: end-to-end latency, throughput, speed-up against the
     baseline, accuracy, and achieved GFLOP/s against the GEMM ceiling."""
-    ceiling = record.context.get("ceiling", {}).get("gflops")
+    ceiling = record.context.get("ceiling", {})
+    per = ceiling.get("per_precision") or {}
+    known = ", ".join(f"{p} {per[p]:.1f}" for p in ("fp32", "bf16", "int8") if per.get(p))
     # Phantom frames from subjects the bundle never saw are a speed workload: a Dice on them
     # says nothing about the models, so it is left out rather than printed as a result.
     speed_only = bool(record.context.get("frames", {}).get("speed_workload"))
     title = (f"bpedge bench: {record.context.get('frames', {}).get('count', '?')} frames, "
              f"{record.context.get('settings', {}).get('threads', '?')} threads"
-             + (f"; float32 GEMM ceiling {ceiling:.1f} GFLOP/s" if ceiling else "")
+             + (f"; GEMM ceilings (G op/s) {known}" if known
+                else f"; float32 GEMM ceiling {ceiling['gflops']:.1f} GFLOP/s"
+                if ceiling.get("gflops") else "")
              + ("; phantom frames: a speed workload, accuracy not shown (give --data for it)"
                 if speed_only else ""))
     table = Table(title=escape(title), title_justify="left")
     columns = [("backend", "left"), ("e2e median ms", "right"), ("p90", "right"),
                ("p99", "right"), ("FPS", "right"), ("speed-up", "right"),
                ("models ms", "right"), ("Dice (BP frames)", "right"), ("box IoU", "right"),
-               ("GFLOP/s (of ceiling)", "right")]
+               ("GFLOP/s (% of its precision's ceiling)", "right")]
     if speed_only:
         columns = [c for c in columns if c[0] not in ("Dice (BP frames)", "box IoU")]
     for name, justify in columns:
@@ -58,6 +62,23 @@ def summary_table(record: BenchRecord) -> Table:
             *accuracy,
             f"{_num(models, '{:.1f}')} ({_num(fraction * 100 if fraction is not None else None, '{:.0f}')}%)",
         )
+    return table
+
+
+def tracking_table(record: BenchRecord) -> Table:
+    """Tracking against per-frame detection, per CPU row (``bench --track``)."""
+    table = Table(title="tracking vs per-frame detection (frames as sequences, one per subject)",
+                  title_justify="left")
+    for name in ("backend", "FPS per-frame", "FPS tracked", "FPS ratio", "Dice per-frame",
+                 "Dice tracked", "Dice change", "detector share"):
+        table.add_column(name, justify="left" if name == "backend" else "right")
+    for label, t in (record.context.get("tracking") or {}).items():
+        table.add_row(escape(label), _num(t["fps_per_frame_detection"], "{:.1f}"),
+                      _num(t["fps_tracked"], "{:.1f}"), _num(t["fps_ratio"], "{:.2f}x"),
+                      _num(t["dice_positive_per_frame_detection"], "{:.4f}"),
+                      _num(t["dice_positive_tracked"], "{:.4f}"),
+                      _num(t["dice_change"], "{:+.4f}"),
+                      _num(t["detector_share_tracked"], "{:.2f}"))
     return table
 
 

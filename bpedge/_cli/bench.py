@@ -21,6 +21,8 @@ _EPILOG = """Examples:
 
   bpedge bench BUNDLE --backends onnxruntime --precisions fp32,fp16 --batch 8
 
+  bpedge bench BUNDLE --backends torch,onnxruntime,openvino --rounds 5 --track
+
   bpedge bench BUNDLE --backends tensorrt --depth 3         # on a GPU, after build-engines
 
   bpedge bench --compare before.json after.json
@@ -53,11 +55,12 @@ def register(app: typer.Typer) -> None:
         ] = 90210,
         backends: Annotated[
             str, typer.Option("--backends", help="Comma-separated: torch (PyTorch eager, the "
-                              "baseline), onnxruntime, tensorrt.")
-        ] = "torch,onnxruntime,tensorrt",
+                              "baseline), onnxruntime, openvino, tensorrt.")
+        ] = "torch,onnxruntime,openvino,tensorrt",
         precisions: Annotated[
-            str, typer.Option("--precisions", help="Comma-separated: fp32, fp16.")
-        ] = "fp32,fp16",
+            str, typer.Option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8 "
+                              "(each backend runs those it supports).")
+        ] = "fp32,fp16,bf16,int8",
         warmup_seconds: Annotated[
             float, typer.Option("--warmup-seconds", help="Untimed warm-up per row, seconds.")
         ] = 2.0,
@@ -73,6 +76,19 @@ def register(app: typer.Typer) -> None:
         depth: Annotated[
             int, typer.Option("--depth", help="Frames in flight (Segmenter.stream).")
         ] = 1,
+        rounds: Annotated[
+            int, typer.Option("--rounds", help="Interleave the rows: each of N rounds runs "
+                              "every row for 1/N of its time, so load from other jobs falls on "
+                              "all rows alike.")
+        ] = 1,
+        track: Annotated[
+            bool, typer.Option("--track", help="Also compare tracking with per-frame detection "
+                               "on the frames as sequences (one per subject): FPS and Dice.")
+        ] = False,
+        detect_every: Annotated[
+            int, typer.Option("--detect-every", help="With --track: run the detector at least "
+                              "every N frames.")
+        ] = 10,
         threads: Annotated[
             int | None, typer.Option("--threads", help="Intra-op threads of every CPU runtime "
                                      "(default: the cores this process may use).")
@@ -136,7 +152,7 @@ def register(app: typer.Typer) -> None:
         settings = RunSettings(
             warmup_seconds=warmup_seconds, iterations=iterations,
             seconds=seconds if seconds is not None or iterations is not None else 10.0,
-            batch=batch, depth=depth,
+            batch=batch, depth=depth, rounds=rounds,
         )
         if json_file is not None:
             _check_json_target(json_file)  # before the run: a bad --json must not cost a run
@@ -151,10 +167,15 @@ def register(app: typer.Typer) -> None:
         else:
             say(f"making {phantom_subjects * phantom_frames} phantom frames (seed {seed})")
             frames = make_phantom(phantom_subjects, phantom_frames, seed)
+        from bpedge._tracking import TrackOptions
+
+        track_options = TrackOptions(detect_every=detect_every) if track else None
         record = run_bench(bundle, frames, choices, settings, threads or usable_cores(),
                            ceiling_seconds=ceiling_seconds, notes=tuple(note or ()), say=say,
-                           speed_workload=data is None)
+                           speed_workload=data is None, track=track_options)
         console.print(tables.summary_table(record))
+        if track:
+            console.print(tables.tracking_table(record))
         for line in tables.skipped_lines(record):
             console.print(escape(line))
         console.print(tables.stage_table(record))

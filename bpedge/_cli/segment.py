@@ -62,12 +62,15 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Output folder (created; a non-empty "
                                           "folder segment did not make is refused).")],
         backend: Annotated[
-            str, typer.Option("--backend", help="auto (TensorRT when it can run, else ONNX "
-                              "Runtime), onnxruntime or tensorrt.")
+            str, typer.Option("--backend", help="auto (TensorRT when it can run, else OpenVINO "
+                              "when installed, else ONNX Runtime), onnxruntime, openvino or "
+                              "tensorrt.")
         ] = "auto",
         precision: Annotated[
-            str | None, typer.Option("--precision", help="fp32 or fp16 (default: fp16 on "
-                                     "TensorRT, fp32 on ONNX Runtime).")
+            str | None, typer.Option("--precision", help="fp32, fp16, bf16 (OpenVINO) or int8 "
+                                     "(CPU backends; bundles exported with --int8). Default: "
+                                     "fp16 on TensorRT, bf16 on OpenVINO where the CPU has it, "
+                                     "fp32 on ONNX Runtime.")
         ] = None,
         threads: Annotated[
             int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads.")
@@ -75,6 +78,16 @@ def register(app: typer.Typer) -> None:
         depth: Annotated[
             int, typer.Option("--depth", help="Frames in flight (overlaps reading and compute).")
         ] = 2,
+        track: Annotated[
+            bool, typer.Option("--track", help="Videos and frame sequences: crop each frame where "
+                               "the last confident mask was and skip the detector, which runs "
+                               "every --detect-every frames and whenever confidence drops (CPU "
+                               "backends; frames are then processed one at a time).")
+        ] = False,
+        detect_every: Annotated[
+            int, typer.Option("--detect-every", min=1, help="With --track: run the detector at "
+                              "least every N frames.")
+        ] = 10,
         overlays: Annotated[
             bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")
         ] = True,
@@ -165,7 +178,10 @@ def register(app: typer.Typer) -> None:
             outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=save_video,
                                      video_fps=video_fps)
             try:
-                for result in seg.stream(frames(), depth=depth):
+                from bpedge._tracking import TrackOptions
+
+                tracking = TrackOptions(detect_every=detect_every) if track else False
+                for result in seg.stream(frames(), depth=depth, track=tracking):
                     outputs.add(pending.popleft(), result)
                     bar.update(1)
             except (SourceError, ValueError, OSError, KeyboardInterrupt) as exc:

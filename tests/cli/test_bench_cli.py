@@ -73,7 +73,7 @@ def test_compare_prints_ratios(bench_json, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["bench"], "missing BUNDLE"),
     (["bench", "/nonexistent/bundle"], "does not exist"),
-    (["bench", "BUNDLE", "--backends", "openvino"], "unknown backend"),
+    (["bench", "BUNDLE", "--backends", "cuda"], "unknown backend"),  # openvino is known (issue 15)
     (["bench", "BUNDLE", "--iterations", "2", "--seconds", "1"], "exactly one"),
     (["bench", "BUNDLE", "--limit", "3"], "--limit applies to --data"),
     (["bench", "BUNDLE", "--compare", "a.json", "b.json"], "not both"),

@@ -1,0 +1,85 @@
+"""Tracking against per-frame detection on frame sequences: frames per second and Dice.
+
+The benchmark frames are grouped into sequences by subject (the part of a frame's name before its
+first ``_``: phantom and Kaggle frames are ``{subject}_{frame}``, in frame order), which is what a
+subject is in this data: one video. Each pass runs every sequence through
+``Segmenter.stream(depth=1)``, once with per-frame detection and once with ``track``; the passes
+alternate for ``rounds`` rounds so that load from other jobs falls on both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bpedge._bench.frames import BenchFrames
+from bpedge._metrics import dice
+from bpedge._tracking import TrackOptions
+
+
+def sequences(frames: BenchFrames) -> list[list[int]]:
+    """Frame indices grouped by subject, in the order the frames come."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(frames.names):
+        groups.setdefault(name.split("_", 1)[0], []).append(i)
+    return list(groups.values())
+
+
+def _pass(segment: Any, frames: BenchFrames, seqs: Sequence[Sequence[int]],
+          track: TrackOptions | bool) -> tuple[float, list[np.ndarray], int]:
+    masks: list[np.ndarray] = []
+    detections = 0
+    t0 = time.perf_counter()
+    for seq in seqs:
+        for result in segment.stream((frames.images[i] for i in seq), depth=1, track=track):
+            masks.append(result.mask)
+            detections += "detector" in result.timings
+    return time.perf_counter() - t0, masks, detections
+
+
+def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
+                     rounds: int = 3) -> dict[str, Any]:
+    """Per-frame detection vs tracking on ``segment``: FPS of each (frames over the summed wall
+    time of its passes), the FPS ratio, mean Dice over BP-positive frames of each, the mean Dice
+    between the two runs' masks, and the share of frames on which the detector ran."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    seqs = sequences(frames)
+    order = [i for seq in seqs for i in seq]
+    wall = {"per_frame": 0.0, "tracked": 0.0}
+    masks: dict[str, list[np.ndarray]] = {}
+    detections: dict[str, int] = {}
+    _pass(segment, frames, seqs[:1], options)  # warm the crop-only path
+    for _ in range(rounds):
+        for mode, track in (("per_frame", False), ("tracked", options)):
+            seconds, got, det = _pass(segment, frames, seqs, track)
+            wall[mode] += seconds
+            masks.setdefault(mode, got)
+            detections.setdefault(mode, det)
+    n = len(order)
+    positives = [k for k, i in enumerate(order) if frames.masks[i].any()]
+
+    def mean_dice(mode: str) -> float | None:
+        if not positives:
+            return None
+        return float(np.mean([dice(masks[mode][k], frames.masks[order[k]], empty=1.0)
+                              for k in positives]))
+
+    fps = {mode: n * rounds / wall[mode] for mode in wall}
+    per_frame_dice, tracked_dice = mean_dice("per_frame"), mean_dice("tracked")
+    return {
+        "sequences": len(seqs), "frames": n, "positives": len(positives), "rounds": rounds,
+        "options": dict(options.__dict__),
+        "fps_per_frame_detection": fps["per_frame"], "fps_tracked": fps["tracked"],
+        "fps_ratio": fps["tracked"] / fps["per_frame"],
+        "dice_positive_per_frame_detection": per_frame_dice,
+        "dice_positive_tracked": tracked_dice,
+        "dice_change": (tracked_dice - per_frame_dice
+                        if tracked_dice is not None and per_frame_dice is not None else None),
+        "mask_dice_tracked_vs_per_frame": float(np.mean([
+            dice(a, b, empty=1.0) for a, b in zip(masks["tracked"], masks["per_frame"])])),
+        "detector_share_tracked": detections["tracked"] / n,
+    }

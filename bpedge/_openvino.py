@@ -1,0 +1,112 @@
+"""OpenVINO model runners for the host cascade (CPU): the bundle's ONNX files compiled by OpenVINO.
+
+OpenVINO reads ONNX directly (``Core.read_model`` on the hash-checked bytes, so nothing can swap
+the file between check and load). Precision is the *inference* precision of the CPU plugin
+(https://docs.openvino.ai/2025/openvino-workflow/running-inference/optimize-inference/precision-control.html):
+
+- ``fp32``: the FP32 ONNX with ``INFERENCE_PRECISION_HINT=f32``. It is set explicitly because on a
+  CPU with BF16 support the plugin's default inference precision is bf16;
+- ``bf16``: the FP32 ONNX with ``INFERENCE_PRECISION_HINT=bf16``, only where the CPU reports
+  ``BF16`` in ``OPTIMIZATION_CAPABILITIES`` (otherwise it would be emulated, and slower);
+- ``int8``: the bundle's INT8 QDQ ONNX (written and gated by ``bpedge export --int8``); the plugin
+  runs the quantised convolutions in int8 and the rest in f32.
+
+``openvino`` is imported lazily: ``import bpedge`` works without it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: Precisions this backend runs (bf16 reads the FP32 ONNX, int8 the INT8 QDQ ONNX).
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def openvino_unavailable_reason() -> str | None:
+    """None when OpenVINO imports and lists a CPU device, else why not (with the fix)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        return f"OpenVINO is not installed ({exc}); fix: pip install 'bpedge[openvino]'"
+    try:
+        devices = ov.Core().available_devices
+    except RuntimeError as exc:
+        return f"OpenVINO cannot start its CPU plugin ({exc})"
+    if "CPU" not in devices:
+        return f"OpenVINO lists no CPU device (it lists {devices})"
+    return None
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """The CPU plugin's ``OPTIMIZATION_CAPABILITIES`` (e.g. ``FP32``, ``BF16``, ``INT8``)."""
+    import openvino as ov
+
+    return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def default_precision() -> str:
+    """The precision ``precision=None`` picks, as for TensorRT (the fastest reduced precision the
+    hardware runs natively that needs no other file): bf16 where the CPU has it, else fp32."""
+    return "bf16" if "BF16" in cpu_capabilities() else "fp32"
+
+
+class OvModel:
+    """One compiled OpenVINO model: feeds a float32 batch to the single input and returns the
+    named outputs in order. ``model`` is ONNX bytes (already hash-checked); ``name`` labels
+    errors; ``threads`` sets ``INFERENCE_NUM_THREADS`` (``None``: OpenVINO's choice).
+
+    One infer request per calling thread, so :meth:`~bpedge.segmenter.Segmenter.stream`'s workers
+    never share one."""
+
+    def __init__(self, model: bytes, name: str, output_names: Sequence[str], precision: str,
+                 threads: int | None = None):
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"{name}: OpenVINO precision must be one of {PRECISIONS}, got "
+                             f"{precision!r}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        if precision == "bf16" and "BF16" not in cpu_capabilities():
+            raise RuntimeError(f"{name}: this CPU has no native BF16 (OpenVINO's CPU capabilities: "
+                             f"{list(cpu_capabilities())}); use precision 'fp32' or 'int8'")
+        core = ov.Core()
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            compiled = core.compile_model(core.read_model(model), "CPU", config)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{name}: OpenVINO cannot compile this model ({str(exc).splitlines()[0]}); export "
+                "the bundle again with `bpedge export`, or use backend='onnxruntime'"
+            ) from exc
+        if len(compiled.inputs) != 1:
+            raise ValueError(f"{name}: expected a model with one input, found "
+                             f"{len(compiled.inputs)}")
+        known = {n for o in compiled.outputs for n in o.get_names()}
+        missing = [n for n in output_names if n not in known]
+        if missing:
+            raise ValueError(f"{name}: model has no output(s) {missing}; it has {sorted(known)}")
+        self._compiled = compiled
+        self._outputs = [compiled.output(n) for n in output_names]
+        self._local = threading.local()
+        self.output_names = list(output_names)
+        self.name = name
+        self.precision = precision
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        # share_inputs: OpenVINO reads the caller's contiguous float32 buffer without a copy.
+        results = request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)
+        # Copies: the request's output tensors are reused by its next inference.
+        return [np.array(results[o], dtype=np.float32) for o in self._outputs]

@@ -1,0 +1,154 @@
+"""The OpenCV stages against the NumPy reference in bpedge._stages: float rounding only, the same
+masks, and per-thread buffers that frames in flight never share."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bpedge import _stages as ref
+from bpedge._cascade import HostCascade, detector_input, segmenter_input
+from bpedge._cascade_spec import CascadeSpec
+from bpedge._fast_stages import _tap_range, crop_into, paste_mask, resize_frame_into
+
+# OpenCV computes the sampling coordinates in float32: at x ~ 580 px one float32 step is 6e-5 px,
+# and a value moves by at most that times the image gradient (<= 255 per pixel on the random
+# frames here): ~0.015 grey levels. Measured worst case on these boxes: 0.007.
+CROP_ATOL = 1.5e-2  # uint8 units before normalisation
+
+
+def _frame(seed: int, h: int = 420, w: int = 580) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def _random_boxes(rng: np.random.Generator, n: int, w: int, h: int) -> list[ref.Box]:
+    boxes = []
+    for _ in range(n):
+        bw, bh = rng.uniform(1.5, w * 0.8), rng.uniform(1.5, h * 0.8)
+        x0, y0 = rng.uniform(-40, w), rng.uniform(-40, h)
+        boxes.append(ref.clamp_box((x0, y0, x0 + bw, y0 + bh), w, h))
+    boxes += [(0.0, 0.0, float(w), float(h)), (10.0, 20.0, 106.0, 116.0), (w - 1.0, h - 1.0, w, h)]
+    return boxes
+
+
+@pytest.mark.parametrize(("hw", "out_hw"), [((420, 580), (160, 224)), ((1080, 1920), (416, 576)),
+                                            ((96, 96), (96, 96)), ((50, 70), (160, 224))])
+@pytest.mark.parametrize(("mean", "std"), [(120.0, 40.0), (None, None)])
+def test_whole_frame_resize_matches_reference(hw, out_hw, mean, std):
+    grey = _frame(1, *hw)
+    want = ref.crop_resize_normalize(grey, (0, 0, hw[1], hw[0]), out_hw[1], out_hw[0], mean, std)
+    got = np.full(out_hw, np.nan, np.float32)
+    resize_frame_into(grey, got, mean, std)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize(("mean", "std"), [(120.0, 40.0), (None, None)])
+def test_subpixel_crop_matches_reference(mean, std):
+    rng = np.random.default_rng(2)
+    grey = _frame(2)
+    for box in _random_boxes(rng, 200, 580, 420):
+        want = ref.crop_resize(grey, box, 96, 96)
+        got = np.full((96, 96), np.nan, np.float32)
+        crop_into(grey, box, got, None if mean is None else 0.0, None if std is None else 1.0)
+        if mean is not None:  # raw resampled values: the rounding bound in uint8 units
+            np.testing.assert_allclose(got, want, atol=CROP_ATOL, err_msg=str(box))
+        got_n = np.empty((96, 96), np.float32)
+        crop_into(grey, box, got_n, mean, std)
+        want_n = ref.crop_resize_normalize(grey, box, 96, 96, mean, std)
+        scale = 1.0 / max(float(std or want.std()), 1e-6)
+        np.testing.assert_allclose(got_n, want_n, atol=CROP_ATOL * scale + 1e-5, err_msg=str(box))
+
+
+def test_tap_range_is_the_reference_clamp():
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        start, length, n = rng.uniform(-5, 100), rng.uniform(0.5, 80), int(rng.integers(1, 120))
+        i0, i1, _ = ref._source_index(start, length, 7, n)
+        lo, hi = _tap_range(start, length, n)
+        assert lo <= i0.min() and i1.max() <= hi
+
+
+def test_paste_back_masks_identical_away_from_the_threshold():
+    """Random probabilities put many pixels right at the threshold: a pixel may differ only where
+    the reference's pasted probability is within float rounding of it."""
+    rng = np.random.default_rng(4)
+    for box in _random_boxes(rng, 200, 580, 420):
+        prob = rng.random((96, 96)).astype(np.float32)
+        want = ref.paste_back(prob, box, 580, 420, 0.5)
+        got = paste_mask(prob, box, 580, 420, 0.5)
+        assert got.dtype == np.uint8 and got.shape == (420, 580)
+        differ = got != want
+        if differ.any():
+            pasted = ref.paste_probability(prob, box, 580, 420)
+            assert np.abs(pasted[differ] - 0.5).max() < 1e-5, box
+    assert not paste_mask(np.ones((96, 96), np.float32), (0, 0, 10, 10), 20, 20, 0.5,
+                          present=False).any()
+
+
+def test_paste_back_identical_on_smooth_probabilities():
+    """Segmenter-like (smooth) probability maps give exactly the reference's masks."""
+    yy, xx = np.mgrid[0:96, 0:96]
+    rng = np.random.default_rng(5)
+    for box in _random_boxes(rng, 100, 580, 420):
+        cx, cy, r = rng.uniform(20, 76), rng.uniform(20, 76), rng.uniform(8, 40)
+        prob = (1 / (1 + np.exp(((xx - cx) ** 2 + (yy - cy) ** 2 - r * r) / 60))).astype(np.float32)
+        np.testing.assert_array_equal(paste_mask(prob, box, 580, 420, 0.5),
+                                      ref.paste_back(prob, box, 580, 420, 0.5))
+
+
+SPEC = CascadeSpec((160, 224), 120.0, 40.0, (96, 96), None, None, 0.5, 0.5)
+
+
+def test_cascade_feeds_the_models_what_the_reference_makes():
+    grey = _frame(6)
+    seen: dict[str, np.ndarray] = {}
+
+    def detector(batch):
+        seen["detector"] = batch.copy()
+        return np.array([0.9], np.float32), np.array([[30.5, 20.25, 130.75, 100.5]], np.float32)
+
+    def segmenter(batch):
+        seen["segmenter"] = batch.copy()
+        return np.full_like(batch, 0.7)
+
+    r = HostCascade(detector, segmenter, SPEC).run(grey)
+    np.testing.assert_allclose(seen["detector"][0], detector_input(grey, SPEC), atol=1e-4)
+    np.testing.assert_allclose(seen["segmenter"][0], segmenter_input(grey, r.box, SPEC), atol=1e-3)
+
+
+def test_buffers_are_per_thread_and_reused():
+    """The models get the same buffer frame after frame on one thread, and different buffers on
+    different threads (stream() workers never share one)."""
+    ids: dict[str, set[int]] = {"main": set(), "other": set()}
+    where = threading.local()
+
+    def detector(batch):
+        ids[where.name].add(batch.__array_interface__["data"][0])
+        return np.array([0.9], np.float32), np.array([[10, 10, 100, 100]], np.float32)
+
+    cascade = HostCascade(detector, lambda b: np.zeros_like(b), SPEC)
+    where.name = "main"
+    for seed in range(3):
+        cascade.run(_frame(seed))
+
+    def other():
+        where.name = "other"
+        cascade.run(_frame(9))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(ids["main"]) == 1 and len(ids["other"]) == 1 and ids["main"] != ids["other"]
+
+
+def test_masks_are_new_arrays_every_frame():
+    def detector(batch):
+        return np.array([0.9], np.float32), np.array([[10, 10, 100, 100]], np.float32)
+
+    cascade = HostCascade(detector, lambda b: np.ones_like(b), SPEC)
+    a, b = cascade.run(_frame(1)), cascade.run(_frame(2))
+    assert not np.shares_memory(a.mask, b.mask)
+    a.mask[:] = 0
+    assert b.mask.any()

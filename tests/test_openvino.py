@@ -1,0 +1,72 @@
+"""The OpenVINO backend against ONNX Runtime on the session bundle (skipped without openvino)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bpedge.train.data import read_image, scan_dataset
+
+from bpedge import Segmenter
+from bpedge._metrics import box_iou, dice
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def frames(phantom_dir: Path) -> list[np.ndarray]:
+    index = scan_dataset(phantom_dir)
+    return [read_image(f.image_path) for f in index.frames[::4]]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bundle: Path, frames):
+    with Segmenter.from_bundle(tiny_bundle, "onnxruntime", threads=1) as seg:
+        return [seg(f) for f in frames]
+
+
+def test_openvino_fp32_gives_onnxruntime_fp32_results(tiny_bundle, frames, reference):
+    with Segmenter.from_bundle(tiny_bundle, "openvino", precision="fp32", threads=1) as seg:
+        assert seg.backend == "openvino" and seg.precision == "fp32"
+        got = [seg(f) for f in frames]
+    for a, b in zip(got, reference):
+        assert a.present == b.present
+        assert box_iou(a.box, b.box) > 0.99
+        assert dice(a.mask, b.mask) > 0.99
+        assert abs(a.score - b.score) < 1e-3
+
+
+def test_auto_prefers_openvino_when_installed(tiny_bundle):
+    from bpedge._openvino import default_precision
+
+    with Segmenter.from_bundle(tiny_bundle, "auto") as seg:
+        assert seg.backend == "openvino" and seg.precision == default_precision()
+        assert seg.fallback_reason and "TensorRT" in seg.fallback_reason
+
+
+def test_precisions_it_does_not_run_are_refused(tiny_bundle):
+    with pytest.raises(RuntimeError, match="OpenVINO runs"):
+        Segmenter.from_bundle(tiny_bundle, "openvino", precision="fp16")
+    with pytest.raises(ValueError, match="bf16 is an OpenVINO precision"):
+        Segmenter.from_bundle(tiny_bundle, "onnxruntime", precision="bf16")
+
+
+def test_bf16_where_the_cpu_has_it(tiny_bundle, frames, reference):
+    from bpedge._openvino import cpu_capabilities
+
+    if "BF16" not in cpu_capabilities():
+        with pytest.raises(RuntimeError, match="no native BF16"):
+            Segmenter.from_bundle(tiny_bundle, "openvino", precision="bf16")
+        return
+    with Segmenter.from_bundle(tiny_bundle, "openvino", precision="bf16", threads=1) as seg:
+        got = [seg(f) for f in frames]
+    assert np.mean([dice(a.mask, b.mask) for a, b in zip(got, reference)]) > 0.9
+
+
+def test_stream_on_worker_threads_matches_one_by_one(tiny_bundle, frames):
+    with Segmenter.from_bundle(tiny_bundle, "openvino", precision="fp32", threads=1) as seg:
+        one = [seg(f).mask for f in frames]
+        streamed = [r.mask for r in seg.stream(iter(frames), depth=3)]
+    for a, b in zip(one, streamed):
+        np.testing.assert_array_equal(a, b)

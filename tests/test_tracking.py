@@ -1,0 +1,105 @@
+"""Tracking: the detector is skipped while the segmentation is confident and inside its crop, runs
+every ``detect_every`` frames, and runs again at once when the track is lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bpedge._cascade import HostCascade
+from bpedge._cascade_spec import CascadeSpec
+from bpedge._metrics import dice
+from bpedge._tracking import TrackOptions, confident, next_box
+
+H, W = 120, 160
+SPEC = CascadeSpec((60, 80), 0.0, 255.0, (32, 32), 0.0, 255.0, score_threshold=0.5,
+                   mask_threshold=0.5)
+
+
+def disc_frame(cx: float, cy: float, r: float = 12.0) -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    return np.where((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r, 220, 20).astype(np.uint8)
+
+
+class Models:
+    """A detector that boxes the bright pixels of its input, and a segmenter whose probability is
+    a steep function of brightness: enough to track a disc."""
+
+    def __init__(self) -> None:
+        self.detector_calls = 0
+
+    def detector(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.detector_calls += 1
+        ys, xs = np.nonzero(batch[0, 0] > 0.4)
+        if xs.size == 0:
+            return np.array([0.1], np.float32), np.array([[0, 0, 8, 8]], np.float32)
+        box = [xs.min() - 2, ys.min() - 2, xs.max() + 3, ys.max() + 3]
+        return np.array([0.9], np.float32), np.array([box], np.float32)
+
+    @staticmethod
+    def segmenter(batch: np.ndarray) -> np.ndarray:
+        return (1 / (1 + np.exp(-(batch - 0.47) * 40))).astype(np.float32)
+
+
+def run(frames, track):
+    models = Models()
+    cascade = HostCascade(models.detector, models.segmenter, SPEC)
+    results = list(cascade.stream(iter(frames), depth=1, track=track))
+    return results, models.detector_calls
+
+
+def test_tracking_skips_the_detector_and_keeps_the_masks():
+    frames = [disc_frame(50 + 2 * i, 60 + i) for i in range(30)]
+    per_frame, calls_per_frame = run(frames, None)
+    tracked, calls_tracked = run(frames, TrackOptions(detect_every=10))
+    assert calls_per_frame == 30
+    assert calls_tracked == 3  # frames 0, 10 and 20
+    dices = [dice(a.mask, b.mask) for a, b in zip(tracked, per_frame)]
+    assert min(dices) > 0.97, dices
+    skipped = [r for r in tracked if "detector" not in r.timings]
+    assert len(skipped) == 27
+    assert all(r.present and r.score == pytest.approx(0.9) for r in skipped)
+
+
+def test_lost_track_runs_the_detector_on_that_frame():
+    # The disc jumps across the frame at frame 5: the tracked crop sees no disc there.
+    frames = [disc_frame(40, 40)] * 5 + [disc_frame(120, 90)] * 5
+    tracked, calls = run(frames, TrackOptions(detect_every=100))
+    assert calls == 2  # frame 0, and frame 5 when the track was lost
+    assert "detector" in tracked[5].timings
+    per_frame, _ = run(frames, None)
+    for a, b in zip(tracked, per_frame):
+        assert dice(a.mask, b.mask) > 0.97
+
+
+def test_no_bp_means_detection_every_frame():
+    frames = [np.full((H, W), 20, np.uint8)] * 6
+    tracked, calls = run(frames, TrackOptions())
+    assert calls == 6 and not any(r.present for r in tracked)
+
+
+def test_confidence_rules():
+    options = TrackOptions(min_confidence=0.8, min_pixels=4)
+    prob = np.zeros((32, 32), np.float32)
+    assert not confident(prob, 0.5, options)  # empty
+    prob[10:20, 10:20] = 0.95
+    assert confident(prob, 0.5, options)
+    prob[10:20, 10:20] = 0.6
+    assert not confident(prob, 0.5, options)  # kept pixels, but unsure
+    prob[:] = 0
+    prob[0:5, 4:28] = 0.95
+    assert not confident(prob, 0.5, options)  # cut along the crop's top edge
+    prob[:] = 0
+    prob[0:5, 14:18] = 0.95
+    assert confident(prob, 0.5, options)  # reaches the edge at a few pixels, as tight crops do
+    mask = np.zeros((H, W), np.uint8)
+    assert next_box(mask, 0.1) is None
+    mask[10:20, 30:50] = 255
+    assert next_box(mask, 0.5) == (20.0, 5.0, 60.0, 25.0)
+
+
+def test_options_are_checked():
+    for bad in ({"detect_every": 0}, {"margin": -1.0}, {"min_confidence": 2.0},
+                {"min_pixels": 0}, {"max_edge_fraction": 1.5}):
+        with pytest.raises(ValueError):
+            TrackOptions(**bad)  # type: ignore[arg-type]
