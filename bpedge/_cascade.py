@@ -1,6 +1,7 @@
 """The two-stage cascade on the host: detector -> clamp box -> crop -> segmenter -> paste-back.
 
-Every stage calls the reference maths in :mod:`bpedge._stages`; only the two model calls differ
+Every stage calls the stage combinations of :mod:`bpedge._preprocessing` and the reference maths
+of :mod:`bpedge._stages`; only the two model calls differ
 between backends (ONNX Runtime here, PyTorch eager for the benchmark baseline), so they are
 injected as :class:`ModelRunner` callables.
 """
@@ -14,37 +15,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
+from bpedge._preprocessing import box_found, crop_box, detector_input, frame_box, segmenter_input
 from bpedge._result import Result
-from bpedge._stages import clamp_box, crop_resize_normalize, paste_back, scale_box
+from bpedge._stages import paste_back
+
+__all__ = ["DetectorRunner", "HostCascade", "SegmenterRunner", "detector_input", "frame_box",
+           "segmenter_input"]
 
 #: Detector: float32 (N, 1, H, W) -> (scores (N,), boxes (N, 4) in detector-input pixels).
 DetectorRunner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: Segmenter: float32 (N, 1, h, w) -> probabilities (N, 1, h, w).
 SegmenterRunner = Callable[[np.ndarray], np.ndarray]
-
-
-def detector_input(grey: np.ndarray, spec: CascadeSpec) -> np.ndarray:
-    """The whole frame resized to the detector input and normalised: float32 (1, H, W)."""
-    h, w = grey.shape
-    in_h, in_w = spec.detector_input_hw
-    x = crop_resize_normalize(grey, (0, 0, w, h), in_w, in_h, spec.detector_mean, spec.detector_std)
-    return x[None]
-
-
-def frame_box(raw_box: np.ndarray, frame_hw: tuple[int, int], spec: CascadeSpec) -> tuple[float, ...]:
-    """Detector-input box -> frame pixels, clamped to the frame (crops never overshoot it).
-    A non-finite box (a diverged model) becomes the whole frame; the caller marks it absent."""
-    h, w = frame_hw
-    if not np.isfinite(raw_box).all():
-        return (0.0, 0.0, float(w), float(h))
-    in_h, in_w = spec.detector_input_hw
-    return clamp_box(scale_box(raw_box, w / in_w, h / in_h), w, h)
-
-
-def segmenter_input(grey: np.ndarray, box: Sequence[float], spec: CascadeSpec) -> np.ndarray:
-    """The box region resized to the crop size and normalised: float32 (1, h, w)."""
-    ch, cw = spec.crop_hw
-    return crop_resize_normalize(grey, box, cw, ch, spec.crop_mean, spec.crop_std)[None]
 
 
 class HostCascade:
@@ -65,7 +46,11 @@ class HostCascade:
         t.append(time.perf_counter())
         scores, raw_boxes = self._detector(det_in)
         t.append(time.perf_counter())
-        boxes = [frame_box(raw_boxes[i], g.shape, self.spec) for i, g in enumerate(greys)]
+        # The crop box (the detector's, expanded by the margin) is what the mask is pasted into
+        # and what the result reports, as on the GPU.
+        boxes = [crop_box("detector", g.shape, self.spec.crop_margin,
+                          detected=frame_box(raw_boxes[i], g.shape, self.spec))
+                 for i, g in enumerate(greys)]
         crops = np.stack([segmenter_input(g, b, self.spec) for g, b in zip(greys, boxes)])
         t.append(time.perf_counter())
         probs = self._segmenter(crops)
@@ -73,7 +58,7 @@ class HostCascade:
         results = []
         for i, g in enumerate(greys):
             score = float(scores[i])
-            present = bool(score >= self.spec.score_threshold) and bool(np.isfinite(raw_boxes[i]).all())
+            present = bool(score >= self.spec.score_threshold) and box_found(raw_boxes[i])
             mask = paste_back(probs[i, 0], boxes[i], g.shape[1], g.shape[0],
                               self.spec.mask_threshold, present)
             results.append((mask, boxes[i], score, present))

@@ -37,6 +37,7 @@ from bpedge._manifest_fields import (
     sha256_bytes,
     sha256_file,
 )
+from bpedge._preprocessing import PreprocessingSpec
 from bpedge._version import __version__
 
 __all__ = [
@@ -46,16 +47,28 @@ __all__ = [
     "Training", "now_iso", "sha256_bytes", "sha256_file",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The manifest schema this bpedge writes and reads. Bump it (and add a migration below) whenever
-a field changes meaning or a required field is added."""
+a field changes meaning or a required field is added. 2: ``preprocessing.segmenter.crop_margin``."""
 
 MODEL_NAMES = ("detector", "segmenter")
 NORMS = ("dataset", "per_image")
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
 
+
+
+def _v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no crop margin: its crops were the boxes as found (margin 0.0)."""
+    new: dict[str, Any] = json.loads(json.dumps(obj))  # a deep copy of plain JSON
+    segmenter = (new.get("preprocessing") or {}).get("segmenter")
+    if isinstance(segmenter, dict):
+        segmenter.setdefault("crop_margin", 0.0)
+    new["schema_version"] = 2
+    return new
+
+
 # Older schema versions this bpedge upgrades on read: {version: function(old json) -> newer json}.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -223,13 +236,15 @@ class DetectorPreprocessing:
 
 @dataclass(frozen=True)
 class SegmenterPreprocessing:
-    """Box -> ``crop_hw`` crop, then ``(v - mean) / std`` (``norm="dataset"``, mean and std
-    required) or per-crop z-score (``norm="per_image"``, mean and std may be null)."""
+    """Box expanded by ``crop_margin`` (a fraction of its side, about its centre; optional in
+    the JSON, 0.0 when absent) -> ``crop_hw`` crop, then ``(v - mean) / std`` (``norm="dataset"``, mean and std required) or per-crop
+    z-score (``norm="per_image"``, mean and std may be null)."""
 
     crop_hw: tuple[int, int]
     mean: float | None
     std: float | None
     norm: str
+    crop_margin: float = 0.0
 
     def __post_init__(self) -> None:
         set_field(self, "crop_hw", check_hw("crop_hw", self.crop_hw))
@@ -240,16 +255,20 @@ class SegmenterPreprocessing:
             set_field(self, "mean", check_float("mean", self.mean))
         if self.std is not None:
             set_field(self, "std", check_float("std", self.std, lo=1e-12))
+        set_field(self, "crop_margin", check_float("crop_margin", self.crop_margin, lo=0.0))
 
     def to_json(self) -> dict[str, Any]:
+        # crop_margin is written only when set, so a margin-free bundle's section reads as
+        # schema 1 wrote it (and a reader without margins sees nothing it would misread).
+        margin = {"crop_margin": self.crop_margin} if self.crop_margin else {}
         return {"crop_hw": list(self.crop_hw), "mean": self.mean, "std": self.std,
-                "norm": self.norm}
+                "norm": self.norm, **margin}
 
     @classmethod
     def from_json(cls, obj: object) -> SegmenterPreprocessing:
         with reading(obj) as r:
             return cls(crop_hw=r.take("crop_hw"), mean=r.take("mean"), std=r.take("std"),
-                       norm=r.take("norm"))
+                       norm=r.take("norm"), crop_margin=r.take_or("crop_margin", 0.0))
 
 
 @dataclass(frozen=True)
@@ -260,6 +279,34 @@ class Preprocessing:
     def __post_init__(self) -> None:
         check_type("detector", self.detector, DetectorPreprocessing)
         check_type("segmenter", self.segmenter, SegmenterPreprocessing)
+
+    @property
+    def spec(self) -> PreprocessingSpec:
+        """The typed spec the stages take (``norm="per_image"`` -> mean and std ``None``)."""
+        det, seg = self.detector, self.segmenter
+        per_det, per_seg = det.norm == "per_image", seg.norm == "per_image"
+        return PreprocessingSpec(
+            det.input_hw, None if per_det else det.mean, None if per_det else det.std,
+            seg.crop_hw, None if per_seg else seg.mean, None if per_seg else seg.std,
+            crop_margin=seg.crop_margin,
+        )
+
+    @classmethod
+    def from_spec(cls, spec: PreprocessingSpec) -> Preprocessing:
+        """The manifest section of ``spec``. A per-image detector normalisation is written with
+        the neutral constants mean 0, std 1 (the field is required; ``norm`` says they are
+        unused)."""
+        det, seg = spec.detector.norm, spec.crop.norm
+        if det.mean is None or det.std is None:
+            detector = DetectorPreprocessing(spec.detector_input_hw, 0.0, 1.0, "per_image")
+        else:
+            detector = DetectorPreprocessing(spec.detector_input_hw, det.mean, det.std, "dataset")
+        return cls(
+            detector=detector,
+            segmenter=SegmenterPreprocessing(
+                spec.crop_hw, seg.mean, seg.std, "per_image" if seg.per_image else "dataset",
+                crop_margin=spec.crop_margin),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"detector": self.detector.to_json(), "segmenter": self.segmenter.to_json()}

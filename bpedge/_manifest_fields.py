@@ -143,6 +143,10 @@ class FieldReader:
         self._taken.add(name)
         return self._obj[name]
 
+    def take_or(self, name: str, default: Any) -> Any:
+        """An optional field: ``default`` when missing."""
+        return self.take(name) if name in self._obj else default
+
     def take_obj(self, name: str, cls: type[T]) -> T:
         value = self.take(name)
         try:

@@ -9,11 +9,10 @@ BP-positive frames only), so the empty frames of the validation subjects are hel
 are sampled to the dataset's own ratio of empty to BP frames, so presence accuracy is measured at
 the prior the data has, and the cost stays bounded on the full Kaggle set (3,312 empty frames).
 
-Inputs are made with the shared definitions only: the detector input is
-``crop_resize_normalize(frame, full-frame box, in_w, in_h, mean, std)`` (as in training and in
-``bpedge.train.predict``), a detector box is mapped to the frame with ``scale_box`` then
-``clamp_box``, and segmenter crops and targets come from the training dataset class
-:class:`bpedge.train.datasets.SegmenterDataset`, which calls :mod:`bpedge._stages`.
+Inputs are made with the runtime's stage combinations (:mod:`bpedge._preprocessing`), the ones
+training and ``bpedge.train.predict`` call: ``detector_input``, ``frame_box`` (a non-finite box is
+the whole frame), ``crop_box`` with the segmenter's crop margin; segmenter crops and targets come
+from the training dataset class :class:`bpedge.train.datasets.SegmenterDataset`.
 """
 
 from __future__ import annotations
@@ -25,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bpedge._stages import Box, clamp_box, crop_resize_normalize, scale_box
+from bpedge._preprocessing import (
+    CROP_MODES,
+    ModelInput,
+    Normalization,
+    crop_box,
+    detector_input,
+    frame_box,
+)
+from bpedge._stages import Box, scale_box
 
 if TYPE_CHECKING:
     from bpedge.train.data import DatasetIndex, Frame
@@ -45,8 +52,6 @@ __all__ = [
     "truth_boxes_input_px",
     "validation_frames",
 ]
-
-CROP_MODES = ("none", "gt", "detector")
 
 
 @dataclass(frozen=True)
@@ -208,13 +213,10 @@ def load_store(frames: Sequence[Frame]) -> FrameStore:
 def detector_inputs(store: FrameStore, input_hw: Sequence[int], mean: float,
                     std: float) -> np.ndarray:
     """Every frame of ``store`` resized whole to ``input_hw`` and z-scored: float32 (N, 1, H, W)."""
-    from bpedge.train.datasets import full_frame_box
-
-    in_h, in_w = (int(v) for v in input_hw)
-    x = np.empty((len(store), 1, in_h, in_w), np.float32)
+    spec = ModelInput((int(input_hw[0]), int(input_hw[1])), Normalization(mean, std))
+    x = np.empty((len(store), 1, *spec.hw), np.float32)
     for i in range(len(store)):
-        x[i, 0] = crop_resize_normalize(store.images[i], full_frame_box(store.hw(i)), in_w, in_h,
-                                        mean, std)
+        x[i] = detector_input(store.images[i], spec)
     return x
 
 
@@ -230,13 +232,10 @@ def truth_boxes_input_px(store: FrameStore, input_hw: Sequence[int]) -> np.ndarr
 
 
 def frame_boxes(raw_boxes: np.ndarray, store: FrameStore, input_hw: Sequence[int]) -> list[Box]:
-    """Detector boxes (N, 4) in detector-input pixels -> frame pixels, clamped to each frame."""
-    in_h, in_w = (int(v) for v in input_hw)
-    boxes = []
-    for i in range(len(store)):
-        h, w = store.hw(i)
-        boxes.append(clamp_box(scale_box(raw_boxes[i].tolist(), w / in_w, h / in_h), w, h))
-    return boxes
+    """Detector boxes (N, 4) in detector-input pixels -> frame pixels, clamped to each frame
+    (``frame_box``: a non-finite box is the whole frame)."""
+    spec = ModelInput((int(input_hw[0]), int(input_hw[1])), Normalization(None, None))
+    return [frame_box(raw_boxes[i], store.hw(i), spec) for i in range(len(store))]
 
 
 def segmenter_boxes(
@@ -245,24 +244,26 @@ def segmenter_boxes(
     detect: Callable[[np.ndarray], np.ndarray] | None = None,
     detector_input: Callable[[FrameStore], np.ndarray] | None = None,
     detector_input_hw: Sequence[int] | None = None,
+    margin: float = 0.0,
 ) -> list[Box]:
     """The crop box of each frame of ``store`` (frame pixels) for a segmenter trained with crop
-    ``mode``: ``gt`` the ground-truth box, ``none`` the whole frame, ``detector`` the boxes
-    ``detect(detector_input(store))`` returns (detector-input pixels, (N, 4))."""
-    from bpedge.train.datasets import full_frame_box
-
+    ``mode`` and crop ``margin`` (``crop_box``): ``gt`` the ground-truth box, ``none`` the whole
+    frame, ``detector`` the boxes ``detect(detector_input(store))`` returns (detector-input
+    pixels, (N, 4))."""
     if mode not in CROP_MODES:
         raise ValueError(f"segmenter crop mode must be one of {CROP_MODES}, got {mode!r}")
+    detected: list[Box | None] = [None] * len(store)
     if mode == "gt":
         missing = [store.keys[i] for i, b in enumerate(store.boxes) if b is None]
         if missing:
             raise ValueError(f"frames {missing[:3]} have no ground-truth box to crop at")
-        return [b for b in store.boxes if b is not None]
-    if mode == "none":
-        return [full_frame_box(store.hw(i)) for i in range(len(store))]
-    if detect is None or detector_input is None or detector_input_hw is None:
-        raise ValueError("crop mode 'detector' needs detect, detector_input and detector_input_hw")
-    return frame_boxes(detect(detector_input(store)), store, detector_input_hw)
+    if mode == "detector":
+        if detect is None or detector_input is None or detector_input_hw is None:
+            raise ValueError("crop mode 'detector' needs detect, detector_input and "
+                             "detector_input_hw")
+        detected = list(frame_boxes(detect(detector_input(store)), store, detector_input_hw))
+    return [crop_box(mode, store.hw(i), margin, truth=store.boxes[i], detected=detected[i])
+            for i in range(len(store))]
 
 
 def segmenter_crops(
@@ -270,7 +271,7 @@ def segmenter_crops(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops and targets exactly as the segmenter's validation set makes them: float32
     (N, 1, h, w) z-scored crops and float32 (N, 1, h, w) 0/1 masks."""
-    from bpedge.train.datasets import Normalization, SegmenterDataset
+    from bpedge.train.datasets import SegmenterDataset
 
     hw = (int(crop_hw[0]), int(crop_hw[1]))
     dataset = SegmenterDataset(store, list(range(len(store))), list(boxes), hw,

@@ -49,14 +49,13 @@ from bpedge.export.parity import (
     run_torch,
 )
 from bpedge.export.thresholds import choose_mask_threshold, choose_score_threshold
+from bpedge.train.checkpoint import crop_margin, model_input, preprocessing_spec
 
 from bpedge._manifest import (
-    DetectorPreprocessing,
     Manifest,
     ModelEntry,
     OnnxFiles,
     Preprocessing,
-    SegmenterPreprocessing,
     Thresholds,
     Training,
 )
@@ -64,6 +63,8 @@ from bpedge.bundle import Bundle, file_ref
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from bpedge._preprocessing import ModelInput
 
 __all__ = ["ExportOptions", "LoadedCheckpoint", "ParityError", "export_bundle", "load_checkpoint_of"]
 
@@ -119,9 +120,13 @@ class LoadedCheckpoint:
     payload: dict[str, Any]
 
     @property
+    def input(self) -> ModelInput:
+        """Input size and normalisation, as the checkpoint records them."""
+        return model_input(self.payload)
+
+    @property
     def input_hw(self) -> tuple[int, int]:
-        h, w = self.payload["input_hw"]
-        return (int(h), int(w))
+        return self.input.hw
 
     @property
     def mean(self) -> float:
@@ -332,6 +337,7 @@ def _run_segmenter(seg: LoadedCheckpoint, det: LoadedCheckpoint, frames: val.Val
         detect=lambda x: detector32(x)[1],
         detector_input=lambda s: val.detector_inputs(s, det.input_hw, det.mean, det.std),
         detector_input_hw=det.input_hw,
+        margin=crop_margin(seg.payload),
     )
     crops, targets = val.segmenter_crops(store, boxes, seg.input_hw, seg.mean, seg.std)
     probs = {
@@ -361,10 +367,7 @@ def _write_bundle(tmp: Path, det: LoadedCheckpoint, seg: LoadedCheckpoint,
         shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
     manifest = Manifest(
         models={ck.kind: _model_entry(ck, tmp) for ck in (det, seg)},
-        preprocessing=Preprocessing(
-            detector=DetectorPreprocessing(det.input_hw, det.mean, det.std, "dataset"),
-            segmenter=SegmenterPreprocessing(seg.input_hw, seg.mean, seg.std, "dataset"),
-        ),
+        preprocessing=Preprocessing.from_spec(preprocessing_spec(det.payload, seg.payload)),
         thresholds=thresholds,
         training=_training(det, seg),
         parity=_json_safe(parity),

@@ -19,6 +19,7 @@ Payload keys (``FORMAT_VERSION`` 1)::
     epoch             number of completed epochs (1-based count)
     rng               {"torch": ByteTensor, "numpy": {...}, "python": [...], "cuda": [ByteTensor]}
     crop_mode         "none" | "gt" | "detector" for a segmenter, None for a detector
+    crop_margin       a segmenter's crop margin (PreprocessingSpec.crop_margin; 0.0 if absent)
     normalization     {"mean": float, "std": float} of the model's training inputs (0-255 scale)
     input_hw          [H, W] of the model input
     frame_hw          [H, W] of the training frames
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from bpedge._atomic import atomic_save_with
+from bpedge._preprocessing import ModelInput, Normalization, PreprocessingSpec
 
 if TYPE_CHECKING:
     import torch
@@ -179,6 +181,25 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- Models from checkpoints ------------------------------------------------------------------
+
+
+def model_input(payload: dict[str, Any]) -> ModelInput:
+    """The model's input as the runtime's typed spec: ``input_hw`` and ``normalization``."""
+    h, w = payload["input_hw"]
+    norm = payload["normalization"]
+    return ModelInput((int(h), int(w)), Normalization(float(norm["mean"]), float(norm["std"])))
+
+
+def crop_margin(payload: dict[str, Any]) -> float:
+    """A segmenter's crop margin; a checkpoint written before margins existed cropped the box as
+    found (0.0)."""
+    return float(payload.get("crop_margin", 0.0))
+
+
+def preprocessing_spec(detector: dict[str, Any], segmenter: dict[str, Any]) -> PreprocessingSpec:
+    """The bundle's preprocessing spec from a detector's and a segmenter's payloads."""
+    return PreprocessingSpec.from_inputs(model_input(detector), model_input(segmenter),
+                                         crop_margin(segmenter))
 
 
 def build_model_from_payload(payload: dict[str, Any]) -> nn.Module:

@@ -4,12 +4,13 @@ Memory: every frame of a run is decoded once into a :class:`FrameStore`: the ima
 ``(H, W)`` and its mask packed to one bit per pixel (for the 2,323 BP-positive Kaggle frames,
 2,323 x 420 x 580 B = 566 MB of images plus 71 MB of masks). Model inputs are computed per sample
 in ``__getitem__`` (so DataLoader workers share the work and augmentation can vary per epoch)
-with the one definition of crop/resize/normalise in :mod:`bpedge._stages`:
+with the stage combinations of :mod:`bpedge._preprocessing` (the ones the runtime calls):
 
-- detector input: ``crop_resize_normalize(frame, (0, 0, W, H), in_w, in_h, mean, std)``, target
-  box ``scale_box(frame box, in_w / W, in_h / H)``;
-- segmenter input: ``crop_resize_normalize(frame, box, 96, 96, mean, std)``, target
-  ``crop_resize(mask, box, 96, 96) > 127.5`` as 0.0/1.0.
+- detector input: ``detector_input(frame, ModelInput(input_hw, norm))``, target box
+  ``scale_box(frame box, in_w / W, in_h / H)``;
+- segmenter input: ``segmenter_input(frame, box, ModelInput(crop_hw, norm))``, target
+  ``segmenter_target(mask, box, crop_hw)`` (``crop_resize(mask, box, ...) > 127.5`` as 0.0/1.0),
+  at the boxes ``crop_box(mode, ...)`` gives (the caller's: see ``train_segmenter``).
 
 Augmentation is drawn per epoch from ``(seed, epoch)`` (``set_epoch``; per sample from
 ``(seed, epoch, sample)``), so it is the same whatever the number of workers and on a resumed run:
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import cv2
@@ -33,7 +33,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bpedge._stages import Box, clamp_box, crop_resize, crop_resize_normalize, normalize, scale_box
+from bpedge._preprocessing import (
+    ModelInput,
+    Normalization,
+    detector_input,
+    full_frame_box,
+    segmenter_input,
+    segmenter_target,
+)
+from bpedge._stages import Box, clamp_box, crop_resize, normalize, scale_box
 
 if TYPE_CHECKING:
     from bpedge.train.augment import BModeAugment
@@ -47,17 +55,6 @@ __all__ = [
     "fit_normalization",
     "full_frame_box",
 ]
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Z-score constants of a model's inputs, in 0-255 grey levels: ``(v - mean) / std``."""
-
-    mean: float
-    std: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
 
 
 class FrameStore:
@@ -102,11 +99,6 @@ class FrameStore:
         """The common ``(H, W)`` of all frames, or ``None`` when sizes differ."""
         sizes = {img.shape for img in self.images}
         return (int(self.images[0].shape[0]), int(self.images[0].shape[1])) if len(sizes) == 1 else None
-
-
-def full_frame_box(hw: tuple[int, int]) -> Box:
-    """The box covering a whole ``(H, W)`` frame: what the detector input is cropped from."""
-    return (0.0, 0.0, float(hw[1]), float(hw[0]))
 
 
 def fit_normalization(
@@ -203,11 +195,14 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = self.indices[k]
         in_h, in_w = self.input_hw
-        grey = crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
         x0, y0, x1, y1 = self.target_box(k)
-        if self.augment is not None:
+        if self.augment is None:
+            x = detector_input(self.store.images[i], ModelInput(self.input_hw, self.norm))[0]
+        else:
+            # detector_input's steps with the augmentation between resize and normalisation.
             from bpedge.train.augment import augment_grey, random_similarity, transform_points
 
+            grey = crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
             rng = _epoch_rng(self.seed, self._epoch, 2 + k)
             m = random_similarity(self.augment, (in_h, in_w), rng)
             if m is not None:
@@ -220,8 +215,7 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                     grey = cv2.warpAffine(grey, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
                                           borderMode=cv2.BORDER_REFLECT_101)
                     x0, y0, x1, y1 = kept
-            grey = augment_grey(grey, self.augment, rng)
-        x = normalize(grey, self.norm.mean, self.norm.std)
+            x = normalize(augment_grey(grey, self.augment, rng), self.norm.mean, self.norm.std)
         if self._flips[k]:
             # Resizing the whole frame commutes with the flip, so flipping the input is exact.
             x = np.ascontiguousarray(x[:, ::-1])
@@ -281,9 +275,8 @@ class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = self.indices[k]
         box = self.box(k)
-        h, w = self.crop_hw
-        x = crop_resize_normalize(self.store.images[i], box, w, h, self.norm.mean, self.norm.std)
-        y = (crop_resize(self.store.mask(i), box, w, h) > 127.5).astype(np.float32)
+        x = segmenter_input(self.store.images[i], box, ModelInput(self.crop_hw, self.norm))[0]
+        y = segmenter_target(self.store.mask(i), box, self.crop_hw)[0]
         if self._flips[k]:
             x, y = np.ascontiguousarray(x[:, ::-1]), np.ascontiguousarray(y[:, ::-1])
         return torch.from_numpy(x)[None], torch.from_numpy(y)[None]

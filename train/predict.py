@@ -1,10 +1,10 @@
 """Run a trained detector over frames: its top box per frame, in frame pixels, clamped to the frame.
 
 Used by ``bpedge train segmenter --crop detector`` (boxes predicted once per run and cached) and
-by the experiment runner. Preprocessing is the shared definition: the whole frame is resized to
-the detector input with ``crop_resize_normalize(frame, (0, 0, W, H), in_w, in_h, mean, std)``
-using the checkpoint's normalisation; the predicted box is mapped back with ``scale_box`` and
-clamped with ``clamp_box``, exactly as the runtime cascade does.
+by the experiment runner. Preprocessing is the runtime's (:mod:`bpedge._preprocessing`):
+``detector_input`` with the checkpoint's input size and normalisation, and ``frame_box`` for the
+predicted box; a non-finite box is the whole frame with ``found=False``, which the callers treat
+as "no BP", as the runtime marks it absent.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bpedge._stages import Box, clamp_box, crop_resize_normalize, scale_box
+from bpedge._preprocessing import box_found, detector_input, frame_box
+from bpedge._stages import Box
 
 if TYPE_CHECKING:
     import torch
@@ -30,20 +31,24 @@ __all__ = ["BoxPrediction", "load_detector", "predict_boxes", "predict_frames"]
 @dataclass(frozen=True)
 class BoxPrediction:
     """The detector's top-1 answer for one frame: ``score`` in [0, 1] and ``box``
-    ``(x0, y0, x1, y1)`` in frame pixels, clamped to the frame (at least 1 px per side)."""
+    ``(x0, y0, x1, y1)`` in frame pixels, clamped to the frame (at least 1 px per side).
+    ``found`` is False when the model's box was not finite (``box`` is then the whole frame): the
+    frame counts as "no BP" whatever the score."""
 
     score: float
     box: Box
+    found: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"score": self.score, "box": list(self.box)}
+        return {"score": self.score, "box": list(self.box), "found": self.found}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BoxPrediction:
         box = tuple(float(v) for v in d["box"])
         if len(box) != 4:
             raise ValueError(f"a box needs 4 numbers, got {d['box']!r}")
-        return cls(score=float(d["score"]), box=box)  # type: ignore[arg-type]
+        return cls(score=float(d["score"]), box=box,  # type: ignore[arg-type]
+                   found=bool(d.get("found", True)))
 
 
 def load_detector(
@@ -77,8 +82,9 @@ def predict_boxes(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    in_h, in_w = (int(v) for v in payload["input_hw"])
-    mean, std = float(payload["normalization"]["mean"]), float(payload["normalization"]["std"])
+    from bpedge.train.checkpoint import model_input
+
+    spec = model_input(payload)
     device = next(model.parameters()).device
     starts: Iterable[int] = range(0, len(images), batch_size)
     if progress:
@@ -93,16 +99,11 @@ def predict_boxes(
             for frame in chunk:
                 if frame.ndim != 2:
                     raise ValueError(f"frames must be 2-D uint8 (H, W), got shape {frame.shape}")
-            batch = np.stack([
-                crop_resize_normalize(f, (0.0, 0.0, float(f.shape[1]), float(f.shape[0])),
-                                      in_w, in_h, mean, std)
-                for f in chunk
-            ])
-            scores, boxes = model(torch.from_numpy(batch)[:, None].to(device))
+            batch = np.stack([detector_input(f, spec) for f in chunk])
+            scores, boxes = model(torch.from_numpy(batch).to(device))
             for frame, score, box in zip(chunk, scores.cpu().tolist(), boxes.cpu().tolist()):
-                h, w = frame.shape
-                in_frame = clamp_box(scale_box(box, w / in_w, h / in_h), w, h)
-                out.append(BoxPrediction(score=float(score), box=in_frame))
+                out.append(BoxPrediction(score=float(score), box=frame_box(box, frame.shape, spec),
+                                         found=box_found(box)))
     return out
 
 

@@ -63,6 +63,9 @@ class SegmenterConfig:
     # --crop gt / detector training: move box edges by up to this x side, so the segmenter
     # learns from boxes as imperfect as a detector's on a subject it never saw.
     box_jitter: float = 0.0
+    # Fraction the crop box grows by (width and height, about its centre) before cropping; it
+    # travels in the checkpoint and the bundle (bpedge._preprocessing.PreprocessingSpec).
+    crop_margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,13 @@ PRESETS: dict[str, Preset] = {
             arch="unet", base_filters=8, depth=4, kernel_size=3, dropout=0.1,
             # Batch 32 x 15 epochs (60 steps) left the whole-frame (--crop none) U-Net at chance on
             # held-out phantom subjects; batch 8 gives 4x the steps for the same compute.
-            lr=1e-3, batch_size=8, epochs=20, box_jitter=0.1,
+            # Detector-like training boxes: edges moved by up to 10% of the side, then the box
+            # grown by 20% (10% a side) so a box a little small still holds the whole nerve.
+            lr=1e-3, batch_size=8, epochs=20, box_jitter=0.1, crop_margin=0.2,
         ),
         mnet=SegmenterConfig(
             arch="mnet", base_filters=8, depth=4, kernel_size=3, dropout=0.1,
-            lr=1e-3, batch_size=8, epochs=20, box_jitter=0.1,
+            lr=1e-3, batch_size=8, epochs=20, box_jitter=0.1, crop_margin=0.2,
         ),
     ),
 }

@@ -7,10 +7,11 @@ Where the crop comes from (``--crop``):
 - ``detector``: the top box of a trained detector (``--detector RUN_OR_CKPT``) on every frame, in
   every split, train included: the method trained on crops of the detected region, and training on
   the boxes the segmenter will be given at run time is the faithful choice. The boxes are predicted
-  once, clamped with ``clamp_box``, and cached in RUN/detector_boxes.json with the detector file's
+  once, mapped to the frame with ``frame_box``, and cached in RUN/detector_boxes.json with the detector file's
   sha256; ``--resume`` reuses them (and refuses if the detector file changed).
 
-Crops and targets are made with the shared ``crop_resize`` (target ``> 127.5``), z-scored with
+Every crop box is ``crop_box(--crop, frame, crop_margin, ...)`` (the preset's ``crop_margin``);
+crops and targets are made with ``segmenter_input`` / ``segmenter_target``, z-scored with
 the training crops' mean and std (stored in the checkpoint). RMSprop minimises BCE + soft Dice
 (M-Net: averaged over its four side outputs, its deep supervision). The validation metric is the
 mean Dice over BP-positive validation frames on the 96x96 crops at threshold 0.5; a crop that
@@ -47,7 +48,6 @@ from bpedge.train.datasets import (
     Normalization,
     SegmenterDataset,
     fit_normalization,
-    full_frame_box,
 )
 from bpedge.train.distributed import DistContext, barrier, init_distributed, shutdown
 from bpedge.train.presets import SegmenterConfig, config_to_dict, get_preset
@@ -56,6 +56,7 @@ from torch import nn
 
 from bpedge._atomic import atomic_write_json
 from bpedge._metrics import dice
+from bpedge._preprocessing import crop_box
 from bpedge._stages import Box
 
 __all__ = ["SegmenterOptions", "SegmenterTrainee", "resolve_segmenter_config", "train_segmenter"]
@@ -244,17 +245,19 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         store = FrameStore(frames, progress=opts.progress and ctx.is_main)
         train_idx = list(range(len(data.train)))
         val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
-        if opts.crop == "none":
-            boxes = [full_frame_box(store.hw(i)) for i in range(len(store))]
-        elif opts.crop == "gt":
-            boxes = list(store.boxes)  # type: ignore[arg-type]  # positives: never None
-        elif detector is not None:  # --crop detector (opts.check() insists on --detector)
+        detected: list[Box | None] = [None] * len(store)
+        if opts.crop == "detector":
+            if detector is None:  # opts.check() insists on --detector
+                raise ValueError("--crop detector needs --detector")
             _check_detector_split(load_checkpoint(detector), data.split.to_json(), ctx,
                                   opts.verbose)
-            boxes = detector_boxes(opts.out, detector, store, ctx, resume=resume_from is not None,
-                                   progress=opts.progress and ctx.is_main)
-        else:
-            raise ValueError("--crop detector needs --detector")
+            detected = list(detector_boxes(opts.out, detector, store, ctx,
+                                           resume=resume_from is not None,
+                                           progress=opts.progress and ctx.is_main))
+        # The one crop rule (bpedge._preprocessing.crop_box), as export validation and the
+        # runtime apply it; positives only, so a ground-truth box is never None.
+        boxes = [crop_box(opts.crop, store.hw(i), cfg.crop_margin, truth=store.boxes[i],
+                          detected=detected[i]) for i in range(len(store))]
         if resume_from is not None:
             norm = Normalization(**resume_from["normalization"])
         else:
@@ -274,6 +277,7 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
             "model_config": config_to_dict(cfg),
             "config": config,
             "crop_mode": opts.crop,
+            "crop_margin": cfg.crop_margin,
             "normalization": norm.to_dict(),
             "input_hw": list(cfg.crop_hw),
             "frame_hw": list(store.frame_hw() or ()) or None,

@@ -28,8 +28,9 @@ import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._gpu._engine import Expected
+from bpedge._preprocessing import box_found, full_frame_box
 from bpedge._result import Result
-from bpedge.kernels._launch_args import (
+from bpedge.kernels import (
     PASTE_ENTRY_POINTS,
     PREPROCESS_ENTRY_POINTS,
     LaunchShape,
@@ -188,6 +189,16 @@ class DeviceSource:
     pitch: int
 
 
+def check_spec(spec: CascadeSpec) -> None:
+    """Refuse a spec the kernels cannot follow: the crop kernel maps the detector box exactly as
+    :func:`bpedge._preprocessing.frame_box` does, but it does not expand it by a crop margin
+    (:func:`bpedge._preprocessing.crop_box`) yet, and cropping differently from the host would be
+    train/serve skew."""
+    if spec.crop_margin != 0.0:
+        raise ValueError(f"this bundle's crop_margin is {spec.crop_margin}; the TensorRT chain "
+                         "crops boxes without a margin so far: use backend='onnxruntime'")
+
+
 def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int],
                spec: CascadeSpec, types: TensorTypes,
                source: DeviceSource | None = None) -> ChainPlan:
@@ -195,6 +206,7 @@ def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int]
     of :meth:`SlotLayout.device_nbytes` / :meth:`SlotLayout.host_nbytes`; ``source``: the device
     frame when ``key.source == "device"``."""
     n, h, w = key.batch, key.height, key.width
+    check_spec(spec)
     in_h, in_w = spec.detector_input_hw
     ch, cw = spec.crop_hw
     if key.source == "device":
@@ -291,9 +303,8 @@ def read_results(key: ChainKey, masks: np.ndarray, scores: np.ndarray, boxes: np
     for i in range(n):
         score = float(scores[i])
         x0, y0, x1, y1 = (float(v) for v in boxes[i, :4])
-        finite = all(math.isfinite(v) for v in (x0, y0, x1, y1))
-        present = bool(score >= spec.score_threshold and finite)
-        if not finite:
-            x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
-        results.append(Result(frames[i], (x0, y0, x1, y1), score, present, dict(timings)))
+        found = box_found((x0, y0, x1, y1))
+        present = bool(score >= spec.score_threshold and found)
+        box = (x0, y0, x1, y1) if found else full_frame_box((h, w))
+        results.append(Result(frames[i], box, score, present, dict(timings)))
     return results

@@ -27,6 +27,7 @@ from bpedge._gpu._chain import (
     DeviceSource,
     SlotLayout,
     TensorTypes,
+    check_spec,
     expected_tensors,
 )
 from bpedge._gpu._cuda import compute_capability, use_device
@@ -70,7 +71,7 @@ def tensorrt_unavailable_reason(bundle: Bundle, precision: str, max_batch: int =
         return str(exc)
     problems = [bundle.engine_mismatch_reason(model, key) for model in (DETECTOR, SEGMENTER)
                 if bundle.find_engine(model, key) is None]
-    from bpedge.kernels._nvrtc import NvrtcUnavailableError, cuda_include_dir, supported_archs
+    from bpedge.kernels import NvrtcUnavailableError, cuda_include_dir, supported_archs
 
     try:
         cuda_include_dir()
@@ -170,6 +171,7 @@ class TensorRTCascade:
                  max_batch: int = 1, device: int = 0, depth: int = 3, *,
                  use_graphs: bool = True) -> None:
         self._closed = True  # nothing to release (or warn about) until fully open
+        check_spec(spec)
         _check_request(precision, max_batch, device)
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")

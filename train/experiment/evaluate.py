@@ -23,7 +23,10 @@ chosen detector's box, or the ground-truth box):
   detector condition nothing when the detector score is below ``score_threshold``), whether it is
   non-empty, and its Dice with empty-vs-empty = 1.
 
-All crop and paste maths is :mod:`bpedge._stages`; all metrics are :mod:`bpedge._metrics`.
+Crop boxes, crops and targets are the runtime's (:mod:`bpedge._preprocessing`: ``crop_box``
+with the segmenter's crop margin, ``segmenter_input``, ``segmenter_target``); paste-back is
+:mod:`bpedge._stages`; all metrics are :mod:`bpedge._metrics`. A detector box that was not
+finite (``found`` false) counts as "no BP", as the runtime marks it absent.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from bpedge.train.experiment.boundary import surface_metrics
 
 from bpedge._atomic import atomic_save_with, atomic_write_json
 from bpedge._metrics import box_iou, dice
-from bpedge._stages import clamp_box, crop_resize, crop_resize_normalize, paste_back
+from bpedge._preprocessing import crop_box, segmenter_input, segmenter_target
+from bpedge._stages import paste_back
 
 __all__ = [
     "MASK_THRESHOLD",
@@ -125,6 +129,7 @@ def evaluate_detector(
             "key": f["key"],
             "present": gt is not None,
             "score": pred.score,
+            "found": pred.found,
             "box": list(pred.box),
             "gt_box": gt,
             "iou": box_iou(pred.box, gt) if gt is not None else None,
@@ -143,22 +148,23 @@ def evaluate_detector(
 
 def _condition_boxes(
     condition: str, frames: list[dict[str, Any]], hw: list[tuple[int, int]],
-    detections: dict[str, dict[str, Any]] | None,
+    detections: dict[str, dict[str, Any]] | None, margin: float,
 ) -> list[tuple[float, float, float, float] | None]:
-    """Crop box per frame for a condition; ``None`` where the condition has no box (the
-    ground-truth crop of an empty frame)."""
+    """Crop box per frame for a condition (``crop_box`` with the segmenter's ``margin``); ``None``
+    where the condition has no box (the ground-truth crop of an empty frame)."""
+    if condition not in ("none", "gt", "detector"):
+        raise ValueError(f"condition must be 'none', 'gt' or 'detector', got {condition!r}")
     boxes: list[tuple[float, float, float, float] | None] = []
-    for f, (h, w) in zip(frames, hw):
-        if condition == "none":
-            boxes.append((0.0, 0.0, float(w), float(h)))
-        elif condition == "gt":
-            boxes.append(clamp_box(f["box"], w, h) if f["box"] is not None else None)
-        elif condition == "detector":
+    for f, hw_f in zip(frames, hw):
+        detected = None
+        if condition == "gt" and f["box"] is None:
+            boxes.append(None)
+            continue
+        if condition == "detector":
             if detections is None or f["key"] not in detections:
                 raise ValueError(f"no detector box for test frame {f['key']}")
-            boxes.append(clamp_box(detections[f["key"]]["box"], w, h))
-        else:
-            raise ValueError(f"condition must be 'none', 'gt' or 'detector', got {condition!r}")
+            detected = detections[f["key"]]["box"]
+        boxes.append(crop_box(condition, hw_f, margin, truth=f["box"], detected=detected))
     return boxes
 
 
@@ -166,9 +172,9 @@ def _predict_crops(model: Any, payload: dict[str, Any], images: list[np.ndarray]
                    boxes: list[Any], batch_size: int = 32) -> list[np.ndarray | None]:
     """Probability map ``(crop_h, crop_w)`` float32 per frame (``None`` where the box is None)."""
     import torch
+    from bpedge.train.checkpoint import model_input
 
-    crop_h, crop_w = (int(v) for v in payload["input_hw"])
-    mean, std = float(payload["normalization"]["mean"]), float(payload["normalization"]["std"])
+    spec = model_input(payload)
     device = next(model.parameters()).device
     todo = [i for i, b in enumerate(boxes) if b is not None]
     out: list[np.ndarray | None] = [None] * len(boxes)
@@ -176,9 +182,8 @@ def _predict_crops(model: Any, payload: dict[str, Any], images: list[np.ndarray]
     with torch.no_grad():
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
-            x = np.stack([crop_resize_normalize(images[i], boxes[i], crop_w, crop_h, mean, std)
-                          for i in idx])
-            prob = model(torch.from_numpy(x)[:, None].to(device)).cpu().numpy()[:, 0]
+            x = np.stack([segmenter_input(images[i], boxes[i], spec) for i in idx])
+            prob = model(torch.from_numpy(x).to(device)).cpu().numpy()[:, 0]
             for i, p in zip(idx, prob):
                 out[i] = p.astype(np.float32)
     return out
@@ -201,7 +206,7 @@ def evaluate_segmenter(
     ``detector_eval`` is the chosen detector's :func:`evaluate_detector` result: the boxes of the
     ``detector`` condition, and every image's detector IoU (kept for the Dice-vs-IoU analysis).
     """
-    from bpedge.train.checkpoint import load_model
+    from bpedge.train.checkpoint import crop_margin, load_model, model_input
     from bpedge.train.data import read_image, read_mask
 
     if condition == "detector" and detector_eval is None:
@@ -214,9 +219,9 @@ def evaluate_segmenter(
     truths = [read_mask(Path(f["mask"])) for f in frames]
     hw = [(int(im.shape[0]), int(im.shape[1])) for im in images]
     detections = {r["key"]: r for r in detector_eval["images"]} if detector_eval else None
-    boxes = _condition_boxes(condition, frames, hw, detections)
+    boxes = _condition_boxes(condition, frames, hw, detections, crop_margin(payload))
     probs = _predict_crops(model, payload, images, boxes)
-    crop_h, crop_w = (int(v) for v in payload["input_hw"])
+    crop_hw = model_input(payload).hw
 
     rows, figure_masks = [], {}
     for f, truth, (h, w), box, prob in zip(frames, truths, hw, boxes, probs):
@@ -232,7 +237,7 @@ def evaluate_segmenter(
             continue
         mask = paste_back(prob, box, w, h, MASK_THRESHOLD)
         if present:
-            truth_crop = crop_resize(truth, box, crop_w, crop_h) > 127.5
+            truth_crop = segmenter_target(truth, box, crop_hw)[0] > 0.5
             row["dice_frame"] = dice(mask, truth)
             row["hd95"], row["msd"] = surface_metrics(mask, truth)
             # A box that misses the BP leaves nothing to find inside it: 0, not "empty vs empty".
@@ -241,7 +246,8 @@ def evaluate_segmenter(
             row["dice_frame"], row["dice_crop"] = None, None
             row["hd95"], row["msd"] = None, None
         # What the cascade would emit: nothing when the detector says the BP is absent.
-        gated = det is None or condition != "detector" or det["score"] >= score_threshold
+        gated = det is None or condition != "detector" or (
+            det.get("found", True) and det["score"] >= score_threshold)
         emitted = mask if gated else np.zeros_like(mask)
         row["emitted"] = bool(emitted.any())
         row["dice_kaggle"] = dice(emitted, truth, empty=1.0)
