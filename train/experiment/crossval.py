@@ -16,7 +16,9 @@ per test frame of every subject. From them (RUN/summary.json ``crossval``):
   and empty frames of the validation subjects) to maximise balanced accuracy, then sensitivity and
   specificity on the test frames with CIs; the same at the fixed threshold 0.5; and the
   detector score's calibration as P(BP present) on test frames: a reliability table (10 bins) and
-  the expected calibration error (ECE).
+  the expected calibration error (ECE);
+- the crop margin swept at evaluation (:mod:`bpedge.train.experiment.margin_sweep`): pooled
+  validation Dice per margin (what would choose it) and test Dice with CIs.
 """
 
 from __future__ import annotations
@@ -227,7 +229,8 @@ def build_crossval(
                 by_subject.setdefault(s, []).append(d)
             paired[arch].append({
                 "a": a, "b": b, "difference": _summary_stat(diff, subjects, seed),
-                "subjects_a_better": sum(np.mean(v) > 0 for v in by_subject.values()),
+                "subjects_a_better": int(sum(float(np.mean(v)) > 0
+                                             for v in by_subject.values())),
                 "subjects": len(by_subject),
             })
     out["paired"] = paired
@@ -262,4 +265,23 @@ def build_crossval(
         })
     out["per_subject"] = per_subject
     out["presence"] = _presence(layout, folds, chosen, seed)
+    out["margin_sweep"] = {arch: _margin_sweep(layout, folds, arch, seed) for arch in archs
+                           if all(layout.margin_sweep(n, arch).is_file() for n in folds)}
     return out
+
+
+def _margin_sweep(layout: StudyLayout, folds: Sequence[str], arch: str,
+                  seed: int) -> dict[str, Any]:
+    """Pooled detector-crop Dice per margin: validation mean (chooses) and test with its CI."""
+    sweeps = [_read(layout.margin_sweep(n, arch)) for n in folds]
+    margins = [f"{m:g}" for m in sweeps[0]["margins"]]
+    rows = []
+    for m in margins:
+        val = [d for sw in sweeps for d in sw["val"]["dice"][m]]
+        test = [d for sw in sweeps for d in sw["test"]["dice"][m]]
+        subjects = [_subject(k) for sw in sweeps for k in sw["test"]["keys"]]
+        rows.append({"margin": float(m), "val_dice": float(np.mean(val)) if val else None,
+                     "test_dice": _summary_stat(test, subjects, seed)})
+    best = max(rows, key=lambda r: -1.0 if r["val_dice"] is None else r["val_dice"])
+    return {"trained_margin": sweeps[0]["trained_margin"], "rows": rows,
+            "chosen_on_validation": best["margin"]}

@@ -102,6 +102,10 @@ class StudyLayout:
     def segmenter_eval(self, mode: str, arch: str, condition: str) -> Path:
         return self.eval_dir(mode) / f"segmenter_{arch}_{condition}.json"
 
+    def margin_sweep(self, mode: str, arch: str) -> Path:
+        """Detector-crop Dice of ``arch`` over a grid of crop margins (validation and test)."""
+        return self.eval_dir(mode) / f"margin_sweep_{arch}.json"
+
     def figure_masks(self, mode: str, arch: str, condition: str) -> Path:
         """Full-frame masks of the Fig. 6 images (bit-packed ``.npz``)."""
         return self.eval_dir(mode) / f"figure_masks_{arch}_{condition}.npz"

@@ -113,6 +113,26 @@ def _presence(cv: dict[str, Any]) -> list[Block]:
     ]
 
 
+def _margins(cv: dict[str, Any], archs: list[str]) -> list[Block]:
+    sweeps = cv.get("margin_sweep") or {}
+    blocks: list[Block] = []
+    for arch in archs:
+        sw = sweeps.get(arch)
+        if not sw:
+            continue
+        rows = tuple((f"{r['margin']:g}" + (" (trained)" if r["margin"] == sw["trained_margin"]
+                                             else ""),
+                      fmt(r["val_dice"]), with_ci(r["test_dice"])) for r in sw["rows"])
+        blocks += [
+            Heading(3, f"Crop margin swept ({ARCH_LABELS[arch]}, RetinaNet crop)"),
+            Paragraph(f"The segmenter trained with margin {sw['trained_margin']:g} (the value its "
+                      f"bundle carries) evaluated at other margins around the detector's box. "
+                      f"Validation Dice peaks at {sw['chosen_on_validation']:g}."),
+            Table(("margin", "validation Dice", "test Dice [95% CI]"), rows),
+        ]
+    return blocks
+
+
 def _per_subject(cv: dict[str, Any], archs: list[str], conds: list[str]) -> list[Block]:
     headers = ["subject", "fold", "BP frames", "detector mIoU"]
     headers += [f"{ARCH_LABELS[a]}: {CONDITION_LABELS[c]}" for a in archs for c in conds]
@@ -143,5 +163,6 @@ def crossval_blocks(summary: dict[str, Any]) -> list[Block]:
         *_paired(cv, archs),
         *_like(cv, archs),
         *_presence(cv),
+        *_margins(cv, archs),
         *_per_subject(cv, archs, conds),
     ]

@@ -362,7 +362,29 @@ def _mode_steps(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> list
                 outputs=lambda a=arch, c=cond: [layout.segmenter_eval(mode, a, c),
                                                 layout.figure_masks(mode, a, c)],
             ))
+    # The margin sweep feeds the K-fold summary only (pooled over folds, CIs over subjects).
+    for arch in opts.archs if split_of(mode)[1] is not None else ():
+        run = layout.segmenter_run(mode, arch, "detector")
+        steps.append(Step(
+            f"{mode}/segmenter/{arch}_detector/margin-sweep",
+            lambda _r, a=arch, run=run: _sweep_margins(opts, layout, mode, a),
+            weight=_EVAL,
+            inputs=lambda run=run: [run / "best.pt", layout.testset_json(mode),
+                                    layout.valset_json(mode), layout.gamma_choice(mode)],
+            outputs=lambda a=arch: [layout.margin_sweep(mode, a)],
+        ))
     return steps
+
+
+def _sweep_margins(opts: ExperimentOptions, layout: StudyLayout, mode: str, arch: str) -> None:
+    from bpedge.train.experiment.margin_sweep import sweep_margins
+
+    gamma, _ = _chosen_detector(layout, mode)
+    sweep_margins(layout.segmenter_run(mode, arch, "detector") / "best.pt",
+                  _read(layout.testset_json(mode)), _read(layout.valset_json(mode)),
+                  _read(layout.detector_eval(mode, gamma)),
+                  _read(layout.detector_val_eval(mode, gamma)), layout.margin_sweep(mode, arch),
+                  device=opts.device)
 
 
 def _summary_inputs(opts: ExperimentOptions, layout: StudyLayout) -> list[Path]:
@@ -377,6 +399,8 @@ def _summary_inputs(opts: ExperimentOptions, layout: StudyLayout) -> list[Path]:
                 paths += [layout.segmenter_run(mode, arch, cond) / "metrics.json",
                           layout.segmenter_eval(mode, arch, cond),
                           layout.figure_masks(mode, arch, cond)]
+            if split_of(mode)[1] is not None:
+                paths.append(layout.margin_sweep(mode, arch))
     return paths
 
 

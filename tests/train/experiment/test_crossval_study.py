@@ -62,6 +62,14 @@ def test_pooled_table_has_intervals_over_subjects(study: StudyLayout) -> None:
     presence = cv["presence"]
     assert len(presence["folds"]) == 2 and presence["test_frames_without_bp"] > 0
     assert 0.0 <= presence["ece"] <= 1.0
+    sweep = cv["margin_sweep"]["unet"]
+    assert sweep["trained_margin"] == pytest.approx(0.2)  # the tiny preset's, from the checkpoint
+    assert [r["margin"] for r in sweep["rows"]] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert sweep["chosen_on_validation"] == max(sweep["rows"], key=lambda r: r["val_dice"])["margin"]
+    trained = next(r for r in sweep["rows"] if r["margin"] == pytest.approx(0.2))
+    # The sweep at the trained margin crops exactly as the segmenter's own evaluation did.
+    assert trained["test_dice"]["value"] == pytest.approx(
+        cv["segmentation"]["unet"]["detector"]["dice"]["value"])
     for metric in ("hd95", "msd"):
         assert cv["segmentation"]["unet"]["gt"][metric]["n"] + \
             cv["segmentation"]["unet"]["gt"][f"{metric}_undefined"] == n_pos
