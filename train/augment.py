@@ -68,13 +68,13 @@ def augment_grey(grey: np.ndarray, aug: BModeAugment, rng: np.random.Generator) 
     """The photometric transforms of ``aug`` on a float32 ``(H, W)`` image of 0-255 grey levels;
     returns a new float32 ``(H, W)`` image clipped to 0-255."""
     h, w = grey.shape
-    v = grey.astype(np.float32, copy=True)
+    v: np.ndarray = grey.astype(np.float32, copy=True)
     if aug.blur > 0 and rng.random() < 0.5:
         v = cv2.GaussianBlur(v, (0, 0), float(rng.uniform(0.3, aug.blur)))
     if aug.speckle > 0:
-        noise = rng.standard_normal((h, w)).astype(np.float32)
+        noise: np.ndarray = rng.standard_normal((h, w)).astype(np.float32)
         noise = cv2.GaussianBlur(noise, (0, 0), 0.7)
-        noise /= max(float(noise.std()), 1e-6)
+        noise = noise / max(float(noise.std()), 1e-6)
         v *= 1.0 + float(rng.uniform(0, aug.speckle)) * noise
     if aug.gain > 0 or aug.tgc > 0:
         depth = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]

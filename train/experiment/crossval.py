@@ -275,13 +275,13 @@ def _margin_sweep(layout: StudyLayout, folds: Sequence[str], arch: str,
     """Pooled detector-crop Dice per margin: validation mean (chooses) and test with its CI."""
     sweeps = [_read(layout.margin_sweep(n, arch)) for n in folds]
     margins = [f"{m:g}" for m in sweeps[0]["margins"]]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for m in margins:
         val = [d for sw in sweeps for d in sw["val"]["dice"][m]]
         test = [d for sw in sweeps for d in sw["test"]["dice"][m]]
         subjects = [_subject(k) for sw in sweeps for k in sw["test"]["keys"]]
         rows.append({"margin": float(m), "val_dice": float(np.mean(val)) if val else None,
                      "test_dice": _summary_stat(test, subjects, seed)})
-    best = max(rows, key=lambda r: -1.0 if r["val_dice"] is None else r["val_dice"])
+    best = max(rows, key=lambda r: -1.0 if r["val_dice"] is None else float(r["val_dice"]))
     return {"trained_margin": sweeps[0]["trained_margin"], "rows": rows,
             "chosen_on_validation": best["margin"]}
