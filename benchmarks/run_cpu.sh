@@ -44,7 +44,7 @@ if [ ! -f "$WORK/paper/bundle/manifest.json" ]; then
     --out "$WORK/paper/unet" --preset paper --arch unet --crop gt --epochs 1 --limit 12 \
     --batch-size 4 --no-progress
   bpedge export --detector "$WORK/paper/detector" --segmenter "$WORK/paper/unet" \
-    --out "$WORK/paper/bundle" --data "$WORK/paper/data" --force
+    --out "$WORK/paper/bundle" --data "$WORK/paper/data" --force --include-checkpoints
 fi
 bpedge bench "$WORK/paper/bundle" --phantom-subjects 1 --phantom-frames 8 \
   --threads "$THREADS" --warmup-seconds 5 --iterations "${PAPER_ITERATIONS:-20}" \

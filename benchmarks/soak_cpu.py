@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,29 +49,11 @@ HERE = Path(__file__).resolve().parent
 
 def make_bundle(work: Path, epochs: int) -> Path:
     """A bundle exported from the ``tiny`` preset trained ``epochs`` epochs on a small phantom,
-    made once in ``work`` (an existing ``work/bundle`` is reused)."""
-    bundle = work / "bundle"
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    from bpedge.export.bundle_export import ExportOptions, export_bundle
-    from bpedge.train.data.phantom import PhantomConfig, generate_phantom
-    from bpedge.train.train_detector import DetectorOptions, train_detector
-    from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+    made once in ``work`` by the shared tiny-bundle pipeline (finished parts are reused)."""
+    from bpedge.export.tiny_bundle import TinyPaths, TinyRecipe, make_tiny_bundle
 
-    data = work / "phantom" / "train"
-    if not data.is_dir():
-        generate_phantom(data, PhantomConfig(subjects=4, frames=16, seed=0))
-    common: dict[str, Any] = {"data": data, "epochs": epochs, "progress": False}
-    detector, unet = work / "detector" / "best.pt", work / "unet" / "best.pt"
-    if not detector.is_file():
-        shutil.rmtree(detector.parent, ignore_errors=True)  # a run stopped part-way: start again
-        train_detector(DetectorOptions(out=detector.parent, **common))
-    if not unet.is_file():
-        shutil.rmtree(unet.parent, ignore_errors=True)
-        train_segmenter(SegmenterOptions(out=unet.parent, arch="unet", crop="gt", **common))
-    export_bundle(ExportOptions(detector=detector, segmenter=unet, out=bundle, data=data),
-                  log=lambda line: None)
-    return bundle
+    return make_tiny_bundle(TinyPaths.under(work), TinyRecipe(subjects=4, frames=16, seed=0,
+                                                              epochs=epochs))
 
 
 def phantom_frames(distinct: int, seed: int) -> list[np.ndarray]:

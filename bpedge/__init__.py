@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from bpedge._version import __version__
 
 if TYPE_CHECKING:
-    from bpedge.bundle import Bundle
     from bpedge._result import Result
+    from bpedge.bundle import Bundle
     from bpedge.segmenter import Segmenter
 
 __all__ = ["Bundle", "Result", "Segmenter", "__version__"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,17 @@ class HostCascade:
 
     def run(self, grey: np.ndarray) -> Result:
         return self.run_batch([grey])[0]
+
+    def run_device(self, frame: Any) -> Result:
+        """Frames on a GPU are for the TensorRT backend; the host cascade refuses them."""
+        raise ValueError(
+            "frame is a GPU array but this Segmenter runs on ONNX Runtime (CPU): copy it to "
+            "the host first (e.g. tensor.cpu().numpy())"
+        )
+
+    def close(self) -> None:
+        """Nothing to release by hand: the ONNX Runtime sessions (or torch models) are freed with
+        their runners when the owner drops this cascade. Idempotent."""
 
     def stream(self, greys: Iterable[np.ndarray], depth: int) -> Iterator[Result]:
         """Results in input order with up to ``depth`` frames in flight on worker threads."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from bpedge._bench.machine import library_versions, machine_info
 from bpedge._engine_key import INSTALL_HINT
+from bpedge._machine import probe_cuda, probe_tensorrt_module
 
 TRAIN_HINT = "pip install 'bpedge[train]'"
 DRIVER_HINT = ("install the NVIDIA driver for your GPU (Linux: the distribution's nvidia-driver "
@@ -75,48 +76,31 @@ class _Gpu:
     problem: str | None           # why no GPU can be used
 
 
-def _cuda_version(v: int) -> str:
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
 def probe_gpu() -> _Gpu:
-    """Driver, CUDA runtime and devices through ``cuda.bindings.runtime``."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as exc:
-        return _Gpu(None, None, (), f"cuda-python is not installed ({exc})")
-    ok = cudart.cudaError_t.cudaSuccess
-    try:
-        err, runtime = cudart.cudaRuntimeGetVersion()
-        runtime_text = _cuda_version(runtime) if err == ok else None
-        err, driver = cudart.cudaDriverGetVersion()
-        # cudaDriverGetVersion answers success and 0 when no driver is installed.
-        driver_text = _cuda_version(driver) if err == ok and driver > 0 else None
-        err, count = cudart.cudaGetDeviceCount()
-        if err != ok:
-            name = getattr(err, "name", str(err))
-            problem = ("no NVIDIA driver" if name == "cudaErrorInsufficientDriver" and not driver_text
-                       else f"no usable NVIDIA GPU ({name})")
-            return _Gpu(driver_text, runtime_text, (), problem)
-        devices = []
-        for d in range(count):
-            err, prop = cudart.cudaGetDeviceProperties(d)
-            if err != ok:
-                devices.append(f"device {d}: properties unreadable ({getattr(err, 'name', err)})")
-                continue
-            name = bytes(prop.name).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-            devices.append(f"{name} (compute capability {prop.major}.{prop.minor}, "
-                           f"{prop.multiProcessorCount} SMs, {prop.totalGlobalMem / 2**30:.1f} GiB)")
-        return _Gpu(driver_text, runtime_text, tuple(devices),
-                    None if devices else "the driver reports no CUDA device")
-    except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a finding, not a crash
-        return _Gpu(None, None, (), f"CUDA runtime query failed ({type(exc).__name__}: {exc})")
+    """Driver, CUDA runtime and devices (from the shared probe, :mod:`bpedge._machine`)."""
+    cuda = probe_cuda()
+    if cuda.missing is not None:
+        return _Gpu(None, None, (), f"cuda-python is not installed ({cuda.missing})")
+    if cuda.failure is not None:
+        return _Gpu(None, None, (), f"CUDA runtime query failed ({cuda.failure})")
+    if cuda.count_error is not None:
+        problem = ("no NVIDIA driver" if cuda.count_error == "cudaErrorInsufficientDriver"
+                   and not cuda.driver else f"no usable NVIDIA GPU ({cuda.count_error})")
+        return _Gpu(cuda.driver, cuda.runtime, (), problem)
+    devices = tuple(
+        f"device {d.index}: properties unreadable ({d.error})" if d.error is not None else
+        f"{d.name} (compute capability {d.compute_capability}, {d.sm_count} SMs, "
+        f"{d.memory_bytes / 2**30:.1f} GiB)"
+        for d in cuda.devices
+    )
+    return _Gpu(cuda.driver, cuda.runtime, devices,
+                None if devices else "the driver reports no CUDA device")
 
 
 def probe_nvrtc() -> tuple[str | None, str | None]:
     """(NVRTC version, problem)."""
     try:
-        from bpedge.kernels._nvrtc import nvrtc_version
+        from bpedge.kernels import nvrtc_version
 
         major, minor = nvrtc_version()
         return f"{major}.{minor}", None
@@ -124,18 +108,81 @@ def probe_nvrtc() -> tuple[str | None, str | None]:
         return None, str(exc).splitlines()[0]
 
 
+def probe_headers() -> tuple[str | None, str | None]:
+    """(directory of the CUDA headers NVRTC compiles the kernels with, problem): the headers must
+    be of the loaded NVRTC's CUDA major."""
+    try:
+        from bpedge.kernels import cuda_include_dir, header_cuda_major
+
+        directory = cuda_include_dir()
+        return f"{directory} (CUDA {header_cuda_major(directory)})", None
+    except Exception as exc:  # noqa: BLE001 - NvrtcUnavailableError, or a broken wheel
+        return None, str(exc).splitlines()[0]
+
+
+def probe_tensorrt_cuda() -> int | None:
+    """The CUDA major the installed TensorRT wheels are built for (``tensorrt-cu12`` /
+    ``tensorrt-cu13`` and their ``_libs``), None when unknown (not from pip, or absent)."""
+    from importlib import metadata
+
+    for major in (13, 12):
+        for name in (f"tensorrt-cu{major}", f"tensorrt-cu{major}-libs"):
+            try:
+                metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+            return major
+    return None
+
+
+def _major(version: str | None) -> int | None:
+    return int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else None
+
+
+def install_line(driver: str | None) -> str:
+    """The pip line that installs TensorRT, cuda-bindings, NVRTC and the CUDA headers of one
+    CUDA major that this driver (the CUDA version it supports, e.g. ``"12.4"``) can run."""
+    major = _major(driver)
+    if major is None:
+        return INSTALL_HINT
+    if major < 12:
+        return (f"update the NVIDIA driver (it supports CUDA {driver}; bpedge needs CUDA 12 or "
+                "13), then pip install 'bpedge[tensorrt-cu12]'")
+    if major == 12:
+        return ("pip install 'bpedge[tensorrt-cu12]' (TensorRT, cuda-python's cuda-bindings, "
+                "NVRTC and the CUDA headers for CUDA 12; not 'bpedge[tensorrt]', which is the "
+                "CUDA 13 set this driver cannot run)")
+    return ("pip install 'bpedge[tensorrt]' (the same as 'bpedge[tensorrt-cu13]': TensorRT, "
+            "cuda-python's cuda-bindings, NVRTC and the CUDA headers for CUDA 13)")
+
+
+def _stack_problems(g: _Gpu, nvrtc: str | None, trt_cuda: int | None) -> list[str]:
+    """Pieces of different CUDA majors, or newer than the driver: each a reason not to run."""
+    driver, runtime, compiler = _major(g.driver), _major(g.runtime), _major(nvrtc)
+    problems = []
+    if driver is not None and runtime is not None and runtime > driver:
+        problems.append(f"cuda-bindings is for CUDA {g.runtime}, this driver supports CUDA "
+                        f"{g.driver}")
+    if compiler is not None and runtime is not None and compiler != runtime:
+        problems.append(f"NVRTC {nvrtc} and cuda-bindings for CUDA {g.runtime} are of different "
+                        "CUDA majors")
+    if trt_cuda is not None and driver is not None and trt_cuda > driver:
+        problems.append(f"TensorRT is built for CUDA {trt_cuda}, this driver supports CUDA "
+                        f"{g.driver}")
+    return problems
+
+
 def probe_tensorrt() -> tuple[str | None, str | None]:
     """(TensorRT version, problem): real only when the module has the ``Builder`` API."""
-    try:
-        import tensorrt
-    except ImportError:
+    found = probe_tensorrt_module()
+    if found.missing is not None:
         return None, "not installed"
-    except Exception as exc:  # noqa: BLE001 - e.g. a TensorRT wheel whose libraries fail to load
-        return None, f"import fails ({type(exc).__name__}: {exc})"
-    if not hasattr(tensorrt, "Builder"):
+    if found.broken is not None:
+        return None, f"import fails ({found.broken})"
+    if found.stubs_only:
         return None, ("not installed: the 'tensorrt' module found has no TensorRT API (type stubs "
                       "only, e.g. tensorrt-stubs)")
-    return str(getattr(tensorrt, "__version__", "unknown version")), None
+    return found.version or "unknown version", None
 
 
 def probe_onnxruntime() -> tuple[str | None, tuple[str, ...], str | None]:
@@ -172,6 +219,8 @@ def diagnose(
     tensorrt: Callable[[], tuple[str | None, str | None]] = probe_tensorrt,
     onnxruntime: Callable[[], tuple[str | None, tuple[str, ...], str | None]] = probe_onnxruntime,
     torch: Callable[[], tuple[str | None, str | None, str | None]] = probe_torch,
+    headers: Callable[[], tuple[str | None, str | None]] = probe_headers,
+    tensorrt_cuda: Callable[[], int | None] = probe_tensorrt_cuda,
 ) -> DoctorReport:
     """Run every probe and judge each backend. The probes are parameters so tests can stand in a
     machine with a GPU; the defaults ask this machine."""
@@ -190,14 +239,26 @@ def diagnose(
         # Without a driver the driver row already carries the fix.
         findings.append(Finding("GPU", g.problem or "none", False,
                                 None if not g.driver else "check that nvidia-smi lists the GPU"))
-    findings.append(Finding("CUDA runtime", g.runtime or "not found", g.runtime is not None,
-                            None if g.runtime else "pip install 'cuda-python>=12.6'"))
+    line = install_line(g.driver)
+    findings.append(Finding("install line", f"for this driver: {line}" if g.driver else line))
+    findings.append(Finding("CUDA runtime",
+                            f"cuda-bindings for CUDA {g.runtime}" if g.runtime else "not found",
+                            g.runtime is not None, None if g.runtime else line))
     nv_version, nv_problem = nvrtc()
     findings.append(Finding("NVRTC", nv_version or nv_problem or "not found", nv_version is not None,
-                            None if nv_version else "pip install 'cuda-python>=12.6'"))
+                            None if nv_version else line))
+    header_dir, header_problem = headers() if nv_version else (None, "needs NVRTC first")
+    findings.append(Finding("CUDA headers", header_dir or header_problem or "not found",
+                            header_dir is not None, None if header_dir else line))
     trt_version, trt_problem = tensorrt()
-    findings.append(Finding("TensorRT", trt_version or trt_problem or "not found",
-                            trt_version is not None, None if trt_version else INSTALL_HINT))
+    trt_major = tensorrt_cuda()
+    findings.append(Finding(
+        "TensorRT", (f"{trt_version}" + (f" (for CUDA {trt_major})" if trt_major else ""))
+        if trt_version else (trt_problem or "not found"),
+        trt_version is not None, None if trt_version else line))
+    stack = _stack_problems(g, nv_version, trt_major)
+    if stack:
+        findings.append(Finding("CUDA versions", "; ".join(stack), False, line))
     ort_version, providers, ort_problem = onnxruntime()
     findings.append(Finding(
         "ONNX Runtime",
@@ -210,13 +271,16 @@ def diagnose(
                             None if torch_version else TRAIN_HINT))
 
     backends = _backends(g, nv_version, trt_version, trt_problem, ort_version, providers,
-                         torch_version, torch_problem)
+                         torch_version, torch_problem,
+                         [*stack, *([f"CUDA headers: {header_problem}"] if nv_version and
+                                    header_dir is None else [])], line)
     return DoctorReport(tuple(findings), tuple(backends), library_versions())
 
 
 def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | None,
               ort: str | None, providers: tuple[str, ...], torch: str | None,
-              torch_problem: str | None) -> list[BackendVerdict]:
+              torch_problem: str | None, stack: list[str],
+              line: str) -> list[BackendVerdict]:
     cpu_ok = ort is not None and "CPUExecutionProvider" in providers
     out = [
         BackendVerdict("onnxruntime fp32", cpu_ok,
@@ -229,7 +293,7 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
     ]
     missing: list[tuple[str, str]] = []
     if trt is None:
-        missing.append((f"TensorRT {trt_problem or 'missing'}", INSTALL_HINT))
+        missing.append((f"TensorRT {trt_problem or 'missing'}", line))
     if not g.driver:
         missing.append(("no NVIDIA driver", DRIVER_HINT))
     elif not g.devices:
@@ -237,7 +301,8 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
     if nvrtc is None:
         nvrtc_why = ("NVRTC missing (the fused pre/post-processing kernels are compiled with "
                      "it)")
-        missing.append((nvrtc_why, "pip install 'cuda-python>=12.6'"))
+        missing.append((nvrtc_why, line))
+    missing += [(problem, line) for problem in stack]
     for precision in ("fp16", "fp32"):
         if missing:
             out.append(BackendVerdict(f"tensorrt {precision}", False,

@@ -13,9 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bpedge._machine import TensorRTProbe, probe_cuda, probe_tensorrt_module
+
 PRECISIONS = ("fp16", "fp32")
 
-INSTALL_HINT = "pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = ("pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and a CUDA 13 "
+                "driver (R580 or newer), or 'bpedge[tensorrt-cu12]' with a CUDA 12 driver")
 
 _CC_PATTERN = re.compile(r"^[0-9]+\.[0-9]+$")
 _MODEL_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -158,12 +161,11 @@ def load_tensorrt() -> Any:
     ``import tensorrt`` alone proves nothing: the ``tensorrt-stubs`` package makes it succeed as
     an empty namespace package, so the check is for the API itself (``tensorrt.Builder``).
     """
-    problem = _tensorrt_problem()
+    found = probe_tensorrt_module()
+    problem = _tensorrt_problem(found)
     if problem is not None:
         raise TargetUnavailable(f"{problem}; fix: {INSTALL_HINT}")
-    import tensorrt
-
-    return tensorrt
+    return found.module
 
 
 def tensorrt_version(trt: Any) -> str:
@@ -190,7 +192,8 @@ def require_target(device: int = 0) -> tuple[Any, GpuInfo]:
     """The ``tensorrt`` module and the GPU, checked together so that one message names
     everything missing (TensorRT, the GPU, or both) and the fix."""
     problems = []
-    trt_problem = _tensorrt_problem()
+    trt = probe_tensorrt_module()
+    trt_problem = _tensorrt_problem(trt)
     if trt_problem is not None:
         problems.append(trt_problem)
     gpu, gpu_problem = _probe_gpu(device)
@@ -198,7 +201,7 @@ def require_target(device: int = 0) -> tuple[Any, GpuInfo]:
         problems.append(gpu_problem)
     if problems or gpu is None:
         raise TargetUnavailable("; ".join(problems) + f"; fix: {INSTALL_HINT}")
-    return load_tensorrt(), gpu
+    return trt.module, gpu
 
 
 def current_key(precision: str, max_batch: int, device: int = 0) -> EngineKey:
@@ -223,12 +226,12 @@ def key_for(gpu: GpuInfo, trt_version: str, precision: str, max_batch: int) -> E
     )
 
 
-def _tensorrt_problem() -> str | None:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        return f"TensorRT is not installed ({exc})"
-    if not hasattr(tensorrt, "Builder"):
+def _tensorrt_problem(found: TensorRTProbe) -> str | None:
+    if found.missing is not None:
+        return f"TensorRT is not installed ({found.missing})"
+    if found.broken is not None:
+        return f"TensorRT does not import ({found.broken})"
+    if found.stubs_only:
         # tensorrt-stubs installs tensorrt/__init__.pyi only: the import works, the API is absent.
         return ("TensorRT is not installed (the 'tensorrt' package found has no TensorRT API, "
                 "e.g. type stubs only)")
@@ -238,36 +241,18 @@ def _tensorrt_problem() -> str | None:
 def _probe_gpu(device: int) -> tuple[GpuInfo | None, str | None]:
     if not _is_int(device) or device < 0:
         raise ValueError(f"device must be a CUDA device index >= 0, got {device!r}")
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as exc:
-        return None, f"cuda-python is not installed ({exc}), so no GPU can be used"
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess:
-            return None, f"no usable NVIDIA GPU ({_cuda_error_text(cudart, err)})"
-        if device >= count:
-            return None, f"no CUDA device {device} (this machine has {count})"
-        err, prop = cudart.cudaGetDeviceProperties(device)
-        if err != cudart.cudaError_t.cudaSuccess:
-            return None, f"cannot read CUDA device {device} ({_cuda_error_text(cudart, err)})"
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the driver means "no GPU here"
-        return None, f"no usable NVIDIA GPU ({type(exc).__name__}: {exc})"
-    name = bytes(prop.name).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-    return (
-        GpuInfo(
-            name=name or f"cuda-device-{device}",
-            compute_capability=f"{int(prop.major)}.{int(prop.minor)}",
-            sm_count=int(prop.multiProcessorCount),
-        ),
-        None,
-    )
-
-
-def _cuda_error_text(cudart: Any, err: Any) -> str:
-    name = getattr(err, "name", str(err))
-    try:
-        _, text = cudart.cudaGetErrorString(err)
-        return f"{name}: {bytes(text).decode('utf-8', 'replace')}"
-    except Exception:  # noqa: BLE001 - the error name alone is still a useful message
-        return str(name)
+    cuda = probe_cuda()
+    if cuda.missing is not None:
+        return None, f"cuda-python is not installed ({cuda.missing}), so no GPU can be used"
+    if cuda.failure is not None:
+        return None, f"no usable NVIDIA GPU ({cuda.failure})"
+    if cuda.count_error is not None:
+        text = f": {cuda.count_error_text}" if cuda.count_error_text else ""
+        return None, f"no usable NVIDIA GPU ({cuda.count_error}{text})"
+    if device >= len(cuda.devices):
+        return None, f"no CUDA device {device} (this machine has {len(cuda.devices)})"
+    found = cuda.devices[device]
+    if found.error is not None:
+        return None, f"cannot read CUDA device {device} ({found.error})"
+    return GpuInfo(name=found.name, compute_capability=found.compute_capability,
+                   sm_count=found.sm_count), None

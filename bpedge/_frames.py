@@ -15,8 +15,16 @@ MAX_SIDE = 8192
 def as_grey_frame(frame: Any) -> np.ndarray:
     """Return ``frame`` as a C-contiguous ``uint8`` array of shape ``(H, W)``.
 
-    Accepted: ``uint8`` (H, W), (H, W, 1) or (H, W, 3) BGR (converted with OpenCV's BGR->grey
-    weights); float (H, W[, 1|3]) with finite values in [0, 255] (rounded). Anything else raises
+    Accepted: (H, W), (H, W, 1) or (H, W, 3) BGR (converted with OpenCV's BGR->grey weights) of
+
+    * ``uint8``: used as it is;
+    * any other integer dtype: 8-bit values held in a wider type, every value in [0, 255]
+      (12/16-bit data must be scaled to 8 bits first: it is refused, never clipped);
+    * ``float16/32/64``: 8-bit units [0, 255], finite, rounded to the nearest integer. Float
+      frames normalised to [0, 1] are refused (every value in [0, 1] and the largest above 0):
+      taken as 8-bit units they would be an all-black frame and silently give ``present=False``.
+
+    ``bool``, complex, object, string and time dtypes are refused. Anything else raises
     ``ValueError`` naming what was expected.
     """
     if not isinstance(frame, np.ndarray):
@@ -51,12 +59,15 @@ def as_grey_frame(frame: Any) -> np.ndarray:
 
 
 def _to_uint8(frame: np.ndarray) -> np.ndarray:
-    if np.issubdtype(frame.dtype, np.floating):
-        if not np.isfinite(frame).all():
-            raise ValueError("frame holds NaN or infinite values; expected finite values in [0, 255]")
+    floating = np.issubdtype(frame.dtype, np.floating)
+    if floating and not np.isfinite(frame).all():
+        raise ValueError("frame holds NaN or infinite values; expected finite values in [0, 255]")
     lo, hi = frame.min(), frame.max()
     if lo < 0 or hi > 255:
         raise ValueError(f"frame values must lie in [0, 255], got range [{lo}, {hi}] ({frame.dtype})")
+    if floating and 0 < hi <= 1:
+        raise ValueError(f"float frame values all lie in [0, 1] (largest {hi}): bpedge takes "
+                         "8-bit units [0, 255]; multiply a normalised frame by 255, or pass uint8")
     return np.rint(frame).astype(np.uint8)
 
 

@@ -37,6 +37,7 @@ from bpedge._manifest_fields import (
     sha256_bytes,
     sha256_file,
 )
+from bpedge._manifest_json import OMIT_IF_DEFAULT, JsonRecord, json_schema, record_json
 from bpedge._preprocessing import PreprocessingSpec
 from bpedge._version import __version__
 
@@ -77,33 +78,25 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
-class FileRef:
+class FileRef(JsonRecord):
     """A file of the bundle and the sha256 (64 lower-case hex characters) of its bytes."""
 
     file: str
-    sha256: str
+    sha256: str = field(metadata={"schema": {"pattern": _SHA256.pattern}})
 
     def __post_init__(self) -> None:
         check_file_name("file", self.file)
         if not isinstance(self.sha256, str) or not _SHA256.match(self.sha256):
             raise FieldError("sha256", f"must be 64 lower-case hex characters, got {self.sha256!r}")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256}
-
-    @classmethod
-    def from_json(cls, obj: object) -> FileRef:
-        with reading(obj) as r:
-            return cls(file=r.take("file"), sha256=r.take("sha256"))
-
 
 @dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(JsonRecord):
     """An ONNX input or output: ``shape`` holds ints >= 1 and ``"N"`` for the dynamic batch."""
 
     name: str
     shape: tuple[int | str, ...]
-    dtype: str
+    dtype: str = field(metadata={"schema": {"enum": list(DTYPES)}})
 
     def __post_init__(self) -> None:
         check_str("name", self.name)
@@ -117,17 +110,9 @@ class TensorSpec:
         set_field(self, "shape", tuple(d if isinstance(d, str) else int(d) for d in self.shape))
         check_choice("dtype", self.dtype, DTYPES)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, obj: object) -> TensorSpec:
-        with reading(obj) as r:
-            return cls(name=r.take("name"), shape=r.take("shape"), dtype=r.take("dtype"))
-
 
 @dataclass(frozen=True)
-class OnnxFiles:
+class OnnxFiles(JsonRecord):
     """The FP32 ONNX (always) and the mixed-precision FP16 ONNX (when exported)."""
 
     fp32: FileRef
@@ -138,17 +123,9 @@ class OnnxFiles:
         if self.fp16 is not None:
             check_type("fp16", self.fp16, FileRef)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"fp32": self.fp32.to_json(), "fp16": _opt_json(self.fp16)}
-
-    @classmethod
-    def from_json(cls, obj: object) -> OnnxFiles:
-        with reading(obj) as r:
-            return cls(fp32=r.take_obj("fp32", FileRef), fp16=r.take_opt_obj("fp16", FileRef))
-
 
 @dataclass(frozen=True)
-class ModelEntry:
+class ModelEntry(JsonRecord):
     """One network of the cascade: its ONNX files, I/O, optional checkpoint and size."""
 
     onnx: OnnxFiles
@@ -182,40 +159,16 @@ class ModelEntry:
     def files(self) -> list[FileRef]:
         return [f for f in (self.onnx.fp32, self.onnx.fp16, self.checkpoint) if f is not None]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "onnx": self.onnx.to_json(),
-            "inputs": [t.to_json() for t in self.inputs],
-            "outputs": [t.to_json() for t in self.outputs],
-            "checkpoint": _opt_json(self.checkpoint),
-            "arch": self.arch,
-            "flops": self.flops,
-            "params": self.params,
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> ModelEntry:
-        with reading(obj) as r:
-            return cls(
-                onnx=r.take_obj("onnx", OnnxFiles),
-                inputs=r.take_list("inputs", TensorSpec),
-                outputs=r.take_list("outputs", TensorSpec),
-                checkpoint=r.take_opt_obj("checkpoint", FileRef),
-                arch=r.take("arch"),
-                flops=r.take("flops"),
-                params=r.take("params"),
-            )
-
 
 @dataclass(frozen=True)
-class DetectorPreprocessing:
+class DetectorPreprocessing(JsonRecord):
     """Full frame -> detector input: resize to ``input_hw``, then ``(v - mean) / std``
     (``norm="dataset"``) or per-image z-score (``norm="per_image"``). Values in 8-bit units."""
 
     input_hw: tuple[int, int]
     mean: float
     std: float
-    norm: str
+    norm: str = field(metadata={"schema": {"enum": list(NORMS)}})
 
     def __post_init__(self) -> None:
         set_field(self, "input_hw", check_hw("input_hw", self.input_hw))
@@ -223,28 +176,20 @@ class DetectorPreprocessing:
         set_field(self, "std", check_float("std", self.std, lo=1e-12))
         check_choice("norm", self.norm, NORMS)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"input_hw": list(self.input_hw), "mean": self.mean, "std": self.std,
-                "norm": self.norm}
-
-    @classmethod
-    def from_json(cls, obj: object) -> DetectorPreprocessing:
-        with reading(obj) as r:
-            return cls(input_hw=r.take("input_hw"), mean=r.take("mean"), std=r.take("std"),
-                       norm=r.take("norm"))
-
 
 @dataclass(frozen=True)
-class SegmenterPreprocessing:
+class SegmenterPreprocessing(JsonRecord):
     """Box expanded by ``crop_margin`` (a fraction of its side, about its centre; optional in
-    the JSON, 0.0 when absent) -> ``crop_hw`` crop, then ``(v - mean) / std`` (``norm="dataset"``, mean and std required) or per-crop
-    z-score (``norm="per_image"``, mean and std may be null)."""
+    the JSON, 0.0 when absent) -> ``crop_hw`` crop, then ``(v - mean) / std``
+    (``norm="dataset"``, mean and std required) or per-crop z-score (``norm="per_image"``, mean
+    and std may be null)."""
 
     crop_hw: tuple[int, int]
     mean: float | None
     std: float | None
-    norm: str
-    crop_margin: float = 0.0
+    norm: str = field(metadata={"schema": {"enum": list(NORMS)}})
+    # Written only when set, so a margin-free bundle's section reads as schema 1 wrote it.
+    crop_margin: float = field(default=0.0, metadata={OMIT_IF_DEFAULT: True})
 
     def __post_init__(self) -> None:
         set_field(self, "crop_hw", check_hw("crop_hw", self.crop_hw))
@@ -257,22 +202,9 @@ class SegmenterPreprocessing:
             set_field(self, "std", check_float("std", self.std, lo=1e-12))
         set_field(self, "crop_margin", check_float("crop_margin", self.crop_margin, lo=0.0))
 
-    def to_json(self) -> dict[str, Any]:
-        # crop_margin is written only when set, so a margin-free bundle's section reads as
-        # schema 1 wrote it (and a reader without margins sees nothing it would misread).
-        margin = {"crop_margin": self.crop_margin} if self.crop_margin else {}
-        return {"crop_hw": list(self.crop_hw), "mean": self.mean, "std": self.std,
-                "norm": self.norm, **margin}
-
-    @classmethod
-    def from_json(cls, obj: object) -> SegmenterPreprocessing:
-        with reading(obj) as r:
-            return cls(crop_hw=r.take("crop_hw"), mean=r.take("mean"), std=r.take("std"),
-                       norm=r.take("norm"), crop_margin=r.take_or("crop_margin", 0.0))
-
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(JsonRecord):
     detector: DetectorPreprocessing
     segmenter: SegmenterPreprocessing
 
@@ -308,18 +240,9 @@ class Preprocessing:
                 crop_margin=spec.crop_margin),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return {"detector": self.detector.to_json(), "segmenter": self.segmenter.to_json()}
-
-    @classmethod
-    def from_json(cls, obj: object) -> Preprocessing:
-        with reading(obj) as r:
-            return cls(detector=r.take_obj("detector", DetectorPreprocessing),
-                       segmenter=r.take_obj("segmenter", SegmenterPreprocessing))
-
 
 @dataclass(frozen=True)
-class Thresholds:
+class Thresholds(JsonRecord):
     """Detector score and mask probability thresholds in [0, 1], and how they were chosen
     (free-form: method, data, metric)."""
 
@@ -332,17 +255,9 @@ class Thresholds:
         set_field(self, "mask", check_float("mask", self.mask, 0.0, 1.0))
         set_field(self, "how_chosen", check_free_form("how_chosen", self.how_chosen))
 
-    def to_json(self) -> dict[str, Any]:
-        return {"score": self.score, "mask": self.mask, "how_chosen": self.how_chosen}
-
-    @classmethod
-    def from_json(cls, obj: object) -> Thresholds:
-        with reading(obj) as r:
-            return cls(score=r.take("score"), mask=r.take("mask"), how_chosen=r.take("how_chosen"))
-
 
 @dataclass(frozen=True)
-class Training:
+class Training(JsonRecord):
     """Where the weights came from: data fingerprint, metrics, split summary, presets used."""
 
     data_fingerprint: str
@@ -355,31 +270,26 @@ class Training:
         for name in ("metrics", "split", "presets"):
             set_field(self, name, check_free_form(name, getattr(self, name)))
 
-    def to_json(self) -> dict[str, Any]:
-        return {"data_fingerprint": self.data_fingerprint, "metrics": self.metrics,
-                "split": self.split, "presets": self.presets}
-
-    @classmethod
-    def from_json(cls, obj: object) -> Training:
-        with reading(obj) as r:
-            return cls(data_fingerprint=r.take("data_fingerprint"), metrics=r.take("metrics"),
-                       split=r.take("split"), presets=r.take("presets"))
-
 
 @dataclass(frozen=True)
-class EngineEntry:
+class EngineEntry(JsonRecord):
     """A TensorRT plan file in the bundle and the target it was built for."""
 
-    model: str
-    precision: str
+    model: str = field(metadata={"schema": {"enum": list(MODEL_NAMES)}})
+    precision: str = field(metadata={"schema": {"enum": list(PRECISIONS)}})
     file: str
-    sha256: str
+    sha256: str = field(metadata={"schema": {"pattern": _SHA256.pattern}})
     key: EngineKey
     built: str
     build_seconds: float
+    #: The engine's arithmetic, e.g. "fp32: IEEE fp32 everywhere (TF32 disabled)"; None in
+    #: manifests written before bpedge recorded it.
+    math: str | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODEL_NAMES)
+        if self.math is not None and (not isinstance(self.math, str) or not self.math.strip()):
+            raise FieldError("math", f"must be a non-empty string or absent, got {self.math!r}")
         check_choice("precision", self.precision, PRECISIONS)
         FileRef(self.file, self.sha256)  # same rules as every other file
         check_type("key", self.key, EngineKey)
@@ -388,17 +298,6 @@ class EngineEntry:
                                           f"{self.key.precision!r}")
         check_iso_time("built", self.built)
         set_field(self, "build_seconds", check_float("build_seconds", self.build_seconds, lo=0.0))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "precision": self.precision,
-            "file": self.file,
-            "sha256": self.sha256,
-            "key": self.key.to_json(),
-            "built": self.built,
-            "build_seconds": self.build_seconds,
-        }
 
     @classmethod
     def from_json(cls, obj: object) -> EngineEntry:
@@ -411,16 +310,18 @@ class EngineEntry:
                     if isinstance(exc, FieldError):
                         raise
                     raise FieldError("", f"is invalid: {exc}") from None
+            math = r.take("math") if isinstance(obj, dict) and "math" in obj else None
             return cls(model=r.take("model"), precision=r.take("precision"), file=r.take("file"),
                        sha256=r.take("sha256"), key=key, built=r.take("built"),
-                       build_seconds=r.take("build_seconds"))
+                       build_seconds=r.take("build_seconds"), math=math)
 
 
 @dataclass(frozen=True)
 class Manifest:
     """Everything the device needs to know about a bundle (see DESIGN.md, "The bundle")."""
 
-    models: Mapping[str, ModelEntry]
+    models: Mapping[str, ModelEntry] = field(metadata={"schema": {
+        "required": list(MODEL_NAMES), "propertyNames": {"enum": list(MODEL_NAMES)}}})
     preprocessing: Preprocessing
     thresholds: Thresholds
     training: Training
@@ -494,17 +395,9 @@ class Manifest:
         return replace(self, engines=tuple(e for e in self.engines if e.file != file))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "bpedge_version": self.bpedge_version,
-            "created": self.created,
-            "models": {name: self.models[name].to_json() for name in MODEL_NAMES},
-            "preprocessing": self.preprocessing.to_json(),
-            "thresholds": self.thresholds.to_json(),
-            "training": self.training.to_json(),
-            "parity": self.parity,
-            "engines": [e.to_json() for e in self.engines],
-        }
+        body = record_json(self)
+        first = ("schema_version", "bpedge_version", "created")  # what a reader checks first
+        return {**{k: body.pop(k) for k in first}, **body}
 
     def dumps(self) -> str:
         """The manifest as strict JSON text (what ``manifest.json`` holds)."""
@@ -532,11 +425,18 @@ class Manifest:
 
     @classmethod
     def loads(cls, text: str) -> Manifest:
+        too_deep = BundleError(f"{MANIFEST_NAME} is nested too deeply to be a manifest (a real "
+                               "one is a few levels deep): it is damaged or not a bpedge manifest")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BundleError(f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
-        return cls.from_json(obj)
+        except RecursionError:
+            raise too_deep from None
+        try:
+            return cls.from_json(obj)
+        except RecursionError:  # free-form fields are checked recursively
+            raise too_deep from None
 
 
 def _read_models(obj: object) -> dict[str, ModelEntry]:
@@ -566,5 +466,8 @@ def _upgrade(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def _opt_json(ref: FileRef | None) -> dict[str, Any] | None:
-    return None if ref is None else ref.to_json()
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema of ``manifest.json`` (what ``manifest.schema.json`` in the package holds),
+    derived from the dataclasses above."""
+    return json_schema(Manifest, f"bpedge bundle manifest, schema {SCHEMA_VERSION}")

@@ -1,4 +1,5 @@
-"""ONNX Runtime model runners for the host cascade (the embedded CPU default)."""
+"""ONNX Runtime for the host cascade (the embedded CPU default): one session per model
+(:class:`OrtModel`) and the cascade built from a bundle's two models (:func:`onnxruntime_cascade`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from bpedge._cascade import HostCascade
+from bpedge._cascade_spec import CascadeSpec
+from bpedge.bundle import Bundle
 
 
 class OrtModel:
@@ -49,6 +54,8 @@ class OrtModel:
         if len(inputs) != 1:
             raise ValueError(f"{name}: expected a model with one input, found {len(inputs)}")
         self.input_name = inputs[0].name
+        #: The model's declared input shape: ints, or strings/None for dynamic dimensions.
+        self.input_shape: tuple[int | str | None, ...] = tuple(inputs[0].shape)
         self._input_type = np.float16 if "float16" in inputs[0].type else np.float32
         known = {o.name for o in self._session.get_outputs()}
         missing = [n for n in output_names if n not in known]
@@ -57,7 +64,45 @@ class OrtModel:
         self.output_names = list(output_names)
         self.name = name
 
+    def check_input_hw(self, expected_hw: tuple[int, int], source: str) -> None:
+        """ValueError unless the model takes (N, 1, H, W) with (H, W) == ``expected_hw`` (what
+        ``source``, a manifest field, declares): caught at load instead of on every frame."""
+        shape = self.input_shape
+        hw = tuple(shape[-2:]) if len(shape) == 4 else None
+        fixed = hw is not None and all(isinstance(d, int) for d in hw)
+        if len(shape) != 4 or (fixed and hw != tuple(expected_hw)):
+            raise ValueError(
+                f"{self.name}: the model's input is {list(shape)}, but the manifest's {source} is "
+                f"{list(expected_hw)}; the manifest does not describe this model: re-export the "
+                "bundle with `bpedge export`"
+            )
+
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self._input_type)}
         outputs = self._session.run(self.output_names, feed)
         return [np.asarray(o, dtype=np.float32) for o in outputs]
+
+
+def onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,
+                        threads: int | None) -> HostCascade:
+    """The host cascade over ``bundle``'s ``precision`` ONNX files, each hash-checked as it is
+    read (the verified bytes are what ONNX Runtime loads)."""
+
+    def model(name: str, outputs: list[str]) -> OrtModel:
+        ref = bundle.onnx_ref(name, precision)
+        return OrtModel(bundle.read_verified(ref.file), str(Path(bundle.root) / ref.file),
+                        outputs, threads)
+
+    detector = model("detector", ["score", "box"])
+    segmenter = model("segmenter", ["prob"])
+    detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
+    segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
+
+    def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score, box = detector(batch)
+        return score.reshape(-1), box.reshape(-1, 4)
+
+    def run_segmenter(batch: np.ndarray) -> np.ndarray:
+        return segmenter(batch)[0]
+
+    return HostCascade(run_detector, run_segmenter, spec)

@@ -139,8 +139,13 @@ class PreprocessingSpec:
         missing = [n for n in names if n not in obj and n != "crop_margin"]
         if unknown or missing:
             raise ValueError(f"preprocessing spec: unknown keys {unknown}, missing keys {missing}")
-        kwargs = {k: tuple(int(x) for x in v) if k.endswith("_hw") else v for k, v in obj.items()}
-        return cls(**kwargs)
+        def hw(key: str) -> tuple[int, int]:
+            h, w = obj[key]
+            return (int(h), int(w))
+
+        return cls(hw("detector_input_hw"), obj["detector_mean"], obj["detector_std"],
+                   hw("crop_hw"), obj["crop_mean"], obj["crop_std"],
+                   crop_margin=float(obj.get("crop_margin", 0.0)))
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), allow_nan=False)

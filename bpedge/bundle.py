@@ -33,6 +33,13 @@ from bpedge._manifest_fields import (
     sha256_bytes,
     sha256_file,
 )
+from bpedge._regular_file import (
+    MAX_BUNDLE_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
+    NotARegularFile,
+    read_regular_file,
+    sha256_regular_file,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -128,9 +135,12 @@ class Bundle:
         expected = self._expected_hash(file)
         path = self._root / file
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path, MAX_BUNDLE_FILE_BYTES)
         except FileNotFoundError:
             raise BundleError(_missing_message(self._root, file, self._is_engine(file))) from None
+        except NotARegularFile as exc:
+            raise BundleError(_unusable_message(self._root, file, exc,
+                                                self._is_engine(file))) from None
         if sha256_bytes(data) != expected:
             raise BundleError(_mismatch_message(self._root, file, expected, sha256_bytes(data),
                                                 self._is_engine(file)))
@@ -197,9 +207,11 @@ class Bundle:
             self._commit(current.with_engine(entry))
 
     def store_engine(
-        self, model: str, key: EngineKey, plan: bytes, build_seconds: float
+        self, model: str, key: EngineKey, plan: bytes, build_seconds: float,
+        math: str | None = None,
     ) -> EngineEntry:
         """Write a TensorRT plan as ``key.file_name(model)`` and list it; returns its entry.
+        ``math``: what the engine computes in (e.g. fp32 with TF32 disabled), for the manifest.
 
         Safe against a kill at any moment: an entry for the same file is first unlisted, then
         the plan is written atomically, then the new entry is listed.
@@ -216,6 +228,7 @@ class Bundle:
             key=key,
             built=now_iso(),
             build_seconds=float(build_seconds),
+            math=math,
         )
         with self._locked() as current:
             if any(ref.file == entry.file for ref in current.model_files()):
@@ -284,10 +297,16 @@ def _read_manifest(root: Path) -> Manifest:
     if not root.is_dir():
         raise BundleError(f"bundle directory {root} does not exist (or is not a directory)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_MANIFEST_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise BundleError(f"{root} is not a bundle: it has no {MANIFEST_NAME} (export one with "
                           "`bpedge export`)") from None
+    except NotARegularFile as exc:
+        raise BundleError(f"{exc}: a bundle's {MANIFEST_NAME} must be a regular file; copy the "
+                          "bundle again, or re-export it") from None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): copy the "
+                          "bundle again, or re-export it") from None
     try:
         return Manifest.loads(text)
     except BundleError as exc:
@@ -324,9 +343,11 @@ def _check_model_files(root: Path, manifest: Manifest) -> Manifest:
 def _verify_file(root: Path, file: str, expected: str, *, engine: bool) -> Path:
     path = root / file
     try:
-        actual = sha256_file(path)
-    except (FileNotFoundError, IsADirectoryError):
+        actual = sha256_regular_file(path, MAX_BUNDLE_FILE_BYTES)
+    except FileNotFoundError:
         raise BundleError(_missing_message(root, file, engine)) from None
+    except NotARegularFile as exc:
+        raise BundleError(_unusable_message(root, file, exc, engine)) from None
     if actual != expected:
         raise BundleError(_mismatch_message(root, file, expected, actual, engine))
     return path
@@ -341,6 +362,11 @@ def _fix(root: Path, engine: bool) -> str:
 def _missing_message(root: Path, file: str, engine: bool) -> str:
     return (f"bundle file {file!r} listed in {MANIFEST_NAME} is missing from {root}: "
             f"{_fix(root, engine)}")
+
+
+def _unusable_message(root: Path, file: str, problem: NotARegularFile, engine: bool) -> str:
+    return (f"bundle file {file!r} listed in {MANIFEST_NAME} cannot be used ({problem}), so it "
+            f"will not be loaded; {_fix(root, engine)}")
 
 
 def _mismatch_message(root: Path, file: str, expected: str, actual: str, engine: bool) -> str:

@@ -3,6 +3,10 @@ bundle on ONNX Runtime (CPU, the embedded default) or TensorRT (NVIDIA GPU).
 
 A ``Segmenter`` is used from one thread at a time; :meth:`Segmenter.stream` is how to get frames
 overlapping (several in flight, results in order).
+
+Every result belongs to the frame it was given: :meth:`Segmenter.stream` takes its own copy of a
+frame when it is handed over (the caller may refill the same buffer at once, as capture loops do),
+before any backend sees it, so the TensorRT pinned staging slots are filled from that copy too.
 """
 
 from __future__ import annotations
@@ -10,28 +14,36 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame
-from bpedge._result import Result
+from bpedge._result import Result, with_valid_score
 from bpedge.bundle import Bundle
 
 Backend = Literal["auto", "onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16"]
 
 _BACKENDS = ("auto", "onnxruntime", "tensorrt")
+#: Upper bounds of the run-time knobs: far above what helps on any machine we target (an Orin has
+#: 12 cores; 3 frames in flight already hide the upload), low enough that a typo such as
+#: ``depth=30000`` fails at once instead of running for minutes and gigabytes.
+MAX_THREADS = 256
+MAX_DEPTH = 64
+MAX_BATCH = 1024
 _log = logging.getLogger("bpedge")
 
 
 class _Cascade(Protocol):
+    """What a backend's cascade offers the Segmenter (the host cascade, the TensorRT cascade)."""
+
     def run(self, grey: np.ndarray) -> Result: ...
     def run_batch(self, greys: Sequence[np.ndarray]) -> list[Result]: ...
+    def run_device(self, frame: Any) -> Result: ...
     def stream(self, greys: Iterable[np.ndarray], depth: int) -> Iterator[Result]: ...
+    def close(self) -> None: ...
 
 
 class Segmenter:
@@ -49,10 +61,10 @@ class Segmenter:
     """
 
     def __init__(self, cascade: _Cascade, spec: CascadeSpec, backend: str, precision: str,
-                 fallback_reason: str | None = None, closer: Any = None):
-        # Use from_bundle(); this constructor wires already-built parts together.
+                 fallback_reason: str | None = None):
+        # Use from_bundle(); this constructor wires already-built parts together. The Segmenter
+        # owns ``cascade`` and closes it.
         self._cascade: _Cascade | None = cascade
-        self._closer = closer
         self.spec = spec
         self.backend = backend
         self.precision = precision
@@ -78,10 +90,14 @@ class Segmenter:
                 ``RuntimeError`` saying why it cannot run; ``"onnxruntime"`` always runs.
             precision: ``"fp32"`` or ``"fp16"``; default fp16 on TensorRT, fp32 on ONNX Runtime
                 (FP16 arithmetic on most CPUs is emulated and slower).
-            threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
-            max_batch: largest :meth:`segment_batch` size the TensorRT engines must accept.
+            threads: ONNX Runtime intra-op threads, 1..``MAX_THREADS`` (default: ONNX Runtime's
+                choice).
+            max_batch: largest :meth:`segment_batch` size the TensorRT engines must accept,
+                1..``MAX_BATCH``.
             device: CUDA device ordinal for TensorRT.
         """
+        _check_bounded("threads", threads, MAX_THREADS, none_ok=True)
+        _check_bounded("max_batch", max_batch, MAX_BATCH)
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, "fp32", "fp16"):
@@ -94,57 +110,103 @@ class Segmenter:
 
             trt_precision = precision or "fp16"
             reason = tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
+            failure: Exception | None = None
             if reason is None:
-                cascade = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
-                _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
-                return cls(cascade, spec, "tensorrt", trt_precision, None, cascade)
+                try:
+                    gpu = TensorRTCascade(bundle, spec, trt_precision, max_batch, device)
+                except Exception as exc:  # noqa: BLE001 - reported as the reason, or re-raised
+                    # Everything can still fail once the GPU is really used (NVRTC, the kernel
+                    # cache, a plan TensorRT refuses, GPU memory); the cascade released what it
+                    # had set up. "auto" says why and runs on the CPU instead.
+                    failure = exc
+                    reason = f"building the TensorRT cascade failed: {type(exc).__name__}: {exc}"
+                else:
+                    _log.info("bpedge: using TensorRT (%s) from %s", trt_precision, bundle.root)
+                    return cls(gpu, spec, "tensorrt", trt_precision, None)
             if backend == "tensorrt":
-                raise RuntimeError(f"backend='tensorrt' cannot run: {reason}")
+                raise RuntimeError(f"backend='tensorrt' cannot run: {reason}") from failure
+            if failure is not None:
+                _log.warning("bpedge: %s; falling back to ONNX Runtime", reason)
         ort_precision = precision or "fp32"
-        cascade = _onnxruntime_cascade(bundle, spec, ort_precision, threads)
+        from bpedge._onnxruntime import onnxruntime_cascade
+
+        host = onnxruntime_cascade(bundle, spec, ort_precision, threads)
         _log.info("bpedge: using ONNX Runtime (%s) from %s%s", ort_precision, bundle.root,
                   f"; TensorRT not used: {reason}" if reason else "")
-        return cls(cascade, spec, "onnxruntime", ort_precision, reason)
+        return cls(host, spec, "onnxruntime", ort_precision, reason)
 
     # --- running -------------------------------------------------------------------------------
 
     def __call__(self, frame: Any) -> Result:
         """Segment one frame. ``frame``: ``uint8`` (H, W), (H, W, 1) or (H, W, 3) BGR host array
-        (float in [0, 255] also accepted), or on the TensorRT backend a device array exposing
-        ``__cuda_array_interface__`` (uint8 (H, W), no copy to the host)."""
+        (other dtypes: see :func:`bpedge._frames.as_grey_frame` for the rule), or on the TensorRT
+        backend a device array exposing ``__cuda_array_interface__`` (uint8 (H, W), no copy to
+        the host)."""
         cascade = self._live()
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
-            if self.backend != "tensorrt":
-                raise ValueError(
-                    "frame is a GPU array but this Segmenter runs on ONNX Runtime (CPU): copy it to "
-                    "the host first (e.g. tensor.cpu().numpy())"
-                )
-            return cascade.run_device(frame)  # type: ignore[attr-defined,no-any-return]
-        return cascade.run(as_grey_frame(frame))
+            return with_valid_score(cascade.run_device(frame))
+        return with_valid_score(cascade.run(as_grey_frame(frame)))
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
-        """Segment several host frames (sizes may differ) with one model call per stage."""
+        """Segment several host frames (sizes may differ) with one model call per stage.
+        ``frames``: a list (or tuple) of frames, or an (N, H, W) / (N, H, W, C) array; a single
+        (H, W) or (H, W, 1|3) array is refused (it is one frame: call ``seg(frame)``)."""
         cascade = self._live()
-        if isinstance(frames, np.ndarray) and frames.ndim == 2:
-            raise ValueError("segment_batch takes a sequence of frames; for one frame call seg(frame)")
+        if isinstance(frames, np.ndarray) and (
+            frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] in (1, 3))
+        ):
+            raise ValueError(f"segment_batch takes a sequence of frames, got one array of shape "
+                             f"{frames.shape} (one frame): call seg(frame), or pass [frame]")
         greys = [as_grey_frame(f) for f in frames]
-        return cascade.run_batch(greys)
+        return [with_valid_score(r) for r in cascade.run_batch(greys)]
 
     def stream(self, frames: Iterable[Any], depth: int = 3) -> Iterator[Result]:
-        """Segment frames from an iterator with up to ``depth`` in flight; results in order.
-        A bad frame raises ``ValueError`` when it is reached."""
+        """Segment frames from an iterator with up to ``depth`` (1..``MAX_DEPTH``) in flight;
+        results in order, each computed on the frame as it was when the iterator handed it over
+        (the stream copies it then, so the caller may reuse one buffer for every frame).
+
+        A bad frame, or an exception from ``frames`` itself, ends the stream: the results of the
+        frames before it come out first, then that exception is raised. :meth:`close` during a
+        stream stops it: the next step raises ``RuntimeError``."""
         cascade = self._live()
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-        return cascade.stream((as_grey_frame(f) for f in frames), depth)
+        _check_bounded("depth", depth, MAX_DEPTH)
+        return self._stream(cascade, frames, depth)
+
+    def _stream(self, cascade: _Cascade, frames: Iterable[Any], depth: int) -> Iterator[Result]:
+        failure: list[Exception] = []
+
+        def owned_frames() -> Iterator[np.ndarray]:
+            # The one place every backend's stream gets its frames from. A failure here ends the
+            # input cleanly, so the backend delivers what it has in flight; it is raised after.
+            try:
+                for frame in frames:
+                    if self._cascade is None:
+                        return
+                    yield _owned_grey(frame)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the drained results
+                failure.append(exc)
+
+        results = cascade.stream(owned_frames(), depth)
+        try:
+            for result in results:
+                if self._cascade is None:
+                    raise RuntimeError("this Segmenter was closed during stream(); its remaining "
+                                       "frames were not segmented")
+                yield with_valid_score(result)
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # shuts the backend's workers down even when the caller stops early
+        if failure:
+            raise failure[0]
 
     # --- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release the engines, sessions and GPU buffers. Idempotent."""
-        closer, self._closer, self._cascade = self._closer, None, None
-        if closer is not None:
-            closer.close()
+        cascade, self._cascade = self._cascade, None
+        if cascade is not None:
+            cascade.close()
 
     @property
     def closed(self) -> bool:
@@ -166,26 +228,22 @@ class Segmenter:
         return f"Segmenter(backend={self.backend!r}, precision={self.precision!r}, {state})"
 
 
-def _onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,
-                         threads: int | None) -> HostCascade:
-    from bpedge._onnxruntime import OrtModel
+def _check_bounded(name: str, value: object, maximum: int, *, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= int(value) <= maximum:
+        raise ValueError(f"{name} must be an int in [1, {maximum}], got {value!r}")
 
-    def model(name: str, outputs: list[str]) -> OrtModel:
-        ref = bundle.onnx_ref(name, precision)
-        return OrtModel(bundle.read_verified(ref.file), str(Path(bundle.root) / ref.file),
-                        outputs, threads)
 
-    detector = model("detector", ["score", "box"])
-    segmenter = model("segmenter", ["prob"])
-
-    def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        score, box = detector(batch)
-        return score.reshape(-1), box.reshape(-1, 4)
-
-    def run_segmenter(batch: np.ndarray) -> np.ndarray:
-        return segmenter(batch)[0]
-
-    return HostCascade(run_detector, run_segmenter, spec)
+def _owned_grey(frame: Any) -> np.ndarray:
+    """``as_grey_frame(frame)`` in memory nobody else holds: converted frames are new arrays
+    already; a frame used as it is (uint8, contiguous) or a view of the caller's buffer is copied
+    (one 420x580 frame: 240 KB)."""
+    grey = as_grey_frame(frame)
+    if grey is frame or not grey.flags.owndata:
+        grey = grey.copy()
+    return grey
 
 
 __all__ = ["Backend", "Precision", "Result", "Segmenter"]

@@ -52,6 +52,8 @@ class TensorRTApi(Protocol):
     def IProgressMonitor(self) -> type[tensorrt.IProgressMonitor]: ...
     @property
     def Dims(self) -> type[tensorrt.Dims]: ...
+    @property
+    def BuilderFlag(self) -> type[tensorrt.BuilderFlag]: ...
 
 
 if TYPE_CHECKING:
@@ -85,6 +87,21 @@ def create_builder(trt: TensorRTApi) -> tuple[tensorrt.Builder, tensorrt.Logger]
     return trt.Builder(logger), logger
 
 
+def strongly_typed_flags(trt: TensorRTApi) -> int:
+    """``create_network`` flags for a strongly typed network. The member is read defensively:
+    TensorRT 11 deprecated it (strong typing is always on, the flag "is retained for API
+    compatibility but is ignored"), so a later version may drop it, and then no flag is needed."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+#: What the engine's arithmetic is, by precision, as recorded in the manifest (``math``).
+ENGINE_MATH: dict[str, str] = {
+    "fp32": "fp32: IEEE fp32 everywhere (TF32 disabled)",
+    "fp16": "fp16: as typed in the fp16 ONNX; its fp32 layers IEEE fp32 (TF32 disabled)",
+}
+
+
 def parse_onnx(
     trt: TensorRTApi,
     builder: tensorrt.Builder,
@@ -97,8 +114,7 @@ def parse_onnx(
     ``onnx_name`` is the file's path, used for messages and for any external weights file beside
     it. Raises :class:`EngineBuildError` with the parser's errors.
     """
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx, onnx_name):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -145,9 +161,16 @@ def create_config(
     trt: TensorRTApi, builder: tensorrt.Builder, workspace_mb: int
 ) -> tensorrt.IBuilderConfig:
     """A builder config with the workspace pool capped at ``workspace_mb`` MiB. No precision
-    flags: precision comes from the (strongly typed) network."""
+    flags: precision comes from the (strongly typed) network.
+
+    TF32 is cleared: ``BuilderFlag.TF32`` is set by default and strongly typed networks honour
+    it, so on Ampere and later the "fp32" engine's convolutions and matrix multiplies would run
+    with a 10-bit mantissa (TensorRT Python API, ``IBuilderConfig`` / ``BuilderFlag.TF32``,
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html;
+    TF32 is not among the flags TensorRT 11 removed). :data:`ENGINE_MATH` says what runs."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    config.clear_flag(trt.BuilderFlag.TF32)
     return config
 
 

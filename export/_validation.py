@@ -113,12 +113,12 @@ def check_data(
     payload: dict[str, Any],
     label: str,
     *,
-    force: bool,
+    accept_other_data: bool,
     warn: Callable[[str], None],
     scanned: dict[tuple[Path, str], DatasetIndex] | None = None,
 ) -> DataCheck:
     """Scan ``root`` (as the checkpoint's run did: same ``on_error``) and compare its content
-    fingerprint with the checkpoint's. A mismatch is a ``ValueError`` unless ``force`` (then a
+    fingerprint with the checkpoint's. A mismatch is a ``ValueError`` unless ``accept_other_data`` (then a
     warning). ``scanned`` caches scans across the two checkpoints."""
     from bpedge.train.data import scan_dataset
 
@@ -136,11 +136,11 @@ def check_data(
         message = (f"the data in {root} is not what the {label} was trained on (content "
                    f"fingerprint {index.fingerprint[:12]}..., the checkpoint recorded "
                    f"{str(expected)[:12]}...)")
-        if not force:
-            raise ValueError(f"{message}: pass the training data folder with --data, or --force to "
-                             "export anyway (the parity and threshold numbers then describe "
-                             "other data)")
-        warn(f"warning: {message}; going on because of --force")
+        if not accept_other_data:
+            raise ValueError(f"{message}: pass the training data folder with --data, or "
+                             "--accept-other-data to export anyway (the parity and threshold "
+                             "numbers then describe other data)")
+        warn(f"warning: {message}; going on because of --accept-other-data")
     return DataCheck(root=root, index=index, fingerprint_matches=matches)
 
 
@@ -153,7 +153,8 @@ def _subset(frames: Sequence[Frame], n: int, seed: int) -> tuple[Frame, ...]:
 
 
 def validation_frames(
-    check: DataCheck, payload: dict[str, Any], label: str, *, max_val: int | None, force: bool,
+    check: DataCheck, payload: dict[str, Any], label: str, *, max_val: int | None,
+    accept_other_data: bool,
     warn: Callable[[str], None],
 ) -> ValidationFrames:
     """The BP-positive frames of the checkpoint's validation split (a seeded random ``max_val``
@@ -168,7 +169,7 @@ def validation_frames(
     if missing:
         message = (f"{len(missing)} of the {label}'s {len(keys)} validation frames are not in "
                    f"{check.root} (e.g. {missing[:3]})")
-        if not force or len(missing) == len(keys):
+        if not accept_other_data or len(missing) == len(keys):
             raise ValueError(f"{message}: pass the training data folder with --data")
         warn(f"warning: {message}; checking on the other {len(keys) - len(missing)}")
     frames = [by_key[k] for k in keys if k in by_key]

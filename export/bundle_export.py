@@ -1,11 +1,17 @@
-"""``bpedge export``: two checkpoints -> a checked bundle (ONNX FP32 + FP16, manifest, checkpoints).
+"""``bpedge export``: two checkpoints -> a checked bundle (ONNX FP32 + FP16, manifest).
+
+A bundle holds what a device needs: the ONNX files, the manifest and later the engines. The
+training checkpoints stay beside it, in their run folders, and the manifest records where they
+were and their sha256 (``training.presets.<model>.checkpoint``); ``include_checkpoints``
+(``--include-checkpoints``) copies them in as well, listed and hash-checked like every other
+file (what ``bpedge bench``'s PyTorch row runs).
 
 Steps (each announced through ``log``):
 
 1. load both checkpoints (a detector and a segmenter, each a file or a run folder's best.pt);
 2. find the validation data: the frames of each checkpoint's validation split in ``--data`` (or
    the folder the checkpoint recorded), refused if its content fingerprint is not the one the
-   checkpoint trained on (unless ``force``);
+   checkpoint trained on (unless ``accept_other_data``);
 3. export both models to FP32 ONNX (:mod:`bpedge.export.onnx_export`);
 4. convert both to mixed-precision FP16 ONNX (:mod:`bpedge.export.fp16`);
 5. run the detector (PyTorch, ONNX FP32, ONNX FP16) on its validation frames;
@@ -13,13 +19,16 @@ Steps (each announced through ``log``):
    frame, or the exported detector's boxes) and run it likewise;
 7. choose the mask and score thresholds on the FP32 ONNX outputs (:mod:`bpedge.export.thresholds`)
    and measure FP16 against FP32 at that mask threshold (:mod:`bpedge.export.parity`);
-8. fail if a parity gate fails; otherwise copy the checkpoints in, write ``manifest.json`` through
+8. fail if a parity gate fails; otherwise (with ``include_checkpoints``) copy the checkpoints
+   in, write ``manifest.json`` through
    :meth:`bpedge.bundle.Bundle.create` (which hashes and checks every file) and move the finished
    bundle into place.
 
 Everything is built in a temporary directory beside ``out`` and renamed to ``out`` only at the
-end, so a failed or killed export leaves no ``out`` (and an existing bundle is replaced, with
-``force``, only by a complete one).
+end, so a failed or killed export leaves no ``out``. An existing ``out`` is replaced only with
+``force``, only by a complete bundle, and only when it is itself a bundle that export made
+(:func:`bpedge._out_dir.is_replaceable_bundle`): any other non-empty folder is refused before any
+work, so export never deletes a data folder, a run folder or anything else it did not write.
 """
 
 from __future__ import annotations
@@ -58,7 +67,9 @@ from bpedge._manifest import (
     Preprocessing,
     Thresholds,
     Training,
+    sha256_file,
 )
+from bpedge._out_dir import OutDirRefused, is_replaceable_bundle, mark_made_by
 from bpedge.bundle import Bundle, file_ref
 
 if TYPE_CHECKING:
@@ -79,7 +90,10 @@ FILES = {
 class ExportOptions:
     """What ``bpedge export`` takes. ``data`` None: the folder each checkpoint recorded.
     ``max_val``: check on at most this many validation frames per model (seeded sample).
-    ``force``: replace a non-empty ``out`` and accept data whose fingerprint differs."""
+    ``force``: replace an ``out`` that is a bundle made by export (never any other folder).
+    ``accept_other_data``: export although the data's fingerprint differs from the checkpoints'.
+    ``include_checkpoints``: copy the two training checkpoints into the bundle (by default it holds
+    ONNX files and the manifest only, which records where the checkpoints are)."""
 
     detector: Path
     segmenter: Path
@@ -87,8 +101,10 @@ class ExportOptions:
     data: Path | None = None
     max_val: int | None = None
     force: bool = False
+    accept_other_data: bool = False
     batch_size: int = 8
     tolerances: Tolerances = field(default_factory=Tolerances)
+    include_checkpoints: bool = False
 
     def check(self) -> None:
         """ValueError / FileNotFoundError naming the option, before any work is done."""
@@ -105,9 +121,15 @@ class ExportOptions:
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not self.force:
-            raise ValueError(f"--out {out} exists and is not empty: choose a new directory, or "
-                             "pass --force to replace it")
+        if out.is_dir() and any(out.iterdir()):
+            if not is_replaceable_bundle(out):
+                raise OutDirRefused(
+                    f"--out {out} exists and is not empty, and it is not a bundle made by `bpedge "
+                    "export`: export never replaces a folder it did not make (--force replaces "
+                    "only such a bundle); choose a new or empty directory")
+            if not self.force:
+                raise ValueError(f"--out {out} exists and is not empty (an earlier bundle): choose "
+                                 "a new directory, or pass --force to replace it")
 
 
 @dataclass(frozen=True)
@@ -235,7 +257,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
         }
         thresholds = Thresholds(score=score.value, mask=mask.value,
                                 how_chosen={"score": score.how, "mask": mask.how})
-        _write_bundle(tmp, det, seg, thresholds, parity)
+        _write_bundle(tmp, det, seg, thresholds, parity,
+                      include_checkpoints=opts.include_checkpoints)
+        mark_made_by(tmp, "export")
         _publish(tmp, out, opts.force)
     log(f"done: {out}")
     return Bundle.open(out)
@@ -254,10 +278,12 @@ def _validation_sets(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedChec
     checks, frames = {}, {}
     for ck in (det, seg):
         root = val.resolve_data_root(ck.payload, opts.data, ck.kind)
-        checks[ck.kind] = val.check_data(root, ck.payload, ck.kind, force=opts.force, warn=note,
+        checks[ck.kind] = val.check_data(root, ck.payload, ck.kind,
+                                         accept_other_data=opts.accept_other_data, warn=note,
                                          scanned=scanned)
         frames[ck.kind] = val.validation_frames(checks[ck.kind], ck.payload, ck.kind,
-                                                max_val=opts.max_val, force=opts.force,
+                                                max_val=opts.max_val,
+                                                accept_other_data=opts.accept_other_data,
                                                 warn=note)
     seed = int((det.payload.get("split") or {}).get("seed", 0))
     positives = frames["detector"]
@@ -360,13 +386,15 @@ def _runtime_versions() -> dict[str, str]:
 
 
 def _write_bundle(tmp: Path, det: LoadedCheckpoint, seg: LoadedCheckpoint,
-                  thresholds: Thresholds, parity: dict[str, Any]) -> None:
-    """Copy the checkpoints in and write the manifest (Bundle.create hashes and checks every
-    file it lists)."""
-    for ck in (det, seg):
-        shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
+                  thresholds: Thresholds, parity: dict[str, Any], *,
+                  include_checkpoints: bool = False) -> None:
+    """Write the manifest (Bundle.create hashes and checks every file it lists), and with
+    ``include_checkpoints`` copy the checkpoints in first."""
+    if include_checkpoints:
+        for ck in (det, seg):
+            shutil.copyfile(ck.path, tmp / FILES[ck.kind][2])
     manifest = Manifest(
-        models={ck.kind: _model_entry(ck, tmp) for ck in (det, seg)},
+        models={ck.kind: _model_entry(ck, tmp, include_checkpoints) for ck in (det, seg)},
         preprocessing=Preprocessing.from_spec(preprocessing_spec(det.payload, seg.payload)),
         thresholds=thresholds,
         training=_training(det, seg),
@@ -379,7 +407,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _model_entry(ck: LoadedCheckpoint, root: Path) -> ModelEntry:
+def _model_entry(ck: LoadedCheckpoint, root: Path, include_checkpoint: bool) -> ModelEntry:
     from bpedge.export.onnx_export import contract_specs
     from bpedge.train.models import model_complexity
 
@@ -393,7 +421,7 @@ def _model_entry(ck: LoadedCheckpoint, root: Path) -> ModelEntry:
         arch=str(ck.payload["arch"]),
         flops=flops,
         params=params,
-        checkpoint=file_ref(root, pt),
+        checkpoint=file_ref(root, pt) if include_checkpoint else None,
     )
 
 
@@ -442,6 +470,8 @@ def _training(det: LoadedCheckpoint, seg: LoadedCheckpoint) -> Training:
         ck.kind: {
             "preset": (ck.payload.get("config") or {}).get("preset"),
             "model_config": ck.payload.get("model_config"),
+            # Where the weights came from: the checkpoint stays in its run folder.
+            "checkpoint": {"path": str(ck.path.resolve()), "sha256": sha256_file(ck.path)},
             **({"crop_mode": ck.payload.get("crop_mode")} if ck.kind == "segmenter" else {}),
         }
         for ck in (det, seg)
@@ -473,7 +503,8 @@ def _staging_dir(out: Path) -> Iterator[Path]:
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished bundle ``tmp`` to ``out``. An empty ``out`` directory is replaced; a
-    non-empty one only with ``force``, and only now that the new bundle is complete."""
+    non-empty one only with ``force``, only if it is (still) a bundle export made, and only now
+    that the new bundle is complete."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -481,6 +512,9 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
         return
     if not force or not out.is_dir():
         raise ValueError(f"--out {out} appeared during the export; nothing was replaced")
+    if not is_replaceable_bundle(out):
+        raise OutDirRefused(f"--out {out} changed during the export and is no longer a bundle "
+                            "made by `bpedge export`; nothing was replaced")
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
     os.replace(out, old / out.name)
     os.replace(tmp, out)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from bpedge.train.inference import run_torch  # the one torch batch runner, re-exported here
 
 from bpedge._metrics import box_iou
-
-if TYPE_CHECKING:
-    from torch import nn
 
 __all__ = [
     "DetectorOutputs",
@@ -124,25 +122,6 @@ class OnnxModel:
             for part, out in zip(parts, outs):
                 part.append(np.asarray(out, dtype=np.float32))
         return [np.concatenate(p) if p else np.zeros((0,), np.float32) for p in parts]
-
-
-def run_torch(model: nn.Module, x: np.ndarray, batch_size: int = 8) -> list[np.ndarray]:
-    """Run an eval-mode CPU ``model`` on float32 ``x`` (N, ...) in batches; its output(s) as a
-    list of float32 arrays concatenated over the batches."""
-    import torch
-
-    if model.training:
-        raise ValueError("parity runs the model in eval mode: call model.eval() first")
-    parts: list[list[np.ndarray]] = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            out = model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])))
-            outs = list(out) if isinstance(out, (tuple, list)) else [out]
-            if not parts:
-                parts = [[] for _ in outs]
-            for part, o in zip(parts, outs):
-                part.append(o.detach().cpu().numpy().astype(np.float32))
-    return [np.concatenate(p) for p in parts]
 
 
 def _nonfinite(a: np.ndarray) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bpedge.export._trt_steps import (
+    ENGINE_MATH,
     BuildProgress,
     EngineBuildError,
     TensorRTApi,
@@ -167,7 +168,8 @@ def build_engines(
             progress=BuildProgress(f"{model} {precision}") if progress else None,
             log=say,
         )
-        entry = bundle.store_engine(model, key, built.plan, built.seconds)
+        entry = bundle.store_engine(model, key, built.plan, built.seconds,
+                                    math=ENGINE_MATH[precision])
         cache = built.timing_cache
         if cache_path is not None:
             atomic_write_bytes(cache_path, cache)

@@ -34,6 +34,7 @@ from bpedge.kernels._nvrtc import (
     NvrtcUnavailableError,
     compile_kernel,
     cuda_include_dir,
+    header_cuda_major,
     nvrtc_version,
     supported_archs,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "cuda_include_dir",
     "emulated_paste",
     "emulated_preprocess",
+    "header_cuda_major",
     "kernel_params",
     "kernel_source_path",
     "load_host_library",

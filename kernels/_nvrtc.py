@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,8 @@ def _nvrtc() -> Any:
         from cuda.bindings import nvrtc
     except ImportError as exc:
         raise NvrtcUnavailableError(
-            "compiling the kernels needs cuda-bindings and nvidia-cuda-nvrtc "
-            "(pip install 'cuda-python>=12.6')"
+            "compiling the kernels needs cuda-python's cuda-bindings and NVRTC: pip install "
+            "'bpedge[tensorrt-cu13]' (CUDA 13 driver) or 'bpedge[tensorrt-cu12]' (CUDA 12)"
         ) from exc
     return nvrtc
 
@@ -92,8 +93,29 @@ def supported_archs() -> tuple[int, ...]:
     return tuple(int(a) for a in archs)
 
 
-def cuda_include_dir() -> Path:
-    """The directory holding ``cuda_fp16.h``: the nvidia-cuda-runtime wheel's, else ``$CUDA_HOME``'s."""
+#: The extra that installs a consistent TensorRT + cuda-bindings + NVRTC + headers set, by CUDA
+#: major (pyproject.toml).
+EXTRA_BY_CUDA_MAJOR: dict[int, str] = {12: "bpedge[tensorrt-cu12]", 13: "bpedge[tensorrt-cu13]"}
+
+
+def header_cuda_major(directory: Path) -> int | None:
+    """The CUDA major version of the headers in ``directory`` (``CUDART_VERSION`` in
+    ``cuda_runtime_api.h``, else ``CUDA_VERSION`` in ``cuda.h``); None when neither says."""
+    for name, macro in (("cuda_runtime_api.h", "CUDART_VERSION"), ("cuda.h", "CUDA_VERSION")):
+        path = directory / name
+        if not path.is_file():
+            continue
+        match = re.search(rf"^#define\s+{macro}\s+(\d+)", path.read_text(errors="replace"),
+                          re.MULTILINE)
+        if match:
+            return int(match.group(1)) // 1000
+    return None
+
+
+def _header_candidates(major: int) -> list[Path]:
+    """Directories that may hold the CUDA headers, most specific first: cuda-pathfinder's answer,
+    $CUDA_HOME / $CUDA_PATH, and the nvidia wheels' layouts (``nvidia/cu13/include`` for CUDA 13,
+    ``nvidia/cuda_runtime/include`` for CUDA 12)."""
     candidates: list[str] = []
     try:
         from cuda import pathfinder
@@ -101,17 +123,42 @@ def cuda_include_dir() -> Path:
         found = pathfinder.find_nvidia_header_directory("cudart")
         if found:
             candidates.append(found)
-    except ImportError:
-        pass  # cuda-pathfinder is optional; fall back to the toolkit variables below
+    except (ImportError, AttributeError, RuntimeError):
+        pass  # cuda-pathfinder is optional (and older ones lack the function): other places below
     for variable in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(variable):
             candidates.append(os.path.join(os.environ[variable], "include"))
-    for directory in candidates:
-        if os.path.isfile(os.path.join(directory, "cuda_fp16.h")):
-            return Path(directory)
+    try:
+        import nvidia
+
+        for root in getattr(nvidia, "__path__", []):
+            candidates += [os.path.join(root, f"cu{major}", "include"),
+                           os.path.join(root, "cuda_runtime", "include")]
+    except ImportError:
+        pass  # no nvidia wheels installed
+    return [Path(c) for c in dict.fromkeys(candidates)]
+
+
+def cuda_include_dir() -> Path:
+    """The directory holding ``cuda_fp16.h`` for the CUDA major of the NVRTC that is loaded.
+
+    NVRTC must compile against headers of its own CUDA major (a CUDA 12 NVRTC cannot parse CUDA
+    13's ``cuda_fp16.h`` and the other way round). Raises :class:`NvrtcUnavailableError` naming
+    every header directory found and its version, and the install line, when none matches."""
+    major = nvrtc_version()[0]
+    seen = []
+    for directory in _header_candidates(major):
+        if not (directory / "cuda_fp16.h").is_file():
+            continue
+        found = header_cuda_major(directory)
+        if found == major:
+            return directory
+        seen.append(f"{directory} (CUDA {found if found is not None else 'version unknown'})")
+    extra = EXTRA_BY_CUDA_MAJOR.get(major, f"cuda-toolkit[cudart]=={major}.*")
+    where = f"; found only {', '.join(seen)}" if seen else ""
     raise NvrtcUnavailableError(
-        "cuda_fp16.h not found: install the nvidia-cuda-runtime wheel (pip install "
-        "'cuda-toolkit[cudart]') or set CUDA_HOME to a CUDA toolkit"
+        f"cuda_fp16.h for CUDA {major} (the loaded NVRTC's major) not found{where}: "
+        f"pip install '{extra}', or set CUDA_HOME to a CUDA {major} toolkit"
     )
 
 
@@ -157,10 +204,12 @@ def _write_cache(directory: Path, key: str, kernel: CompiledKernel) -> None:
 def _program_output(nvrtc: Any, program: Any, size_fn: str, get_fn: str) -> bytes:
     result, size = getattr(nvrtc, size_fn)(program)
     _check(nvrtc, result, size_fn)
-    buffer = b" " * size
+    # NVRTC writes into the buffer: it must be a fresh, writable one. b" " * n is an immutable
+    # bytes object (b" " * 1 is even the interpreter's shared one-byte singleton).
+    buffer = bytearray(size)
     (result,) = getattr(nvrtc, get_fn)(program, buffer)
     _check(nvrtc, result, get_fn)
-    return buffer
+    return bytes(buffer)
 
 
 def _compile(

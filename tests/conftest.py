@@ -38,14 +38,17 @@ TINY_LIMIT, TINY_EPOCHS = 16, 1
 def tiny_checkpoints(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """``(detector best.pt, U-Net best.pt)`` of the ``tiny`` preset, trained for ``TINY_EPOCHS`` on
     ``TINY_LIMIT`` BP frames of :func:`phantom_dir` (random split, ground-truth crops)."""
-    from bpedge.train.train_detector import DetectorOptions, train_detector
-    from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+    from bpedge.export.tiny_bundle import (
+        TinyPaths,
+        TinyRecipe,
+        train_tiny_detector,
+        train_tiny_segmenter,
+    )
 
     runs = tmp_path_factory.mktemp("tiny_runs")
-    common = {"data": phantom_dir, "epochs": TINY_EPOCHS, "limit": TINY_LIMIT, "progress": False}
-    detector = train_detector(DetectorOptions(out=runs / "detector", **common))
-    segmenter = train_segmenter(SegmenterOptions(out=runs / "unet", arch="unet", crop="gt", **common))
-    return detector.best_checkpoint, segmenter.best_checkpoint
+    paths = TinyPaths.under(runs, data=phantom_dir)
+    recipe = TinyRecipe(epochs=TINY_EPOCHS, limit=TINY_LIMIT)
+    return train_tiny_detector(paths, recipe), train_tiny_segmenter(paths, recipe)
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +56,13 @@ def tiny_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle ``bpedge export`` made from :func:`tiny_checkpoints`: ``detector.fp32.onnx``,
     ``detector.fp16.onnx``, ``segmenter.fp32.onnx``, ``segmenter.fp16.onnx``, ``detector.pt``,
-    ``segmenter.pt`` and ``manifest.json`` (parity passed, thresholds chosen on phantom_dir)."""
-    from bpedge.export.bundle_export import ExportOptions, export_bundle
+    ``segmenter.pt`` and ``manifest.json`` (parity passed, thresholds chosen on phantom_dir).
+    The checkpoints are in because it is exported with ``include_checkpoints`` (the tests run the
+    bundle's own weights in PyTorch); a plain export leaves them out."""
+    from bpedge.export.tiny_bundle import TinyPaths, export_tiny
 
     detector, segmenter = tiny_checkpoints
     out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
-    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir),
-                  log=lambda line: None)
-    return out
+    return export_tiny(TinyPaths(data=phantom_dir, detector=detector.parent,
+                                 segmenter=segmenter.parent, bundle=out),
+                       include_checkpoints=True)

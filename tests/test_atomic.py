@@ -24,12 +24,10 @@ def test_replaces_and_keeps_normal_permissions(tmp_path):
 def test_failure_leaves_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "a.txt"
     atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_open(target, "w") as f:
-            f.write("half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_open(target, "w") as f:
+        f.write("half")
+        raise RuntimeError("killed mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-    with pytest.raises(ValueError, match="mode"):
-        with atomic_open(target, "a"):
-            pass
+    with pytest.raises(ValueError, match="mode"), atomic_open(target, "a"):
+        pass

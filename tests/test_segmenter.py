@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bpedge.train.data import read_image, scan_dataset
 
 from bpedge import Result, Segmenter
 from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge.bundle import Bundle
-from bpedge.train.data import read_image, scan_dataset
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,6 @@ def test_result_contract(seg, frames):
 def test_masks_equal_the_pytorch_models_on_the_same_frames(tiny_bundle, frames):
     """The ONNX Runtime cascade and the PyTorch models, through the same host stages, agree."""
     import torch
-
     from bpedge.train.checkpoint import load_model
 
     bundle = Bundle.open(tiny_bundle)

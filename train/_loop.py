@@ -80,6 +80,22 @@ class Trainee(Protocol):
     def static_payload(self) -> dict[str, Any]: ...
 
 
+class HeldParts:
+    """What every trainee holds: the model, its loss module, the optimizer, the two datasets and
+    the checkpoint payload (``static_payload`` returns it). Subclasses add ``metric_name`` and
+    ``evaluate_batch``."""
+
+    def __init__(self, model: nn.Module, loss_module: nn.Module,
+                 optimizer: torch.optim.Optimizer, train_set: Dataset[Any],
+                 val_set: Dataset[Any], payload: dict[str, Any]) -> None:
+        self.model, self.loss_module, self.optimizer = model, loss_module, optimizer
+        self.train_set, self.val_set = train_set, val_set
+        self._payload = payload
+
+    def static_payload(self) -> dict[str, Any]:
+        return self._payload
+
+
 @dataclass
 class LoopSettings:
     """How to run the loop: where to write, how long, how big the batches are (per process)."""

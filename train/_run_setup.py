@@ -1,4 +1,5 @@
-"""What both trainers do before the first epoch: options, data, split, run folder, optimizer.
+"""What both trainers do before the first epoch: options, data, split, run folder, optimizer,
+and the driver that runs them in order (:func:`run_training`).
 
 Data preparation, in order: scan the folder (``on_error``), optionally drop contradictory
 near-duplicates (``--dedup``, over all frames since a contradiction pairs a BP frame with an empty
@@ -11,6 +12,7 @@ checking that the data fingerprint is the one the checkpoint recorded.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bpedge.train.distributed import DistContext
 
+from bpedge._out_dir import check_out_dir
+
 if TYPE_CHECKING:
     import torch
+    from bpedge.train._loop import Trainee
     from bpedge.train.data import DatasetIndex, Frame, Split
 
 SPLIT_MODES = ("random", "subject")
@@ -78,6 +83,9 @@ class RunOptions:
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         if self.out.exists() and not self.out.is_dir():
             raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+        # A run writes config.json, split.json, metrics.* and checkpoints: only into a run folder
+        # that train made (or a new or empty one), never over a user's files of those names.
+        check_out_dir(self.out, "train")
 
     def overrides(self) -> dict[str, Any]:
         """Model-config fields this run sets explicitly."""
@@ -223,7 +231,67 @@ class TrainResult:
         return self.run_dir / "best.pt"
 
 
+@dataclass(frozen=True)
+class TrainingStart:
+    """What a trainer has when its run folder and data are ready: the process group, the data
+    and split, and the checkpoint being resumed (None for a new run)."""
+
+    ctx: DistContext
+    data: PreparedData
+    resume_from: dict[str, Any] | None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy's global generator and Python's ``random`` (model init, dropout)."""
+    import random
+
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs: int,
+                 batch_size: int, label: str, metric_name: str,
+                 make_trainee: Callable[[TrainingStart], Trainee]) -> TrainResult:
+    """The one trainer driver: process group, run folder (refusing to overwrite a run, or the
+    checkpoint to resume), seeds, data and split, RUN/config.json, then ``make_trainee`` (the
+    model, its datasets and payload) and the epoch loop; the process group is shut down however
+    it ends."""
+    from bpedge.train._loop import (
+        LoopSettings,
+        prepare_run_dir,
+        remove_stale_temporaries,
+        run_epochs,
+        write_config,
+    )
+    from bpedge.train.distributed import init_distributed, shutdown
+
+    from bpedge._out_dir import claim_out_dir
+
+    ctx = init_distributed(opts.device)
+    try:
+        resume_from = prepare_run_dir(opts.out, config, opts.resume)
+        if ctx.is_main:
+            claim_out_dir(opts.out, "train")
+            remove_stale_temporaries(opts.out)
+        seed_everything(seed)
+        data = prepare_data(opts, seed, ctx, resume_from)
+        if ctx.is_main:
+            write_config(opts.out, config)
+        trainee = make_trainee(TrainingStart(ctx, data, resume_from))
+        settings = LoopSettings(
+            run_dir=opts.out, epochs=epochs, batch_size=batch_size, seed=seed,
+            workers=opts.workers, label=label, progress=opts.progress, verbose=opts.verbose,
+        )
+        history = run_epochs(trainee, settings, ctx, resume_from)
+    finally:
+        shutdown(ctx)
+    return TrainResult(run_dir=opts.out, history=history, metric_name=metric_name)
+
+
 __all__ = [
-    "PreparedData", "RunOptions", "TrainResult", "build_optimizer", "data_section",
-    "prepare_data", "say",
+    "PreparedData", "RunOptions", "TrainResult", "TrainingStart", "build_optimizer",
+    "data_section", "prepare_data", "run_training", "say", "seed_everything",
 ]

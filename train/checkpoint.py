@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -188,6 +189,62 @@ def model_input(payload: dict[str, Any]) -> ModelInput:
     h, w = payload["input_hw"]
     norm = payload["normalization"]
     return ModelInput((int(h), int(w)), Normalization(float(norm["mean"]), float(norm["std"])))
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """The part of a checkpoint that says what the weights are and how to feed them (the keys
+    above from ``kind`` to ``data_fingerprint``), typed; :meth:`to_dict` is what is saved.
+
+    ``input``: the model's input size and normalisation; ``crop_mode`` / ``crop_margin``: how a
+    segmenter's crops were made (None / 0.0 for a detector); ``frame_hw``: the training frames'
+    common size (None when sizes differ)."""
+
+    kind: str
+    arch: str
+    model_config: dict[str, Any]
+    config: dict[str, Any]
+    input: ModelInput
+    frame_hw: tuple[int, int] | None
+    split: dict[str, Any]
+    data_fingerprint: str
+    crop_mode: str | None = None
+    crop_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind == "segmenter") != (self.crop_mode is not None):
+            raise ValueError(f"a segmenter records its crop mode and a detector none, got "
+                             f"kind {self.kind!r} with crop_mode {self.crop_mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint keys, as plain types (a detector writes no ``crop_margin``)."""
+        return {
+            "kind": self.kind,
+            "arch": self.arch,
+            "model_config": self.model_config,
+            "config": self.config,
+            "crop_mode": self.crop_mode,
+            **({"crop_margin": self.crop_margin} if self.kind == "segmenter" else {}),
+            "normalization": self.input.norm.to_dict(),
+            "input_hw": list(self.input.hw),
+            "frame_hw": list(self.frame_hw) if self.frame_hw else None,
+            "split": self.split,
+            "data_fingerprint": self.data_fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ModelPayload:
+        """The typed view of a loaded checkpoint (older ones: no margin means 0.0)."""
+        frame_hw = payload.get("frame_hw")
+        return cls(
+            kind=payload["kind"], arch=payload["arch"], model_config=payload["model_config"],
+            config=payload.get("config") or {}, input=model_input(payload),
+            frame_hw=(int(frame_hw[0]), int(frame_hw[1])) if frame_hw else None,
+            split=payload.get("split") or {}, data_fingerprint=str(payload.get("data_fingerprint")),
+            crop_mode=payload.get("crop_mode"), crop_margin=crop_margin(payload),
+        )
 
 
 def crop_margin(payload: dict[str, Any]) -> float:

@@ -78,32 +78,29 @@ def predict_boxes(
     ``model`` in eval mode on its device, ``payload`` its checkpoint (for ``input_hw`` and
     ``normalization``). Returns one :class:`BoxPrediction` per frame, in order.
     """
-    import torch
+    from bpedge.train.checkpoint import model_input
+    from bpedge.train.inference import run_batches
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    from bpedge.train.checkpoint import model_input
-
+    for frame in images:
+        if frame.ndim != 2:
+            raise ValueError(f"frames must be 2-D uint8 (H, W), got shape {frame.shape}")
     spec = model_input(payload)
-    device = next(model.parameters()).device
-    starts: Iterable[int] = range(0, len(images), batch_size)
+    chunks = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
+    batches = (np.stack([detector_input(f, spec) for f in chunk]) for chunk in chunks)
+    model.eval()
+    answers: Iterable[tuple[Sequence[np.ndarray], list[np.ndarray]]] = zip(
+        chunks, run_batches(model, batches))
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, total=-(-len(images) // batch_size), desc="detecting", unit="batch")
+        answers = tqdm(answers, total=len(chunks), desc="detecting", unit="batch")
     out: list[BoxPrediction] = []
-    model.eval()
-    with torch.no_grad():
-        for start in starts:
-            chunk = images[start : start + batch_size]
-            for frame in chunk:
-                if frame.ndim != 2:
-                    raise ValueError(f"frames must be 2-D uint8 (H, W), got shape {frame.shape}")
-            batch = np.stack([detector_input(f, spec) for f in chunk])
-            scores, boxes = model(torch.from_numpy(batch).to(device))
-            for frame, score, box in zip(chunk, scores.cpu().tolist(), boxes.cpu().tolist()):
-                out.append(BoxPrediction(score=float(score), box=frame_box(box, frame.shape, spec),
-                                         found=box_found(box)))
+    for chunk, (scores, boxes) in answers:
+        for frame, score, box in zip(chunk, scores.tolist(), boxes.tolist()):
+            out.append(BoxPrediction(score=float(score), box=frame_box(box, frame.shape, spec),
+                                     found=box_found(box)))
     return out
 
 

@@ -152,6 +152,13 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "CropMode", "DetectorConfig", "PRESETS", "Preset", "SegmenterArch", "SegmenterConfig",
-    "config_from_dict", "config_to_dict", "get_preset",
+    "PRESETS",
+    "CropMode",
+    "DetectorConfig",
+    "Preset",
+    "SegmenterArch",
+    "SegmenterConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "get_preset",
 ]

@@ -10,28 +10,22 @@ last.pt (every epoch) and best.pt (best val mIoU).
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from bpedge.train._loop import (
-    LoopSettings,
-    prepare_run_dir,
-    remove_stale_temporaries,
-    run_epochs,
-    write_config,
-)
+from bpedge.train._loop import HeldParts
 from bpedge.train._run_setup import (
     RunOptions,
+    TrainingStart,
     TrainResult,
     build_optimizer,
     data_section,
-    prepare_data,
+    run_training,
     say,
 )
+from bpedge.train.checkpoint import ModelPayload
 from bpedge.train.datasets import (
     DetectorDataset,
     FrameStore,
@@ -39,11 +33,11 @@ from bpedge.train.datasets import (
     fit_normalization,
     full_frame_box,
 )
-from bpedge.train.distributed import init_distributed, shutdown
 from bpedge.train.presets import DetectorConfig, config_to_dict, get_preset
 from torch import nn
 
 from bpedge._metrics import box_iou
+from bpedge._preprocessing import ModelInput
 
 if TYPE_CHECKING:
     from bpedge.train.models import RetinaNetDetector
@@ -70,6 +64,10 @@ class DetectorOptions(RunOptions):
             raise ValueError(f"--alpha must be in [0, 1] (or -1 to disable), got {self.alpha}")
         if self.weights is not None and not self.weights.is_file():
             raise FileNotFoundError(f"--weights file {self.weights} does not exist")
+        if self.weights is not None:
+            from bpedge.train.models.retinanet import read_state_dict
+
+            read_state_dict(self.weights)  # refused before the run folder is made
 
 
 def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
@@ -108,7 +106,7 @@ class _DetectorLoss(nn.Module):
         return losses["classification"] + losses["box_regression"]
 
 
-class DetectorTrainee:
+class DetectorTrainee(HeldParts):
     """The detector as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
 
     metric_name = METRIC
@@ -121,10 +119,7 @@ class DetectorTrainee:
         val_set: DetectorDataset,
         payload: dict[str, Any],
     ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.loss_module = _DetectorLoss(model)
-        self.train_set, self.val_set = train_set, val_set
-        self._payload = payload
+        super().__init__(model, _DetectorLoss(model), optimizer, train_set, val_set, payload)
 
     def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
         images, boxes = batch
@@ -135,33 +130,15 @@ class DetectorTrainee:
         ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
         return loss, float(sum(ious)), n
 
-    def static_payload(self) -> dict[str, Any]:
-        return self._payload
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, NumPy's global generator and Python's ``random`` (model init, dropout)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
 
 def train_detector(opts: DetectorOptions) -> TrainResult:
     """Train (or ``opts.resume``) a detector run in ``opts.out``; see the module docstring."""
     opts.check()
     cfg = resolve_detector_config(opts)
     config = detector_run_config(opts, cfg)
-    ctx = init_distributed(opts.device)
-    try:
-        resume_from = prepare_run_dir(opts.out, config, opts.resume)
-        if ctx.is_main:
-            opts.out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(opts.out)
-        seed_everything(cfg.seed)
-        data = prepare_data(opts, cfg.seed, ctx, resume_from)
-        if ctx.is_main:
-            write_config(opts.out, config)
 
+    def make_trainee(start: TrainingStart) -> DetectorTrainee:
+        ctx, data, resume_from = start.ctx, start.data, start.resume_from
         store = FrameStore(data.train + data.val, progress=opts.progress and ctx.is_main)
         train_idx = list(range(len(data.train)))
         val_idx = list(range(len(data.train), len(store)))
@@ -180,32 +157,21 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
 
         model = build_detector_for(cfg, opts.weights).to(ctx.device)
         optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
-        payload = {
-            "kind": "detector",
-            "arch": "retinanet",
-            "model_config": config_to_dict(cfg),
-            "config": config,
-            "crop_mode": None,
-            "normalization": norm.to_dict(),
-            "input_hw": list(cfg.input_hw),
-            "frame_hw": list(store.frame_hw() or ()) or None,
-            "split": data.split.to_json(),
-            "data_fingerprint": data.fingerprint,
-        }
+        payload = ModelPayload(
+            kind="detector", arch="retinanet", model_config=config_to_dict(cfg), config=config,
+            input=ModelInput(cfg.input_hw, norm), frame_hw=store.frame_hw(),
+            split=data.split.to_json(), data_fingerprint=data.fingerprint,
+        )
         say(ctx, opts.verbose,
             f"detector ({cfg.backbone}, input {cfg.input_hw[0]}x{cfg.input_hw[1]}): "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
             f"({data.split.mode} split, seed {cfg.seed}); z-score mean {norm.mean:.2f} "
             f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
-        trainee = DetectorTrainee(model, optimizer, train_set, val_set, payload)
-        settings = LoopSettings(
-            run_dir=opts.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-            workers=opts.workers, label="detector", progress=opts.progress, verbose=opts.verbose,
-        )
-        history = run_epochs(trainee, settings, ctx, resume_from)
-    finally:
-        shutdown(ctx)
-    return TrainResult(run_dir=opts.out, history=history, metric_name=METRIC)
+        return DetectorTrainee(model, optimizer, train_set, val_set, payload.to_dict())
+
+    return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, label="detector", metric_name=METRIC,
+                        make_trainee=make_trainee)
 
 
 def build_detector_for(cfg: DetectorConfig, weights: Path | None) -> RetinaNetDetector:

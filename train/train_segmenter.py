@@ -28,35 +28,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bpedge.train._loop import (
-    LoopSettings,
-    prepare_run_dir,
-    remove_stale_temporaries,
-    run_epochs,
-    write_config,
-)
+from bpedge.train._loop import HeldParts
 from bpedge.train._run_setup import (
     RunOptions,
+    TrainingStart,
     TrainResult,
     build_optimizer,
     data_section,
-    prepare_data,
+    run_training,
     say,
 )
+from bpedge.train.checkpoint import ModelPayload
 from bpedge.train.datasets import (
     FrameStore,
     Normalization,
     SegmenterDataset,
     fit_normalization,
 )
-from bpedge.train.distributed import DistContext, barrier, init_distributed, shutdown
+from bpedge.train.distributed import DistContext, barrier
 from bpedge.train.presets import SegmenterConfig, config_to_dict, get_preset
-from bpedge.train.train_detector import seed_everything
 from torch import nn
 
 from bpedge._atomic import atomic_write_json
 from bpedge._metrics import dice
-from bpedge._preprocessing import crop_box
+from bpedge._preprocessing import ModelInput, crop_box
 from bpedge._stages import Box
 
 __all__ = ["SegmenterOptions", "SegmenterTrainee", "resolve_segmenter_config", "train_segmenter"]
@@ -127,7 +122,7 @@ class _SegmenterLoss(nn.Module):
         return torch.stack([segmentation_loss(p, y) for p in outputs]).mean()
 
 
-class SegmenterTrainee:
+class SegmenterTrainee(HeldParts):
     """The segmenter as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
 
     metric_name = METRIC
@@ -140,10 +135,7 @@ class SegmenterTrainee:
         val_set: SegmenterDataset,
         payload: dict[str, Any],
     ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.loss_module = _SegmenterLoss(model)
-        self.train_set, self.val_set = train_set, val_set
-        self._payload = payload
+        super().__init__(model, _SegmenterLoss(model), optimizer, train_set, val_set, payload)
 
     def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
         from bpedge.train.losses import segmentation_loss
@@ -156,9 +148,6 @@ class SegmenterTrainee:
         truth = y.cpu().numpy()
         total = sum(dice(pred[k, 0], truth[k, 0], empty=0.0) for k in range(n))
         return loss, float(total), n
-
-    def static_payload(self) -> dict[str, Any]:
-        return self._payload
 
 
 def _sha256(path: Path) -> str:
@@ -229,17 +218,9 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
     cfg = resolve_segmenter_config(opts)
     detector = resolve_checkpoint(opts.detector).resolve() if opts.detector else None
     config = segmenter_run_config(opts, cfg, detector)
-    ctx = init_distributed(opts.device)
-    try:
-        resume_from = prepare_run_dir(opts.out, config, opts.resume)
-        if ctx.is_main:
-            opts.out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(opts.out)
-        seed_everything(cfg.seed)
-        data = prepare_data(opts, cfg.seed, ctx, resume_from)
-        if ctx.is_main:
-            write_config(opts.out, config)
 
+    def make_trainee(start: TrainingStart) -> SegmenterTrainee:
+        ctx, data, resume_from = start.ctx, start.data, start.resume_from
         # Test frames are loaded only to cache their detector boxes for later evaluation.
         frames = data.train + data.val + (data.test if detector else ())
         store = FrameStore(frames, progress=opts.progress and ctx.is_main)
@@ -271,30 +252,19 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
 
         model = build_segmenter(cfg).to(ctx.device)
         optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-        payload = {
-            "kind": "segmenter",
-            "arch": cfg.arch,
-            "model_config": config_to_dict(cfg),
-            "config": config,
-            "crop_mode": opts.crop,
-            "crop_margin": cfg.crop_margin,
-            "normalization": norm.to_dict(),
-            "input_hw": list(cfg.crop_hw),
-            "frame_hw": list(store.frame_hw() or ()) or None,
-            "split": data.split.to_json(),
-            "data_fingerprint": data.fingerprint,
-        }
+        payload = ModelPayload(
+            kind="segmenter", arch=cfg.arch, model_config=config_to_dict(cfg), config=config,
+            input=ModelInput(cfg.crop_hw, norm), frame_hw=store.frame_hw(),
+            split=data.split.to_json(), data_fingerprint=data.fingerprint,
+            crop_mode=opts.crop, crop_margin=cfg.crop_margin,
+        )
         say(ctx, opts.verbose,
             f"{cfg.arch} on {opts.crop} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]}: "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
             f"({data.split.mode} split, seed {cfg.seed}); z-score mean {norm.mean:.2f} "
             f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
-        trainee = SegmenterTrainee(model, optimizer, train_set, val_set, payload)
-        settings = LoopSettings(
-            run_dir=opts.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-            workers=opts.workers, label=cfg.arch, progress=opts.progress, verbose=opts.verbose,
-        )
-        history = run_epochs(trainee, settings, ctx, resume_from)
-    finally:
-        shutdown(ctx)
-    return TrainResult(run_dir=opts.out, history=history, metric_name=METRIC)
+        return SegmenterTrainee(model, optimizer, train_set, val_set, payload.to_dict())
+
+    return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, label=cfg.arch, metric_name=METRIC,
+                        make_trainee=make_trainee)

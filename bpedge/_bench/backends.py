@@ -103,7 +103,7 @@ def _torch_segmenter(bundle: Bundle, precision: str, threads: int) -> Segmenter:
     missing = [name for name, ref in refs.items() if ref is None]
     if missing:
         raise RowUnavailable(f"the bundle carries no {' or '.join(missing)} checkpoint to run "
-                             "in PyTorch (export it with its checkpoints)")
+                             "in PyTorch (export it with --include-checkpoints)")
     from bpedge.train.checkpoint import load_model
 
     torch.set_num_threads(threads)
@@ -117,12 +117,11 @@ def _torch_segmenter(bundle: Bundle, precision: str, threads: int) -> Segmenter:
 def torch_detector_runner(model: nn.Module) -> Any:
     """An eval-mode detector as a :data:`~bpedge._cascade.DetectorRunner`: float32 (N, 1, H, W)
     -> (scores (N,), boxes (N, 4) in detector-input pixels), NumPy in and out."""
-    import torch
+    from bpedge.train.inference import run_batches
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            scores, boxes = model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-        return scores.numpy().reshape(-1), boxes.numpy().reshape(-1, 4)
+        ((scores, boxes),) = run_batches(model, [batch])
+        return scores.reshape(-1), boxes.reshape(-1, 4)
 
     return run
 
@@ -130,11 +129,10 @@ def torch_detector_runner(model: nn.Module) -> Any:
 def torch_segmenter_runner(model: nn.Module) -> Any:
     """An eval-mode segmenter as a :data:`~bpedge._cascade.SegmenterRunner`: float32
     (N, 1, h, w) -> probabilities (N, 1, h, w)."""
-    import torch
+    from bpedge.train.inference import run_batches
 
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            prob = model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-        return prob.numpy()
+        ((prob,),) = run_batches(model, [batch])
+        return prob
 
     return run

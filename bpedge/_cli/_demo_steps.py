@@ -16,9 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpedge._atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from bpedge.export.tiny_bundle import TinyPaths, TinyRecipe
 
 STATE_FILE = "demo.json"
 STEPS = ("phantom", "detector", "segmenter", "export", "heldout", "evaluate")
@@ -110,46 +113,43 @@ def run_step(name: str, paths: DemoPaths, state: DemoState, work: Callable[[], N
 # --- the steps ------------------------------------------------------------------------------
 
 
-def make_phantom(paths: DemoPaths, config: DemoConfig, progress: bool) -> None:
-    from bpedge.train.data import PhantomConfig, generate_phantom
+# The steps are the shared tiny-bundle pipeline's (bpedge.export.tiny_bundle), one by one so each
+# is timed and resumed on its own.
 
-    if paths.data.exists():
-        # generate_phantom renames a complete folder into place: one that exists is complete
-        # unless it is empty (made by hand).
-        if any(paths.data.iterdir()):
-            return
-        paths.data.rmdir()
-    generate_phantom(paths.data, PhantomConfig(subjects=config.subjects, frames=config.frames,
-                                               seed=config.seed), progress=progress)
+
+def _tiny(paths: DemoPaths, config: DemoConfig) -> tuple[TinyPaths, TinyRecipe]:
+    from bpedge.export.tiny_bundle import TinyPaths, TinyRecipe
+
+    return (TinyPaths(data=paths.data, detector=paths.detector, segmenter=paths.segmenter,
+                      bundle=paths.bundle),
+            TinyRecipe(subjects=config.subjects, frames=config.frames, seed=config.seed,
+                       epochs=config.epochs, split="subject"))
+
+
+def make_phantom(paths: DemoPaths, config: DemoConfig, progress: bool) -> None:
+    from bpedge.export.tiny_bundle import make_phantom as make
+
+    make(*_tiny(paths, config), progress=progress)
 
 
 def train_detector_step(paths: DemoPaths, config: DemoConfig, progress: bool) -> None:
-    from bpedge.train.train_detector import DetectorOptions, train_detector
+    from bpedge.export.tiny_bundle import train_tiny_detector
 
-    train_detector(DetectorOptions(
-        data=paths.data, out=paths.detector, preset="tiny", split="subject", seed=config.seed,
-        epochs=config.epochs, progress=progress, resume=(paths.detector / "last.pt").is_file(),
-    ))
+    train_tiny_detector(*_tiny(paths, config), progress=progress)
 
 
 def train_segmenter_step(paths: DemoPaths, config: DemoConfig, progress: bool) -> None:
-    from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+    from bpedge.export.tiny_bundle import train_tiny_segmenter
 
-    train_segmenter(SegmenterOptions(
-        data=paths.data, out=paths.segmenter, preset="tiny", split="subject", seed=config.seed,
-        epochs=config.epochs, progress=progress, arch="unet", crop="gt",
-        resume=(paths.segmenter / "last.pt").is_file(),
-    ))
+    train_tiny_segmenter(*_tiny(paths, config), progress=progress)
 
 
-def export_step(paths: DemoPaths, say: Callable[[str], None]) -> None:
-    from bpedge.export.bundle_export import ExportOptions, export_bundle
+def export_step(paths: DemoPaths, config: DemoConfig, say: Callable[[str], None]) -> None:
+    from bpedge.export.tiny_bundle import export_tiny
 
-    if (paths.bundle / "manifest.json").is_file():
-        return  # export publishes the bundle whole: a manifest means a finished export
-    export_bundle(ExportOptions(detector=paths.detector, segmenter=paths.segmenter,
-                                out=paths.bundle, data=paths.data, force=True),
-                  log=lambda line: say(f"    {line}"))
+    # `bpedge bench` on the demo bundle compares with PyTorch: the checkpoints go in.
+    export_tiny(_tiny(paths, config)[0], include_checkpoints=True,
+                log=lambda line: say(f"    {line}"))
 
 
 def test_subjects(paths: DemoPaths) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 import typer
 
@@ -56,9 +57,39 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _click_exceptions() -> Any:
+    # typer >= 0.2x vendors click as typer._click; older typer uses click itself.
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    build_app()(args=argv, prog_name="bpedge")
+    """Console-script entry point. A usage error (unknown option, missing argument, bad value)
+    is one line on stderr naming the problem and the ``--help`` to read, exit code 2."""
+    import sys
+
+    errors = _click_exceptions()
+    command = typer.main.get_command(build_app())
+    try:
+        code = command.main(args=argv, prog_name="bpedge", standalone_mode=False)
+    except errors.NoArgsIsHelpError as exc:
+        exc.show()  # a bare `bpedge` or `bpedge train`: the help is the answer
+        sys.exit(exc.exit_code)
+    except errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "bpedge"
+        typer.secho(f"error: {exc.format_message()} (see `{where} --help`)", err=True,
+                    fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except errors.ClickException as exc:
+        typer.secho(f"error: {exc.format_message()}", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.secho("error: aborted", err=True, fg=typer.colors.RED)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

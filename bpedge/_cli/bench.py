@@ -136,6 +136,8 @@ def register(app: typer.Typer) -> None:
             seconds=seconds if seconds is not None or iterations is not None else 10.0,
             batch=batch, depth=depth,
         )
+        if json_file is not None:
+            _check_json_target(json_file)  # before the run: a bad --json must not cost a run
         if limit is not None and data is None:
             raise UsageError("--limit applies to --data frames; for phantom frames use "
                              "--phantom-subjects/--phantom-frames")
@@ -156,3 +158,23 @@ def register(app: typer.Typer) -> None:
         if json_file is not None:
             write_record(json_file, record)
             typer.echo(f"wrote {json_file}")
+
+
+def _check_json_target(path: Path) -> None:
+    """``--json`` must name a file that can be written: not a folder, not under a file, and not a
+    file of the user's (an existing file is replaced only when it is a bench record)."""
+    from bpedge._bench.record import read_record
+
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a folder: give a file name, e.g. {path / 'bench.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--json {path}: {parent} is a file, not a folder")
+            break
+    if path.exists() or path.is_symlink():
+        try:
+            read_record(path)
+        except (OSError, ValueError):
+            raise UsageError(f"--json {path} exists and is not a bench record, so it is not "
+                             "overwritten: choose another file name") from None

@@ -1,6 +1,6 @@
 """``bpedge build-engines BUNDLE``: build (or reuse) the TensorRT engines of a bundle for this
-machine's GPU and TensorRT. Without TensorRT or a GPU it says what is missing and how to fix it,
-and exits 1 before doing any work."""
+machine's GPU and TensorRT. Bad options or a missing or damaged bundle exit 2 first; then, without
+TensorRT or a GPU, it says what is missing and how to fix it, and exits 1 before doing any work."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from bpedge._cli._errors import command_errors
+from bpedge._cli._errors import UsageError, command_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -45,8 +45,15 @@ def register(app: typer.Typer) -> None:
         """Build one TensorRT engine per model and precision for this GPU and TensorRT version
         and list it in the bundle's manifest; a fitting engine whose file is intact is reused."""
         # Lazy: the CLI must start (and --help work) without TensorRT installed.
+        from bpedge._engine_key import PRECISIONS
+        from bpedge.bundle import Bundle
         from bpedge.export.tensorrt_build import build_engines
 
+        # The user's input first (the options, then the bundle), then what this machine lacks.
+        chosen = list(precision or ["fp16"])
+        if any(p not in PRECISIONS for p in chosen):
+            raise UsageError(f"precisions must be some of {list(PRECISIONS)}, got {chosen}")
+        Bundle.open(bundle)
         entries = build_engines(
             bundle,
             precisions=tuple(precision or ["fp16"]),

@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
 
         from bpedge._cli import _demo_report as report
         from bpedge._cli import _demo_steps as steps
+        from bpedge._out_dir import check_out_dir, claim_out_dir
 
         t0 = time.perf_counter()
         config = steps.DemoConfig(
@@ -68,8 +69,9 @@ def register(app: typer.Typer) -> None:
             epochs=epochs if epochs is not None else (FAST["epochs"] if fast else None),
         )
         paths = steps.DemoPaths(out)
+        check_out_dir(out, "demo")  # a folder the demo did not make is refused before any write
         state = steps.load_state(paths, config)
-        paths.out.mkdir(parents=True, exist_ok=True)
+        claim_out_dir(out, "demo")
         steps.save_state(paths, state)
 
         def say(line: str) -> None:
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
                        lambda: steps.train_detector_step(paths, config, progress), say)
         steps.run_step("segmenter", paths, state,
                        lambda: steps.train_segmenter_step(paths, config, progress), say)
-        steps.run_step("export", paths, state, lambda: steps.export_step(paths, say), say)
+        steps.run_step("export", paths, state, lambda: steps.export_step(paths, config, say), say)
         steps.run_step("heldout", paths, state, lambda: steps.copy_heldout(paths), say)
         metrics: dict = {}
 

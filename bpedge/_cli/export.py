@@ -2,8 +2,8 @@
 FP16 ONNX, parity results, thresholds chosen on validation data, manifest.json).
 
 Exit codes: 0 written; 2 bad input (a missing or wrong-kind checkpoint, data that is not what the
-checkpoints trained on, a non-empty --out without --force); 1 a parity check failed (nothing is
-written then). torch is imported inside the command, so ``bpedge --help`` works without it.
+checkpoints trained on without --accept-other-data, a non-empty --out that is not a bundle export
+made, or one that is without --force); 1 a parity check failed (nothing is written then). torch is imported inside the command, so ``bpedge --help`` works without it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--segmenter", help="Segmenter checkpoint, or its run folder.")
         ],
         out: Annotated[
-            Path, typer.Option("--out", help="Bundle directory to create (refused if it exists "
-                               "and is not empty, unless --force).")
+            Path, typer.Option("--out", help="Bundle directory to create (a non-empty one is "
+                               "refused, unless it is a bundle export made and --force is given).")
         ],
         data: Annotated[
             Path | None,
@@ -44,8 +44,21 @@ def register(app: typer.Typer) -> None:
         ] = None,
         force: Annotated[
             bool,
-            typer.Option("--force", help="Replace a non-empty --out, and export even if the "
-                         "data's fingerprint differs from the checkpoints'."),
+            typer.Option("--force", help="Replace --out when it holds a bundle that export made "
+                         "(never any other folder)."),
+        ] = False,
+        accept_other_data: Annotated[
+            bool,
+            typer.Option("--accept-other-data", help="Export even if the data's fingerprint "
+                         "differs from the one the checkpoints trained on (the parity and "
+                         "threshold numbers then describe that other data)."),
+        ] = False,
+        include_checkpoints: Annotated[
+            bool,
+            typer.Option("--include-checkpoints", help="Copy the two training checkpoints into "
+                         "the bundle (what bench's PyTorch row runs). By default a bundle holds "
+                         "what a device needs (ONNX, manifest, later engines) and the manifest "
+                         "records where the checkpoints are."),
         ] = False,
     ) -> None:
         """Export both models to FP32 and mixed-precision FP16 ONNX, check them against PyTorch
@@ -54,7 +67,9 @@ def register(app: typer.Typer) -> None:
         from bpedge.export.bundle_export import ExportOptions, export_bundle
 
         opts = ExportOptions(detector=detector, segmenter=segmenter, out=out, data=data,
-                             max_val=max_val, force=force)
+                             max_val=max_val, force=force,
+                             accept_other_data=accept_other_data,
+                             include_checkpoints=include_checkpoints)
         bundle = export_bundle(opts, log=lambda line: typer.echo(line, err=True))
         thresholds = bundle.manifest.thresholds
         typer.echo(f"bundle {bundle.root}: score threshold {thresholds.score:g}, mask threshold "

@@ -26,22 +26,11 @@ _EPILOG = """Examples:
 Writes DIR/masks/NAME.png (0/255, the frame's size), DIR/overlays/NAME.png (prediction magenta,
 box yellow, ground truth green where a NAME_mask file sits beside the image) and DIR/results.csv
 (file, frame, present, score, x0, y0, x1, y1 in frame pixels, ms). Video frames are named
-STEM_fNNNNNN.
+STEM_fNNNNNN; every name is unique in a run. results.csv is written last: while a run goes on (or
+after one failed) DIR/INCOMPLETE.txt says so. A non-empty DIR that segment did not make is refused
+(--add-to-existing adds to it without overwriting anything); earlier results in DIR are replaced
+only with --force.
 """
-
-
-def _output_names(sources: list[FrameSource]) -> dict[Path, str]:
-    """A unique output stem per source (two inputs may share a file name)."""
-    names: dict[Path, str] = {}
-    used: set[str] = set()
-    for source in sources:
-        stem, k = source.path.stem, 2
-        name = stem
-        while name in used:
-            name, k = f"{stem}-{k}", k + 1
-        used.add(name)
-        names[source.path] = name
-    return names
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +42,8 @@ def register(app: typer.Typer) -> None:
             list[Path], typer.Argument(help="Image files (tif, png, jpg, bmp), folders of them "
                                        "(Kaggle layout or plain; *_mask files skipped), or videos.")
         ],
-        out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
+        out: Annotated[Path, typer.Option("--out", help="Output folder (created; a non-empty "
+                                          "folder segment did not make is refused).")],
         backend: Annotated[
             str, typer.Option("--backend", help="auto (TensorRT when it can run, else ONNX "
                               "Runtime), onnxruntime or tensorrt.")
@@ -73,7 +63,13 @@ def register(app: typer.Typer) -> None:
         ] = True,
         masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Write mask PNGs.")] = True,
         force: Annotated[
-            bool, typer.Option("--force", help="Write into an --out that already holds results.")
+            bool, typer.Option("--force", help="Replace the results (complete or not) of an "
+                               "earlier segment run in --out.")
+        ] = False,
+        add_to_existing: Annotated[
+            bool, typer.Option("--add-to-existing", help="Write into a non-empty --out that "
+                               "segment did not make: adds masks/, overlays/ and results.csv, "
+                               "refused if any of them is already there.")
         ] = False,
         progress: Annotated[
             bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -88,7 +84,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
         from tqdm import tqdm
 
-        from bpedge._atomic import atomic_write_text
+        from bpedge._cli import _segment_output as output
         from bpedge._cli._frame_sources import (
             collect_sources,
             count_frames,
@@ -103,17 +99,11 @@ def register(app: typer.Typer) -> None:
         sources = collect_sources(inputs)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
-        if (out / "results.csv").exists() and not force:
-            raise UsageError(f"{out} already holds results.csv: choose a new --out, or --force")
-        names = _output_names(sources)
+        names = output.output_names(sources)
         seg = Segmenter.from_bundle(bundle, backend, precision=precision,  # type: ignore[arg-type]
                                     threads=threads)
         note = f" ({seg.fallback_reason})" if seg.fallback_reason else ""
         typer.echo(f"segmenting with {seg.backend} {seg.precision}{note}", err=True)
-        for sub, wanted in (("masks", masks), ("overlays", overlays)):
-            if wanted:
-                (out / sub).mkdir(parents=True, exist_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
 
         # Frames go into the stream and wait here (at most depth + 1 of them) until their result
         # comes back in order, so the overlay can be drawn on the frame itself.
@@ -128,7 +118,8 @@ def register(app: typer.Typer) -> None:
         bar = tqdm(total=count_frames(sources), desc="segmenting", unit="frame",
                    disable=not progress)
         try:
-            with seg:
+            with seg, output.run_in(out, force=force, add_to_existing=add_to_existing,
+                                    masks=masks, overlays=overlays):
                 for result in seg.stream(frames(), depth=depth):
                     source, number, image = pending.popleft()
                     name = names[source.path] + (f"_f{number:06d}" if source.video else "")
@@ -145,13 +136,13 @@ def register(app: typer.Typer) -> None:
                                  f"{result.score:.6f}", f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}",
                                  f"{y1:.2f}", f"{result.timings.get('total', float('nan')):.3f}"))
                     bar.update(1)
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\n")
+                writer.writerow(CSV_COLUMNS)
+                writer.writerows(rows)
+                output.finish(out, buffer.getvalue())
         finally:
             bar.close()
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
-        atomic_write_text(out / "results.csv", buffer.getvalue())
         present = sum(int(r[2]) for r in rows)
         typer.echo(f"segmented {len(rows)} frame(s) from {len(sources)} input(s): BP present in "
                    f"{present}; wrote {out / 'results.csv'}")

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from bpedge._engine_key import INSTALL_HINT
+
 
 class CudaUnavailableError(RuntimeError):
     """cuda-python (``cuda.bindings``) is not installed."""
@@ -43,7 +45,7 @@ def runtime_api() -> Any:
         from cuda.bindings import runtime
     except ImportError as exc:
         raise CudaUnavailableError(
-            f"the GPU backend needs cuda-python: pip install 'cuda-python>=12.6' ({exc})"
+            f"the GPU backend needs cuda-python's cuda-bindings: {INSTALL_HINT} ({exc})"
         ) from exc
     return runtime
 
@@ -54,7 +56,7 @@ def driver_api() -> Any:
         from cuda.bindings import driver
     except ImportError as exc:
         raise CudaUnavailableError(
-            f"the GPU backend needs cuda-python: pip install 'cuda-python>=12.6' ({exc})"
+            f"the GPU backend needs cuda-python's cuda-bindings: {INSTALL_HINT} ({exc})"
         ) from exc
     return driver
 
@@ -118,6 +120,13 @@ def use_device(device: int) -> None:
     API calls of the kernel loader and TensorRT then use)."""
     rt_call("cudaSetDevice", device)
     rt_call("cudaFree", 0)  # the documented idiom that forces context creation now, not later
+
+
+def bind_device(device: int) -> None:
+    """Make ``device`` current for the calling thread (``cudaSetDevice``; the current device is
+    per host thread, and since CUDA 12 the call also makes its primary context current, which the
+    driver-API kernel launches need). Cheap: called before every submit."""
+    rt_call("cudaSetDevice", device)
 
 
 def compute_capability(device: int) -> int:
@@ -226,22 +235,37 @@ class PinnedBuffer(_Owned):
         rt_call("cudaFreeHost", self.ptr)
 
 
+def native_handle(handle: Any) -> int:
+    """The address behind a cuda-bindings handle (``cudaStream_t``, ``cudaGraph_t``...), through
+    the documented accessor ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-bindings >= 12.9;
+    NVIDIA/cuda-python#773 replaces ``int(handle)`` with it). Older bindings: ``int()``."""
+    if isinstance(handle, int):
+        return handle
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(handle)
+    return int(get_cuda_native_handle(handle))
+
+
 class Stream(_Owned):
     """A non-blocking CUDA stream (it does not synchronise with the legacy default stream).
-    ``handle`` is the ``cudaStream_t``; ``int(stream.handle)`` is what TensorRT takes."""
+    ``handle`` is the ``cudaStream_t``; :attr:`address` is what TensorRT takes. ``capturing`` is
+    True while :func:`capture_graph` captures it."""
 
     _what = "CUDA stream"
 
     def __init__(self) -> None:
         super().__init__()
         self._freed = True
+        self.capturing = False
         cudart = runtime_api()
         self.handle = rt_call("cudaStreamCreateWithFlags", cudart.cudaStreamNonBlocking)
         self._freed = False
 
     @property
     def address(self) -> int:
-        return int(self.handle)
+        return native_handle(self.handle)
 
     def synchronize(self) -> None:
         self._check_live()
@@ -271,14 +295,21 @@ class Event(_Owned):
         self._freed = False
 
     def record(self, stream: Stream | Any) -> None:
-        """Record on ``stream`` (a :class:`Stream` or a raw ``cudaStream_t``). Recorded with
-        ``cudaEventRecordExternal``, so that inside a stream capture the record becomes a graph
-        node and replays of the graph still time their stages (outside capture the flag changes
-        nothing)."""
+        """Record on ``stream`` (a :class:`Stream` or a raw ``cudaStream_t``, never capturing).
+
+        While a :class:`Stream` is being captured the record is made with
+        ``cudaEventRecordExternal``, so that it becomes an event-record node and every replay of
+        the graph still records (and times) its stages; outside capture the flag is invalid
+        ("This flag is invalid when used outside of capture", cuda-bindings
+        ``EventRecordFlags.EXTERNAL`` / ``cuEventRecordWithFlags``), so a plain record is made."""
         self._check_live()
         cudart = runtime_api()
-        handle = stream.handle if isinstance(stream, Stream) else stream
-        rt_call("cudaEventRecordWithFlags", self.handle, handle, cudart.cudaEventRecordExternal)
+        if isinstance(stream, Stream):
+            flags = (cudart.cudaEventRecordExternal if stream.capturing
+                     else cudart.cudaEventRecordDefault)
+            rt_call("cudaEventRecordWithFlags", self.handle, stream.handle, flags)
+        else:
+            rt_call("cudaEventRecord", self.handle, stream)
 
     def synchronize(self) -> None:
         self._check_live()
@@ -350,11 +381,14 @@ def capture_graph(stream: Stream, enqueue: Callable[[], None]) -> GraphExec:
     cudart = runtime_api()
     rt_call("cudaStreamBeginCapture", stream.handle,
             cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+    stream.capturing = True
     try:
         enqueue()
     except BaseException as exc:
+        stream.capturing = False
         _abandon_capture(cudart, stream)
         raise GraphCaptureError(f"the work could not be captured as a CUDA graph: {exc}") from exc
+    stream.capturing = False
     try:
         graph = rt_call("cudaStreamEndCapture", stream.handle)
     except CudaError as exc:
@@ -362,6 +396,11 @@ def capture_graph(stream: Stream, enqueue: Callable[[], None]) -> GraphExec:
         raise GraphCaptureError(f"the stream capture was invalidated: {exc}") from exc
     try:
         return GraphExec(rt_call("cudaGraphInstantiate", graph, 0))
+    except CudaError as exc:
+        # A graph that cannot be instantiated (a node type or a size the driver refuses) is a
+        # capture that did not work: the caller runs that chain eagerly from now on.
+        cudart.cudaGetLastError()
+        raise GraphCaptureError(f"instantiating the captured graph failed: {exc}") from exc
     finally:
         # The executable graph is independent of the graph it was made from.
         rt_call("cudaGraphDestroy", graph)
@@ -371,6 +410,6 @@ def _abandon_capture(cudart: Any, stream: Stream) -> None:
     # cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated and a NULL graph when the
     # capture broke, else a graph that must not be used: destroy it. Then clear the error.
     status, graph = cudart.cudaStreamEndCapture(stream.handle)
-    if status == cudart.cudaError_t.cudaSuccess and graph is not None and int(graph) != 0:
+    if status == cudart.cudaError_t.cudaSuccess and graph is not None and native_handle(graph):
         cudart.cudaGraphDestroy(graph)
     cudart.cudaGetLastError()

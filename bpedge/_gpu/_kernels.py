@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpedge._gpu._cuda import CudaError, Stream, _Owned, drv_call
-from bpedge.kernels._launch_args import (
+from bpedge.kernels import (
     PASTE_ENTRY_POINTS,
     PREPROCESS_ENTRY_POINTS,
     LaunchShape,
@@ -64,7 +64,7 @@ def choose_image(device_arch: int, supported: Sequence[int]) -> ImageChoice:
 def kernel_images(device_arch: int) -> dict[str, bytes]:
     """Compiled image of each kernel source for the device: CUBIN, or NUL-terminated PTX (the
     driver JIT-compiles PTX text and needs the terminator). Runs NVRTC; needs no GPU."""
-    from bpedge.kernels._nvrtc import compile_kernel, supported_archs
+    from bpedge.kernels import compile_kernel, supported_archs
 
     choice = choose_image(device_arch, supported_archs())
     images = {}

@@ -52,6 +52,7 @@ from bpedge._gpu._cuda import (
     GraphExec,
     PinnedBuffer,
     Stream,
+    bind_device,
     capture_graph,
     copy_2d_async,
     runtime_api,
@@ -181,8 +182,11 @@ class FrameSlot:
 
     def __init__(self, layout: SlotLayout, spec: CascadeSpec, kernels: CascadeKernels,
                  engines: Mapping[str, TrtEngine], graph_capacity: int = 4,
-                 use_graphs: bool = True) -> None:
+                 use_graphs: bool = True, device: int = 0) -> None:
         self.spec = spec
+        # Every submit and close binds it: the caller's thread may have another device current
+        # (or none), and kernels, engines and streams only work on their own device.
+        self.cuda_device = device
         self._kernels = kernels
         self._pending: tuple[ChainKey, float] | None = None
         self._stack = contextlib.ExitStack()
@@ -251,6 +255,7 @@ class FrameSlot:
         """Enqueue the chain for equal-sized uint8 (H, W) host frames (at most max_batch)."""
         self._check_idle()
         start = time.perf_counter()
+        bind_device(self.cuda_device)
         h, w = greys[0].shape
         key = ChainKey(len(greys), h, w, "host")
         self._ensure(key)
@@ -268,6 +273,7 @@ class FrameSlot:
         device; None when the producer says no synchronisation is needed."""
         self._check_idle()
         start = time.perf_counter()
+        bind_device(self.cuda_device)
         key = ChainKey(1, source.height, source.width, "device")
         self._ensure(key)
         plan = plan_chain(key, self.device, self.host, self.spec, self.layout.types, source)
@@ -340,6 +346,7 @@ class FrameSlot:
         stack, self._stack = self._stack, contextlib.ExitStack()
         with stack:
             self._pending = None
+            bind_device(self.cuda_device)
             if not self.stream.freed:
                 self.stream.synchronize()
 

@@ -5,7 +5,7 @@ with no host synchronisation between its stages, replayed as a CUDA graph once w
 :class:`TensorRTCascade` runs it. Frames are handled in slots (:mod:`._slot`): each has its own
 stream, pinned and device buffers, events, execution contexts and graphs, so that ``stream`` keeps
 ``depth`` frames in flight and the upload of one overlaps the compute of another. A cascade is used
-from one thread.
+from one thread at a time, any thread: every submit binds the cascade's device.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bpedge._gpu._chain import (
     check_spec,
     expected_tensors,
 )
-from bpedge._gpu._cuda import compute_capability, use_device
+from bpedge._gpu._cuda import bind_device, compute_capability, use_device
 from bpedge._gpu._engine import TensorRTError, TrtEngine, TrtRuntime, check_io
 from bpedge._gpu._kernels import CascadeKernels, choose_image, kernel_images
 from bpedge._gpu._slot import FrameSlot, in_order
@@ -192,6 +192,7 @@ class TensorRTCascade:
         self._closed = False
 
     def _open(self, bundle: Bundle, precision: str, device: int) -> None:
+        self._device = device
         use_device(device)
         key = current_key(precision, self.max_batch, device)
         self._kernels = self._stack.enter_context(
@@ -222,7 +223,7 @@ class TensorRTCascade:
     def _ensure_slots(self, count: int) -> None:
         while len(self._slots) < count:
             self._slots.append(FrameSlot(self._layout, self.spec, self._kernels, self._engines,
-                                         GRAPHS_PER_SLOT, self._use_graphs))
+                                         GRAPHS_PER_SLOT, self._use_graphs, self._device))
 
     def _close_slots(self) -> None:
         slots, self._slots = self._slots, []
@@ -273,6 +274,8 @@ class TensorRTCascade:
         self._check_open()
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"stream depth must be an integer >= 1, got {depth!r}")
+        if depth > len(self._slots):
+            bind_device(self._device)  # the new slots' streams and buffers go on our device
         self._ensure_slots(depth)
         return in_order(greys, depth, submit=self._submit_one, collect=self._collect_one,
                         abandon=lambda slot: slot.abandon())
@@ -292,6 +295,7 @@ class TensorRTCascade:
         if self._closed:
             return
         self._closed = True
+        bind_device(self._device)  # modules unload and engines free in their own context
         self._stack.close()
 
     def __enter__(self) -> Self:

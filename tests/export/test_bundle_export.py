@@ -237,7 +237,42 @@ def test_data_that_is_not_the_training_data_is_refused(tiny_checkpoints: tuple[P
     other = generate_phantom(tmp_path / "other", PhantomConfig(subjects=3, frames=2, seed=5,
                                                                height=96, width=128))
     detector, segmenter = tiny_checkpoints
-    with pytest.raises(ValueError, match="not what the detector was trained on.*--force"):
+    with pytest.raises(ValueError,
+                       match="not what the detector was trained on.*--accept-other-data"):
         export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=tmp_path / "b",
                                     data=other), log=lambda line: None)
     assert not (tmp_path / "b").exists()
+
+
+# --- what a device bundle holds ---------------------------------------------------------------
+
+
+def test_a_plain_export_leaves_the_checkpoints_beside_the_bundle(
+    tiny_bundle: Path, bundle: Bundle, tiny_checkpoints: tuple[Path, Path], tmp_path: Path,
+) -> None:
+    """Without ``include_checkpoints`` the bundle holds ONNX files and the manifest only; the
+    manifest says where each checkpoint is and its sha256 (tiny_bundle itself is exported with
+    the flag, and holds both, as test_the_bundle_holds_exactly_the_listed_files shows)."""
+    import shutil
+
+    from bpedge.export.bundle_export import _write_bundle, load_checkpoint_of
+
+    from bpedge._manifest import sha256_file
+
+    root = tmp_path / "device"
+    root.mkdir()
+    for name in ONNX_FILES:
+        shutil.copyfile(tiny_bundle / name, root / name)
+    det = load_checkpoint_of("detector", tiny_checkpoints[0])
+    seg = load_checkpoint_of("segmenter", tiny_checkpoints[1])
+    m = bundle.manifest
+    _write_bundle(root, det, seg, m.thresholds, dict(m.parity))
+    written = Bundle.open(root).manifest
+    assert {ref.file for ref in written.model_files()} == set(ONNX_FILES)
+    on_disk = {p.name for p in root.iterdir() if not p.name.startswith(".")}
+    assert on_disk == {*ONNX_FILES, "manifest.json"}
+    for kind, ck in (("detector", det), ("segmenter", seg)):
+        assert written.models[kind].checkpoint is None
+        assert written.training.presets[kind]["checkpoint"] == {
+            "path": str(ck.path.resolve()), "sha256": sha256_file(ck.path)}
+    assert written.preprocessing == m.preprocessing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,11 +50,13 @@ def test_help_names_every_option(runner: CliRunner) -> None:
 
 def test_a_small_run_with_detector_crops_replaces_an_old_bundle_with_force(
     runner: CliRunner, tiny_checkpoints: tuple[Path, Path], detector_crop_segmenter: Path,
-    phantom_dir: Path, tmp_path: Path,
+    phantom_dir: Path, tiny_bundle: Path, tmp_path: Path,
 ) -> None:
+    # The old bundle is one export made; a folder export did not make is never replaced (see
+    # tests/reliability/test_user_folders.py).
     out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "old.txt").write_text("an earlier export")
+    shutil.copytree(tiny_bundle, out)
+    old_created = Bundle.open(out).manifest.created
     args = ["export", "--detector", str(tiny_checkpoints[0]), "--segmenter",
             str(detector_crop_segmenter), "--out", str(out), "--data", str(phantom_dir),
             "--max-val", "2"]
@@ -64,8 +67,8 @@ def test_a_small_run_with_detector_crops_replaces_an_old_bundle_with_force(
     for step in range(1, 9):
         assert f"[{step}/8]" in result.output
     assert f"bundle {out}: score threshold" in result.output
-    assert not (out / "old.txt").exists()
     manifest = Bundle.open(out).manifest
+    assert manifest.created >= old_created
     mask = manifest.thresholds.how_chosen["mask"]
     assert mask["data"]["crop_boxes"] == "boxes of the exported FP32 detector (ONNX Runtime)"
     assert mask["data"]["frames_with_bp"] == 2

@@ -64,6 +64,9 @@ class FakeTensorRT:
         class MemoryPoolType:
             WORKSPACE = "workspace"
 
+        class BuilderFlag:
+            TF32 = "tf32"
+
         class Dims(tuple):
             def __new__(cls, shape):
                 return super().__new__(cls, shape)
@@ -125,6 +128,10 @@ class FakeTensorRT:
         class Config:
             def __init__(self):
                 self.pools, self.profiles, self.cache, self.progress_monitor = {}, [], None, None
+                self.flags = {BuilderFlag.TF32}  # as in TensorRT: TF32 is on by default
+
+            def clear_flag(self, flag):
+                self.flags.discard(flag)
 
             def set_memory_pool_limit(self, pool, size):
                 self.pools[pool] = size
@@ -181,6 +188,7 @@ class FakeTensorRT:
                     "cache_in": config.cache.data.decode(),
                     "trt": fake.__version__,
                     "monitor": type(monitor).__name__ if monitor is not None else None,
+                    "tf32": BuilderFlag.TF32 in config.flags,
                 }
                 fake.builds.append(record)
                 config.cache.data += b"+" + network.tag.encode()
@@ -189,6 +197,7 @@ class FakeTensorRT:
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
         self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
         self.MemoryPoolType, self.Dims = MemoryPoolType, Dims
+        self.BuilderFlag = BuilderFlag
         self.IProgressMonitor = IProgressMonitor
 
 
@@ -254,6 +263,23 @@ def test_builds_one_engine_per_model_and_precision_from_the_matching_onnx(tmp_pa
         assert entry.key.max_batch == 4 and entry.key.sm_count == 26
         assert entry.file == entry.key.file_name(entry.model)
     assert bundle.manifest.engines == tuple(entries)
+
+
+def test_engines_are_built_without_tf32_and_the_manifest_says_which_math(tmp_path):
+    root = write_bundle(tmp_path / "b")
+    entries = build(root, FakeTensorRT(), precisions=("fp32", "fp16"))
+    bundle = Bundle.open(root)
+    for entry in entries:
+        assert json.loads(bundle.read_verified(entry.file))["tf32"] is False
+        assert "TF32 disabled" in entry.math and entry.math.startswith(entry.precision)
+    assert Bundle.open(root).manifest.engines == tuple(entries)  # the math survives a reload
+
+
+def test_a_tensorrt_without_the_strongly_typed_flag_builds_with_no_flag(tmp_path):
+    trt = FakeTensorRT(version="12.0.0.1")
+    trt.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), {})
+    build(write_bundle(tmp_path / "b"), trt, precisions=("fp32",))
+    assert [b["flags"] for b in trt.builds] == [0, 0]
 
 
 def test_a_second_run_reuses_fitting_engines_without_building(tmp_path):
@@ -477,7 +503,9 @@ def test_cli_help_lists_the_options():
         assert option in result.output
 
 
-@pytest.mark.parametrize("exists", [True, False])
+# A missing bundle is reported before a missing TensorRT (issue 12): see
+# test_cli_reports_a_missing_bundle_before_a_missing_tensorrt below.
+@pytest.mark.parametrize("exists", [True])
 def test_cli_without_tensorrt_exits_1_with_one_clear_line_and_writes_nothing(tmp_path, exists):
     root = write_bundle(tmp_path / "b") if exists else tmp_path / "missing"
     before = snapshot(root) if exists else None
@@ -492,6 +520,16 @@ def test_cli_without_tensorrt_exits_1_with_one_clear_line_and_writes_nothing(tmp
         assert snapshot(root) == before
     else:
         assert not root.exists()
+
+
+def test_cli_reports_a_missing_bundle_before_a_missing_tensorrt(tmp_path):
+    root = tmp_path / "missing"
+    result = CliRunner().invoke(_app(), ["build-engines", str(root), "--precision", "fp32"])
+    assert result.exit_code == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and str(root) in error_lines[0]
+    assert "does not exist" in error_lines[0] and "TensorRT" not in result.stderr
+    assert result.stdout == "" and not root.exists()
 
 
 def test_cli_bad_precision_is_a_usage_error(tmp_path):

@@ -42,44 +42,46 @@ def test_data_root_comes_from_the_option_or_the_checkpoint(phantom_dir: Path, in
         val.resolve_data_root(gone, None, "segmenter")
 
 
-def test_a_fingerprint_mismatch_is_refused_unless_forced(phantom_dir: Path, index) -> None:
+def test_a_fingerprint_mismatch_is_refused_unless_accepted(phantom_dir: Path, index) -> None:
     good = payload_for(index, [])
-    assert val.check_data(phantom_dir, good, "detector", force=False,
+    assert val.check_data(phantom_dir, good, "detector", accept_other_data=False,
                           warn=print).fingerprint_matches
     bad = {**good, "data_fingerprint": "0" * 64}
     with pytest.raises(ValueError, match="not what the segmenter was trained on"):
-        val.check_data(phantom_dir, bad, "segmenter", force=False, warn=print)
+        val.check_data(phantom_dir, bad, "segmenter", accept_other_data=False, warn=print)
     warnings: list[str] = []
-    check = val.check_data(phantom_dir, bad, "segmenter", force=True, warn=warnings.append)
-    assert not check.fingerprint_matches and "--force" in warnings[0]
+    check = val.check_data(phantom_dir, bad, "segmenter", accept_other_data=True,
+                           warn=warnings.append)
+    assert not check.fingerprint_matches and "--accept-other-data" in warnings[0]
 
 
 def test_validation_frames_are_the_split_and_max_val_a_seeded_sample(phantom_dir: Path,
                                                                       index) -> None:
     keys = positives(index, 10)
-    check = val.check_data(phantom_dir, payload_for(index, keys), "detector", force=False,
-                           warn=print)
+    check = val.check_data(phantom_dir, payload_for(index, keys), "detector",
+                           accept_other_data=False, warn=print)
     frames = val.validation_frames(check, payload_for(index, keys), "detector", max_val=None,
-                                   force=False, warn=print)
+                                   accept_other_data=False, warn=print)
     assert [f.key for f in frames.positives] == keys
     sample = val.validation_frames(check, payload_for(index, keys), "detector", max_val=4,
-                                   force=False, warn=print)
+                                   accept_other_data=False, warn=print)
     again = val.validation_frames(check, payload_for(index, keys), "detector", max_val=4,
-                                  force=False, warn=print)
+                                  accept_other_data=False, warn=print)
     assert len(sample.positives) == 4 and sample.positives == again.positives
     assert {f.key for f in sample.positives} <= set(keys)
     with pytest.raises(ValueError, match="not in"):
         val.validation_frames(check, payload_for(index, [*keys, "99_1"]), "detector",
-                              max_val=None, force=False, warn=print)
+                              max_val=None, accept_other_data=False, warn=print)
     with pytest.raises(ValueError, match="records no validation split"):
-        val.validation_frames(check, {}, "detector", max_val=None, force=False, warn=print)
+        val.validation_frames(check, {}, "detector", max_val=None, accept_other_data=False,
+                              warn=print)
 
 
 def test_empty_frames_come_from_the_validation_subjects_at_the_data_ratio(phantom_dir: Path,
                                                                           index) -> None:
     keys = [f.key for f in index.frames if f.present and f.subject == index.frames[0].subject]
-    check = val.check_data(phantom_dir, payload_for(index, keys), "detector", force=False,
-                           warn=print)
+    check = val.check_data(phantom_dir, payload_for(index, keys), "detector",
+                           accept_other_data=False, warn=print)
     frames = index.select(keys)
     empties = val.empty_frames_for_presence(check, payload_for(index, keys), frames, seed=0)
     n_pos = sum(f.present for f in index.frames)
@@ -137,8 +139,8 @@ def test_a_run_trained_with_dedup_leaves_its_contradictory_frames_out(
     flagged = set(empties[::2])  # pretend these empty frames near-copy a BP frame
     monkeypatch.setattr(data, "find_contradictory_duplicates",
                         lambda frames: DuplicateReport(tuple(sorted(flagged)), ()))
-    check = val.check_data(phantom_dir, payload_for(index, keys), "detector", force=False,
-                           warn=print)
+    check = val.check_data(phantom_dir, payload_for(index, keys), "detector",
+                           accept_other_data=False, warn=print)
     frames = index.select(keys)
     plain = val.empty_frames_for_presence(check, payload_for(index, keys), frames, 0)
     deduped = val.empty_frames_for_presence(check, payload_for(index, keys, dedup=True), frames, 0)

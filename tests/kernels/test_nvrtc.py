@@ -86,3 +86,51 @@ def test_compile_error_carries_the_log(tmp_path, monkeypatch):
 
 def test_half_header_is_found():
     assert (cuda_include_dir() / "cuda_fp16.h").is_file()
+
+
+def _headers(root, cudart_version: int):
+    include = root / "include"
+    include.mkdir(parents=True)
+    (include / "cuda_fp16.h").write_text("/* half */\n")
+    (include / "cuda_runtime_api.h").write_text(f"#define CUDART_VERSION  {cudart_version}\n")
+    return include
+
+
+def test_headers_of_the_loaded_nvrtcs_cuda_major_are_chosen(tmp_path, monkeypatch):
+    # cuda-pathfinder finds this machine's wheel headers first; an NVRTC of another major must
+    # skip them and take the toolkit of its own major.
+    own = _headers(tmp_path / "cuda-other", 12090 if nvrtc_version()[0] != 12 else 13000)
+    major = 12 if nvrtc_version()[0] != 12 else 13
+    monkeypatch.setenv("CUDA_HOME", str(own.parent))
+    monkeypatch.setattr(_nvrtc, "nvrtc_version", lambda: (major, 0))
+    assert cuda_include_dir() == own
+    assert _nvrtc.header_cuda_major(own) == major
+
+
+def test_no_headers_of_the_nvrtcs_major_is_an_error_naming_what_was_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(_headers(tmp_path / "cuda-13", 13000).parent))
+    monkeypatch.setattr(_nvrtc, "nvrtc_version", lambda: (11, 8))
+    with pytest.raises(NvrtcUnavailableError, match=r"cuda_fp16.h for CUDA 11 .*\(CUDA 13\)"):
+        cuda_include_dir()
+
+
+def test_nvrtc_writes_its_outputs_into_fresh_writable_buffers(tmp_path, monkeypatch):
+    real = _nvrtc._nvrtc()
+    handed = []
+
+    class Recording:
+        def __getattr__(self, name):
+            attr = getattr(real, name)
+            if not name.startswith(("nvrtcGetCUBIN", "nvrtcGetPTX", "nvrtcGetProgramLog")) or \
+                    name.endswith("Size"):
+                return attr
+
+            def call(program, buffer):
+                handed.append(type(buffer))
+                return attr(program, buffer)
+            return call
+
+    monkeypatch.setattr(_nvrtc, "_nvrtc", lambda: Recording())
+    kernel = compile_kernel("paste.cu", 80, use_cache=False)
+    assert handed == [bytearray] * 3
+    assert kernel.cubin[:4] == b"\x7fELF" and isinstance(kernel.cubin, bytes)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
+
+from bpedge._out_dir import refuse_unless_new_or_empty
 
 __all__ = ["PhantomConfig", "generate_phantom", "render_subject"]
 
@@ -434,12 +437,11 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     renamed to ``out_dir`` at the end, so an interrupted run leaves no half dataset behind.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} exists and is not an empty folder; choose a new output folder")
+    refuse_unless_new_or_empty(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    # A new folder of its own (never a fixed name that could be someone else's folder).
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    os.chmod(partial, 0o755)
     total = config.subjects * config.frames
     bar = None
     if progress:

@@ -171,21 +171,19 @@ def _condition_boxes(
 def _predict_crops(model: Any, payload: dict[str, Any], images: list[np.ndarray],
                    boxes: list[Any], batch_size: int = 32) -> list[np.ndarray | None]:
     """Probability map ``(crop_h, crop_w)`` float32 per frame (``None`` where the box is None)."""
-    import torch
     from bpedge.train.checkpoint import model_input
+    from bpedge.train.inference import run_batches
 
     spec = model_input(payload)
-    device = next(model.parameters()).device
     todo = [i for i, b in enumerate(boxes) if b is not None]
     out: list[np.ndarray | None] = [None] * len(boxes)
+    groups = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    batches = (np.stack([segmenter_input(images[i], boxes[i], spec) for i in idx])
+               for idx in groups)
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start : start + batch_size]
-            x = np.stack([segmenter_input(images[i], boxes[i], spec) for i in idx])
-            prob = model(torch.from_numpy(x).to(device)).cpu().numpy()[:, 0]
-            for i, p in zip(idx, prob):
-                out[i] = p.astype(np.float32)
+    for idx, (prob,) in zip(groups, run_batches(model, batches)):
+        for i, p in zip(idx, prob[:, 0]):
+            out[i] = p
     return out
 
 

@@ -52,10 +52,6 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _rel(layout: StudyLayout, path: Path) -> str:
-    return path.relative_to(layout.root).as_posix()
-
-
 def _condition(cond: str, chosen: dict[str, float]) -> str:
     if cond != "detector":
         return CONDITION_LABELS[cond]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +33,7 @@ from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions, split_of
 
 from bpedge._atomic import atomic_write_json
+from bpedge._out_dir import claim_out_dir
 
 __all__ = ["StudyOutcome", "plan_study", "run_study"]
 
@@ -452,13 +453,11 @@ def run_study(
     ``on_step_done`` is called with each step's record as soon as it is logged."""
     opts.check()
     layout = StudyLayout(opts.out)
-    opts.out.mkdir(parents=True, exist_ok=True)
+    # Writes only into a study folder it made (or a new/empty one): never into the data folder or
+    # anything else a user pointed --out at by mistake.
+    claim_out_dir(opts.out, "experiment")
     _write_study_json(opts, layout, command)
     records = run_steps(plan_study(opts), layout.step_log, progress=opts.progress,
                         on_step_done=on_step_done)
     return StudyOutcome(layout=layout, records=records)
 
-
-def step_names(steps: Sequence[Step]) -> list[str]:
-    """Names of ``steps``, in order (for listings and tests)."""
-    return [s.name for s in steps]

@@ -275,16 +275,39 @@ def build_detector(cfg: DetectorConfig, weights: str | Path | None = None) -> Re
     return model
 
 
-def load_detector_weights(model: RetinaNetDetector, path: str | Path) -> None:
-    """Load a whole-detector or a backbone-only state_dict file into ``model`` (see build_detector)."""
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A ``torch.save``'d state_dict file, read with ``weights_only=True`` (no pickled code runs).
+    A file that needs more than tensors and plain types is refused with one line (ValueError),
+    never loaded with ``weights_only=False``: that would run whatever code the file holds."""
+    import pickle
+    import re
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's text is several lines and suggests weights_only=False; keep what it refused.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it needs {found.group(1)}" if found else "it holds more than tensors"
+        raise ValueError(
+            f"{path} was refused: {what}, a pickled Python object, and loading one could run "
+            "code from the file; save a plain state_dict: torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable torch.save file ({exc})") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
         raise ValueError(f"{path} is not a state_dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def load_detector_weights(model: RetinaNetDetector, path: str | Path) -> None:
+    """Load a whole-detector or a backbone-only state_dict file into ``model`` (see build_detector)."""
+    path = Path(path)
+    state = read_state_dict(path)
     own_prefixes = tuple(f"{name}." for name, _ in model.named_children())
     try:
         if any(k.startswith(own_prefixes) for k in state):

@@ -1,0 +1,140 @@
+"""Where ``bpedge segment`` writes, and the rules that keep a user's files safe there.
+
+``OUT`` is claimed through :mod:`bpedge._out_dir`: a new or empty folder, or one segment made; a
+non-empty folder it did not make only with ``--add-to-existing``, and then only new entries are
+added. The entries of a run are ``masks/``, ``overlays/``, ``results.csv`` and, while it runs,
+``INCOMPLETE.txt``:
+
+* ``INCOMPLETE.txt`` is written before the first mask and removed after ``results.csv``, which is
+  written last (atomically), so a folder is a complete result set exactly when it has
+  ``results.csv`` and no ``INCOMPLETE.txt``. A run that fails or is killed leaves the note saying
+  so, and the next run into that folder is refused until ``--force`` replaces it.
+* ``--force`` replaces only entries segment made (the marker says which), and a ``masks/`` or
+  ``overlays/`` folder only when it holds nothing but PNG files.
+* one run at a time per folder (:func:`bpedge._out_dir.lock_out_dir`).
+* output names are unique across every image and video frame of the run, compared
+  case-insensitively (a case-insensitive filesystem would merge ``A.png`` and ``a.png``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bpedge._atomic import atomic_write_text
+from bpedge._out_dir import OutDirRefused, claim_out_dir, lock_out_dir, owned_entries
+
+if TYPE_CHECKING:
+    from bpedge._cli._frame_sources import FrameSource
+
+COMMAND = "segment"
+RESULTS = "results.csv"
+INCOMPLETE = "INCOMPLETE.txt"
+SUBFOLDERS = ("masks", "overlays")
+ENTRIES = (*SUBFOLDERS, RESULTS, INCOMPLETE)
+_VIDEO_NAME = re.compile(r"^(?P<stem>.*)_f\d{6}$")
+
+
+def output_names(sources: Sequence[FrameSource]) -> dict[Path, str]:
+    """A unique output stem per source: two inputs may share a file name, and a video's frames
+    (``STEM_fNNNNNN``) must not take the name of an image (``STEM_f000001.png``)."""
+    video_stems = {m["stem"] for s in sources if not s.video
+                   if (m := _VIDEO_NAME.match(s.path.stem.casefold()))}
+    names: dict[Path, str] = {}
+    used: set[str] = set()
+    for source in sources:
+        stem, k = source.path.stem, 2
+        name = stem
+        # A name is taken if used; a video stem also if an image is named like its frames.
+        while name.casefold() in used or (source.video and name.casefold() in video_stems):
+            name, k = f"{stem}-{k}", k + 1
+        used.add(name.casefold())
+        names[source.path] = name
+    return names
+
+
+def _clear_earlier_run(out: Path, *, force: bool) -> None:
+    """Clear what an earlier run left (only with ``force``, only segment's own entries). Raises
+    :class:`OutDirRefused` (exit 2) naming what is in the way and what to do."""
+    present = _refuse_foreign_entries(out)
+    if not present:
+        return
+    earlier = ("the partial results of an earlier run that did not finish (see "
+               f"{out / INCOMPLETE})" if INCOMPLETE in present or RESULTS not in present
+               else "the results of an earlier run")
+    if not force:
+        raise OutDirRefused(f"{out} holds {earlier}: choose a new --out, or pass --force to "
+                            "replace them")
+    for sub in SUBFOLDERS:
+        _check_only_pngs(out / sub)
+    # results.csv goes first: from here on the folder reads as incomplete until this run is done.
+    for name in (RESULTS, *SUBFOLDERS, INCOMPLETE):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _refuse_foreign_entries(out: Path) -> list[str]:
+    """The run entries present in ``out``; OutDirRefused if one of them is not segment's."""
+    owned = owned_entries(out, COMMAND)
+    present = [e for e in ENTRIES if (out / e).exists() or (out / e).is_symlink()]
+    foreign = [e for e in present if owned is not None and e not in owned]
+    if foreign:
+        raise OutDirRefused(f"{out / foreign[0]} is not bpedge segment's: it is never overwritten; "
+                            "choose another --out")
+    return present
+
+
+def _check_only_pngs(folder: Path) -> None:
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutDirRefused(f"{folder} is not a folder segment made; it is left as it is: choose "
+                            "another --out")
+    for entry in folder.iterdir():
+        if entry.is_symlink() or not entry.is_file() or entry.suffix.lower() != ".png":
+            raise OutDirRefused(f"{folder} holds {entry.name}, which segment did not write; "
+                                "nothing was replaced: move it away, or choose another --out")
+
+
+@contextlib.contextmanager
+def run_in(out: Path, *, force: bool, add_to_existing: bool, masks: bool,
+           overlays: bool) -> Iterator[None]:
+    """Hold ``out`` for one run: claim and lock it, clear an earlier run's entries (``force``),
+    mark it incomplete and make the subfolders; the caller writes the masks, overlays and finally
+    ``results.csv`` (:func:`finish`). On an error the incomplete note stays and says why.
+    Raises :class:`OutDirRefused` before writing anything when ``out`` is not segment's to use."""
+    if add_to_existing and out.is_dir():
+        _refuse_foreign_entries(out)  # before the marker is written into the user's folder
+    claim_out_dir(out, COMMAND, add_to_existing=add_to_existing, add_flag="--add-to-existing",
+                  entries=ENTRIES)
+    with lock_out_dir(out, COMMAND):
+        _clear_earlier_run(out, force=force)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(out / INCOMPLETE, f"bpedge segment started at {started} and has not "
+                          f"finished: {RESULTS} is written when every frame is done. Re-run "
+                          "with --force to replace these partial results.\n")
+        for sub, wanted in zip(SUBFOLDERS, (masks, overlays)):
+            if wanted:
+                (out / sub).mkdir()
+        try:
+            yield
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # keep the original error; the note is a bonus
+                note = (out / INCOMPLETE).read_text()
+                atomic_write_text(out / INCOMPLETE, f"{note}It stopped: {type(exc).__name__}: "
+                                  f"{exc}\n")
+            raise
+
+
+def finish(out: Path, csv_text: str) -> None:
+    """Write ``results.csv``, then drop the incomplete note: the set is complete."""
+    atomic_write_text(out / RESULTS, csv_text)
+    (out / INCOMPLETE).unlink()

@@ -1,0 +1,247 @@
+"""Output folders: a command writes only into a folder that it made (or that was empty), and
+replaces or deletes only what it made.
+
+Every command that writes ``--out`` (export, segment, train, experiment, demo) claims the folder
+with :func:`claim_out_dir` before it writes anything. A folder is the command's when
+
+* it did not exist (the command creates it), or it was empty (nothing in it can be lost); the
+  command then writes a marker, ``.bpedge-out.json``, naming itself;
+* it holds that marker naming the same command (a re-run, a resume, or ``--force``).
+
+Anything else is refused with :class:`OutDirRefused` (a ``ValueError``, so the CLI prints one
+line and exits 2) before a single file is written. ``bpedge segment --add-to-existing`` is the one
+way to write into someone else's folder: only new entries are added there, and the marker lists
+them (``entries``), so a later ``--force`` replaces those and nothing else.
+
+A bundle made before markers existed is recognised by its manifest instead
+(:func:`is_replaceable_bundle`): every file in the folder is one the manifest lists, or the
+manifest itself, or bpedge's own lock/marker/temporary files.
+
+Reading a marker never follows it into other files and never fails: an unreadable, oversized or
+malformed marker simply does not count, so the folder is treated as not ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bpedge._atomic import atomic_write_json
+from bpedge._version import __version__
+
+MARKER_NAME = ".bpedge-out.json"
+LOCK_NAME = ".bpedge-out.lock"
+_MARKER_FORMAT = "bpedge-out"
+_MAX_MARKER_BYTES = 64 * 1024
+
+__all__ = [
+    "LOCK_NAME",
+    "MARKER_NAME",
+    "OutDirRefused",
+    "check_out_dir",
+    "claim_out_dir",
+    "is_replaceable_bundle",
+    "lock_out_dir",
+    "made_by",
+    "mark_made_by",
+    "owned_entries",
+    "read_marker",
+    "refuse_unless_new_or_empty",
+]
+
+
+class OutDirRefused(ValueError):
+    """A command was pointed at a folder (or file) it did not make: the message names the path
+    and what to do instead. Nothing was written."""
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of ``folder`` as a dict, or None when there is none or it is not a valid one
+    (a symlink, a FIFO, too big, not JSON, not ours)."""
+    path = Path(folder) / MARKER_NAME
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_MARKER_BYTES:
+        return None
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != _MARKER_FORMAT:
+        return None
+    if not isinstance(obj.get("command"), str):
+        return None
+    entries = obj.get("entries")
+    if entries is not None and not (isinstance(entries, list)
+                                    and all(isinstance(e, str) for e in entries)):
+        return None
+    return obj
+
+
+def made_by(folder: str | os.PathLike[str], command: str) -> bool:
+    """True when ``folder`` holds the marker of ``command`` for the whole folder (it made it)."""
+    marker = read_marker(Path(folder))
+    return marker is not None and marker["command"] == command and marker.get("entries") is None
+
+
+def owned_entries(folder: str | os.PathLike[str], command: str) -> set[str] | None:
+    """What ``command`` owns in ``folder``: None for the whole folder, else the names of the
+    entries it added (empty when it owns nothing there)."""
+    marker = read_marker(Path(folder))
+    if marker is None or marker["command"] != command:
+        return set()
+    entries = marker.get("entries")
+    return None if entries is None else set(entries)
+
+
+def _write_marker(folder: Path, command: str, entries: list[str] | None) -> None:
+    marker: dict[str, Any] = {
+        "format": _MARKER_FORMAT,
+        "command": command,
+        "bpedge_version": __version__,
+        "note": f"made by `bpedge {command}`; it replaces or deletes only what it made here",
+    }
+    if entries is not None:
+        marker["entries"] = sorted(entries)
+    atomic_write_json(folder / MARKER_NAME, marker)
+    os.chmod(folder / MARKER_NAME, 0o644)
+
+
+def mark_made_by(folder: str | os.PathLike[str], command: str) -> None:
+    """Write ``command``'s marker for the whole of ``folder`` (a folder the command has just
+    made, e.g. a staging folder that will be renamed into place)."""
+    _write_marker(Path(folder), command, None)
+
+
+def _is_empty_dir(folder: Path) -> bool:
+    # The lock file is ours and holds nothing (a run that stopped before its first write).
+    return folder.is_dir() and all(p.name == LOCK_NAME for p in folder.iterdir())
+
+
+def claim_out_dir(
+    folder: str | os.PathLike[str],
+    command: str,
+    *,
+    flag: str = "--out",
+    add_to_existing: bool = False,
+    add_flag: str | None = None,
+    entries: tuple[str, ...] = (),
+) -> Path:
+    """Make ``folder`` ``command``'s output folder, or refuse (:class:`OutDirRefused`).
+
+    A missing folder is created and an empty one taken over (both get the marker); a folder with
+    ``command``'s marker is reused. A non-empty folder without it is refused, unless
+    ``add_to_existing`` (offered to the user as ``add_flag``): then the marker records
+    ``entries`` as the names this command adds, and the caller must add nothing else.
+    Returns the folder.
+    """
+    path = Path(folder)
+    if path.is_symlink() and not path.exists():
+        raise OutDirRefused(f"{flag} {path} is a broken symbolic link: choose another folder")
+    if path.exists() and not path.is_dir():
+        raise OutDirRefused(f"{flag} {path} exists and is not a folder: choose another path")
+    if not path.exists():
+        path.mkdir(parents=True)
+        _write_marker(path, command, None)
+        return path
+    if _is_empty_dir(path):
+        _write_marker(path, command, None)
+        return path
+    marker = read_marker(path)
+    if marker is not None and marker["command"] == command:
+        if marker.get("entries") is None:
+            return path
+        if add_to_existing:
+            _write_marker(path, command, sorted({*marker["entries"], *entries}))
+            return path
+    if marker is not None and marker["command"] != command:
+        raise OutDirRefused(f"{flag} {path} is the output of `bpedge {marker['command']}`, not of "
+                            f"`bpedge {command}`: choose a new or empty folder")
+    if add_to_existing:
+        _write_marker(path, command, list(entries))
+        return path
+    offer = (f", or pass {add_flag} to add only new entries to it (nothing in it is overwritten)"
+             if add_flag else "")
+    raise OutDirRefused(f"{flag} {path} is not an empty folder and was not made by "
+                        f"`bpedge {command}`: choose a new or empty folder{offer}")
+
+
+def check_out_dir(folder: str | os.PathLike[str], command: str, *, flag: str = "--out") -> None:
+    """What :func:`claim_out_dir` would refuse, checked without writing anything (for callers
+    that must fail before doing any work, or on processes that do not write)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise OutDirRefused(f"{flag} {path} exists and is not a folder: choose another path")
+    if not path.exists() or _is_empty_dir(path) or made_by(path, command):
+        return
+    marker = read_marker(path)
+    if marker is not None and marker["command"] != command:
+        raise OutDirRefused(f"{flag} {path} is the output of `bpedge {marker['command']}`, not of "
+                            f"`bpedge {command}`: choose a new or empty folder")
+    raise OutDirRefused(f"{flag} {path} is not an empty folder and was not made by "
+                        f"`bpedge {command}`: choose a new or empty folder")
+
+
+def refuse_unless_new_or_empty(folder: str | os.PathLike[str], *, flag: str = "--out") -> None:
+    """For commands that only ever create: ``folder`` must not exist or be an empty folder."""
+    path = Path(folder)
+    if path.exists() and not _is_empty_dir(path):
+        raise OutDirRefused(f"{flag} {path} exists and is not an empty folder: choose a new "
+                            "output folder")
+
+
+def is_replaceable_bundle(folder: str | os.PathLike[str]) -> bool:
+    """True when ``folder`` is a bundle that export may replace: its marker names export, or
+    (bundles written before markers) its manifest parses and lists every other file in it."""
+    path = Path(folder)
+    if made_by(path, "export"):
+        return True
+    from bpedge._manifest import Manifest
+    from bpedge._manifest_fields import MANIFEST_NAME, BundleError
+
+    manifest_path = path / MANIFEST_NAME
+    try:
+        info = os.lstat(manifest_path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_MARKER_BYTES * 256:
+            return False
+        manifest = Manifest.loads(manifest_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, BundleError):
+        return False
+    listed = {ref.file for ref in manifest.model_files()} | {e.file for e in manifest.engines}
+    own = {MANIFEST_NAME, MARKER_NAME, ".bpedge.lock", LOCK_NAME}
+    for entry in path.iterdir():
+        name = entry.name
+        if name in listed or name in own:
+            continue
+        if name.startswith(".") and name.endswith(".tmp") and entry.is_file():
+            continue  # an atomic write killed mid-way (bpedge._atomic)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def lock_out_dir(folder: str | os.PathLike[str], command: str) -> Iterator[None]:
+    """Hold ``folder``'s output lock for the block, so two runs never write into one folder at
+    once; a second run is refused at once (:class:`OutDirRefused`) rather than waiting."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks; runs are then not serialised
+        yield
+        return
+    fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutDirRefused(f"another `bpedge {command}` is writing into {folder} now: wait for "
+                                "it to finish, or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

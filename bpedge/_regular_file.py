@@ -1,0 +1,91 @@
+"""Reading bundle files safely: regular files only, with a size cap.
+
+A FIFO, a character device or a symbolic link to one would make a plain ``open().read()`` block
+forever or read without end, and a directory raises ``IsADirectoryError``; a huge sparse file
+would be read into memory whole. :func:`read_regular_file` and :func:`sha256_regular_file` open
+without blocking (``O_NONBLOCK``: a FIFO opens at once), check with ``fstat`` on the opened file
+(so a swap after the check cannot slip through) that it is a regular file no larger than the cap,
+and raise :class:`NotARegularFile` otherwise. Symbolic links to regular files are followed: a
+bundle copied with links still works; where a listed name may point is checked by the manifest's
+file-name rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+#: Largest manifest.json accepted: real ones are a few KB.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: Largest model, checkpoint or engine file accepted (ONNX protobufs stop at 2 GiB; engines and
+#: checkpoints of these models are far smaller).
+MAX_BUNDLE_FILE_BYTES = 4 * 1024 * 1024 * 1024
+
+_CHUNK = 1 << 20
+
+
+class NotARegularFile(OSError):
+    """The path is not a regular file (FIFO, device, socket, directory) or is over the size cap;
+    the message names the path and what it is."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _open_checked(path: Path, max_bytes: int) -> tuple[int, int]:
+    """An fd open for reading on ``path`` and its size, after the regular-file and size checks.
+    FileNotFoundError passes through unchanged."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    # stat first, so a device is never even opened (opening some has side effects).
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"{path} is {_kind(mode)}, not a regular file")
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(f"{path} is {_kind(info.st_mode)}, not a regular file")
+        if info.st_size > max_bytes:
+            raise NotARegularFile(f"{path} is {info.st_size} bytes, over the {max_bytes}-byte "
+                                  "limit for this file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of ``path``, refused (:class:`NotARegularFile`) unless it is a regular file of at
+    most ``max_bytes``."""
+    p = Path(path)
+    fd, _ = _open_checked(p, max_bytes)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew after the check
+        raise NotARegularFile(f"{p} is over the {max_bytes}-byte limit for this file")
+    return data
+
+
+def sha256_regular_file(path: str | os.PathLike[str], max_bytes: int) -> str:
+    """Hex sha256 of ``path``, read in chunks, with the checks of :func:`read_regular_file`."""
+    p = Path(path)
+    fd, _ = _open_checked(p, max_bytes)
+    digest, total = hashlib.sha256(), 0
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise NotARegularFile(f"{p} is over the {max_bytes}-byte limit for this file")
+            digest.update(chunk)
+    return digest.hexdigest()

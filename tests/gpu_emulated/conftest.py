@@ -1,0 +1,58 @@
+"""Fixtures for the ``gpu_emulated`` tests: the TensorRT cascade on the CPU, through the
+rule-checking stand-in for ``cuda.bindings`` and ``tensorrt`` in ``bpedge_cuda_standin/`` (test
+code, never part of the bpedge package). The stand-in is in ``sys.modules`` only inside the
+``machine`` fixture (and while the session's engines are built), so no other test sees it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # the stand-in package lives beside this file
+
+from bpedge_cuda_standin import Machine, install
+
+#: Engines' largest batch, and the frame size of the emulated runs: the kernels' host emulation
+#: runs a thread per CUDA thread, so frames are a quarter of the Kaggle size to keep it quick.
+MAX_BATCH = 4
+FRAME_HW = (105, 145)
+
+
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    """A fresh stand-in GPU machine (two devices), installed for this test only; every rule
+    broken is listed in ``machine.violations`` (the cascade tests assert it stays empty)."""
+    with install(Machine()) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def emulated_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny bundle with fp32 and fp16 engines built by ``build_engines`` against
+    the stand-in (batch 1 .. MAX_BATCH)."""
+    from bpedge.export.tensorrt_build import build_engines
+
+    out = tmp_path_factory.mktemp("emulated_bundle") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    with install(Machine()):
+        build_engines(out, precisions=("fp32", "fp16"), max_batch=MAX_BATCH, progress=False,
+                      log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_frames(phantom_dir: Path) -> list[np.ndarray]:
+    """Eight phantom frames (with and without BP), resized to FRAME_HW."""
+    import cv2
+
+    files = sorted(p for p in phantom_dir.glob("*.tif") if not p.stem.endswith("_mask"))[:8]
+    frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files]
+    h, w = FRAME_HW
+    return [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]

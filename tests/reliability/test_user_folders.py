@@ -1,0 +1,275 @@
+"""No command deletes, replaces or writes over a folder it did not make.
+
+Every command that writes ``--out`` is pointed at folders a careless user would give it: the
+training data folder, a training run folder holding ``best.pt``, a folder of their own notes, a
+folder holding their ground-truth ``masks/``. Each is refused with exit 2 and one ``error:`` line
+naming the folder, before anything is written, and every file in it is left byte for byte.
+A folder the command made itself is still reused (re-run, resume, ``--force``)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from bpedge.train.data import read_image
+from typer.testing import CliRunner
+
+from bpedge._cli.app import build_app
+from bpedge._out_dir import MARKER_NAME, lock_out_dir, made_by
+from bpedge.bundle import Bundle
+
+runner = CliRunner()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its sha256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_refused_in_one_line(result, folder: Path) -> None:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(folder) in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def user_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+@pytest.fixture
+def data_copy(phantom_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(phantom_dir, target)
+    return target
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def export_args(tiny_checkpoints: tuple[Path, Path], out: Path, data: Path) -> list[str]:
+    return ["export", "--detector", str(tiny_checkpoints[0]), "--segmenter",
+            str(tiny_checkpoints[1]), "--out", str(out), "--data", str(data), "--max-val", "2"]
+
+
+@pytest.mark.parametrize("kind", ["the data folder", "a run folder", "a user folder"])
+def test_export_force_never_replaces_a_folder_export_did_not_make(
+    tiny_checkpoints: tuple[Path, Path], data_copy: Path, user_folder: Path, tmp_path: Path,
+    kind: str,
+) -> None:
+    if kind == "the data folder":
+        target = data_copy
+    elif kind == "a run folder":
+        target = tmp_path / "run"
+        shutil.copytree(tiny_checkpoints[0].parent, target)
+    else:
+        target = user_folder
+    before = snapshot(target)
+    result = runner.invoke(build_app(), [*export_args(tiny_checkpoints, target, data_copy),
+                                         "--force"])
+    assert_refused_in_one_line(result, target)
+    assert "did not make" in result.output
+    assert snapshot(target) == before
+
+
+def test_export_force_replaces_a_bundle_export_made(
+    tiny_checkpoints: tuple[Path, Path], phantom_dir: Path, tmp_path: Path,
+) -> None:
+    out = tmp_path / "bundle"
+    args = export_args(tiny_checkpoints, out, phantom_dir)
+    assert runner.invoke(build_app(), args).exit_code == 0
+    assert made_by(out, "export")
+    first = Bundle.open(out).manifest.created
+    again = runner.invoke(build_app(), args)
+    assert again.exit_code == 2 and "--force" in again.output
+    replaced = runner.invoke(build_app(), [*args, "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    assert Bundle.open(out).manifest.created >= first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_a_bundle_with_a_file_of_the_users_is_not_replaced(tiny_bundle: Path,
+                                                           tiny_checkpoints: tuple[Path, Path],
+                                                           phantom_dir: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    (out / MARKER_NAME).unlink()  # a bundle from before markers: recognised by its manifest
+    (out / "my-notes.txt").write_text("keep")
+    before = snapshot(out)
+    result = runner.invoke(build_app(), [*export_args(tiny_checkpoints, out, phantom_dir),
+                                         "--force"])
+    assert_refused_in_one_line(result, out)
+    assert snapshot(out) == before
+
+
+def test_the_data_fingerprint_override_is_its_own_flag(
+    tiny_checkpoints: tuple[Path, Path], tmp_path: Path,
+) -> None:
+    from bpedge.train.data import PhantomConfig, generate_phantom
+
+    other = generate_phantom(tmp_path / "other", PhantomConfig(subjects=3, frames=2, seed=5,
+                                                               height=96, width=128))
+    args = export_args(tiny_checkpoints, tmp_path / "b", other)
+    forced = runner.invoke(build_app(), [*args, "--force"])
+    assert forced.exit_code == 2 and "--accept-other-data" in forced.output
+    assert not (tmp_path / "b").exists()
+
+
+# --- segment -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("seg_in") / "images"
+    folder.mkdir()
+    for stem in ("1_1", "1_2"):
+        cv2.imwrite(str(folder / f"{stem}.png"), read_image(phantom_dir / f"{stem}.tif"))
+    return folder
+
+
+def segment_args(bundle: Path, inputs: list[Path], out: Path, *extra: str) -> list[str]:
+    return ["segment", str(bundle), *map(str, inputs), "--out", str(out), "--no-progress",
+            "--backend", "onnxruntime", *extra]
+
+
+def test_segment_never_writes_over_the_users_masks(tiny_bundle: Path, images: Path,
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    (out / "masks").mkdir(parents=True)
+    truth = np.zeros((420, 580), np.uint8)
+    truth[100:200, 100:300] = 255
+    cv2.imwrite(str(out / "masks" / "1_1.png"), truth)  # the user's ground truth, same name
+    before = snapshot(out)
+    refused = runner.invoke(build_app(), segment_args(tiny_bundle, [images], out))
+    assert_refused_in_one_line(refused, out)
+    assert "--add-to-existing" in refused.output
+    added = runner.invoke(build_app(), segment_args(tiny_bundle, [images], out,
+                                                    "--add-to-existing"))
+    assert added.exit_code == 2 and "never overwritten" in added.output
+    forced = runner.invoke(build_app(), segment_args(tiny_bundle, [images], out,
+                                                     "--add-to-existing", "--force"))
+    assert forced.exit_code == 2
+    assert snapshot(out) == before
+    assert not (out / MARKER_NAME).exists() or not made_by(out, "segment")
+
+
+def test_segment_adds_to_a_users_folder_only_when_told_and_replaces_only_its_own(
+    tiny_bundle: Path, images: Path, user_folder: Path,
+) -> None:
+    before = snapshot(user_folder)
+    args = segment_args(tiny_bundle, [images], user_folder, "--add-to-existing")
+    assert runner.invoke(build_app(), args).exit_code == 0
+    assert (user_folder / "results.csv").is_file()
+    assert sorted(p.name for p in (user_folder / "masks").iterdir()) == ["1_1.png", "1_2.png"]
+    assert not made_by(user_folder, "segment")  # only the entries it added are segment's
+    again = runner.invoke(build_app(), [*args, "--force"])
+    assert again.exit_code == 0, again.output
+    after = snapshot(user_folder)
+    assert {k: after[k] for k in before} == before
+
+
+def test_segment_output_is_complete_or_marked_incomplete(tiny_bundle: Path, images: Path,
+                                                         tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(images, broken)
+    (broken / "1_3.png").write_bytes(b"not a png")  # fails after the first two frames
+    out = tmp_path / "out"
+    failed = runner.invoke(build_app(), segment_args(tiny_bundle, [broken], out))
+    assert failed.exit_code == 2 and "not a readable image" in failed.output
+    assert not (out / "results.csv").exists()
+    note = (out / "INCOMPLETE.txt").read_text()
+    assert "has not finished" in note and "not a readable image" in note
+    rerun = runner.invoke(build_app(), segment_args(tiny_bundle, [images], out))
+    assert rerun.exit_code == 2 and "did not finish" in rerun.output
+    forced = runner.invoke(build_app(), segment_args(tiny_bundle, [images], out, "--force"))
+    assert forced.exit_code == 0, forced.output
+    assert not (out / "INCOMPLETE.txt").exists()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["1_1.png", "1_2.png"]
+    assert len((out / "results.csv").read_text().splitlines()) == 3
+
+
+def test_two_segment_runs_never_share_one_out(tiny_bundle: Path, images: Path,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_out_dir(out, "segment"):  # another run holds the folder
+        busy = runner.invoke(build_app(), segment_args(tiny_bundle, [images], out))
+    assert busy.exit_code == 2 and "another `bpedge segment`" in busy.output
+    assert not (out / "results.csv").exists() and not (out / "masks").exists()
+
+
+def test_a_video_frame_never_takes_an_images_name(tiny_bundle: Path, phantom_dir: Path,
+                                                  tmp_path: Path) -> None:
+    frames = [read_image(phantom_dir / f"3_{k}.tif") for k in (1, 2)]
+    video = tmp_path / "probe.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                             (frames[0].shape[1], frames[0].shape[0]))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    image = tmp_path / "probe_f000001.png"
+    cv2.imwrite(str(image), read_image(phantom_dir / "1_1.tif"))
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    cv2.imwrite(str(upper / "PROBE_F000000.png"), read_image(phantom_dir / "1_2.tif"))
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), segment_args(tiny_bundle, [image, upper / "PROBE_F000000.png",
+                                                                   video], out, "--no-overlays"))
+    assert result.exit_code == 0, result.output
+    names = [p.name.casefold() for p in (out / "masks").iterdir()]
+    assert len(names) == len(set(names)) == 4  # one mask per frame, none overwritten
+    assert "probe_f000001.png" in names
+
+
+# --- train, experiment, demo, phantom ------------------------------------------------------------
+
+
+def test_train_never_writes_into_a_folder_it_did_not_make(phantom_dir: Path,
+                                                          user_folder: Path) -> None:
+    (user_folder / "config.json").write_text('{"mine": true}')
+    before = snapshot(user_folder)
+    result = runner.invoke(build_app(), ["train", "detector", "--data", str(phantom_dir), "--out",
+                                         str(user_folder), "--epochs", "1", "--limit", "2",
+                                         "--no-progress"])
+    assert_refused_in_one_line(result, user_folder)
+    assert snapshot(user_folder) == before
+
+
+def test_experiment_never_writes_into_a_folder_it_did_not_make(phantom_dir: Path,
+                                                               user_folder: Path) -> None:
+    before = snapshot(user_folder)
+    result = runner.invoke(build_app(), ["experiment", "--data", str(phantom_dir), "--out",
+                                         str(user_folder), "--limit", "4", "--no-progress"])
+    assert_refused_in_one_line(result, user_folder)
+    assert snapshot(user_folder) == before
+
+
+@pytest.mark.parametrize("command", [["demo", "--fast"], ["phantom", "--frames", "1"]])
+def test_demo_and_phantom_never_write_into_a_folder_they_did_not_make(user_folder: Path,
+                                                                      command: list[str]) -> None:
+    before = snapshot(user_folder)
+    result = runner.invoke(build_app(), [*command, "--out", str(user_folder), "--no-progress"])
+    assert_refused_in_one_line(result, user_folder)
+    assert snapshot(user_folder) == before
+
+
+def test_a_command_refuses_another_commands_folder(tmp_path: Path, phantom_dir: Path) -> None:
+    from bpedge._out_dir import claim_out_dir
+
+    run = claim_out_dir(tmp_path / "run", "train")
+    (run / "best.pt").write_bytes(b"weights")
+    result = runner.invoke(build_app(), ["experiment", "--data", str(phantom_dir), "--out",
+                                         str(run), "--no-progress"])
+    assert_refused_in_one_line(result, run)
+    assert "`bpedge train`" in result.output
+    assert (run / "best.pt").read_bytes() == b"weights"
