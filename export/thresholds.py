@@ -27,10 +27,8 @@ from bpedge._metrics import dice
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
     "MASK_GRID",
-    "SCORE_CRITERIA",
     "SCORE_GRID",
     "ThresholdChoice",
-    "balanced_accuracy",
     "choose_mask_threshold",
     "choose_score_threshold",
     "mean_dice",
@@ -130,23 +128,6 @@ def presence_accuracy(scores: np.ndarray, present: np.ndarray, threshold: float)
     return float(np.mean((s >= threshold) == p))
 
 
-def balanced_accuracy(scores: np.ndarray, present: np.ndarray, threshold: float) -> float:
-    """``(sensitivity + specificity) / 2`` of ``scores >= threshold`` as the call "BP present":
-    sensitivity over frames with BP, specificity over frames without; both kinds must occur."""
-    s, p = np.asarray(scores, dtype=np.float64), np.asarray(present, dtype=bool)
-    if s.shape != p.shape or s.ndim != 1 or not p.any() or p.all():
-        raise ValueError("balanced accuracy needs equal-length 1-D arrays with frames with and "
-                         "without BP")
-    called = s >= threshold
-    return float((called[p].mean() + (~called[~p]).mean()) / 2)
-
-
-#: What :func:`choose_score_threshold` maximises: ``accuracy`` (share of frames right) or
-#: ``balanced`` (mean of sensitivity and specificity: equal weight to a missed BP and a false
-#: alarm, whatever the share of empty frames in the validation data).
-SCORE_CRITERIA = ("accuracy", "balanced")
-
-
 def choose_score_threshold(
     scores: np.ndarray,
     present: np.ndarray,
@@ -154,14 +135,10 @@ def choose_score_threshold(
     *,
     default: float = DEFAULT_SCORE_THRESHOLD,
     data: dict[str, Any] | None = None,
-    criterion: str = "accuracy",
 ) -> ThresholdChoice:
-    """The ``grid`` value maximising :func:`presence_accuracy` (``criterion`` "accuracy") or
-    :func:`balanced_accuracy` ("balanced"), or ``default`` when ``present`` has no frame without
-    BP (then nothing measures false alarms). ``scores`` float (N,) in [0, 1]; ``present`` bool
-    (N,)."""
-    if criterion not in SCORE_CRITERIA:
-        raise ValueError(f"criterion must be one of {SCORE_CRITERIA}, got {criterion!r}")
+    """The ``grid`` value maximising :func:`presence_accuracy`, or ``default`` when ``present``
+    has no frame without BP (then nothing measures false alarms). ``scores`` float (N,) in
+    [0, 1]; ``present`` bool (N,)."""
     values = _check_grid(grid)
     if not 0.0 <= default <= 1.0:
         raise ValueError(f"default score threshold must be in [0, 1], got {default}")
@@ -183,15 +160,11 @@ def choose_score_threshold(
         }
         accuracy = presence_accuracy(s, p, default) if s.size else None
         return ThresholdChoice(value=default, metric=accuracy, how=how)
-    metric = presence_accuracy if criterion == "accuracy" else balanced_accuracy
-    accuracies = [metric(s, p, t) for t in values]
+    accuracies = [presence_accuracy(s, p, t) for t in values]
     i = _middle_of_best(values, accuracies)
     how = {
-        "method": f"grid search maximising {'presence' if criterion == 'accuracy' else 'balanced'}"
-                  " accuracy",
-        "metric": ("share of validation frames where (score >= threshold) == (frame has BP)"
-                   if criterion == "accuracy" else
-                   "(sensitivity + specificity) / 2 of (score >= threshold) on validation frames"),
+        "method": "grid search maximising presence accuracy",
+        "metric": "share of validation frames where (score >= threshold) == (frame has BP)",
         "grid": values,
         "metric_by_threshold": [round(a, 6) for a in accuracies],
         "value": round(accuracies[i], 6),

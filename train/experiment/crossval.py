@@ -33,7 +33,9 @@ from bpedge.train.experiment.layout import StudyLayout
 
 __all__ = [
     "BOOTSTRAP_SAMPLES",
+    "balanced_accuracy",
     "build_crossval",
+    "choose_presence_threshold",
     "cluster_bootstrap",
     "expected_calibration_error",
     "reliability_table",
@@ -43,6 +45,8 @@ BOOTSTRAP_SAMPLES = 2000
 PAIRS: tuple[tuple[str, str], ...] = (("detector", "none"), ("gt", "detector"), ("gt", "none"))
 CALIBRATION_BINS = 10
 FIXED_SCORE_THRESHOLD = 0.5
+#: Score thresholds tried for "BP present" (0.01 steps, as ``bpedge export`` searches).
+PRESENCE_GRID: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 100))
 
 
 def _read(path: Path) -> Any:
@@ -131,26 +135,54 @@ def _sens_spec(scores: list[float], present: list[bool], subjects: list[str],
     }
 
 
+def balanced_accuracy(scores: np.ndarray, present: np.ndarray, threshold: float) -> float:
+    """``(sensitivity + specificity) / 2`` of ``scores >= threshold`` as the call "BP present";
+    ``present`` must hold frames with and without BP."""
+    s, p = np.asarray(scores, dtype=np.float64), np.asarray(present, dtype=bool)
+    if s.shape != p.shape or s.ndim != 1 or not p.any() or p.all():
+        raise ValueError("balanced accuracy needs equal-length 1-D arrays with frames with and "
+                         "without BP")
+    called = s >= threshold
+    return float((called[p].mean() + (~called[~p]).mean()) / 2)
+
+
+def choose_presence_threshold(scores: np.ndarray, present: np.ndarray,
+                              grid: Sequence[float] = PRESENCE_GRID) -> tuple[float, float]:
+    """``(threshold, balanced accuracy)``: the ``grid`` value maximising :func:`balanced_accuracy`
+    (equal weight to a missed BP and a false alarm, whatever the share of empty frames); ties: the
+    middle of the longest run of best values. The study's rule; the bundle's own score threshold
+    is chosen by ``bpedge export`` (presence accuracy)."""
+    values = [balanced_accuracy(scores, present, t) for t in grid]
+    best = max(values)
+    runs: list[list[int]] = []
+    for i, v in enumerate(values):
+        if v == best:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+    run = max(runs, key=len)
+    i = run[len(run) // 2]
+    return float(grid[i]), values[i]
+
+
 def _presence(layout: StudyLayout, folds: Sequence[str], chosen: dict[str, float],
               seed: int) -> dict[str, Any]:
-    from bpedge.export.thresholds import choose_score_threshold
-
     per_fold, scores, present, subjects, thresholds = [], [], [], [], []
     for name in folds:
         val = _read(layout.detector_val_eval(name, chosen[name]))["images"]
-        choice = choose_score_threshold(
-            np.array([r["score"] for r in val]), np.array([r["present"] for r in val]),
-            criterion="balanced")
-        per_fold.append({"split": name, "threshold": choice.value,
-                         "val_balanced_accuracy": choice.metric,
-                         "how": choice.how["method"],
-                         "val_frames_with_bp": choice.how["data"]["frames_with_bp"],
-                         "val_frames_without_bp": choice.how["data"]["frames_without_bp"]})
+        val_present = np.array([r["present"] for r in val], dtype=bool)
+        threshold, metric = choose_presence_threshold(
+            np.array([r["score"] for r in val]), val_present)
+        per_fold.append({"split": name, "threshold": threshold,
+                         "val_balanced_accuracy": metric,
+                         "val_frames_with_bp": int(val_present.sum()),
+                         "val_frames_without_bp": int((~val_present).sum())})
         for r in _read(layout.detector_eval(name, chosen[name]))["images"]:
             scores.append(float(r["score"]))
             present.append(bool(r["present"]))
             subjects.append(_subject(r["key"]))
-            thresholds.append(choice.value)
+            thresholds.append(threshold)
     return {
         "rule": "per fold, the score threshold maximising balanced accuracy ((sensitivity + "
                 "specificity) / 2) on that fold's validation frames, BP-positive and empty; "
