@@ -14,6 +14,7 @@ pytest.importorskip("matplotlib")
 
 from bpedge.train.experiment import ExperimentOptions, StudyLayout, run_study
 from bpedge.train.experiment.report_crossval import with_ci
+from bpedge.train.presets import get_preset
 
 
 def _read(path: Path) -> Any:
@@ -63,10 +64,11 @@ def test_pooled_table_has_intervals_over_subjects(study: StudyLayout) -> None:
     assert len(presence["folds"]) == 2 and presence["test_frames_without_bp"] > 0
     assert 0.0 <= presence["ece"] <= 1.0
     sweep = cv["margin_sweep"]["unet"]
-    assert sweep["trained_margin"] == pytest.approx(0.2)  # the tiny preset's, from the checkpoint
+    trained_margin = get_preset("tiny").unet.crop_margin  # read back from the checkpoint
+    assert sweep["trained_margin"] == pytest.approx(trained_margin)
     assert [r["margin"] for r in sweep["rows"]] == [0.0, 0.1, 0.2, 0.3, 0.4]
     assert sweep["chosen_on_validation"] == max(sweep["rows"], key=lambda r: r["val_dice"])["margin"]
-    trained = next(r for r in sweep["rows"] if r["margin"] == pytest.approx(0.2))
+    trained = next(r for r in sweep["rows"] if r["margin"] == pytest.approx(trained_margin))
     # The sweep at the trained margin crops exactly as the segmenter's own evaluation did.
     assert trained["test_dice"]["value"] == pytest.approx(
         cv["segmentation"]["unet"]["detector"]["dice"]["value"])
