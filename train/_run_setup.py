@@ -38,7 +38,7 @@ class RunOptions:
     data: Path
     out: Path
     preset: str = "tiny"
-    split: str = "random"
+    split: str = "subject"
     seed: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -51,6 +51,9 @@ class RunOptions:
     workers: int = 0
     progress: bool = True  # progress bars
     verbose: bool = True   # status and per-epoch lines
+    #: Subject-wise K-fold: train on fold ``fold`` (1..folds) of ``folds``; both or neither.
+    folds: int | None = None
+    fold: int | None = None
 
     def check(self) -> None:
         """ValueError naming the option and the valid values for anything out of range."""
@@ -68,6 +71,14 @@ class RunOptions:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("--folds and --fold go together (e.g. --folds 5 --fold 1)")
+        if self.folds is not None and self.fold is not None:
+            if self.folds < 2 or not 1 <= self.fold <= self.folds:
+                raise ValueError(f"need --folds >= 2 and --fold in 1..--folds, got --folds "
+                                 f"{self.folds} --fold {self.fold}")
+            if self.split != "subject":
+                raise ValueError("--folds is a subject-wise K-fold split: use --split subject")
         if not self.data.exists():
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         if self.out.exists() and not self.out.is_dir():
@@ -93,9 +104,11 @@ def say(ctx: DistContext, verbose: bool, message: str) -> None:
 
 def data_section(opts: RunOptions) -> dict[str, Any]:
     """The ``data`` entry of a run config."""
+    folds = {} if opts.folds is None else {"folds": opts.folds, "fold": opts.fold}
     return {
         "root": str(opts.data.resolve()),
         "split": opts.split,
+        **folds,
         "dedup": opts.dedup,
         "on_error": opts.on_error,
         "limit": opts.limit,
@@ -124,6 +137,7 @@ def prepare_data(
     from bpedge.train.data import (
         drop_frames,
         find_contradictory_duplicates,
+        make_kfold_split,
         make_split,
         save_split,
         scan_dataset,
@@ -154,6 +168,8 @@ def prepare_data(
     if resume_from is not None:
         # The checkpoint's copy is authoritative: it is the split the weights were trained on.
         split = _split_from(resume_from)
+    elif opts.folds is not None and opts.fold is not None:
+        split = make_kfold_split(positives, opts.folds, opts.fold, seed)
     else:
         split = make_split(positives, opts.split, seed)  # type: ignore[arg-type]
     if ctx.is_main:

@@ -12,10 +12,14 @@ with the stage combinations of :mod:`bpedge._preprocessing` (the ones the runtim
   ``segmenter_target(mask, box, crop_hw)`` (``crop_resize(mask, box, ...) > 127.5`` as 0.0/1.0),
   at the boxes ``crop_box(mode, ...)`` gives (the caller's: see ``train_segmenter``).
 
-Augmentation is drawn per epoch from ``(seed, epoch)`` in the main process (``set_epoch``), so it
-is the same whatever the number of workers and on a resumed run: horizontal flip (the probe can be
-held either way round; image, mask and box flip together) and, for the segmenter, box jitter (each
-box edge moved by up to ``jitter`` x the box side, then clamped to the frame).
+Augmentation is drawn per epoch from ``(seed, epoch)`` (``set_epoch``; per sample from
+``(seed, epoch, sample)``), so it is the same whatever the number of workers and on a resumed run:
+horizontal flip (the probe can be held either way round; image, mask and box flip together), the
+B-mode transforms of :mod:`bpedge.train.augment` (gain/TGC, gamma/contrast, speckle, blur, and for
+the detector a small scale/shift/rotation that moves the target box with the anatomy), and, for
+the segmenter, box jitter (each box edge moved by up to ``jitter`` x the box side, then clamped to
+the frame) and a crop margin (the box grown by ``margin`` x its side on every edge, as the cascade
+crops).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -36,9 +41,10 @@ from bpedge._preprocessing import (
     segmenter_input,
     segmenter_target,
 )
-from bpedge._stages import Box, clamp_box, crop_resize, scale_box
+from bpedge._stages import Box, clamp_box, crop_resize, normalize, scale_box
 
 if TYPE_CHECKING:
+    from bpedge.train.augment import BModeAugment
     from bpedge.train.data import Frame
 
 __all__ = [
@@ -122,9 +128,23 @@ def _epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, stream])
 
 
+def _mask_outline(mask: np.ndarray) -> np.ndarray:
+    """The corners of the outer boundary pixels of a uint8 ``(H, W)`` mask, in continuous
+    pixel-edge coordinates: ``(P, 2)`` float64 x, y (their min/max is the mask's box)."""
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    corners = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float64)
+    return (pts[:, None, :] + corners[None]).reshape(-1, 2)
+
+
 class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``(image (1, H, W) float32 z-scored, box (4,) float32 x0, y0, x1, y1 in input pixels)``
-    for BP-positive frames ``indices`` of ``store``, frames resized whole to ``input_hw``."""
+    for BP-positive frames ``indices`` of ``store``, frames resized whole to ``input_hw``.
+
+    ``augment``: B-mode transforms per sample (see :mod:`bpedge.train.augment`); a geometric one
+    moves the mask's outline with the same matrix and the target is the outline's box (a
+    transform that would push more than half the box out of the image is not applied)."""
 
     def __init__(
         self,
@@ -134,6 +154,7 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         norm: Normalization,
         *,
         hflip: bool = False,
+        augment: BModeAugment | None = None,
         seed: int = 0,
     ) -> None:
         missing = [store.keys[i] for i in indices if store.boxes[i] is None]
@@ -141,11 +162,14 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise ValueError(f"the detector trains on BP-positive frames; {missing[:5]} have empty masks")
         self.store, self.indices = store, list(indices)
         self.input_hw, self.norm = (int(input_hw[0]), int(input_hw[1])), norm
-        self.hflip, self.seed = hflip, seed
+        self.hflip, self.augment, self.seed = hflip, augment, seed
         self._flips = np.zeros(len(self.indices), bool)
+        self._epoch = 0
+        self._outlines: dict[int, np.ndarray] = {}
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's flips from ``(seed, epoch)``."""
+        """Draw this epoch's flips from ``(seed, epoch)``; augmentation follows the epoch too."""
+        self._epoch = epoch
         if self.hflip:
             self._flips = _epoch_rng(self.seed, epoch, 0).random(len(self.indices)) < 0.5
 
@@ -159,11 +183,39 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         in_h, in_w = self.input_hw
         return scale_box(self.store.boxes[i], in_w / w, in_h / h)  # type: ignore[arg-type]
 
+    def _outline(self, k: int) -> np.ndarray:
+        """Sample ``k``'s mask outline in detector-input pixel edges, (P, 2)."""
+        if k not in self._outlines:
+            i = self.indices[k]
+            h, w = self.store.hw(i)
+            in_h, in_w = self.input_hw
+            self._outlines[k] = _mask_outline(self.store.mask(i)) * [in_w / w, in_h / h]
+        return self._outlines[k]
+
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = self.indices[k]
-        in_w = self.input_hw[1]
-        x = detector_input(self.store.images[i], ModelInput(self.input_hw, self.norm))[0]
+        in_h, in_w = self.input_hw
         x0, y0, x1, y1 = self.target_box(k)
+        if self.augment is None:
+            x = detector_input(self.store.images[i], ModelInput(self.input_hw, self.norm))[0]
+        else:
+            # detector_input's steps with the augmentation between resize and normalisation.
+            from bpedge.train.augment import augment_grey, random_similarity, transform_points
+
+            grey = crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
+            rng = _epoch_rng(self.seed, self._epoch, 2 + k)
+            m = random_similarity(self.augment, (in_h, in_w), rng)
+            if m is not None:
+                # warpAffine maps pixel centres; box coordinates are pixel edges (centre + 0.5).
+                pts = transform_points(self._outline(k) - 0.5, m) + 0.5
+                moved = (pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max())
+                kept = clamp_box(moved, in_w, in_h)
+                area = (moved[2] - moved[0]) * (moved[3] - moved[1])
+                if (kept[2] - kept[0]) * (kept[3] - kept[1]) >= 0.5 * area:
+                    grey = cv2.warpAffine(grey, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REFLECT_101)
+                    x0, y0, x1, y1 = kept
+            x = normalize(augment_grey(grey, self.augment, rng), self.norm.mean, self.norm.std)
         if self._flips[k]:
             # Resizing the whole frame commutes with the flip, so flipping the input is exact.
             x = np.ascontiguousarray(x[:, ::-1])

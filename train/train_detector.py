@@ -148,7 +148,10 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
             norm = fit_normalization(
                 store, train_idx, [full_frame_box(store.hw(i)) for i in train_idx], cfg.input_hw
             )
+        from bpedge.train.augment import BModeAugment
+
         train_set = DetectorDataset(store, train_idx, cfg.input_hw, norm, hflip=cfg.hflip,
+                                    augment=BModeAugment() if cfg.augment else None,
                                     seed=cfg.seed)
         val_set = DetectorDataset(store, val_idx, cfg.input_hw, norm)
 

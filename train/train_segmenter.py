@@ -243,7 +243,9 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
             norm = Normalization(**resume_from["normalization"])
         else:
             norm = fit_normalization(store, train_idx, [boxes[i] for i in train_idx], cfg.crop_hw)
-        jitter = cfg.box_jitter if opts.crop == "gt" else 0.0
+        # Detector boxes of training frames are as good as they get (the detector trained on
+        # those frames); jitter makes them as imperfect as on a new subject.
+        jitter = cfg.box_jitter if opts.crop in ("gt", "detector") else 0.0
         train_set = SegmenterDataset(store, train_idx, [boxes[i] for i in train_idx], cfg.crop_hw,
                                      norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed)
         val_set = SegmenterDataset(store, val_idx, [boxes[i] for i in val_idx], cfg.crop_hw, norm)

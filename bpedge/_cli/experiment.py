@@ -39,9 +39,19 @@ def register(app: typer.Typer) -> None:
                                             "'tiny' (CPU-sized).")] = "tiny",
         gammas: Annotated[str, typer.Option("--gammas", help="Focal-loss gammas, comma list.")]
         = "1,2,3,5",
-        split: Annotated[str, typer.Option("--split", help="'random' (as published), 'subject' "
-                                           "(no subject leak) or 'both' (side by side).")]
-        = "random",
+        split: Annotated[str, typer.Option("--split", help="'subject' (no subject on two sides; "
+                                           "the default), 'random' (as published, frames of one "
+                                           "subject on both sides) or 'both' (side by side).")]
+        = "subject",
+        folds: Annotated[int | None, typer.Option(
+            "--folds", help="Subject-wise K-fold cross-validation of the subject split: every "
+            "subject tested once, 95% bootstrap CIs over subjects.")] = None,
+        backbone_weights: Annotated[Path | None, typer.Option(
+            "--backbone-weights", help="Local state_dict file for the detector's backbone "
+            "(torchvision ResNet keys) or the whole detector; nothing is downloaded.")] = None,
+        pixel_spacing_mm: Annotated[float | None, typer.Option(
+            "--pixel-spacing-mm", help="Pixel size in mm, when known: HD95 and surface "
+            "distance also in mm.")] = None,
         archs: Annotated[str, typer.Option("--archs", help="Segmenters, comma list of unet, "
                                            "mnet.")] = "unet,mnet",
         device: Annotated[str, typer.Option("--device", help="'cpu' or 'cuda'.")] = "cpu",
@@ -84,6 +94,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, epochs_scale=epochs_scale, detector_epochs=detector_epochs,
             segmenter_epochs=segmenter_epochs, limit=limit, on_error=on_error, dedup=dedup,
             score_threshold=score_threshold, figure_images=figure_images, progress=progress,
+            folds=folds, backbone_weights=backbone_weights, pixel_spacing_mm=pixel_spacing_mm,
         )
         t0 = time.perf_counter()
         outcome = run_study(opts, command=_command_line())

@@ -21,12 +21,13 @@ def _common(
     data: Path, out: Path, preset: str, split: str, seed: int | None, epochs: int | None,
     batch_size: int | None, lr: float | None, device: str, resume: bool, dedup: bool,
     on_error: str, limit: int | None, workers: int, progress: bool,
+    folds: int | None = None, fold: int | None = None,
 ) -> dict[str, Any]:
     return {
         "data": data, "out": out, "preset": preset, "split": split, "seed": seed,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
         "resume": resume, "dedup": dedup, "on_error": on_error, "limit": limit,
-        "workers": workers, "progress": progress,
+        "workers": workers, "progress": progress, "folds": folds, "fold": fold,
     }
 
 
@@ -43,8 +44,11 @@ DATA = typer.Option(..., "--data", help="Folder of {subject}_{frame}.tif + _mask
 OUT = typer.Option(..., "--out", help="Run folder to write (refused if it holds a checkpoint, "
                    "unless --resume).")
 PRESET = typer.Option("tiny", "--preset", help=_HELP_PRESET)
-SPLIT = typer.Option("random", "--split", help="'random' (as published) or 'subject' (no "
-                     "subject on two sides).")
+SPLIT = typer.Option("subject", "--split", help="'subject' (no subject on two sides; the "
+                     "default) or 'random' (as published; near-duplicate frames on both sides).")
+FOLDS = typer.Option(None, "--folds", help="Subject-wise K-fold: the number of folds (with "
+                     "--fold).")
+FOLD = typer.Option(None, "--fold", help="Subject-wise K-fold: which fold (1..--folds) to train.")
 SEED = typer.Option(None, "--seed", help="Seed for the split, initialisation and shuffling "
                     "(default: the preset's).")
 EPOCHS = typer.Option(None, "--epochs", help="Epochs (default: the preset's).")
@@ -59,8 +63,9 @@ ON_ERROR = typer.Option("fail", "--on-error", help="Bad files: 'fail' (list them
 LIMIT = typer.Option(None, "--limit", help="Use a seeded random N of the BP frames (quick runs).")
 WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars and epoch lines.")
-WEIGHTS = typer.Option(None, "--weights", help="Initial weights: a detector or ResNet "
-                       "state_dict file.")
+WEIGHTS = typer.Option(None, "--weights", "--backbone-weights",
+                       help="Initial weights: a local state_dict file of the whole detector or of "
+                       "its backbone (torchvision ResNet keys); nothing is downloaded.")
 DETECTOR = typer.Option(None, "--detector", help="Detector run folder or checkpoint (for "
                         "--crop detector).")
 
@@ -92,14 +97,14 @@ def register(app: typer.Typer) -> None:
         weights: Path | None = WEIGHTS,
         device: str = DEVICE, resume: bool = RESUME, dedup: bool = DEDUP,
         on_error: str = ON_ERROR, limit: int | None = LIMIT, workers: int = WORKERS,
-        progress: bool = PROGRESS,
+        progress: bool = PROGRESS, folds: int | None = FOLDS, fold: int | None = FOLD,
     ) -> None:
         """Train the detector (Adam, focal loss); validation metric: mean box IoU (mIoU)."""
         from bpedge.train.train_detector import DetectorOptions, train_detector
 
         opts = DetectorOptions(
             **_common(data, out, preset, split, seed, epochs, batch_size, lr, device, resume,
-                      dedup, on_error, limit, workers, progress),
+                      dedup, on_error, limit, workers, progress, folds, fold),
             gamma=gamma, alpha=alpha, backbone=backbone, weights=weights,
         )
         result = train_detector(opts)
@@ -123,13 +128,14 @@ def register(app: typer.Typer) -> None:
         batch_size: int | None = BATCH, lr: float | None = LR, device: str = DEVICE,
         resume: bool = RESUME, dedup: bool = DEDUP, on_error: str = ON_ERROR,
         limit: int | None = LIMIT, workers: int = WORKERS, progress: bool = PROGRESS,
+        folds: int | None = FOLDS, fold: int | None = FOLD,
     ) -> None:
         """Train a segmenter (RMSprop, BCE + Dice) on 96x96 crops; validation metric: Dice."""
         from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
 
         opts = SegmenterOptions(
             **_common(data, out, preset, split, seed, epochs, batch_size, lr, device, resume,
-                      dedup, on_error, limit, workers, progress),
+                      dedup, on_error, limit, workers, progress, folds, fold),
             arch=arch, crop=crop, detector=detector,
         )
         result = train_segmenter(opts)

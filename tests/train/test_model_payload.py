@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from bpedge.train.checkpoint import ModelPayload, load_checkpoint, preprocessing_spec
+from bpedge.train.presets import get_preset
 
 from bpedge._preprocessing import ModelInput, Normalization
 
@@ -20,7 +21,8 @@ def test_the_trainers_checkpoints_read_back_into_the_same_payload(
         assert typed.kind == kind
         assert {k: saved[k] for k in typed.to_dict()} == typed.to_dict()
     det, seg = (load_checkpoint(p) for p in tiny_checkpoints)
-    assert "crop_margin" not in det and seg["crop_margin"] == 0.0
+    assert "crop_margin" not in det
+    assert seg["crop_margin"] == get_preset("tiny").unet.crop_margin  # what the trainer used
     spec = preprocessing_spec(det, seg)
     assert spec.detector == ModelPayload.from_dict(det).input
     assert spec.crop == ModelPayload.from_dict(seg).input

@@ -11,7 +11,14 @@ from bpedge.train.data.kaggle import (
     scan_dataset,
 )
 from bpedge.train.data.phantom import PhantomConfig, generate_phantom, render_subject
-from bpedge.train.data.splits import Split, load_split, make_split, save_split
+from bpedge.train.data.splits import (
+    Split,
+    kfold_groups,
+    load_split,
+    make_kfold_split,
+    make_split,
+    save_split,
+)
 
 __all__ = [
     "DatasetError",
@@ -24,7 +31,9 @@ __all__ = [
     "drop_frames",
     "find_contradictory_duplicates",
     "generate_phantom",
+    "kfold_groups",
     "load_split",
+    "make_kfold_split",
     "make_split",
     "read_image",
     "read_mask",

@@ -10,6 +10,11 @@ Two modes:
   counted in frames.
 
 Both are deterministic functions of the frame keys and the seed (the input order does not matter).
+
+Subject-wise K-fold cross-validation (:func:`make_kfold_split`) deals the subjects, in a seeded
+order, into K groups of near-equal frame counts; fold ``f`` tests on group ``f`` and validates on
+``val_fraction`` of the other subjects (at least one), so every subject is tested exactly once over
+the K folds and no subject is ever in two parts of one fold.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from bpedge.train.data.kaggle import Frame
 
 from bpedge._atomic import atomic_write_json
 
-__all__ = ["Split", "SplitMode", "load_split", "make_split", "save_split"]
+__all__ = [
+    "Split", "SplitMode", "kfold_groups", "load_split", "make_kfold_split", "make_split",
+    "save_split",
+]
 
 SplitMode = Literal["random", "subject"]
 _MODES = ("random", "subject")
@@ -53,10 +61,19 @@ class Split:
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+    #: Subject-wise K-fold: this split is fold ``fold`` (from 1) of ``folds``; None otherwise.
+    fold: int | None = None
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"split mode must be one of {_MODES}, got {self.mode!r}")
+        if (self.fold is None) != (self.folds is None):
+            raise ValueError("a K-fold split needs both fold and folds")
+        if self.folds is not None and not (
+            isinstance(self.fold, int) and isinstance(self.folds, int) and 1 <= self.fold <= self.folds
+        ):
+            raise ValueError(f"fold must be in 1..folds, got fold {self.fold} of {self.folds}")
         seen: dict[str, str] = {}
         for part in ("train", "val", "test"):
             for key in getattr(self, part):
@@ -71,10 +88,12 @@ class Split:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; ``counts`` is informational and ignored by :meth:`from_json`."""
+        fold = {} if self.folds is None else {"fold": self.fold, "folds": self.folds}
         return {
             "schema": _SCHEMA,
             "mode": self.mode,
             "seed": self.seed,
+            **fold,
             "counts": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "train": list(self.train),
             "val": list(self.val),
@@ -104,7 +123,8 @@ class Split:
             raise ValueError(  # noqa: TRY004 - malformed input file, CLI exit 2
                 f"split seed must be an integer, got {d['seed']!r}"
             )
-        return cls(mode=d["mode"], seed=d["seed"], **parts)
+        return cls(mode=d["mode"], seed=d["seed"], fold=d.get("fold"), folds=d.get("folds"),
+                   **parts)
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -200,6 +220,55 @@ def _subject_parts(
         return [k for s in subs for k in by_subject[s]]
 
     return keys_of(test_subjects), keys_of(val_subjects), keys_of(order)
+
+
+def kfold_groups(frames: Sequence[Frame], folds: int, seed: int) -> list[list[int]]:
+    """The subjects of ``frames`` dealt into ``folds`` groups: subjects in a seeded random order,
+    each given to the group with the fewest frames so far (ties: the lower group). Deterministic
+    in the frames' subjects and counts and the seed. ValueError when there are fewer subjects than
+    ``folds + 2`` (each fold needs a test group and at least one validation and one training
+    subject) or ``folds < 2``."""
+    if folds < 2:
+        raise ValueError(f"K-fold cross-validation needs at least 2 folds, got {folds}")
+    counts = Counter(f.subject for f in frames)
+    subjects = sorted(counts)
+    if len(subjects) < folds + 2:
+        raise ValueError(
+            f"{folds} folds need at least {folds + 2} subjects (a test group per fold plus one "
+            f"validation and one training subject), got {len(subjects)}; use fewer folds"
+        )
+    order = [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
+    groups: list[list[int]] = [[] for _ in range(folds)]
+    sizes = [0] * folds
+    for s in order:
+        g = min(range(folds), key=lambda i: (sizes[i], i))
+        groups[g].append(s)
+        sizes[g] += counts[s]
+    return [sorted(g) for g in groups]
+
+
+def make_kfold_split(
+    frames: Sequence[Frame], folds: int, fold: int, seed: int, val_fraction: float = 0.2
+) -> Split:
+    """Fold ``fold`` (1..``folds``) of a subject-wise K-fold split of ``frames``: test = that
+    fold's group of subjects (:func:`kfold_groups`), validation = ``round(val_fraction x the
+    other subjects)`` of them (at least 1, at most all but one) in a seeded order, train = the
+    rest. ``mode`` is ``subject``."""
+    _check_fraction("val_fraction", val_fraction)
+    if not 1 <= fold <= folds:
+        raise ValueError(f"fold must be in 1..{folds}, got {fold}")
+    groups = kfold_groups(frames, folds, seed)
+    test_subjects = set(groups[fold - 1])
+    rest = sorted({f.subject for f in frames} - test_subjects)
+    n_val = min(max(1, round(len(rest) * val_fraction)), len(rest) - 1)
+    rng = np.random.default_rng([seed, fold])
+    val_subjects = {rest[i] for i in rng.permutation(len(rest))[:n_val]}
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for f in frames:
+        part = "test" if f.subject in test_subjects else "val" if f.subject in val_subjects else "train"
+        parts[part].append(f.key)
+    return Split(mode="subject", seed=seed, train=_sorted(parts["train"]), val=_sorted(parts["val"]),
+                 test=_sorted(parts["test"]), fold=fold, folds=folds)
 
 
 def save_split(split: Split, path: Path) -> None:

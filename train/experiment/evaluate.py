@@ -17,6 +17,8 @@ chosen detector's box, or the ground-truth box):
   conditions are scored on the same pixels;
 - ``dice_crop``: the Dice of the 96x96 prediction inside the box against the mask resampled into
   the box (what training validates on; a box that misses the BP scores 0);
+- ``hd95`` and ``msd``: HD95 and mean surface distance of the full-frame mask, in pixels
+  (:mod:`bpedge.train.experiment.boundary`; ``None`` when the prediction is empty);
 - on every frame, BP-positive or empty, Kaggle's view: the mask the cascade would emit (for the
   detector condition nothing when the detector score is below ``score_threshold``), whether it is
   non-empty, and its Dice with empty-vs-empty = 1.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bpedge.train.experiment.boundary import surface_metrics
 
 from bpedge._atomic import atomic_save_with, atomic_write_json
 from bpedge._metrics import box_iou, dice
@@ -226,17 +229,20 @@ def evaluate_segmenter(
         det = detections.get(f["key"]) if detections else None
         row["detector_iou"] = det["iou"] if det else None
         if box is None or prob is None:  # ground-truth crop of an empty frame: no box to crop
-            row.update(dice_frame=None, dice_crop=None, emitted=None, dice_kaggle=None)
+            row.update(dice_frame=None, dice_crop=None, emitted=None, dice_kaggle=None,
+                       hd95=None, msd=None)
             rows.append(row)
             continue
         mask = paste_back(prob, box, w, h, MASK_THRESHOLD)
         if present:
             truth_crop = segmenter_target(truth, box, crop_hw)[0] > 0.5
             row["dice_frame"] = dice(mask, truth)
+            row["hd95"], row["msd"] = surface_metrics(mask, truth)
             # A box that misses the BP leaves nothing to find inside it: 0, not "empty vs empty".
             row["dice_crop"] = dice(prob >= MASK_THRESHOLD, truth_crop, empty=0.0)
         else:
             row["dice_frame"], row["dice_crop"] = None, None
+            row["hd95"], row["msd"] = None, None
         # What the cascade would emit: nothing when the detector says the BP is absent.
         gated = det is None or condition != "detector" or (
             det.get("found", True) and det["score"] >= score_threshold)

@@ -45,6 +45,8 @@ def figure_paths(layout: StudyLayout, modes: Sequence[str]) -> list[Path]:
     for mode in modes:
         paths += [layout.figure(f"fig5_{mode}_segmenter_loss"),
                   layout.figure(f"fig6_{mode}_examples")]
+    if any(m.startswith("subject-fold") for m in modes):
+        paths.append(layout.figure("reliability"))
     return paths
 
 
@@ -308,6 +310,27 @@ def _legend_means(name: str, all_mean: float | None, high_mean: float | None,
     return f"{name}: mean {fmt(all_mean)} (all), {fmt(high_mean)} (IoU >= {threshold:g})"
 
 
+def _reliability(layout: StudyLayout, presence: dict[str, Any]) -> None:
+    """Reliability diagram: share of test frames with BP against the mean detector score, per
+    score bin (marker area ~ frames), with the diagonal of perfect calibration."""
+    rows = [r for r in presence["reliability"] if r["n"]]
+    fig, axes = _figure(1, 1, (4.6, 4.4))
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], color="#888888", lw=1, ls="--", label="perfectly calibrated")
+    ax.plot([r["mean_score"] for r in rows], [r["fraction_present"] for r in rows], color="#d62728",
+            lw=1.2, marker="o", label=f"detector score (ECE {presence['ece']:.3f})")
+    for r in rows:
+        ax.annotate(str(r["n"]), (r["mean_score"], r["fraction_present"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean detector score in bin")
+    ax.set_ylabel("share of test frames with BP")
+    ax.set_title("Reliability of the score (frames per bin annotated)")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, layout.figure("reliability"))
+
+
 def make_figures(layout: StudyLayout) -> list[Path]:
     """Draw every figure of the study in RUN/figures from RUN/summary.json and the files it was
     made from; returns the PNG paths."""
@@ -319,4 +342,6 @@ def make_figures(layout: StudyLayout) -> list[Path]:
         _fig6(layout, summary, mode)
     _fig7(layout, summary)
     _dice_vs_iou(layout, summary)
+    if summary.get("crossval"):
+        _reliability(layout, summary["crossval"]["presence"])
     return figure_paths(layout, summary["modes"])

@@ -9,6 +9,7 @@ agree on one set of names.
     RUN/models.json                 parameters and FLOPs of each model as configured
     RUN/{mode}/split.json           the split every model of that mode trains on
     RUN/{mode}/testset.json         test frames: BP-positive (the split's) and empty ones
+    RUN/{mode}/valset.json          validation frames likewise (chooses the "BP present" threshold)
     RUN/{mode}/detector/gamma_{g}/  a detector training run (bpedge train detector)
     RUN/{mode}/segmenter/{arch}_{condition}/   a segmenter training run
     RUN/{mode}/eval/...             per-test-image metrics (JSON)
@@ -76,6 +77,9 @@ class StudyLayout:
     def testset_json(self, mode: str) -> Path:
         return self.mode_dir(mode) / "testset.json"
 
+    def valset_json(self, mode: str) -> Path:
+        return self.mode_dir(mode) / "valset.json"
+
     def detector_run(self, mode: str, gamma: float) -> Path:
         return self.mode_dir(mode) / "detector" / f"gamma_{gamma_label(gamma)}"
 
@@ -88,11 +92,19 @@ class StudyLayout:
     def detector_eval(self, mode: str, gamma: float) -> Path:
         return self.eval_dir(mode) / f"detector_gamma_{gamma_label(gamma)}.json"
 
+    def detector_val_eval(self, mode: str, gamma: float) -> Path:
+        """The detector's boxes and scores on the validation frames (BP-positive and empty)."""
+        return self.eval_dir(mode) / f"detector_gamma_{gamma_label(gamma)}_val.json"
+
     def gamma_choice(self, mode: str) -> Path:
         return self.eval_dir(mode) / "gamma_choice.json"
 
     def segmenter_eval(self, mode: str, arch: str, condition: str) -> Path:
         return self.eval_dir(mode) / f"segmenter_{arch}_{condition}.json"
+
+    def margin_sweep(self, mode: str, arch: str) -> Path:
+        """Detector-crop Dice of ``arch`` over a grid of crop margins (validation and test)."""
+        return self.eval_dir(mode) / f"margin_sweep_{arch}.json"
 
     def figure_masks(self, mode: str, arch: str, condition: str) -> Path:
         """Full-frame masks of the Fig. 6 images (bit-packed ``.npz``)."""

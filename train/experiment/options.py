@@ -21,8 +21,10 @@ __all__ = [
     "PAPER_GAMMAS",
     "SPLIT_CHOICES",
     "ExperimentOptions",
+    "fold_name",
     "parse_float_list",
     "parse_name_list",
+    "split_of",
 ]
 
 #: The focal-loss gammas of the published detection study (its Table 2).
@@ -46,7 +48,7 @@ class ExperimentOptions:
     out: Path
     preset: str = "tiny"
     gammas: tuple[float, ...] = PAPER_GAMMAS
-    split: str = "random"
+    split: str = "subject"
     archs: tuple[str, ...] = ARCHS
     device: str = "cpu"
     seed: int = 0
@@ -59,6 +61,12 @@ class ExperimentOptions:
     score_threshold: float = 0.5
     figure_images: int = 4
     progress: bool = True
+    #: Subject-wise K-fold cross-validation of the subject split (None: one subject split).
+    folds: int | None = None
+    #: Local state_dict for the detector's backbone (or the whole detector); never downloaded.
+    backbone_weights: Path | None = None
+    #: Size of a pixel in millimetres, when known: boundary distances are also given in mm.
+    pixel_spacing_mm: float | None = None
 
     def check(self) -> None:
         """ValueError naming the option and what it accepts for anything out of range."""
@@ -91,6 +99,17 @@ class ExperimentOptions:
             raise ValueError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
         if self.figure_images < 1:
             raise ValueError(f"--figure-images must be at least 1, got {self.figure_images}")
+        if self.folds is not None:
+            if self.folds < 2:
+                raise ValueError(f"--folds must be at least 2, got {self.folds}")
+            if self.split == "random":
+                raise ValueError("--folds is subject-wise cross-validation: use --split subject "
+                                 "or both")
+        if self.backbone_weights is not None and not self.backbone_weights.is_file():
+            raise FileNotFoundError(f"--backbone-weights file {self.backbone_weights} does not "
+                                    "exist")
+        if self.pixel_spacing_mm is not None and not self.pixel_spacing_mm > 0:
+            raise ValueError(f"--pixel-spacing-mm must be positive, got {self.pixel_spacing_mm}")
         if not self.data.exists():
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         if self.out.exists() and not self.out.is_dir():
@@ -98,8 +117,25 @@ class ExperimentOptions:
 
     @property
     def split_modes(self) -> tuple[str, ...]:
-        """The split modes to run: ``("random", "subject")`` for ``both``."""
-        return ("random", "subject") if self.split == "both" else (self.split,)
+        """The names of the splits to run, each with its own models: ``random``, ``subject``,
+        and with ``folds`` K the subject split's folds ``subject-fold1`` .. ``subject-foldK``."""
+        modes = ("random", "subject") if self.split == "both" else (self.split,)
+        names: list[str] = []
+        for mode in modes:
+            if mode == "subject" and self.folds is not None:
+                names += [fold_name(f) for f in range(1, self.folds + 1)]
+            else:
+                names.append(mode)
+        return tuple(names)
+
+    def split_of(self, name: str) -> tuple[str, int | None]:
+        """``(split mode, fold or None)`` of a split name from :attr:`split_modes`."""
+        return split_of(name)
+
+    @property
+    def fold_names(self) -> tuple[str, ...]:
+        """The K-fold split names (empty without ``folds``)."""
+        return tuple(n for n in self.split_modes if split_of(n)[1] is not None)
 
     @property
     def preset_config(self) -> Preset:
@@ -125,11 +161,26 @@ class ExperimentOptions:
         """The options as plain JSON types, plus the resolved epochs."""
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
         d["gammas"], d["archs"] = list(self.gammas), list(self.archs)
+        d["split_names"] = list(self.split_modes)
         d["resolved_epochs"] = {
             "detector": self.detector_epoch_count(),
             **{arch: self.segmenter_epoch_count(arch) for arch in self.archs},
         }
         return d
+
+
+def fold_name(fold: int) -> str:
+    """The split name of subject-wise fold ``fold`` (from 1): ``subject-fold1``."""
+    return f"subject-fold{fold}"
+
+
+def split_of(name: str) -> tuple[str, int | None]:
+    """``"subject-fold3"`` -> ``("subject", 3)``; ``"random"`` -> ``("random", None)``."""
+    if name.startswith("subject-fold") and name[len("subject-fold"):].isdigit():
+        return "subject", int(name[len("subject-fold"):])
+    if name in ("random", "subject"):
+        return name, None
+    raise ValueError(f"unknown split name {name!r}")
 
 
 def parse_float_list(text: str, option: str) -> tuple[float, ...]:

@@ -27,6 +27,7 @@ from bpedge.train.experiment._document import (
 )
 from bpedge.train.experiment.figures import CONDITION_LABELS
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
+from bpedge.train.experiment.report_crossval import crossval_blocks
 
 from bpedge._atomic import atomic_write_text
 
@@ -273,6 +274,7 @@ def build_report(layout: StudyLayout) -> list[Block]:
                   "hand. Dice and IoU are in [0, 1]."),
     ]
     blocks += _setup(study, data, summary, timings)
+    blocks += crossval_blocks(summary)
     blocks += _detection(summary)
     blocks += _segmentation(summary)
     blocks += _dice_vs_iou(summary)

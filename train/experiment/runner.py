@@ -30,7 +30,7 @@ from bpedge.train.experiment._steps import (
     training_state,
 )
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
-from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions
+from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions, split_of
 
 from bpedge._atomic import atomic_write_json
 from bpedge._out_dir import claim_out_dir
@@ -40,7 +40,8 @@ __all__ = ["StudyOutcome", "plan_study", "run_study"]
 #: Relative cost of one epoch of each kind of work, for the study's ETA (detector epoch = 1).
 _SEGMENTER_EPOCH, _EVAL, _LIGHT = 0.6, 0.3, 0.2
 #: Options that define what a study folder holds; changing them needs a new --out.
-_FIXED_OPTIONS = ("data", "preset", "seed", "limit", "dedup", "on_error")
+_FIXED_OPTIONS = ("data", "preset", "seed", "limit", "dedup", "on_error", "folds",
+                  "backbone_weights")
 
 
 @dataclass(frozen=True)
@@ -103,21 +104,37 @@ def _write_models(opts: ExperimentOptions, layout: StudyLayout) -> None:
     atomic_write_json(layout.models_json, out)
 
 
+def _split_options(opts: ExperimentOptions, name: str) -> dict[str, Any]:
+    """The trainers' split options for the split called ``name`` (a mode or a K-fold fold)."""
+    mode, fold = split_of(name)
+    return {"split": mode, "folds": opts.folds if fold is not None else None, "fold": fold}
+
+
 def _write_split(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> None:
+    import dataclasses
+
     import torch
     from bpedge.train._run_setup import RunOptions, prepare_data
     from bpedge.train.distributed import DistContext
     from bpedge.train.experiment.evaluate import build_testset
 
-    run = RunOptions(data=opts.data, out=layout.mode_dir(mode), preset=opts.preset, split=mode,
+    run = RunOptions(data=opts.data, out=layout.mode_dir(mode), preset=opts.preset,
                      seed=opts.seed, dedup=opts.dedup, on_error=opts.on_error, limit=opts.limit,
-                     progress=opts.progress)
+                     progress=opts.progress, **_split_options(opts, mode))
     ctx = DistContext(0, 1, 0, torch.device("cpu"), initialized=False)
     prepared = prepare_data(run, opts.seed, ctx, None)  # writes RUN/{mode}/split.json
     dropped = {pair[1] for pair in _read(layout.data_json)["dedup_removed"]}
     frames = [f for f in prepared.index.frames if f.key not in dropped]
-    testset = build_testset(prepared.split, frames, mode, opts.seed, opts.figure_images)
+    split_mode = split_of(mode)[0]
+    testset = build_testset(prepared.split, frames, split_mode, opts.seed, opts.figure_images)
     atomic_write_json(layout.testset_json(mode), testset)
+    # The validation frames with empty ones of the validation subjects: what chooses the
+    # "BP present" threshold (never the test frames).
+    as_val = dataclasses.replace(prepared.split, val=prepared.split.test, test=prepared.split.val)
+    test_empty = {f["key"] for f in testset["empty"]}
+    valset = build_testset(as_val, [f for f in frames if f.key not in test_empty], split_mode,
+                           opts.seed, 1)
+    atomic_write_json(layout.valset_json(mode), valset)
 
 
 def _check_same_split(run_dir: Path, layout: StudyLayout, mode: str) -> None:
@@ -136,9 +153,10 @@ def _train_detector(opts: ExperimentOptions, layout: StudyLayout, mode: str, gam
 
     run_dir = layout.detector_run(mode, gamma)
     train_detector(DetectorOptions(
-        data=opts.data, out=run_dir, preset=opts.preset, split=mode, seed=opts.seed,
+        data=opts.data, out=run_dir, preset=opts.preset, seed=opts.seed,
         epochs=opts.detector_epoch_count(), device=opts.device, resume=resume, dedup=opts.dedup,
         on_error=opts.on_error, limit=opts.limit, progress=opts.progress, gamma=gamma,
+        weights=opts.backbone_weights, **_split_options(opts, mode),
     ))
     _check_same_split(run_dir, layout, mode)
 
@@ -173,7 +191,8 @@ def _train_segmenter(opts: ExperimentOptions, layout: StudyLayout, mode: str, ar
     run_dir = layout.segmenter_run(mode, arch, condition)
     detector = _chosen_detector(layout, mode)[1] if condition == "detector" else None
     train_segmenter(SegmenterOptions(
-        data=opts.data, out=run_dir, preset=opts.preset, split=mode, seed=opts.seed,
+        data=opts.data, out=run_dir, preset=opts.preset, seed=opts.seed,
+        **_split_options(opts, mode),
         epochs=opts.segmenter_epoch_count(arch), device=opts.device, resume=resume,
         dedup=opts.dedup, on_error=opts.on_error, limit=opts.limit, progress=opts.progress,
         arch=arch, crop=condition, detector=detector,
@@ -262,6 +281,7 @@ def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str
     })
     atomic_write_json(layout.root / "eval_settings.json", {
         "score_threshold": opts.score_threshold, "figure_images": opts.figure_images,
+        "pixel_spacing_mm": opts.pixel_spacing_mm,
     })
 
 
@@ -294,7 +314,8 @@ def _mode_steps(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> list
     steps = [Step(
         f"{mode}/split", lambda _r: _write_split(opts, layout, mode), weight=_LIGHT,
         inputs=lambda: [layout.data_json, settings],
-        outputs=lambda: [layout.split_json(mode), layout.testset_json(mode)],
+        outputs=lambda: [layout.split_json(mode), layout.testset_json(mode),
+                         layout.valset_json(mode)],
     )]
     det_epochs = opts.detector_epoch_count()
     for g in opts.gammas:
@@ -306,11 +327,16 @@ def _mode_steps(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> list
         ))
         steps.append(Step(
             f"{mode}/detector/gamma_{gamma_label(g)}/evaluate",
-            lambda _r, g=g, run=run: evaluate_detector(
-                run / "best.pt", _read(layout.testset_json(mode)), layout.detector_eval(mode, g),
-                device=opts.device, progress=False),
-            weight=_EVAL, inputs=lambda run=run: [run / "best.pt", layout.testset_json(mode)],
-            outputs=lambda g=g: [layout.detector_eval(mode, g)],
+            lambda _r, g=g, run=run: (
+                evaluate_detector(run / "best.pt", _read(layout.testset_json(mode)),
+                                  layout.detector_eval(mode, g), device=opts.device,
+                                  progress=False),
+                evaluate_detector(run / "best.pt", _read(layout.valset_json(mode)),
+                                  layout.detector_val_eval(mode, g), device=opts.device,
+                                  progress=False)),
+            weight=_EVAL, inputs=lambda run=run: [run / "best.pt", layout.testset_json(mode),
+                                                  layout.valset_json(mode)],
+            outputs=lambda g=g: [layout.detector_eval(mode, g), layout.detector_val_eval(mode, g)],
         ))
     steps.append(Step(
         f"{mode}/choose-gamma", lambda _r: choose_gamma(layout, mode, opts.gammas), weight=_LIGHT,
@@ -337,7 +363,29 @@ def _mode_steps(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> list
                 outputs=lambda a=arch, c=cond: [layout.segmenter_eval(mode, a, c),
                                                 layout.figure_masks(mode, a, c)],
             ))
+    # The margin sweep feeds the K-fold summary only (pooled over folds, CIs over subjects).
+    for arch in opts.archs if split_of(mode)[1] is not None else ():
+        run = layout.segmenter_run(mode, arch, "detector")
+        steps.append(Step(
+            f"{mode}/segmenter/{arch}_detector/margin-sweep",
+            lambda _r, a=arch, run=run: _sweep_margins(opts, layout, mode, a),
+            weight=_EVAL,
+            inputs=lambda run=run: [run / "best.pt", layout.testset_json(mode),
+                                    layout.valset_json(mode), layout.gamma_choice(mode)],
+            outputs=lambda a=arch: [layout.margin_sweep(mode, a)],
+        ))
     return steps
+
+
+def _sweep_margins(opts: ExperimentOptions, layout: StudyLayout, mode: str, arch: str) -> None:
+    from bpedge.train.experiment.margin_sweep import sweep_margins
+
+    gamma, _ = _chosen_detector(layout, mode)
+    sweep_margins(layout.segmenter_run(mode, arch, "detector") / "best.pt",
+                  _read(layout.testset_json(mode)), _read(layout.valset_json(mode)),
+                  _read(layout.detector_eval(mode, gamma)),
+                  _read(layout.detector_val_eval(mode, gamma)), layout.margin_sweep(mode, arch),
+                  device=opts.device)
 
 
 def _summary_inputs(opts: ExperimentOptions, layout: StudyLayout) -> list[Path]:
@@ -345,12 +393,15 @@ def _summary_inputs(opts: ExperimentOptions, layout: StudyLayout) -> list[Path]:
     for mode in opts.split_modes:
         paths += [layout.split_json(mode), layout.testset_json(mode), layout.gamma_choice(mode)]
         for g in opts.gammas:
-            paths += [layout.detector_run(mode, g) / "metrics.json", layout.detector_eval(mode, g)]
+            paths += [layout.detector_run(mode, g) / "metrics.json", layout.detector_eval(mode, g),
+                      layout.detector_val_eval(mode, g)]
         for arch in opts.archs:
             for cond in CONDITIONS:
                 paths += [layout.segmenter_run(mode, arch, cond) / "metrics.json",
                           layout.segmenter_eval(mode, arch, cond),
                           layout.figure_masks(mode, arch, cond)]
+            if split_of(mode)[1] is not None:
+                paths.append(layout.margin_sweep(mode, arch))
     return paths
 
 
@@ -370,7 +421,8 @@ def plan_study(opts: ExperimentOptions) -> list[Step]:
     steps.append(Step(
         "summary",
         lambda _r: build_summary(layout, opts.split_modes, opts.gammas, opts.archs, CONDITIONS,
-                                 opts.score_threshold),
+                                 opts.score_threshold, folds=opts.fold_names,
+                                 pixel_spacing_mm=opts.pixel_spacing_mm, seed=opts.seed),
         weight=_LIGHT, inputs=lambda: _summary_inputs(opts, layout),
         outputs=lambda: [layout.summary_json],
     ))

@@ -213,8 +213,20 @@ def build_summary(
     archs: Sequence[str],
     conditions: Sequence[str],
     score_threshold: float,
+    *,
+    folds: Sequence[str] = (),
+    pixel_spacing_mm: float | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Every table of the report; writes RUN/summary.json and returns it."""
+    """Every table of the report; writes RUN/summary.json and returns it. ``folds``: the split
+    names of a subject-wise K-fold run, pooled into ``crossval``
+    (:mod:`bpedge.train.experiment.crossval`); ``None`` there without folds."""
+    from bpedge.train.experiment.crossval import build_crossval
+
+    crossval = build_crossval(
+        layout, folds, archs, conditions, published_dice=published_json()["dice"],
+        iou_threshold=IOU_THRESHOLD, pixel_spacing_mm=pixel_spacing_mm, seed=seed,
+    ) if folds else None
     summary = {
         "schema": _SCHEMA,
         "modes": list(modes),
@@ -229,6 +241,7 @@ def build_summary(
         "dice_vs_iou": {m: _dice_vs_iou(layout, m, archs) for m in modes},
         "empty_frames": {m: _empty_frames(layout, m, archs, conditions) for m in modes},
         "trained_configs": _trained_configs(layout, modes, gammas, archs, conditions),
+        "crossval": crossval,
         "published": published_json(),
     }
     atomic_write_json(layout.summary_json, summary)

@@ -33,13 +33,17 @@ SMOOTH_L1_BETA = 0.11
 FG_IOU, BG_IOU = 0.5, 0.4
 
 
-def default_matcher() -> Matcher:
-    """IoU >= 0.5 foreground, < 0.4 background, in between ignored; the best anchor always wins.
+def default_matcher(fg_iou: float = FG_IOU, bg_iou: float = BG_IOU) -> Matcher:
+    """IoU >= ``fg_iou`` foreground, < ``bg_iou`` background, in between ignored; the best anchor
+    always wins.
 
     ``allow_low_quality_matches`` guarantees every target at least one positive anchor, which a
-    small BP between anchor sizes could otherwise miss entirely.
+    small BP between anchor sizes could otherwise miss entirely. A single target per frame gets
+    few positives at 0.5; a lower ``fg_iou`` gives it more (and the box head more examples).
     """
-    return Matcher(FG_IOU, BG_IOU, allow_low_quality_matches=True)
+    if not 0.0 < bg_iou <= fg_iou <= 1.0:
+        raise ValueError(f"need 0 < bg_iou <= fg_iou <= 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
+    return Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)
 
 
 def default_box_coder() -> BoxCoder:
@@ -73,12 +77,15 @@ class RetinaNetDetector(nn.Module):
         box_coder: BoxCoder | None = None,
         matcher: Matcher | None = None,
         box_loss: BoxLoss = "l1",
+        top_k: int = 1,
     ) -> None:
         super().__init__()
         if anchors.ndim != 2 or anchors.shape[1] != 4 or anchors.shape[0] == 0:
             raise ValueError(f"anchors must be (A, 4) with A > 0, got {tuple(anchors.shape)}")
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"unknown box_loss {box_loss!r}; choose one of {BOX_LOSSES}")
+        if not 1 <= top_k <= anchors.shape[0]:
+            raise ValueError(f"top_k must be in [1, {anchors.shape[0]}] (the anchors), got {top_k}")
         self.backbone = backbone
         self.classification_head = classification_head
         self.regression_head = regression_head
@@ -90,6 +97,7 @@ class RetinaNetDetector(nn.Module):
         self.box_coder = box_coder if box_coder is not None else default_box_coder()
         self.matcher = matcher if matcher is not None else default_matcher()
         self.box_loss = box_loss
+        self.top_k = int(top_k)
 
     def forward(
         self, images: Tensor, boxes: Tensor | None = None
@@ -121,16 +129,30 @@ class RetinaNetDetector(nn.Module):
         return logits, deltas
 
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Top-1 anchor per image: scores (N,) in [0, 1], boxes (N, 4) clipped to the input."""
+        """Per image: the best anchor's score (N,) in [0, 1] and a box (N, 4) clipped to the
+        input: the best anchor's (``top_k`` 1) or the score-weighted mean of the ``top_k`` best
+        anchors' boxes (a vote that steadies the box when neighbouring anchors disagree)."""
         logits, deltas = self.head_outputs(images)
-        # Sigmoid is monotonic: pick on logits, squash only the winner.
-        best_logit, best = logits[..., 0].max(dim=1)  # (N,), (N,)
-        scores = torch.sigmoid(best_logit)
-        # repeat and [:, 0] rather than expand(-1, ...) and squeeze: both keep the exported
-        # graph free of shape arithmetic (If/Where nodes) around the dynamic batch axis.
-        best_deltas = torch.gather(deltas, 1, best.view(-1, 1, 1).repeat(1, 1, 4))[:, 0]
-        best_anchors = self.anchors.index_select(0, best)  # (N, 4)
-        decoded = self.box_coder.decode_single(best_deltas, best_anchors)  # (N, 4)
+        if self.top_k == 1:
+            # Sigmoid is monotonic: pick on logits, squash only the winner.
+            best_logit, best = logits[..., 0].max(dim=1)  # (N,), (N,)
+            scores = torch.sigmoid(best_logit)
+            # repeat and [:, 0] rather than expand(-1, ...) and squeeze: both keep the exported
+            # graph free of shape arithmetic (If/Where nodes) around the dynamic batch axis.
+            best_deltas = torch.gather(deltas, 1, best.view(-1, 1, 1).repeat(1, 1, 4))[:, 0]
+            best_anchors = self.anchors.index_select(0, best)  # (N, 4)
+            decoded = self.box_coder.decode_single(best_deltas, best_anchors)  # (N, 4)
+        else:
+            top_logits, top = logits[..., 0].topk(self.top_k, dim=1)  # (N, K), (N, K)
+            top_scores = torch.sigmoid(top_logits)
+            scores = top_scores[:, 0]
+            top_deltas = torch.gather(deltas, 1, top.unsqueeze(2).repeat(1, 1, 4))  # (N, K, 4)
+            top_anchors = self.anchors[top]  # (N, K, 4)
+            boxes_k = self.box_coder.decode_single(
+                top_deltas.reshape(-1, 4), top_anchors.reshape(-1, 4)
+            ).reshape(top_deltas.shape)  # (N*K, 4) -> (N, K, 4)
+            weights = top_scores / top_scores.sum(dim=1, keepdim=True).clamp(min=1e-12)
+            decoded = (boxes_k * weights.unsqueeze(2)).sum(dim=1)  # (N, 4)
         h, w = self.input_hw
         boxes = torch.stack(
             [
@@ -244,6 +266,9 @@ def build_detector(cfg: DetectorConfig, weights: str | Path | None = None) -> Re
         cfg.input_hw,
         focal_alpha=cfg.focal_alpha,
         focal_gamma=cfg.focal_gamma,
+        matcher=default_matcher(cfg.fg_iou, cfg.bg_iou),
+        box_loss=cfg.box_loss,  # type: ignore[arg-type]  # checked by the constructor
+        top_k=cfg.top_k,
     )
     if weights is not None:
         load_detector_weights(model, weights)

@@ -111,3 +111,43 @@ def test_cli_help_and_bad_input(tmp_path: Path) -> None:
                                     str(tmp_path / "run"), "--gammas", "1,x"])
     assert result.exit_code == 2 and "--gammas" in result.output
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_subject_split_is_the_default_and_folds_name_their_splits(tmp_path: Path) -> None:
+    assert _opts(tmp_path).split_modes == ("subject",)
+    folds = _opts(tmp_path, folds=3)
+    assert folds.split_modes == ("subject-fold1", "subject-fold2", "subject-fold3")
+    assert folds.split_of("subject-fold2") == ("subject", 2)
+    both = _opts(tmp_path, split="both", folds=2)
+    assert both.split_modes == ("random", "subject-fold1", "subject-fold2")
+    assert both.fold_names == ("subject-fold1", "subject-fold2")
+    with pytest.raises(ValueError, match="--folds"):
+        _opts(tmp_path, folds=1).check()
+    with pytest.raises(ValueError, match="--folds"):
+        _opts(tmp_path, split="random", folds=3).check()
+    with pytest.raises(FileNotFoundError, match="--backbone-weights"):
+        _opts(tmp_path, backbone_weights=tmp_path / "missing.pt").check()
+    with pytest.raises(ValueError, match="--pixel-spacing-mm"):
+        _opts(tmp_path, pixel_spacing_mm=0.0).check()
+
+
+def test_backbone_weights_reach_every_detector_run(tmp_path: Path, monkeypatch) -> None:
+    """``--backbone-weights`` is handed to each detector training run as its initial weights."""
+    import torch
+    from bpedge.train.experiment import runner
+    from bpedge.train.experiment.layout import StudyLayout
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    seen = {}
+
+    def fake_train(opts):
+        seen["weights"], seen["fold"] = opts.weights, (opts.folds, opts.fold)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("bpedge.train.train_detector.train_detector", fake_train)
+    opts = _opts(tmp_path, folds=3, backbone_weights=weights)
+    with pytest.raises(RuntimeError, match="stop"):
+        runner._train_detector(opts, StudyLayout(tmp_path / "run"), "subject-fold2", 2.0, False)
+    assert seen == {"weights": weights, "fold": (3, 2)}
