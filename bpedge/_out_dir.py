@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ def claim_out_dir(
     add_to_existing: bool = False,
     add_flag: str | None = None,
     entries: tuple[str, ...] = (),
+    made_before_markers: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Make ``folder`` ``command``'s output folder, or refuse (:class:`OutDirRefused`).
 
@@ -140,7 +141,8 @@ def claim_out_dir(
     ``command``'s marker is reused. A non-empty folder without it is refused, unless
     ``add_to_existing`` (offered to the user as ``add_flag``): then the marker records
     ``entries`` as the names this command adds, and the caller must add nothing else.
-    Returns the folder.
+    ``made_before_markers``: the command's own test for a folder it made before markers existed
+    (it recognises the folder by what is in it); such a folder is taken over. Returns the folder.
     """
     path = Path(folder)
     if path.is_symlink() and not path.exists():
@@ -155,6 +157,9 @@ def claim_out_dir(
         _write_marker(path, command, None)
         return path
     marker = read_marker(path)
+    if marker is None and made_before_markers is not None and made_before_markers(path):
+        _write_marker(path, command, None)
+        return path
     if marker is not None and marker["command"] == command:
         if marker.get("entries") is None:
             return path
@@ -173,13 +178,17 @@ def claim_out_dir(
                         f"`bpedge {command}`: choose a new or empty folder{offer}")
 
 
-def check_out_dir(folder: str | os.PathLike[str], command: str, *, flag: str = "--out") -> None:
+def check_out_dir(folder: str | os.PathLike[str], command: str, *, flag: str = "--out",
+                  made_before_markers: Callable[[Path], bool] | None = None) -> None:
     """What :func:`claim_out_dir` would refuse, checked without writing anything (for callers
     that must fail before doing any work, or on processes that do not write)."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise OutDirRefused(f"{flag} {path} exists and is not a folder: choose another path")
     if not path.exists() or _is_empty_dir(path) or made_by(path, command):
+        return
+    if made_before_markers is not None and read_marker(path) is None \
+            and made_before_markers(path):
         return
     marker = read_marker(path)
     if marker is not None and marker["command"] != command:

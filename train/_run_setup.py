@@ -18,9 +18,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from bpedge.train._loop import RUN_FILES
 from bpedge.train.distributed import DistContext
 
 from bpedge._out_dir import check_out_dir
+
+
+def made_before_markers(folder: Path) -> bool:
+    """A run folder ``train`` made before output markers existed (so ``--resume`` still takes
+    it): only run files (and their atomic-write temporaries), with ``last.pt`` and a
+    ``config.json`` that is a run's config. Anything else in it, such as a user's own file, and
+    the folder is not train's."""
+    import json
+
+    names = {p.name for p in folder.iterdir()}
+    if not {"last.pt", "config.json"} <= names:
+        return False
+    temporaries = {n for n in names if n.startswith(".") and n.endswith(".tmp")
+                   and any(n.startswith(f".{run_file}.") for run_file in RUN_FILES)}
+    if not names - temporaries <= set(RUN_FILES):
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and {"model", "data"} <= config.keys()
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +107,7 @@ class RunOptions:
             raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
         # A run writes config.json, split.json, metrics.* and checkpoints: only into a run folder
         # that train made (or a new or empty one), never over a user's files of those names.
-        check_out_dir(self.out, "train")
+        check_out_dir(self.out, "train", made_before_markers=made_before_markers)
 
     def overrides(self) -> dict[str, Any]:
         """Model-config fields this run sets explicitly."""
@@ -274,7 +296,7 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
     try:
         resume_from = prepare_run_dir(opts.out, config, opts.resume)
         if ctx.is_main:
-            claim_out_dir(opts.out, "train")
+            claim_out_dir(opts.out, "train", made_before_markers=made_before_markers)
             remove_stale_temporaries(opts.out)
         seed_everything(seed)
         data = prepare_data(opts, seed, ctx, resume_from)

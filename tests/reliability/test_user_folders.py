@@ -273,3 +273,26 @@ def test_a_command_refuses_another_commands_folder(tmp_path: Path, phantom_dir: 
     assert_refused_in_one_line(result, run)
     assert "`bpedge train`" in result.output
     assert (run / "best.pt").read_bytes() == b"weights"
+
+
+def test_a_run_folder_made_before_markers_still_resumes_but_not_with_a_users_file(
+        phantom_dir: Path, tmp_path: Path) -> None:
+    def train(out: Path, epochs: int, *extra: str):
+        return runner.invoke(build_app(), [
+            "train", "detector", "--data", str(phantom_dir), "--split", "random", "--epochs",
+            str(epochs), "--limit", "4", "--no-progress", "--out", str(out), *extra])
+
+    run = tmp_path / "run"
+    first = train(run, 1)
+    assert first.exit_code == 0, first.output
+    (run / MARKER_NAME).unlink()  # as a run made before bpedge wrote markers
+    old = tmp_path / "old_run_with_notes"
+    shutil.copytree(run, old)
+    (old / "notes.txt").write_text("mine")
+
+    resumed = train(run, 2, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert made_by(run, "train")
+    before = snapshot(old)
+    assert_refused_in_one_line(train(old, 2, "--resume"), old)
+    assert snapshot(old) == before
