@@ -3,8 +3,14 @@
 :mod:`bpedge._stages` defines each stage (plain NumPy, float64); these are the same formulas run by
 OpenCV in float32, written into caller-owned buffers, and ``tests/test_fast_stages.py`` bounds the
 difference (float rounding of the sampling coordinates; masks identical on the tests' frames and
-boxes). Measured on the 2-core development CPU (420x580 frame, 96x96 crop of a ~150 px box): whole
-frame to 160x224 0.59 -> ~0.1 ms, crop 0.36 -> ~0.03 ms, paste-back 0.42 -> ~0.03 ms.
+boxes). Measured on the 2-core development CPU (420x580 frame, 96x96 crop of a 156x160 box; timeit
+medians of back-to-back calls): whole frame to 160x224 0.59 -> ~0.1 ms (including the float32
+copy), crop 0.36 -> ~0.03 ms (0.018 ms from a float32 frame), paste-back 0.42 -> ~0.05 ms. Inside
+the cascade, between model calls, each function measures ~0.05-0.09 ms instead (timed with
+``time.perf_counter`` around each call while ``Segmenter`` ran the demo bundle with ONNX Runtime
+fp32 and OpenVINO bf16), with ~0 minor page faults per call (``getrusage``); cold caches after
+inference are the likely cause, not measured directly. OpenCV's thread count made no measurable
+difference there (``OPENCV_FOR_THREADS_NUM=1``), and switching it per call cost more than it saved.
 
 How each maps onto OpenCV:
 
