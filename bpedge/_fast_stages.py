@@ -3,8 +3,14 @@
 :mod:`bpedge._stages` defines each stage (plain NumPy, float64); these are the same formulas run by
 OpenCV in float32, written into caller-owned buffers, and ``tests/test_fast_stages.py`` bounds the
 difference (float rounding of the sampling coordinates; masks identical on the tests' frames and
-boxes). Measured on the 2-core development CPU (420x580 frame, 96x96 crop of a ~150 px box): whole
-frame to 160x224 0.59 -> ~0.1 ms, crop 0.36 -> ~0.03 ms, paste-back 0.42 -> ~0.03 ms.
+boxes). Measured on the 2-core development CPU (420x580 frame, 96x96 crop of a 156x160 box; timeit
+medians of back-to-back calls): whole frame to 160x224 0.59 -> ~0.1 ms (including the float32
+copy), crop 0.36 -> ~0.03 ms (0.018 ms from a float32 frame), paste-back 0.42 -> ~0.05 ms. Inside
+the cascade, between model calls, each function measures ~0.05-0.09 ms instead (timed with
+``time.perf_counter`` around each call while ``Segmenter`` ran the demo bundle with ONNX Runtime
+fp32 and OpenVINO bf16), with ~0 minor page faults per call (``getrusage``); cold caches after
+inference are the likely cause, not measured directly. OpenCV's thread count made no measurable
+difference there (``OPENCV_FOR_THREADS_NUM=1``), and switching it per call cost more than it saved.
 
 How each maps onto OpenCV:
 
@@ -26,6 +32,7 @@ come from ``cv2.meanStdDev`` (float64 accumulators, population std, like the ref
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import cv2
@@ -34,6 +41,26 @@ import numpy as np
 from bpedge._stages import _covered_pixels
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+
+
+class _Scratch(threading.local):
+    """Per-thread float32 work areas (the crop's source pixels, the pasted probabilities), grown
+    to the largest size seen. A fresh ~100 KB array per frame costs more than the OpenCV call
+    that fills it: it is above glibc's mmap threshold, so every frame pays page faults on new
+    pages (measured: paste 0.20 -> ~0.06 ms on a 420x580 frame). Nothing returned aliases them."""
+
+    def __init__(self) -> None:
+        self.areas: dict[str, np.ndarray] = {}
+
+    def f32(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        need = shape[0] * shape[1]
+        area = self.areas.get(name)
+        if area is None or area.size < need:
+            area = self.areas[name] = np.empty(need, np.float32)
+        return area[:need].reshape(shape)
+
+
+_scratch = _Scratch()
 
 
 def _into(out: np.ndarray, result: np.ndarray) -> None:
@@ -90,8 +117,10 @@ def crop_into(grey: np.ndarray, box: Sequence[float], out: np.ndarray, mean: flo
     lx, hx = _tap_range(x0, x1 - x0, w_src)
     ly, hy = _tap_range(y0, y1 - y0, h_src)
     roi = grey[ly:hy + 1, lx:hx + 1]
-    if roi.dtype != np.float32:
-        roi = roi.astype(np.float32)  # only the box's pixels
+    if roi.dtype != np.float32:  # only the box's pixels, into this thread's work area
+        roi_f32 = _scratch.f32("crop_source", roi.shape)
+        np.copyto(roi_f32, roi, casting="unsafe")
+        roi = roi_f32
     sw, sh = (x1 - x0) / out_w, (y1 - y0) / out_h
     matrix = np.array([[sw, 0.0, x0 + 0.5 * sw - 0.5 - lx],
                        [0.0, sh, y0 + 0.5 * sh - 0.5 - ly]])
@@ -120,8 +149,12 @@ def paste_mask(prob: np.ndarray, box: Sequence[float], width: int, height: int,
     matrix = np.array([[kx, 0.0, (first_x + 0.5 - x0) * kx - 0.5],
                        [0.0, ky, (first_y + 0.5 - y0) * ky - 0.5]])
     src = prob if prob.dtype == np.float32 else prob.astype(np.float32)
-    pasted = cv2.warpAffine(np.ascontiguousarray(src), matrix, (xs.size, ys.size), flags=_WARP,
-                            borderMode=cv2.BORDER_REPLICATE)
+    pasted = _scratch.f32("pasted", (ys.size, xs.size))
+    _into(pasted, cv2.warpAffine(np.ascontiguousarray(src), matrix, (xs.size, ys.size),
+                                 dst=pasted, flags=_WARP, borderMode=cv2.BORDER_REPLICATE))
     region = mask[first_y:first_y + ys.size, first_x:first_x + xs.size]
-    np.multiply(pasted >= threshold, 255, out=region, casting="unsafe")
+    # The comparison written straight into the mask (as bool 0/1, then scaled to 255): no
+    # temporaries. Same comparison as ``pasted >= threshold``.
+    np.greater_equal(pasted, threshold, out=region.view(np.bool_))
+    np.multiply(region, np.uint8(255), out=region)
     return mask
