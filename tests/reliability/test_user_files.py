@@ -62,3 +62,32 @@ def test_build_engines_refuses_a_user_file_as_timing_cache_before_anything_else(
     assert "not written by `bpedge build-engines`" in result.output
     assert "TensorRT" not in result.output  # the user's input is checked before the machine
     assert snapshot(tmp_path) == before and snapshot(tiny_bundle) == before_bundle
+
+
+# --- doctor --json ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["notes", "JSON of the user's", "a link to a doctor report"])
+def test_doctor_json_never_overwrites_a_file_it_did_not_write(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "doctor.json"
+    if kind == "notes":
+        target.write_bytes(USER_BYTES)
+    elif kind == "JSON of the user's":
+        target.write_text('{"findings": "mine"}\n')
+    else:
+        report = tmp_path / "report.json"
+        assert runner.invoke(build_app(), ["doctor", "--json", str(report)]).exit_code in (0, 1)
+        target.symlink_to(report)
+    before = snapshot(tmp_path)
+    result = runner.invoke(build_app(), ["doctor", "--json", str(target)])
+    assert_refused_in_one_line(result, target, "--json")
+    assert snapshot(tmp_path) == before
+
+
+def test_doctor_json_replaces_its_own_report(tmp_path: Path) -> None:
+    target = tmp_path / "doctor.json"
+    for _ in range(2):
+        result = runner.invoke(build_app(), ["doctor", "--json", str(target)])
+        assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text())["schema"] == "bpedge-doctor"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doctor.json"]
