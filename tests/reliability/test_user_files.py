@@ -91,3 +91,30 @@ def test_doctor_json_replaces_its_own_report(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
     assert json.loads(target.read_text())["schema"] == "bpedge-doctor"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doctor.json"]
+
+
+# --- bench --json ----------------------------------------------------------------------------------
+
+
+def test_bench_json_that_appears_during_the_run_is_left_as_it_is(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bpedge._bench.run as bench_run
+
+    target = tmp_path / "run.json"
+    measure = bench_run.run_bench
+
+    def run_while_the_user_saves_a_file(*args, **kwargs):
+        record = measure(*args, **kwargs)
+        target.write_bytes(USER_BYTES)  # the run took minutes; the name was taken meanwhile
+        return record
+
+    monkeypatch.setattr(bench_run, "run_bench", run_while_the_user_saves_a_file)
+    result = runner.invoke(build_app(), [
+        "bench", str(tiny_bundle), "--backends", "onnxruntime", "--precisions", "fp32",
+        "--iterations", "1", "--warmup-seconds", "0", "--rounds", "1", "--phantom-subjects", "1",
+        "--phantom-frames", "2", "--ceiling-seconds", "0.01", "--json", str(target),
+        "--no-progress"])
+    assert_refused_in_one_line(result, target, "--json")
+    assert target.read_bytes() == USER_BYTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
