@@ -118,3 +118,69 @@ def test_bench_json_that_appears_during_the_run_is_left_as_it_is(
     assert_refused_in_one_line(result, target, "--json")
     assert target.read_bytes() == USER_BYTES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+# --- segment --save-video --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def probe_video(phantom_dir: Path, tmp_path: Path) -> Path:
+    frames = [read_image(phantom_dir / f"3_{k}.tif") for k in (1, 2, 3)]
+    h, w = frames[0].shape
+    video = tmp_path / "probe.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 15, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return video
+
+
+def segment_args(bundle: Path, source: Path, out: Path, video: Path, *extra: str) -> list[str]:
+    return ["segment", str(bundle), str(source), "--out", str(out), "--save-video", str(video),
+            "--no-masks", "--no-overlays", "--backend", "onnxruntime", "--no-progress", *extra]
+
+
+def test_save_video_with_force_never_overwrites_the_input_video(
+    tiny_bundle: Path, probe_video: Path, tmp_path: Path,
+) -> None:
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), segment_args(tiny_bundle, probe_video, out, probe_video,
+                                                     "--force"))
+    assert_refused_in_one_line(result, probe_video, "--save-video")
+    assert "not written by `bpedge segment`" in result.output
+    assert snapshot(tmp_path) == before and not out.exists()  # nothing else written
+
+
+def test_save_video_with_force_replaces_only_a_video_segment_wrote(
+    tiny_bundle: Path, probe_video: Path, tmp_path: Path,
+) -> None:
+    video = tmp_path / "probe_seg.avi"
+    args = segment_args(tiny_bundle, probe_video, tmp_path / "out", video)
+    assert runner.invoke(build_app(), args).exit_code == 0
+    assert record_path(video).is_file()
+    again = runner.invoke(build_app(), [*args, "--force"])
+    assert again.exit_code == 0, again.output
+    assert f"wrote {video}: 3 frame(s)" in again.output
+    video.write_bytes(USER_BYTES)  # the user saved their own file under that name
+    before = snapshot(tmp_path)
+    third = runner.invoke(build_app(), [*args, "--force"])
+    assert_refused_in_one_line(third, video, "--save-video")
+    assert snapshot(tmp_path) == before
+
+
+def test_save_video_never_writes_over_a_file_at_its_temporary_name(
+    tiny_bundle: Path, probe_video: Path, tmp_path: Path,
+) -> None:
+    video = tmp_path / "probe_seg.avi"
+    old_partial = tmp_path / ".probe_seg.partial.avi"  # the fixed name bpedge once wrote to
+    old_partial.write_bytes(USER_BYTES)
+    result = runner.invoke(build_app(), segment_args(tiny_bundle, probe_video, tmp_path / "out",
+                                                     video))
+    assert result.exit_code == 0, result.output
+    assert old_partial.read_bytes() == USER_BYTES
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    capture.release()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+        ".probe_seg.avi.bpedge-out.json", ".probe_seg.partial.avi"]
