@@ -184,3 +184,54 @@ def test_save_video_never_writes_over_a_file_at_its_temporary_name(
     capture.release()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
         ".probe_seg.avi.bpedge-out.json", ".probe_seg.partial.avi"]
+
+
+# --- Result.save -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def result(tiny_bundle: Path, phantom_dir: Path):
+    with Segmenter.from_bundle(tiny_bundle, "onnxruntime") as seg:
+        return seg(read_image(phantom_dir / "1_3.tif"))
+
+
+@pytest.mark.parametrize("name", ["overlay.png", "result.json"])
+def test_result_save_never_replaces_a_dangling_symbolic_link(result, tmp_path: Path,
+                                                             name: str) -> None:
+    path = tmp_path / name
+    path.symlink_to(tmp_path / "not-yet-there")
+    with pytest.raises(FileExistsError, match=f"{name} exists"):
+        result.save(path)
+    assert path.is_symlink() and path.readlink() == tmp_path / "not-yet-there"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["overlay.png", "result.json"])
+def test_result_save_never_replaces_a_file_that_appears_while_it_encodes(
+    result, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / name
+    encode, to_json = cv2.imencode, type(result).to_json
+
+    def encode_while_the_user_saves(*args, **kwargs):
+        path.write_bytes(USER_BYTES)
+        return encode(*args, **kwargs)
+
+    def to_json_while_the_user_saves(self, **kwargs):
+        path.write_bytes(USER_BYTES)
+        return to_json(self, **kwargs)
+
+    monkeypatch.setattr(cv2, "imencode", encode_while_the_user_saves)
+    monkeypatch.setattr(type(result), "to_json", to_json_while_the_user_saves)
+    with pytest.raises(FileExistsError, match=f"{name} exists"):
+        result.save(path)
+    assert path.read_bytes() == USER_BYTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary left
+
+
+def test_result_save_with_overwrite_replaces_atomically(result, tmp_path: Path) -> None:
+    path = tmp_path / "overlay.png"
+    path.write_bytes(USER_BYTES)
+    result.save(path, overwrite=True)
+    np.testing.assert_array_equal(cv2.imread(str(path)), result.plot())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png"]
