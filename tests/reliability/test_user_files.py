@@ -235,3 +235,21 @@ def test_result_save_with_overwrite_replaces_atomically(result, tmp_path: Path) 
     result.save(path, overwrite=True)
     np.testing.assert_array_equal(cv2.imread(str(path)), result.plot())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png"]
+
+
+# --- the tiny-bundle pipeline (demo, soak, fixtures) -----------------------------------------------
+
+
+def test_tiny_bundle_pipeline_never_removes_a_run_folder_training_did_not_make(
+    phantom_dir: Path, tmp_path: Path,
+) -> None:
+    from bpedge.export.tiny_bundle import TinyPaths, TinyRecipe, make_tiny_bundle
+
+    paths = TinyPaths.under(tmp_path / "work", data=phantom_dir)
+    paths.detector.mkdir(parents=True)
+    (paths.detector / "notes.txt").write_bytes(USER_BYTES)  # no best.pt, no last.pt
+    before = snapshot(paths.detector)
+    with pytest.raises(OutDirRefused, match=str(paths.detector)):
+        make_tiny_bundle(paths, TinyRecipe(epochs=1, limit=4))
+    assert snapshot(paths.detector) == before
+    assert not paths.segmenter.exists() and not paths.bundle.exists()
