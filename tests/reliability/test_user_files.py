@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -67,13 +69,16 @@ def test_build_engines_refuses_a_user_file_as_timing_cache_before_anything_else(
 # --- doctor --json ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["notes", "JSON of the user's", "a link to a doctor report"])
+@pytest.mark.parametrize("kind", ["notes", "JSON of the user's", "a link to a doctor report",
+                                  "a FIFO"])
 def test_doctor_json_never_overwrites_a_file_it_did_not_write(tmp_path: Path, kind: str) -> None:
     target = tmp_path / "doctor.json"
     if kind == "notes":
         target.write_bytes(USER_BYTES)
     elif kind == "JSON of the user's":
         target.write_text('{"findings": "mine"}\n')
+    elif kind == "a FIFO":
+        os.mkfifo(target)  # never opened: it would block a plain open() for ever
     else:
         report = tmp_path / "report.json"
         assert runner.invoke(build_app(), ["doctor", "--json", str(report)]).exit_code in (0, 1)
@@ -82,6 +87,7 @@ def test_doctor_json_never_overwrites_a_file_it_did_not_write(tmp_path: Path, ki
     result = runner.invoke(build_app(), ["doctor", "--json", str(target)])
     assert_refused_in_one_line(result, target, "--json")
     assert snapshot(tmp_path) == before
+    assert stat.S_ISFIFO(target.lstat().st_mode) == (kind == "a FIFO")
 
 
 def test_doctor_json_replaces_its_own_report(tmp_path: Path) -> None:
