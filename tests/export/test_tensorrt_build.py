@@ -33,7 +33,7 @@ from bpedge._manifest import (
     Thresholds,
     Training,
 )
-from bpedge._out_file import OutFileRefused
+from bpedge._out_file import OutFileRefused, record_path
 from bpedge.bundle import Bundle, BundleError, file_ref
 
 GPU = GpuInfo("NVIDIA RTX A2000", "8.6", 26)
@@ -354,7 +354,8 @@ USER_BYTES = b"my own notes, not a timing cache\n"
 
 
 @pytest.mark.parametrize("kind", ["a user file", "a cache of ours the user wrote over",
-                                  "a trtexec cache", "a folder", "a link to a cache of ours"])
+                                  "a trtexec cache", "a folder", "a link to a cache of ours",
+                                  "a user file at the record's name"])
 def test_a_timing_cache_file_build_engines_did_not_write_is_never_read_or_replaced(tmp_path, kind):
     root = write_bundle(tmp_path / "b")
     cache = tmp_path / "timing.cache"
@@ -368,6 +369,8 @@ def test_a_timing_cache_file_build_engines_did_not_write_is_never_read_or_replac
     elif kind == "a folder":
         cache.mkdir()
         (cache / "notes.txt").write_bytes(USER_BYTES)
+    elif kind == "a user file at the record's name":
+        record_path(cache).write_bytes(USER_BYTES)  # the cache itself does not exist yet
     else:
         ours = tmp_path / "ours.cache"
         timing_cache_file(ours).write_bytes(b"+detector fp16")
