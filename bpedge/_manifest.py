@@ -441,15 +441,40 @@ class Manifest:
         too_deep = BundleError(f"{MANIFEST_NAME} is nested too deeply to be a manifest (a real "
                                "one is a few levels deep): it is damaged or not a bpedge manifest")
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise BundleError(f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
         except RecursionError:
             raise too_deep from None
+        except ValueError as exc:  # an integer of thousands of digits (Python's int limit)
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"{MANIFEST_NAME} holds a number thousands of digits long, which "
+                              "no manifest has: it is damaged or not a bpedge manifest; copy the "
+                              "bundle again, or re-export it") from None
         try:
             return cls.from_json(obj)
         except RecursionError:  # free-form fields are checked recursively
             raise too_deep from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 leaves duplicate names undefined: Python keeps the last, many C++ parsers the
+    # first, so one manifest would mean two things (e.g. two mask thresholds). Refuse it.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise BundleError(f"{MANIFEST_NAME} names the field {key!r} twice in one object: "
+                              "readers disagree on which one counts, so it is refused; keep one "
+                              "and re-check the bundle, or re-export it")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); bpedge writes strict JSON and reads it strictly.
+    raise BundleError(f"{MANIFEST_NAME} holds {name}, which is not JSON (a C++ parser refuses "
+                      "it); write a finite number, or re-export the bundle")
 
 
 def _read_models(obj: object) -> dict[str, ModelEntry]:

@@ -122,6 +122,7 @@ def check_file_name(name: str, value: object) -> str:
         or text != pure.as_posix()
         or text == MANIFEST_NAME
         or re.match(r"^[A-Za-z]:", text)
+        or any(ord(c) < 32 or ord(c) == 127 for c in text)  # NUL, newlines: no file has them
     ):
         raise FieldError(
             name, f"must be a relative path inside the bundle such as 'detector.onnx', got {text!r}"

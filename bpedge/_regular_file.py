@@ -5,9 +5,10 @@ forever or read without end, and a directory raises ``IsADirectoryError``; a hug
 would be read into memory whole. :func:`read_regular_file` and :func:`sha256_regular_file` open
 without blocking (``O_NONBLOCK``: a FIFO opens at once), check with ``fstat`` on the opened file
 (so a swap after the check cannot slip through) that it is a regular file no larger than the cap,
-and raise :class:`NotARegularFile` otherwise. Symbolic links to regular files are followed: a
-bundle copied with links still works; where a listed name may point is checked by the manifest's
-file-name rules.
+and raise :class:`NotARegularFile` otherwise. Symbolic links to regular files are followed (a
+bundle copied with links still works) as long as they stay inside the folder given as ``inside``
+(the bundle): a link that leads out of it is refused (:class:`LeadsOutside`) before the file it
+points to is opened, so a bundle cannot make bpedge read, hash or load a file elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class NotARegularFile(OSError):
     the message names the path and what it is."""
 
 
+class LeadsOutside(NotARegularFile):
+    """The path is (or goes through) a symbolic link to somewhere outside the folder it must be
+    in; the message names the path and where it leads."""
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
@@ -43,10 +49,18 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _open_checked(path: Path, max_bytes: int) -> tuple[int, int]:
-    """An fd open for reading on ``path`` and its size, after the regular-file and size checks.
+def _open_checked(path: Path, max_bytes: int, inside: Path | None) -> tuple[int, int]:
+    """An fd open for reading on ``path`` and its size, after the regular-file and size checks
+    (and, with ``inside``, the check that it resolves to a file in that folder).
     FileNotFoundError passes through unchanged."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if inside is not None:
+        real, folder = os.path.realpath(path), os.path.realpath(inside)
+        if os.path.commonpath([real, folder]) != folder:
+            raise LeadsOutside(f"{path} is a symbolic link that leads out of {inside} (to "
+                               f"{real})")
+        # Open what was checked, and refuse a link put in its place since.
+        path, flags = Path(real), flags | getattr(os, "O_NOFOLLOW", 0)
     # stat first, so a device is never even opened (opening some has side effects).
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
@@ -65,11 +79,12 @@ def _open_checked(path: Path, max_bytes: int) -> tuple[int, int]:
     return fd, info.st_size
 
 
-def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int,
+                      inside: str | os.PathLike[str] | None = None) -> bytes:
     """The bytes of ``path``, refused (:class:`NotARegularFile`) unless it is a regular file of at
-    most ``max_bytes``."""
+    most ``max_bytes`` (and, with ``inside``, resolves to a file within that folder)."""
     p = Path(path)
-    fd, _ = _open_checked(p, max_bytes)
+    fd, _ = _open_checked(p, max_bytes, None if inside is None else Path(inside))
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # grew after the check
@@ -77,10 +92,11 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return data
 
 
-def sha256_regular_file(path: str | os.PathLike[str], max_bytes: int) -> str:
+def sha256_regular_file(path: str | os.PathLike[str], max_bytes: int,
+                        inside: str | os.PathLike[str] | None = None) -> str:
     """Hex sha256 of ``path``, read in chunks, with the checks of :func:`read_regular_file`."""
     p = Path(path)
-    fd, _ = _open_checked(p, max_bytes)
+    fd, _ = _open_checked(p, max_bytes, None if inside is None else Path(inside))
     digest, total = hashlib.sha256(), 0
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(_CHUNK):

@@ -40,6 +40,7 @@ from bpedge._manifest_fields import (
     sha256_bytes,
     sha256_file,
 )
+from bpedge._onnx_external import NotOnnx, external_data_references
 from bpedge._regular_file import (
     MAX_BUNDLE_FILE_BYTES,
     MAX_MANIFEST_BYTES,
@@ -138,19 +139,23 @@ class Bundle:
 
     def read_verified(self, file: str) -> bytes:
         """The bytes of a file the manifest lists, refused with :class:`BundleError` unless their
-        sha256 is the manifest's."""
+        sha256 is the manifest's and the file is in the bundle (a symbolic link out of it is
+        refused). An ONNX model that keeps tensors in other files (ONNX external data) is
+        refused too: a runtime would read those files unchecked."""
         expected = self._expected_hash(file)
         path = self._root / file
         try:
-            data = read_regular_file(path, MAX_BUNDLE_FILE_BYTES)
+            data = read_regular_file(path, MAX_BUNDLE_FILE_BYTES, inside=self._root)
         except FileNotFoundError:
             raise BundleError(_missing_message(self._root, file, self._is_engine(file))) from None
-        except NotARegularFile as exc:
+        except OSError as exc:  # not a regular file, a link out of the bundle, unreadable
             raise BundleError(_unusable_message(self._root, file, exc,
                                                 self._is_engine(file))) from None
         if sha256_bytes(data) != expected:
             raise BundleError(_mismatch_message(self._root, file, expected, sha256_bytes(data),
                                                 self._is_engine(file)))
+        if self._is_onnx(file):
+            _check_self_contained(self._root, file, data)
         return data
 
     def file_problem(self, file: str) -> str | None:
@@ -162,8 +167,11 @@ class Bundle:
         return None
 
     def onnx_path(self, model: str, precision: str = "fp32") -> Path:
-        """Verified path of ``model``'s ONNX file for ``precision`` (``"fp32"`` or ``"fp16"``)."""
-        return self.verified_path(self.onnx_ref(model, precision).file)
+        """Verified path of ``model``'s ONNX file for ``precision`` (``"fp32"`` or ``"fp16"``):
+        its sha256 matches and it refers to no external data (see :meth:`read_verified`)."""
+        file = self.onnx_ref(model, precision).file
+        self.read_verified(file)
+        return self._root / file
 
     def onnx_ref(self, model: str, precision: str = "fp32") -> FileRef:
         """The manifest's record of ``model``'s ONNX file for ``precision``."""
@@ -259,6 +267,11 @@ class Bundle:
             raise BundleError(f"{file!r} is not a file listed in {self._root / MANIFEST_NAME}")
         return expected
 
+    def _is_onnx(self, file: str) -> bool:
+        return any(ref is not None and ref.file == file
+                   for entry in self._manifest.models.values()
+                   for ref in (entry.onnx.fp32, entry.onnx.fp16, entry.onnx.int8))
+
     def _is_engine(self, file: str) -> bool:
         return any(e.file == file for e in self._manifest.engines)
 
@@ -306,13 +319,16 @@ def _read_manifest(root: Path) -> Manifest:
     if not root.is_dir():
         raise BundleError(f"bundle directory {root} does not exist (or is not a directory)")
     try:
-        text = read_regular_file(path, MAX_MANIFEST_BYTES).decode("utf-8")
+        text = read_regular_file(path, MAX_MANIFEST_BYTES, inside=root).decode("utf-8")
     except FileNotFoundError:
         raise BundleError(f"{root} is not a bundle: it has no {MANIFEST_NAME} (export one with "
                           "`bpedge export`)") from None
     except NotARegularFile as exc:
-        raise BundleError(f"{exc}: a bundle's {MANIFEST_NAME} must be a regular file; copy the "
-                          "bundle again, or re-export it") from None
+        raise BundleError(f"{exc}: a bundle's {MANIFEST_NAME} must be a regular file in the "
+                          "bundle; copy the bundle again, or re-export it") from None
+    except OSError as exc:  # unreadable (permissions, a link loop...)
+        raise BundleError(f"{path} cannot be read ({exc.strerror or exc}): copy the bundle "
+                          "again, or re-export it") from None
     except UnicodeDecodeError as exc:
         raise BundleError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): copy the "
                           "bundle again, or re-export it") from None
@@ -352,10 +368,10 @@ def _check_model_files(root: Path, manifest: Manifest) -> Manifest:
 def _verify_file(root: Path, file: str, expected: str, *, engine: bool) -> Path:
     path = root / file
     try:
-        actual = sha256_regular_file(path, MAX_BUNDLE_FILE_BYTES)
+        actual = sha256_regular_file(path, MAX_BUNDLE_FILE_BYTES, inside=root)
     except FileNotFoundError:
         raise BundleError(_missing_message(root, file, engine)) from None
-    except NotARegularFile as exc:
+    except OSError as exc:  # not a regular file, a link out of the bundle, unreadable
         raise BundleError(_unusable_message(root, file, exc, engine)) from None
     if actual != expected:
         raise BundleError(_mismatch_message(root, file, expected, actual, engine))
@@ -373,9 +389,26 @@ def _missing_message(root: Path, file: str, engine: bool) -> str:
             f"{_fix(root, engine)}")
 
 
-def _unusable_message(root: Path, file: str, problem: NotARegularFile, engine: bool) -> str:
-    return (f"bundle file {file!r} listed in {MANIFEST_NAME} cannot be used ({problem}), so it "
+def _unusable_message(root: Path, file: str, problem: OSError, engine: bool) -> str:
+    what = problem if isinstance(problem, NotARegularFile) else (problem.strerror or problem)
+    return (f"bundle file {file!r} listed in {MANIFEST_NAME} cannot be used ({what}), so it "
             f"will not be loaded; {_fix(root, engine)}")
+
+
+def _check_self_contained(root: Path, file: str, data: bytes) -> None:
+    """Refuse an ONNX model that keeps tensors in other files (ONNX external data): a runtime
+    would read those paths, outside the hash check and possibly outside the bundle."""
+    try:
+        references = external_data_references(data)
+    except NotOnnx:
+        return  # not a well-formed model: the runtime's parser refuses it, naming the file
+    if references:
+        name, location = references[0]
+        raise BundleError(
+            f"bundle file {file!r} in {root} is an ONNX model whose tensor {name!r} keeps its "
+            f"values in another file ({location!r}; {len(references)} tensor(s) in all): a "
+            "bundle's models must hold their own weights, so it will not be loaded; re-export "
+            "the bundle with `bpedge export` (which never writes external data)")
 
 
 def _mismatch_message(root: Path, file: str, expected: str, actual: str, engine: bool) -> str:
