@@ -53,6 +53,10 @@ SCHEMA_VERSION = 2
 a field changes meaning or a required field is added. 2: ``preprocessing.segmenter.crop_margin``."""
 
 MODEL_NAMES = ("detector", "segmenter")
+#: Largest crop margin a manifest may give: the crop is 11 times the box, the whole frame for
+#: any box a tenth of the frame's side. Without a bound a margin such as 1e308 made every box
+#: infinite, and every frame failed.
+MAX_CROP_MARGIN = 10.0
 #: Precisions an ONNX file of the bundle can have (engines: ``bpedge._engine_key.PRECISIONS``).
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 NORMS = ("dataset", "per_image")
@@ -176,7 +180,8 @@ class ModelEntry(JsonRecord):
 @dataclass(frozen=True)
 class DetectorPreprocessing(JsonRecord):
     """Full frame -> detector input: resize to ``input_hw``, then ``(v - mean) / std``
-    (``norm="dataset"``) or per-image z-score (``norm="per_image"``). Values in 8-bit units."""
+    (``norm="dataset"``) or per-image z-score (``norm="per_image"``). Values in 8-bit units:
+    ``mean`` in [0, 255], ``std`` in (0, 255] (statistics of 8-bit pixels cannot lie outside)."""
 
     input_hw: tuple[int, int]
     mean: float
@@ -185,17 +190,17 @@ class DetectorPreprocessing(JsonRecord):
 
     def __post_init__(self) -> None:
         set_field(self, "input_hw", check_hw("input_hw", self.input_hw))
-        set_field(self, "mean", check_float("mean", self.mean))
-        set_field(self, "std", check_float("std", self.std, lo=1e-12))
+        set_field(self, "mean", check_float("mean", self.mean, 0.0, 255.0))
+        set_field(self, "std", check_float("std", self.std, 1e-12, 255.0))
         check_choice("norm", self.norm, NORMS)
 
 
 @dataclass(frozen=True)
 class SegmenterPreprocessing(JsonRecord):
-    """Box expanded by ``crop_margin`` (a fraction of its side, about its centre; optional in
-    the JSON, 0.0 when absent) -> ``crop_hw`` crop, then ``(v - mean) / std``
-    (``norm="dataset"``, mean and std required) or per-crop z-score (``norm="per_image"``, mean
-    and std may be null)."""
+    """Box expanded by ``crop_margin`` (a fraction of its side in [0, 10], about its centre;
+    optional in the JSON, 0.0 when absent) -> ``crop_hw`` crop, then ``(v - mean) / std``
+    (``norm="dataset"``, mean in [0, 255] and std in (0, 255] required) or per-crop z-score
+    (``norm="per_image"``, mean and std may be null)."""
 
     crop_hw: tuple[int, int]
     mean: float | None
@@ -210,10 +215,11 @@ class SegmenterPreprocessing(JsonRecord):
         if self.norm == "dataset" and (self.mean is None or self.std is None):
             raise FieldError("mean", "and std are required when norm is 'dataset'")
         if self.mean is not None:
-            set_field(self, "mean", check_float("mean", self.mean))
+            set_field(self, "mean", check_float("mean", self.mean, 0.0, 255.0))
         if self.std is not None:
-            set_field(self, "std", check_float("std", self.std, lo=1e-12))
-        set_field(self, "crop_margin", check_float("crop_margin", self.crop_margin, lo=0.0))
+            set_field(self, "std", check_float("std", self.std, 1e-12, 255.0))
+        set_field(self, "crop_margin", check_float("crop_margin", self.crop_margin, 0.0,
+                                                   MAX_CROP_MARGIN))
 
 
 @dataclass(frozen=True)

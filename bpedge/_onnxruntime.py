@@ -11,6 +11,8 @@ import numpy as np
 
 from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
+from bpedge._manifest import TensorSpec
+from bpedge._manifest_fields import BundleError
 from bpedge.bundle import Bundle
 
 
@@ -78,10 +80,56 @@ class OrtModel:
                 "bundle with `bpedge export`"
             )
 
+    def check_tensors(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                      source: str) -> None:
+        """:class:`BundleError` unless the model's inputs and outputs are exactly the manifest's
+        ``inputs`` and ``outputs`` (``source``: where the manifest lists them): the same names,
+        element types and ranks, a fixed size wherever the manifest gives one, and a dynamic
+        batch wherever it says ``"N"``. A manifest that misdescribes its model misleads every
+        other reader of the bundle (C++ firmware, TensorRT builds) even where this runtime would
+        still run it."""
+        problems: list[str] = []
+        for kind, declared, actual in (("input", inputs, self._session.get_inputs()),
+                                       ("output", outputs, self._session.get_outputs())):
+            found = {a.name: a for a in actual}
+            names = [spec.name for spec in declared]
+            if sorted(names) != sorted(found):
+                problems.append(f"{kind}s {sorted(names)} in the manifest, {sorted(found)} in "
+                                "the model")
+                continue
+            for spec in declared:
+                problems += _tensor_problems(kind, spec, found[spec.name])
+        if problems:
+            raise BundleError(
+                f"{self.name}: the model does not match {source} in the manifest ("
+                f"{'; '.join(problems)}); the manifest does not describe this model: re-export "
+                "the bundle with `bpedge export`")
+
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self._input_type)}
         outputs = self._session.run(self.output_names, feed)
         return [np.asarray(o, dtype=np.float32) for o in outputs]
+
+
+# ONNX Runtime's NodeArg.type strings for the manifest's dtypes.
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)",
+              "int8": "tensor(int8)", "int32": "tensor(int32)", "int64": "tensor(int64)",
+              "bool": "tensor(bool)"}
+
+
+def _tensor_problems(kind: str, spec: TensorSpec, actual: Any) -> list[str]:
+    problems = []
+    if _ORT_TYPES.get(spec.dtype) != actual.type:
+        problems.append(f"{kind} {spec.name!r} is {spec.dtype} in the manifest, {actual.type} in "
+                        "the model")
+    shape = list(actual.shape)
+    dims_match = len(shape) == len(spec.shape) and all(
+        (not isinstance(have, int)) if want == "N" else (not isinstance(have, int) or have == want)
+        for want, have in zip(spec.shape, shape))
+    if not dims_match:
+        problems.append(f"{kind} {spec.name!r} is {list(spec.shape)} in the manifest, {shape} in "
+                        "the model")
+    return problems
 
 
 def onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,
@@ -122,6 +170,10 @@ def host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: str
     if isinstance(detector, OrtModel):  # ONNX Runtime sessions check the bundle's sizes
         detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
         segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
+        for name, session in (("detector", detector), ("segmenter", segmenter)):
+            entry = bundle.manifest.models[name]
+            session.check_tensors(entry.inputs, entry.outputs,
+                                  f"models.{name}.inputs/outputs")
 
     def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, box = detector(batch)

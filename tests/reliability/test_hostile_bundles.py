@@ -177,3 +177,48 @@ def test_a_truncated_onnx_is_still_left_to_the_runtime_to_refuse(copy: Path):
     set_hash(copy, "segmenter.fp32.onnx", data[: len(data) // 2])
     assert len(Bundle.open(copy).read_verified("segmenter.fp32.onnx")) == len(data) // 2
 
+
+
+# --- manifest values that do not describe the models, or no model could have --------------------
+
+
+def edit_manifest(bundle: Path, path: tuple, value: object) -> None:
+    manifest = json.loads(manifest_text(bundle))
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize("path,value,words", [
+    (("models", "detector", "inputs", 0, "name"), "pixels",
+     r"detector\.fp32\.onnx.*inputs \['pixels'\] in the manifest, \['image'\] in the model"),
+    (("models", "segmenter", "outputs", 0, "name"), "mask",
+     r"segmenter\.fp32\.onnx.*outputs \['mask'\] in the manifest"),
+    (("models", "detector", "inputs", 0, "dtype"), "uint8",
+     r"input 'image' is uint8 in the manifest, tensor\(float\) in the model"),
+    (("models", "detector", "outputs", 1, "shape"), ["N", 5],
+     r"output 'box' is \['N', 5\] in the manifest"),
+    (("models", "segmenter", "inputs", 0, "shape"), ["N", 1, 64, 64],
+     r"input 'crop' is \['N', 1, 64, 64\] in the manifest, \['N', 1, 96, 96\] in the model"),
+])
+def test_a_manifest_whose_tensors_do_not_describe_its_models_is_refused_at_load(
+        copy: Path, path: tuple, value: object, words: str):
+    edit_manifest(copy, path, value)
+    with pytest.raises(BundleError, match=words):
+        Segmenter.from_bundle(copy, backend="onnxruntime")
+
+
+@pytest.mark.parametrize("path,value", [
+    (("preprocessing", "detector", "mean"), 1e300),  # every pixel -inf in float32
+    (("preprocessing", "detector", "mean"), -1.0),
+    (("preprocessing", "detector", "std"), 1e300),
+    (("preprocessing", "segmenter", "crop_margin"), 1.7e308),  # every box infinite
+    (("preprocessing", "segmenter", "crop_margin"), 11.0),
+])
+def test_normalisation_and_margin_outside_what_8_bit_frames_allow_are_field_errors(
+        copy: Path, path: tuple, value: float):
+    edit_manifest(copy, path, value)
+    with pytest.raises(BundleError, match=rf"field '{'.'.join(path)}' must be a finite number"):
+        Bundle.open(copy)
