@@ -322,8 +322,9 @@ def _split(frame: Any) -> tuple[Any, SourceFrame | None]:
 
 def _own(grey: np.ndarray, given: Any, meta: SourceFrame | None) -> np.ndarray:
     """The grey frame a Result keeps: a copy when it is the caller's own buffer (a capture loop
-    may refill it), so a result always shows the frame it was computed on."""
-    if meta is None and isinstance(given, np.ndarray) and np.may_share_memory(grey, given):
+    may refill it; a SourceFrame's image may be such a buffer too), so a result always shows
+    the frame it was computed on."""
+    if isinstance(given, np.ndarray) and np.may_share_memory(grey, given):
         return grey.copy()
     return grey
 

@@ -39,6 +39,8 @@ from bpedge._dicom import DICOM_SUFFIXES, iter_dicom_frames, looks_like_dicom
 
 __all__ = ["Frames", "SourceError", "SourceFrame", "open_frames"]
 
+#: Largest still-image file read: an uncompressed 8192 x 8192 16-bit RGB TIFF is 400 MB.
+MAX_IMAGE_FILE_BYTES = 1 << 30
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv")
 _MASK = re.compile(r"_mask$", re.IGNORECASE)
@@ -199,13 +201,33 @@ def _open_capture(target: Any, api: int | None) -> Any:
 
 
 def _read_image(path: Path) -> np.ndarray:
+    """A still image as a checked grey frame. Read as bytes (non-ASCII paths work too) only if it
+    is a regular file of at most ``MAX_IMAGE_FILE_BYTES`` (a FIFO named ``x.png`` hung the
+    read), and decoded only if the size its header declares is one a frame may have."""
     import cv2
 
-    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    from bpedge._frames import MAX_SIDE, as_grey_frame
+    from bpedge._image_size import declared_hw
+    from bpedge._regular_file import NotARegularFile, read_regular_file
+
+    try:
+        data = read_regular_file(path, MAX_IMAGE_FILE_BYTES)
+    except NotARegularFile as exc:
+        raise ValueError(f"{exc}: only regular image files are read") from None
+    try:
+        hw = declared_hw(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if hw is not None and not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
+        raise ValueError(f"{path}: declares a {hw[1]}x{hw[0]} (width x height) image; frames must "
+                         f"be 2 to {MAX_SIDE} pixels per side, so it is not decoded")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+    except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
+        raise ValueError(f"{path}: OpenCV cannot decode it ({str(exc).strip()})") from None
     if image is None:
         raise ValueError(f"{path}: not a readable image")
-    return image
+    return as_grey_frame(image)
 
 
 def _grey(frame: Any, label: str) -> np.ndarray:
@@ -213,7 +235,11 @@ def _grey(frame: Any, label: str) -> np.ndarray:
 
     if frame is None:
         raise SourceError(f"{label} returned no frame")
-    return as_grey_frame(np.asarray(frame))
+    given = np.asarray(frame)
+    grey = as_grey_frame(given)
+    # A capture may hand out one buffer it refills (a frame grabber's ring): each SourceFrame
+    # must keep the pixels it was read with.
+    return grey.copy() if np.may_share_memory(grey, given) else grey
 
 
 def _capture_frames(item: _Input) -> Iterator[SourceFrame]:

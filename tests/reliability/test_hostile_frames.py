@@ -1,0 +1,146 @@
+"""Frames that arrive through files and captures made to mislead: a still whose header declares a
+frame too large to decode (a decompression bomb), a FIFO named like an image, a capture that
+refills one buffer for every frame, and a SourceFrame wrapping the caller's reused buffer. Each
+result or frame keeps the pixels it was given, and nothing too large is decoded."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from bpedge import Segmenter
+from bpedge._frames import MAX_SIDE
+from bpedge._image_size import declared_hw
+from bpedge.sources import SourceFrame, open_frames
+
+
+@pytest.fixture(scope="module")
+def seg(tiny_bundle: Path):
+    with Segmenter.from_bundle(tiny_bundle, backend="onnxruntime") as segmenter:
+        yield segmenter
+
+
+def frame(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 96), dtype=np.uint8)
+
+
+def zero_png(width: int, height: int) -> bytes:
+    """A valid grey PNG of zeros: a few hundred KB that decode to ``width * height`` bytes."""
+    compressor, rows = zlib.compressobj(9), []
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    rows = [compressor.compress(row) for _ in range(height)]
+    body = b"".join(rows) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+            + chunk(b"IEND", b""))
+
+
+def test_a_png_declaring_a_frame_too_large_is_refused_before_it_is_decoded(tmp_path: Path):
+    bomb = tmp_path / "bomb.png"
+    side = MAX_SIDE + 2000  # 10192^2: ~100 MB decoded, from a file of ~100 KB
+    bomb.write_bytes(zero_png(side, side))
+    with pytest.raises(ValueError, match=rf"bomb\.png: declares a {side}x{side}.*not decoded"):
+        list(open_frames(bomb))
+
+
+def test_a_jpeg_whose_header_declares_a_huge_frame_is_refused_unread(tmp_path: Path):
+    _, encoded = cv2.imencode(".jpg", frame())
+    data = bytearray(encoded.tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
+    (tmp_path / "big.jpg").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"big\.jpg: declares a 60000x60000"):
+        list(open_frames(tmp_path / "big.jpg"))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_the_declared_size_is_the_decoded_size_for_every_still_format(tmp_path: Path,
+                                                                     suffix: str):
+    image = frame()[:37, :91]
+    path = tmp_path / f"x{suffix}"
+    if suffix == ".tif":
+        tifffile.imwrite(path, image, compression="lzw")
+    else:
+        cv2.imwrite(str(path), image)
+    assert declared_hw(path.read_bytes()) == (37, 91)
+
+
+def test_a_fifo_named_like_an_image_is_refused_without_hanging(tmp_path: Path):
+    pipe = tmp_path / "frame.png"
+    os.mkfifo(pipe)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            list(open_frames(pipe))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():
+        with open(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass  # release the blocked reader
+        pytest.fail("open_frames on a FIFO hung")
+    assert isinstance(outcome[0], ValueError) and "FIFO" in str(outcome[0]), outcome
+
+
+class RingCapture:
+    """A frame grabber handing out one buffer it refills for every frame, then ending."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames, self.buffer, self.index = frames, np.zeros_like(frames[0]), 0
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.index == len(self.frames):
+            return False, None
+        self.buffer[:] = self.frames[self.index]
+        self.index += 1
+        return True, self.buffer
+
+    def isOpened(self) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return float(len(self.frames)) if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+
+def test_frames_from_a_capture_that_refills_one_buffer_keep_their_own_pixels(seg: Segmenter):
+    given = [frame(seed) for seed in range(4)]
+    with open_frames(RingCapture(given)) as frames:
+        kept = list(frames)
+    assert len(kept) == 4
+    for source, original in zip(kept, given):
+        np.testing.assert_array_equal(source.image, original)
+    # ...and results computed later, in one batch, are those of their own frames.
+    batch = seg.segment_batch(kept)
+    for result, original in zip(batch, given):
+        np.testing.assert_array_equal(result.mask, seg(original).mask)
+        np.testing.assert_array_equal(result.frame, original)
+
+
+@pytest.mark.parametrize("call", ["single", "batch"])
+def test_a_source_frame_around_a_reused_buffer_keeps_its_result_frame(seg: Segmenter, call: str):
+    buffer = frame(1)
+    wrapped = SourceFrame(buffer, "cart_f000001")
+    result = seg(wrapped) if call == "single" else seg.segment_batch([wrapped])[0]
+    before_mask, before_frame = result.mask.copy(), result.frame.copy()
+    buffer[:] = 0  # the capture loop refills its buffer
+    np.testing.assert_array_equal(result.frame, before_frame)
+    np.testing.assert_array_equal(result.mask, before_mask)
+    assert result.name == "cart_f000001"
