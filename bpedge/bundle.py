@@ -317,6 +317,9 @@ def _check_model(model: str) -> None:
 def _read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not root.is_dir():
+        if root.exists() or root.is_symlink():
+            raise BundleError(f"{root} is not a directory: a bundle is the folder `bpedge export` "
+                              f"wrote ({MANIFEST_NAME} and the models); give its path")
         raise BundleError(f"bundle directory {root} does not exist (or is not a directory)")
     try:
         text = read_regular_file(path, MAX_MANIFEST_BYTES, inside=root).decode("utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,14 @@ def test_normalisation_and_margin_outside_what_8_bit_frames_allow_are_field_erro
     edit_manifest(copy, path, value)
     with pytest.raises(BundleError, match=rf"field '{'.'.join(path)}' must be a finite number"):
         Bundle.open(copy)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_bundle_path_that_is_a_file_or_fifo_says_so(tmp_path: Path, kind: str):
+    path = tmp_path / "bundle"
+    if kind == "file":
+        path.write_text("{}")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(BundleError, match=r"bundle is not a directory"):
+        Bundle.open(path)
