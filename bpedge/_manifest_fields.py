@@ -82,11 +82,17 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+#: Largest model input side a manifest may declare (the frame limit, bpedge._frames.MAX_SIDE):
+#: a model with dynamic sizes would otherwise be fed, and allocate, whatever the manifest says.
+MAX_MODEL_SIDE = 8192
+
+
 def check_hw(name: str, value: object) -> tuple[int, int]:
     if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
-        is_int(v) and v >= 1 for v in value
+        is_int(v) and 1 <= v <= MAX_MODEL_SIDE for v in value
     ):
-        raise FieldError(name, f"must be [height, width] of two integers >= 1, got {value!r}")
+        raise FieldError(name, f"must be [height, width] of two integers in [1, "
+                               f"{MAX_MODEL_SIDE}], got {value!r}")
     return (int(value[0]), int(value[1]))
 
 

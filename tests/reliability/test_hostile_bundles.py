@@ -217,11 +217,14 @@ def test_a_manifest_whose_tensors_do_not_describe_its_models_is_refused_at_load(
     (("preprocessing", "detector", "std"), 1e300),
     (("preprocessing", "segmenter", "crop_margin"), 1.7e308),  # every box infinite
     (("preprocessing", "segmenter", "crop_margin"), 11.0),
+    (("preprocessing", "detector", "input_hw"), [100000, 100000]),  # a dynamic model takes it
+    (("preprocessing", "segmenter", "crop_hw"), [96, 8193]),
 ])
-def test_normalisation_and_margin_outside_what_8_bit_frames_allow_are_field_errors(
+def test_normalisation_margin_and_sizes_outside_what_frames_allow_are_field_errors(
         copy: Path, path: tuple, value: float):
     edit_manifest(copy, path, value)
-    with pytest.raises(BundleError, match=rf"field '{'.'.join(path)}' must be a finite number"):
+    with pytest.raises(BundleError, match=rf"field '{'.'.join(path)}' must be (a finite "
+                                          r"number|\[height, width\])"):
         Bundle.open(copy)
 
 
