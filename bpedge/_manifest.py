@@ -386,6 +386,8 @@ class Manifest:
             yield f"models.{name}.onnx.fp32.file", entry.onnx.fp32.file
             if entry.onnx.fp16 is not None:
                 yield f"models.{name}.onnx.fp16.file", entry.onnx.fp16.file
+            if entry.onnx.int8 is not None:
+                yield f"models.{name}.onnx.int8.file", entry.onnx.int8.file
             if entry.checkpoint is not None:
                 yield f"models.{name}.checkpoint.file", entry.checkpoint.file
         for i, engine in enumerate(self.engines):
