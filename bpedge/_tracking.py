@@ -5,6 +5,8 @@ frame's crop can come from where the mask was: the box around the previous mask,
 ``margin`` on each side. The detector (the costly model) then runs only:
 
 - on the first frame, and every ``detect_every`` frames after the last detection;
+- on a frame whose size differs from the previous frame's (another source: the last box is not
+  about this picture);
 - whenever the last frame had no confident segmentation to track (no BP, an empty mask);
 - on a tracked frame whose segmentation is not confident or not inside its crop: that frame is run
   again with the detector, so a lost track costs one extra segmenter call.
@@ -100,8 +102,11 @@ class Tracker:
         box: tuple[float, float, float, float] | None = None
         since_detection = 0
         score = float("nan")
+        shape: tuple[int, ...] | None = None
         for grey in greys:
             result: Result | None = None
+            if grey.shape != shape:  # another size is another source: its box is not ours
+                box, shape = None, grey.shape
             if box is not None and since_detection < options.detect_every:
                 tracked, prob = cascade.run_crop(grey, box)
                 if confident(prob, threshold, options):

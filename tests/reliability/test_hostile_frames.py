@@ -144,3 +144,32 @@ def test_a_source_frame_around_a_reused_buffer_keeps_its_result_frame(seg: Segme
     np.testing.assert_array_equal(result.frame, before_frame)
     np.testing.assert_array_equal(result.mask, before_mask)
     assert result.name == "cart_f000001"
+
+
+def test_tracking_detects_again_when_the_frame_size_changes():
+    # A stream whose frames change size mid-way comes from another source (a probe or cart
+    # switched): the last frame's box says nothing about the new picture, so it is not tracked.
+    from bpedge._cascade import HostCascade
+    from bpedge._cascade_spec import CascadeSpec
+    from bpedge._tracking import TrackOptions
+
+    def disc(h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:h, 0:w]
+        return np.where((xx - 50) ** 2 + (yy - 60) ** 2 <= 144, 220, 20).astype(np.uint8)
+
+    def detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ys, xs = np.nonzero(batch[0, 0] > 0.4)
+        box = [xs.min() - 2, ys.min() - 2, xs.max() + 3, ys.max() + 3]
+        return np.array([0.9], np.float32), np.array([box], np.float32)
+
+    def segmenter(batch: np.ndarray) -> np.ndarray:
+        return (1 / (1 + np.exp(-(batch - 0.47) * 40))).astype(np.float32)
+
+    spec = CascadeSpec((60, 80), 0.0, 255.0, (32, 32), 0.0, 255.0, score_threshold=0.5,
+                       mask_threshold=0.5)
+    cascade = HostCascade(detector, segmenter, spec)
+    frames = [disc(120, 160), disc(120, 160), disc(240, 320), disc(240, 320)]
+    results = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=10)))
+    detected = ["detector" in r.timings for r in results]
+    assert detected == [True, False, True, False]
+    assert all(r.mask.shape == f.shape for r, f in zip(results, frames))
