@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bpedge._frames import as_grey_frame
+from bpedge._frames import MAX_SIDE, as_grey_frame
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -163,6 +163,13 @@ def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator
     if info.photometric not in _COLOUR + _GREY:
         raise ValueError(f"{path}: Photometric Interpretation {info.photometric!r} is not "
                          f"supported; bpedge reads {', '.join(_GREY + _COLOUR)}")
+    rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if not (2 <= rows <= MAX_SIDE and 2 <= columns <= MAX_SIDE):
+        # Checked before any pixel data is decoded: a few KB of JPEG can declare a frame of
+        # gigabytes (a decompression bomb), which the frame check would refuse only afterwards.
+        raise ValueError(f"{path}: declares {columns}x{rows} (width x height) frames; frames "
+                         f"must be 2 to {MAX_SIDE} pixels per side, so its pixel data is not "
+                         "decoded")
     bits = int(getattr(ds, "BitsStored", 8) or 8)
 
     def frames() -> Iterator[np.ndarray]:
