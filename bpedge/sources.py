@@ -251,6 +251,7 @@ def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
             hint = ("is a camera attached and free?" if isinstance(item.target, int)
                     else "is the codec supported and the address reachable?")
             raise SourceError(f"{item.label}: cannot be opened ({hint})")
+        _check_declared_size(capture, item.label)
         fps = _capture_fps(capture)
         declared = _declared_count(capture)
         index = 0
@@ -284,6 +285,23 @@ def _capture_fps(capture: Any) -> float | None:
     get = getattr(capture, "get", None)
     fps = float(get(cv2.CAP_PROP_FPS)) if get is not None else 0.0
     return fps if fps > 0 and np.isfinite(fps) else None
+
+
+def _check_declared_size(capture: Any, label: str) -> None:
+    """Refuse a video or stream whose declared frame size no frame may have, before the first
+    frame is decoded (the frame check would refuse it only after decoding). Sizes a source does
+    not declare (OpenCV answers 0) are left to the frame check."""
+    import cv2
+
+    from bpedge._frames import MAX_SIDE
+
+    get = getattr(capture, "get", None)
+    if get is None:
+        return
+    width, height = float(get(cv2.CAP_PROP_FRAME_WIDTH)), float(get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise SourceError(f"{label}: declares {width:.0f}x{height:.0f} (width x height) frames; "
+                          f"frames must be at most {MAX_SIDE} pixels per side, so none is decoded")
 
 
 def _declared_count(capture: Any) -> int | None:

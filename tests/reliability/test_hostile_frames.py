@@ -19,7 +19,7 @@ import tifffile
 from bpedge import Segmenter
 from bpedge._frames import MAX_SIDE
 from bpedge._image_size import declared_hw
-from bpedge.sources import SourceFrame, open_frames
+from bpedge.sources import SourceError, SourceFrame, open_frames
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +173,18 @@ def test_tracking_detects_again_when_the_frame_size_changes():
     detected = ["detector" in r.timings for r in results]
     assert detected == [True, False, True, False]
     assert all(r.mask.shape == f.shape for r, f in zip(results, frames))
+
+
+class HugeCapture(RingCapture):
+    """A capture declaring 100000 x 100000 frames; reading one would decode gigabytes."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        raise AssertionError("a frame was decoded")
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FRAME_WIDTH: 1e5, cv2.CAP_PROP_FRAME_HEIGHT: 1e5}.get(prop, 0.0)
+
+
+def test_a_capture_declaring_frames_too_large_is_refused_before_the_first_read():
+    with pytest.raises(SourceError, match=r"declares 100000x100000 .*none is decoded"):
+        list(open_frames(HugeCapture([frame()])))
