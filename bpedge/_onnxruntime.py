@@ -105,6 +105,21 @@ class OrtModel:
                 f"{'; '.join(problems)}); the manifest does not describe this model: re-export "
                 "the bundle with `bpedge export`")
 
+    def check_outputs(self, allowed: dict[str, tuple[tuple[int, ...], ...]]) -> None:
+        """:class:`BundleError` unless each named output's declared shape is one of its
+        ``allowed`` shapes (``-1``: any size; a dynamic dimension of the model fits any size):
+        the cascade reads one score, one box and one crop-sized probability map per frame."""
+        declared = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        for name, shapes in allowed.items():
+            shape = declared[name]
+            if not any(len(shape) == len(want) and all(
+                    w == -1 or not isinstance(d, int) or d == w for d, w in zip(shape, want))
+                    for want in shapes):
+                wanted = " or ".join(str(["N" if w == -1 else w for w in want]) for want in shapes)
+                raise BundleError(f"{self.name}: output {name!r} is {shape}; the cascade needs "
+                                  f"{wanted}: this is not a bpedge model, re-export the bundle "
+                                  "with `bpedge export`")
+
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self._input_type)}
         outputs = self._session.run(self.output_names, feed)
@@ -174,12 +189,27 @@ def host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: str
             entry = bundle.manifest.models[name]
             session.check_tensors(entry.inputs, entry.outputs,
                                   f"models.{name}.inputs/outputs")
+        detector.check_outputs({"score": ((-1,), (-1, 1)), "box": ((-1, 4),)})
+        segmenter.check_outputs({"prob": ((-1, 1, *spec.crop_hw),)})
 
     def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, box = detector(batch)
+        n = len(batch)
+        # One score and one box per frame, or frame i would get another frame's answer.
+        if score.size != n or box.shape[-1:] != (4,) or box.size != 4 * n:
+            raise BundleError(
+                f"{detector.name}: gave score {list(score.shape)} and box {list(box.shape)} for "
+                f"{n} frame(s); bpedge needs score [N] and box [N, 4]: this is not a bpedge "
+                "detector, re-export the bundle with `bpedge export`")
         return score.reshape(-1), box.reshape(-1, 4)
 
     def run_segmenter(batch: np.ndarray) -> np.ndarray:
-        return segmenter(batch)[0]  # type: ignore[no-any-return]
+        prob = segmenter(batch)[0]
+        if prob.shape != (len(batch), 1, *spec.crop_hw):
+            raise BundleError(
+                f"{segmenter.name}: gave prob {list(prob.shape)} for {len(batch)} crop(s) of "
+                f"{list(spec.crop_hw)}; bpedge needs [N, 1, {spec.crop_hw[0]}, "
+                f"{spec.crop_hw[1]}]: re-export the bundle with `bpedge export`")
+        return prob  # type: ignore[no-any-return]
 
     return HostCascade(run_detector, run_segmenter, spec)

@@ -248,3 +248,66 @@ def test_an_int8_model_file_that_is_another_file_of_the_bundle_is_refused(copy: 
                   {"file": other, "sha256": hashlib.sha256(data).hexdigest()})
     with pytest.raises(BundleError, match=r"models\.detector\.onnx\.int8\.file.*already names"):
         Bundle.open(copy)
+
+
+def two_column_detector(dynamic_score: bool) -> bytes:
+    """A detector taking the bundle's image input whose score is [N, 2] ([s, 1 - s] per frame,
+    s the frame's mean brightness through a sigmoid) and whose box is [N, 4]: the same names and
+    types as a bpedge detector, but two scores per frame. ``dynamic_score``: the pairs flattened
+    to a score of 2N values whose size the model does not declare (it looks like [N])."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),  # [N]
+        helper.make_node("Unsqueeze", ["mean", "one"], ["col"]),  # [N, 1]
+        helper.make_node("Sub", ["col", "centre"], ["shifted"]),
+        helper.make_node("Sigmoid", ["shifted"], ["s"]),
+        helper.make_node("Sub", ["unit", "s"], ["rest"]),
+        helper.make_node("Concat", ["s", "rest"], ["pair" if dynamic_score else "score"],
+                         axis=1),  # [N, 2]
+        *([helper.make_node("Reshape", ["pair", "flat"], ["score"])] if dynamic_score else []),
+        helper.make_node("Mul", ["col", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "corners"], ["box"]),  # [N, 4]
+    ]
+    constants = [
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([[100.0]], np.float32), "centre"),
+        numpy_helper.from_array(np.array([[1.0]], np.float32), "unit"),
+        numpy_helper.from_array(np.array([[0.0]], np.float32), "zero"),
+        numpy_helper.from_array(np.array([[20.0, 20.0, 120.0, 100.0]], np.float32), "corners"),
+        numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_column_detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 160, 224])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT,
+                                       ["M"] if dynamic_score else ["N", 2]),
+         helper.make_tensor_value_info("box", TensorProto.FLOAT, ["N", 4])],
+        constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("dynamic_score", [False, True])
+def test_a_detector_giving_more_than_one_score_per_frame_never_gives_a_frame_another_s_score(
+        copy: Path, dynamic_score: bool):
+    # With one score per frame read from a flattened [N, 2], frame 1 of a batch got frame 0's
+    # second column: a score computed on another frame, silently.
+    set_hash(copy, "detector.fp32.onnx", two_column_detector(dynamic_score))
+    edit_manifest(copy, ("models", "detector", "outputs", 0, "shape"),
+                  ["N"] if dynamic_score else ["N", 2])
+    frames = [np.full((64, 96), 30, np.uint8), np.full((64, 96), 220, np.uint8)]
+    if not dynamic_score:  # the model says [N, 2]: refused at load
+        with pytest.raises(BundleError, match=r"detector\.fp32\.onnx: output 'score' is "
+                                              r"\['N', 2\]; the cascade needs \['N'\]"):
+            Segmenter.from_bundle(copy, backend="onnxruntime", precision="fp32")
+        return
+    with Segmenter.from_bundle(copy, backend="onnxruntime", precision="fp32") as seg:
+        for call in (lambda: seg.segment_batch(frames), lambda: seg(frames[0])):
+            with pytest.raises(BundleError, match=r"gave score \[\d\] and box \[\d, 4\] for "
+                                                  r"\d frame\(s\); bpedge needs score \[N\]"):
+                call()
