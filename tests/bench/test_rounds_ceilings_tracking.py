@@ -93,3 +93,16 @@ def test_tracking_measure_reports_fps_ratio_and_dice():
     assert out["dice_positive_tracked"] == pytest.approx(1.0)
     assert out["dice_change"] == pytest.approx(0.0)
     assert out["detector_share_tracked"] == 0.0
+
+
+def test_tracking_measure_scores_masks_on_empty_frames_over_all_frames():
+    # Frame 1_2 has no BP: the BP-frame Dice ignores the masks put on it, the all-frames Dice
+    # (empty vs empty = 1) counts them as a miss.
+    frames = _frames(("1_1", "1_2", "1_3", "2_1"))
+    bp = np.pad(np.full((3, 3), 255, np.uint8), ((2, 3), (2, 3)))
+    masks = tuple(np.zeros_like(bp) if name == "1_2" else bp for name in frames.names)
+    out = measure_tracking(TrackingFake(), BenchFrames(frames.images, masks, frames.names, "t"),
+                           TrackOptions(), rounds=1)
+    assert out["positives"] == 3 and out["dice_positive_tracked"] == pytest.approx(1.0)
+    assert out["dice_all_frames_tracked"] == pytest.approx(0.75)
+    assert out["dice_all_frames_per_frame_detection"] == pytest.approx(0.75)
