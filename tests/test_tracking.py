@@ -131,3 +131,15 @@ def test_frames_without_bp_are_not_segmented_while_tracking():
         assert "segmenter" not in r.timings and "detector" in r.timings
     for a, b in zip(tracked, per_frame):
         assert dice(a.mask, b.mask) > 0.97
+
+
+def test_tracked_crop_neither_shrinks_nor_grows_on_a_still_disc():
+    # The next crop is built from a mask the crop itself produced: with the default margin it
+    # must settle, not creep inwards (a mask cut by its crop) or outwards frame after frame.
+    frames = [disc_frame(70, 60)] * 30
+    tracked, calls = run(frames, TrackOptions(detect_every=100))
+    assert calls == 1
+    sides = [(r.box[2] - r.box[0], r.box[3] - r.box[1]) for r in tracked[1:]]
+    assert all(abs(w - sides[0][0]) <= 1 and abs(h - sides[0][1]) <= 1 for w, h in sides), sides
+    disc = 2 * 12 + 1
+    assert all(1.2 * disc <= w <= 2.0 * disc for w, _ in sides), sides
