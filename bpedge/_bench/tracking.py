@@ -3,8 +3,9 @@
 The benchmark frames are grouped into sequences by subject (the part of a frame's name before its
 first ``_``: phantom and Kaggle frames are ``{subject}_{frame}``, in frame order), which is what a
 subject is in this data: one video. Each pass runs every sequence through
-``Segmenter.stream(depth=1)``, once with per-frame detection and once with ``track``; the passes
-alternate for ``rounds`` rounds so that load from other jobs falls on both alike.
+``Segmenter.stream(depth=1)``, once with per-frame detection and once with ``track``; the two
+alternate sequence by sequence for ``rounds`` rounds so that load from other jobs falls on both
+alike.
 """
 
 from __future__ import annotations
@@ -28,16 +29,13 @@ def sequences(frames: BenchFrames) -> list[list[int]]:
     return list(groups.values())
 
 
-def _pass(segment: Any, frames: BenchFrames, seqs: Sequence[Sequence[int]],
-          track: TrackOptions | bool) -> tuple[float, list[np.ndarray], int]:
-    masks: list[np.ndarray] = []
-    detections = 0
+def _run_sequence(segment: Any, frames: BenchFrames, seq: Sequence[int],
+                  track: TrackOptions | bool) -> tuple[float, list[np.ndarray], int]:
     t0 = time.perf_counter()
-    for seq in seqs:
-        for result in segment.stream((frames.images[i] for i in seq), depth=1, track=track):
-            masks.append(result.mask)
-            detections += "detector" in result.timings
-    return time.perf_counter() - t0, masks, detections
+    results = list(segment.stream((frames.images[i] for i in seq), depth=1, track=track))
+    seconds = time.perf_counter() - t0
+    return (seconds, [r.mask for r in results],
+            sum("detector" in r.timings for r in results))
 
 
 def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
@@ -45,21 +43,28 @@ def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
     """Per-frame detection vs tracking on ``segment``: FPS of each (frames over the summed wall
     time of its passes), the FPS ratio, mean Dice over BP-positive frames of each and over all
     frames (empty vs empty = 1), the mean Dice between the two runs' masks, and the share of frames
-    on which the detector ran."""
+    on which the detector ran.
+
+    The two modes alternate sequence by sequence (which goes first alternates too), not pass by
+    pass, so a burst of load from other jobs (seconds long on a shared machine) falls on both."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     seqs = sequences(frames)
     order = [i for seq in seqs for i in seq]
     wall = {"per_frame": 0.0, "tracked": 0.0}
-    masks: dict[str, list[np.ndarray]] = {}
-    detections: dict[str, int] = {}
-    _pass(segment, frames, seqs[:1], options)  # warm the crop-only path
-    for _ in range(rounds):
-        for mode, track in (("per_frame", False), ("tracked", options)):
-            seconds, got, det = _pass(segment, frames, seqs, track)
-            wall[mode] += seconds
-            masks.setdefault(mode, got)
-            detections.setdefault(mode, det)
+    masks: dict[str, list[np.ndarray]] = {"per_frame": [], "tracked": []}
+    detections = {"per_frame": 0, "tracked": 0}
+    _run_sequence(segment, frames, seqs[0], options)  # warm the crop-only path
+    modes: tuple[tuple[str, TrackOptions | bool], ...] = (("per_frame", False),
+                                                          ("tracked", options))
+    for r in range(rounds):
+        for k, seq in enumerate(seqs):
+            for mode, track in (modes if (r + k) % 2 == 0 else modes[::-1]):
+                seconds, got, det = _run_sequence(segment, frames, seq, track)
+                wall[mode] += seconds
+                if r == 0:
+                    masks[mode] += got
+                    detections[mode] += det
     n = len(order)
     positives = [k for k, i in enumerate(order) if frames.masks[i].any()]
 

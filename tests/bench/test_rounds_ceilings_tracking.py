@@ -106,3 +106,20 @@ def test_tracking_measure_scores_masks_on_empty_frames_over_all_frames():
     assert out["positives"] == 3 and out["dice_positive_tracked"] == pytest.approx(1.0)
     assert out["dice_all_frames_tracked"] == pytest.approx(0.75)
     assert out["dice_all_frames_per_frame_detection"] == pytest.approx(0.75)
+
+
+def test_tracking_measure_alternates_the_modes_sequence_by_sequence():
+    # Load from other jobs comes in bursts of seconds: per-frame and tracked passes interleave at
+    # the sequence level (and swap which goes first), so a burst falls on both.
+    calls: list[tuple[str, bool]] = []
+
+    class Logging(TrackingFake):
+        def stream(self, frames, depth, track=False):
+            frames = list(frames)
+            calls.append((str(len(frames)), bool(track)))
+            yield from super().stream(iter(frames), depth, track)
+
+    frames = _frames(("1_1", "1_2", "1_3", "2_1"))
+    measure_tracking(Logging(), frames, TrackOptions(), rounds=2)
+    assert calls[1:] == [("3", False), ("3", True), ("1", True), ("1", False),
+                         ("3", True), ("3", False), ("1", False), ("1", True)]
