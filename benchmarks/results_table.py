@@ -50,7 +50,8 @@ def _tracking(rec: BenchRecord) -> list[str]:
         return []
     lines = ["", ("Tracking against per-frame detection (frames as sequences, one per subject; "
                   "passes interleaved):"), "",
-             ("| backend | FPS per-frame | FPS tracked | FPS ratio (median of back-to-back pairs) "
+             ("| backend | FPS per-frame | FPS tracked | FPS ratio (median of back-to-back pairs; "
+              "CPU time ratio) "
               "| Dice per-frame | Dice tracked "
               "| Dice change | all-frames Dice per-frame / tracked | detector ran on |"),
              "|---|---|---|---|---|---|---|---|---|"]
@@ -58,7 +59,8 @@ def _tracking(rec: BenchRecord) -> list[str]:
         lines.append(
             f"| {label} | {_f(t['fps_per_frame_detection'], '{:.1f}')} | "
             f"{_f(t['fps_tracked'], '{:.1f}')} | {_f(t['fps_ratio'], '{:.2f}x')} "
-            f"({_f(t.get('fps_ratio_median_of_pairs'), '{:.2f}x')}) | "
+            f"({_f(t.get('fps_ratio_median_of_pairs'), '{:.2f}x')}; "
+            f"{_f(t.get('cpu_time_ratio'), '{:.2f}x')}) | "
             f"{_f(t['dice_positive_per_frame_detection'], '{:.4f}')} | "
             f"{_f(t['dice_positive_tracked'], '{:.4f}')} | {_f(t['dice_change'], '{:+.4f}')} | "
             f"{_f(t.get('dice_all_frames_per_frame_detection'), '{:.4f}')} / "

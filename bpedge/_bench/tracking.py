@@ -30,11 +30,12 @@ def sequences(frames: BenchFrames) -> list[list[int]]:
 
 
 def _run_sequence(segment: Any, frames: BenchFrames, seq: Sequence[int],
-                  track: TrackOptions | bool) -> tuple[float, list[np.ndarray], int]:
-    t0 = time.perf_counter()
+                  track: TrackOptions | bool) -> tuple[float, float, list[np.ndarray], int]:
+    """Wall seconds, CPU seconds of this process (all its threads), masks, detector runs."""
+    t0, c0 = time.perf_counter(), time.process_time()
     results = list(segment.stream((frames.images[i] for i in seq), depth=1, track=track))
-    seconds = time.perf_counter() - t0
-    return (seconds, [r.mask for r in results],
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return (seconds, cpu, [r.mask for r in results],
             sum("detector" in r.timings for r in results))
 
 
@@ -42,7 +43,7 @@ def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
                      rounds: int = 3) -> dict[str, Any]:
     """Per-frame detection vs tracking on ``segment``: FPS of each (frames over the summed wall
     time of its passes), the FPS ratio (and the median ratio of back-to-back runs of one
-    sequence), mean Dice over BP-positive frames of each and over all
+    sequence, and the ratio of the process's CPU time), mean Dice over BP-positive frames of each and over all
     frames (empty vs empty = 1), the mean Dice between the two runs' masks, and the share of frames
     on which the detector ran.
 
@@ -53,6 +54,7 @@ def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
     seqs = sequences(frames)
     order = [i for seq in seqs for i in seq]
     wall = {"per_frame": 0.0, "tracked": 0.0}
+    cpu = {"per_frame": 0.0, "tracked": 0.0}
     masks: dict[str, list[np.ndarray]] = {"per_frame": [], "tracked": []}
     detections = {"per_frame": 0, "tracked": 0}
     _run_sequence(segment, frames, seqs[0], options)  # warm the crop-only path
@@ -63,8 +65,9 @@ def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
         for k, seq in enumerate(seqs):
             pair = {}
             for mode, track in (modes if (r + k) % 2 == 0 else modes[::-1]):
-                seconds, got, det = _run_sequence(segment, frames, seq, track)
+                seconds, cpu_seconds, got, det = _run_sequence(segment, frames, seq, track)
                 wall[mode] += seconds
+                cpu[mode] += cpu_seconds
                 pair[mode] = seconds
                 if r == 0:
                     masks[mode] += got
@@ -90,6 +93,9 @@ def measure_tracking(segment: Any, frames: BenchFrames, options: TrackOptions,
         # The median over (round, sequence) of the ratio of two runs made back to back: a burst
         # of load that hits one run of a pair moves this less than the summed ratio above.
         "fps_ratio_median_of_pairs": float(np.median(pair_ratios)),
+        # CPU seconds of the whole process (model threads included) per-frame over tracked: the
+        # work each mode costs, which waiting for cores that other jobs hold does not inflate.
+        "cpu_time_ratio": cpu["per_frame"] / cpu["tracked"] if cpu["tracked"] > 0 else None,
         "dice_positive_per_frame_detection": per_frame_dice,
         "dice_positive_tracked": tracked_dice,
         "dice_change": (tracked_dice - per_frame_dice

@@ -90,6 +90,7 @@ def test_tracking_measure_reports_fps_ratio_and_dice():
     out = measure_tracking(TrackingFake(), frames, TrackOptions(), rounds=2)
     assert out["sequences"] == 2 and out["frames"] == 4 and out["positives"] == 4
     assert out["fps_ratio"] > 1.0 and out["fps_ratio_median_of_pairs"] > 1.0
+    assert out["cpu_time_ratio"] is None or out["cpu_time_ratio"] > 0
     assert out["dice_positive_tracked"] == pytest.approx(1.0)
     assert out["dice_change"] == pytest.approx(0.0)
     assert out["detector_share_tracked"] == 0.0
