@@ -99,7 +99,9 @@ class HostCascade:
         boxes = [crop_box("detector", g.shape, spec.crop_margin,
                           detected=frame_box(raw_boxes[i], g.shape, spec))
                  for i, g in enumerate(greys)]
-        present = [bool(scores[i] >= spec.score_threshold) and box_found(raw_boxes[i])
+        # The float32 score compared as a Python float (NumPy would compare in float32, where a
+        # threshold below float32's range rounds to 0).
+        present = [bool(float(scores[i]) >= spec.score_threshold) and box_found(raw_boxes[i])
                    for i in range(len(greys))]
         if not segment_absent and len(greys) == 1 and not present[0]:
             # No BP: the mask is empty whatever the segmenter says, so it is not run.

@@ -219,7 +219,8 @@ class Segmenter:
         ``track`` (CPU backends; frames of one video, in order): while the segmentation stays
         confident and inside its crop, the next frame is cropped where the last mask was and
         the detector is skipped; it runs every ``detect_every`` frames and whenever confidence
-        drops (``True``: default :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
+        drops, and a frame it finds no BP in is not segmented (``True``: default
+        :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
         after another (each needs the previous mask), so ``depth`` does not apply."""
         cascade = self._live()
         _check_bounded("depth", depth, MAX_DEPTH)
