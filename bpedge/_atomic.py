@@ -1,8 +1,16 @@
-"""Atomic file writes: a killed process leaves either the old file or the new one, never half of one."""
+"""Atomic file writes: a killed process leaves either the old file or the new one, never half of one.
+
+Every write goes to a temporary file beside the target (``.NAME.RANDOM.tmp``) that is renamed
+over it only once it is complete and on disk. ``replace=False`` publishes without ever replacing:
+the target must not exist (not even as a dangling symbolic link) at the moment of publishing, so
+a file that appears while the content is being written is kept and the write fails with
+``FileExistsError``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -12,9 +20,12 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
+                replace: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it, rename it over ``path`` and
-    fsync the directory. On an exception the temporary file is removed and ``path`` is untouched."""
+    fsync the directory. On an exception the temporary file is removed and ``path`` is untouched.
+    ``replace=False``: never replace an existing ``path`` (``FileExistsError``, see
+    :func:`publish`)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes only; mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
@@ -28,12 +39,38 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        publish(tmp, target, replace=replace)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def publish(tmp: str | os.PathLike[str], target: str | os.PathLike[str], *,
+            replace: bool = True) -> None:
+    """Move the finished file ``tmp`` to ``target`` (same folder) in one step.
+
+    ``replace=True``: an existing ``target`` is replaced (``os.replace``). ``replace=False``: the
+    file is hard-linked to ``target``, which fails when anything is there, then ``tmp`` is
+    removed; so nothing that exists at that moment is ever replaced (``FileExistsError``). On a
+    filesystem without hard links the check and the rename are two steps.
+    """
+    if replace:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists and is not replaced", str(target)) from None
+    except OSError:
+        # No hard links here (some FUSE, SMB or FAT mounts): check, then rename.
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists and is not replaced",
+                                  str(target)) from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def _current_umask() -> int:
@@ -56,13 +93,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
+                       replace: bool = True) -> None:
+    with atomic_open(path, "wb", replace=replace) as f:
         f.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_open(path, "w") as f:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, replace: bool = True) -> None:
+    with atomic_open(path, "w", replace=replace) as f:
         f.write(text)
 
 

@@ -8,14 +8,21 @@ TensorRT is judged by its API (``tensorrt.Builder``), not by ``import tensorrt``
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bpedge._bench.machine import library_versions, machine_info
 from bpedge._engine_key import INSTALL_HINT
 from bpedge._machine import probe_cuda, probe_tensorrt_module
 
+#: What a ``doctor --json`` report says it is, so a later ``--json`` knows the file is one.
+SCHEMA = "bpedge-doctor"
+_MAX_REPORT_BYTES = 1024 * 1024
 TRAIN_HINT = "pip install 'bpedge[train]'"
 DRIVER_HINT = ("install the NVIDIA driver for your GPU (Linux: the distribution's nvidia-driver "
                "package or NVIDIA's .run installer; Jetson: JetPack), then reboot")
@@ -61,8 +68,22 @@ class DoctorReport:
                          f"{[v.backend for v in self.backends]}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"findings": [f.to_json() for f in self.findings],
+        return {"schema": SCHEMA, "findings": [f.to_json() for f in self.findings],
                 "backends": [b.to_json() for b in self.backends], "versions": self.versions}
+
+
+def is_doctor_report(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a regular file holding a ``doctor --json`` report (its schema), the
+    only kind of file ``doctor --json`` replaces."""
+    p = Path(path)
+    try:
+        info = os.lstat(p)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_REPORT_BYTES:
+            return False
+        obj = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("schema") == SCHEMA
 
 
 # --- probes: each returns what it found, never raises ---------------------------------------

@@ -115,27 +115,33 @@ class Result:
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the overlay picture (``.png``, ``.jpg``, ``.bmp``, ``.tif``: :meth:`plot`) or the
-        JSON (``.json``: :meth:`to_dict`) to ``path``, atomically. An existing file is never
-        replaced unless ``overwrite=True`` (FileExistsError naming it). Returns the path."""
-        from bpedge._atomic import atomic_write_bytes, atomic_write_text
+        JSON (``.json``: :meth:`to_dict`) to ``path``, atomically. Nothing at ``path`` (a file, a
+        symbolic link, even a dangling one, also one that appears while the picture is encoded)
+        is ever replaced unless ``overwrite=True`` (FileExistsError naming it); a killed process
+        leaves no partial file under the name. Returns the path."""
+        from bpedge._atomic import atomic_write_bytes
 
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (*IMAGE_SUFFIXES, ".json"):
             raise ValueError(f"{path}: cannot tell what to write from {suffix or 'no suffix'}; "
                              f"use .json or one of {', '.join(IMAGE_SUFFIXES)}")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists: choose another name, or save(..., "
-                                  "overwrite=True)")
+        refusal = f"{path} exists: choose another name, or save(..., overwrite=True)"
+        if os.path.lexists(path) and not overwrite:
+            raise FileExistsError(refusal)
         if suffix == ".json":
-            atomic_write_text(path, self.to_json(indent=2) + "\n")
-            return path
-        import cv2
+            data = (self.to_json(indent=2) + "\n").encode("utf-8")
+        else:
+            import cv2
 
-        ok, encoded = cv2.imencode(suffix, self.plot())
-        if not ok:
-            raise ValueError(f"{path}: OpenCV could not encode the overlay as {suffix}")
-        atomic_write_bytes(path, encoded.tobytes())
+            ok, encoded = cv2.imencode(suffix, self.plot())
+            if not ok:
+                raise ValueError(f"{path}: OpenCV could not encode the overlay as {suffix}")
+            data = encoded.tobytes()
+        try:
+            atomic_write_bytes(path, data, replace=overwrite)
+        except FileExistsError:  # it appeared meanwhile: still never replaced
+            raise FileExistsError(refusal) from None
         return path
 
 

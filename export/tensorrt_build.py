@@ -9,7 +9,9 @@ Order of work, so that nothing is wasted or left half done:
 3. Per (model, precision): an engine listed for this exact target whose file still matches its
    sha256 is reused; otherwise the engine is built from the hash-checked ONNX bytes and stored
    (atomic write, then an atomic manifest update; see :meth:`bpedge.bundle.Bundle.store_engine`).
-   The timing cache, if asked for, is saved (atomically) after every build.
+   The timing cache, if asked for, is saved (atomically) after every build. It is a file the user
+   names, so it is read and replaced only when ``build-engines`` wrote it (a record beside it says
+   so, :mod:`bpedge._out_file`); any other file there is refused before anything is built.
 
 The TensorRT calls themselves are the small steps in :mod:`bpedge.export._trt_steps`.
 """
@@ -40,7 +42,6 @@ from bpedge.export._trt_steps import (
     serialize_timing_cache,
 )
 
-from bpedge._atomic import atomic_write_bytes
 from bpedge._engine_key import (
     PRECISIONS,
     EngineKey,
@@ -53,9 +54,11 @@ from bpedge._engine_key import (
     tensorrt_version,
 )
 from bpedge._manifest import MODEL_NAMES, EngineEntry
+from bpedge._out_file import OutFile
 from bpedge.bundle import Bundle
 
-__all__ = ["BuiltPlan", "EngineBuildError", "TargetUnavailable", "build_engines", "build_plan"]
+__all__ = ["BuiltPlan", "EngineBuildError", "TargetUnavailable", "build_engines", "build_plan",
+           "timing_cache_file"]
 
 DEFAULT_WORKSPACE_MB = 1024
 DEFAULT_MAX_BATCH = 8
@@ -125,7 +128,8 @@ def build_engines(
 
     ``max_batch``: largest batch the engines accept (profile batch 1 .. max_batch, tuned for 1).
     ``workspace_mb``: TensorRT workspace memory limit in MiB. ``timing_cache``: a file to load
-    and update, so that rebuilds on this machine are fast. ``force``: rebuild even when a fitting
+    and update, so that rebuilds on this machine are fast; it must be new or one that
+    ``build_engines`` wrote (a file of anyone else's is never read or replaced). ``force``: rebuild even when a fitting
     engine exists. ``progress``: show TensorRT's build phases as progress bars on stderr.
 
     ``trt`` and ``gpu`` replace the real TensorRT module and GPU query (tests); ``log`` receives
@@ -134,18 +138,21 @@ def build_engines(
     Raises :class:`TargetUnavailable` (no TensorRT or no GPU; checked before anything else),
     :class:`bpedge.bundle.BundleError` (a bad bundle or a missing fp16 ONNX),
     :class:`EngineBuildError` (TensorRT could not parse or build) and ``ValueError`` for bad
-    arguments.
+    arguments (:class:`bpedge._out_file.OutFileRefused` for a ``timing_cache`` that is not
+    build-engines', checked with the other arguments, before anything else).
     """
     say = log if log is not None else _stderr_line
     precisions = _check_args(precisions, max_batch, workspace_mb, models)
+    cache_file = timing_cache_file(timing_cache) if timing_cache is not None else None
+    if cache_file is not None:
+        cache_file.check()
     trt_api, gpu_info = _resolve_target(trt, gpu)
     version = tensorrt_version(trt_api)
 
     bundle = Bundle.open(bundle_path)
     jobs = [(model, precision) for model in models for precision in precisions]
     onnx_refs = {job: bundle.onnx_ref(*job) for job in jobs}  # every ONNX found before any build
-    cache_path = Path(timing_cache) if timing_cache is not None else None
-    cache = _read_timing_cache(cache_path, say)
+    cache = _read_timing_cache(cache_file, say)
 
     entries = []
     for model, precision in jobs:
@@ -171,8 +178,8 @@ def build_engines(
         entry = bundle.store_engine(model, key, built.plan, built.seconds,
                                     math=ENGINE_MATH[precision])
         cache = built.timing_cache
-        if cache_path is not None:
-            atomic_write_bytes(cache_path, cache)
+        if cache_file is not None:
+            cache_file.write_bytes(cache)  # checked again: still absent or still ours
         say(f"built {entry.file} in {built.seconds:.1f} s")
         entries.append(entry)
     return entries
@@ -217,13 +224,16 @@ def _reusable_engine(
     return entry
 
 
-def _read_timing_cache(path: Path | None, say: Callable[[str], None]) -> bytes:
-    if path is None or not path.exists():
+def timing_cache_file(path: str | os.PathLike[str]) -> OutFile:
+    """The ``--timing-cache`` file: replaced only while it holds what build-engines wrote."""
+    return OutFile(Path(path), "build-engines", "--timing-cache")
+
+
+def _read_timing_cache(cache_file: OutFile | None, say: Callable[[str], None]) -> bytes:
+    if cache_file is None or cache_file.check() == "absent":
         return b""
-    if not path.is_file():
-        raise ValueError(f"timing cache {path} is not a file")
-    say(f"using the timing cache {path}")
-    return path.read_bytes()
+    say(f"using the timing cache {cache_file.path}")
+    return cache_file.path.read_bytes()
 
 
 def _stderr_line(line: str) -> None:

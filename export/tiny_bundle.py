@@ -100,13 +100,17 @@ def export_tiny(paths: TinyPaths, *, include_checkpoints: bool = False, force: b
 
 def make_tiny_bundle(paths: TinyPaths, recipe: TinyRecipe, *, include_checkpoints: bool = False,
                      progress: bool = False) -> Path:
-    """Every step, each skipped when its output is complete; a run folder without ``best.pt``
-    (stopped before its first epoch ended) is started again. Returns the bundle folder."""
+    """Every step, each skipped when its output is complete; a run folder that training made
+    but that has no ``best.pt`` (stopped before its first epoch ended) is started again. A run
+    folder that training did not make is never removed: training refuses it (``OutDirRefused``).
+    Returns the bundle folder."""
+    from bpedge._out_dir import made_by
+
     make_phantom(paths, recipe, progress)
     for run, train in ((paths.detector, train_tiny_detector),
                        (paths.segmenter, train_tiny_segmenter)):
         if not (run / "best.pt").is_file():
-            if not (run / "last.pt").is_file():
-                shutil.rmtree(run, ignore_errors=True)
+            if not (run / "last.pt").is_file() and made_by(run, "train"):
+                shutil.rmtree(run)
             train(paths, recipe, progress)
     return export_tiny(paths, include_checkpoints=include_checkpoints)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from bpedge._atomic import atomic_open, atomic_write_json, atomic_write_text
+from bpedge._atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def test_replaces_and_keeps_normal_permissions(tmp_path):
@@ -31,3 +31,20 @@ def test_failure_leaves_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
     with pytest.raises(ValueError, match="mode"), atomic_open(target, "a"):
         pass
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link", "appears while writing"])
+def test_replace_false_never_replaces_what_is_there(tmp_path, kind):
+    target = tmp_path / "a.bin"
+    if kind == "file":
+        target.write_bytes(b"mine")
+    elif kind == "dangling link":
+        target.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError, match="a.bin"), atomic_open(target, replace=False) as f:
+        f.write(b"new")
+        if kind == "appears while writing":
+            target.write_bytes(b"mine")
+    assert target.is_symlink() if kind == "dangling link" else target.read_bytes() == b"mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary left
+    atomic_write_bytes(tmp_path / "b.bin", b"new", replace=False)  # a free name is written
+    assert (tmp_path / "b.bin").read_bytes() == b"new"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bpedge._atomic import atomic_write_text
+from bpedge._out_file import OutFile, OutFileRefused
 from bpedge._result import Result
 from bpedge.sources import SourceFrame
 
@@ -89,14 +89,15 @@ class SegmentOutputs:
     """Writes everything for one ``segment`` run under ``out``; :meth:`finish` writes the tables
     (also after a failure, so the frames done are kept) and returns the summary lines."""
 
-    def __init__(self, out: Path, *, masks: bool, overlays: bool, video: Path | None,
-                 video_fps: float | None) -> None:
+    def __init__(self, out: Path, *, masks: bool, overlays: bool, video: OutFile | None,
+                 video_fps: float | None, replace_video: bool = False) -> None:
         self.out = out
         self.masks, self.overlays = masks, overlays
         self.rows: list[tuple[Any, ...]] = []
         self.jsonl: list[str] = []
         self.accuracy = _Accuracy()
         self._video_path = video
+        self._replace_video = replace_video
         self._video_fps = video_fps
         self._video: _VideoOut | None = None
         for sub, wanted in (("masks", masks), ("overlays", overlays)):
@@ -120,7 +121,8 @@ class SegmentOutputs:
         if self._video_path is not None and picture is not None:
             if self._video is None:
                 fps = self._video_fps or frame.fps or 10.0
-                self._video = _VideoOut(self._video_path, fps, picture.shape[1], picture.shape[0])
+                self._video = _VideoOut(self._video_path, fps, picture.shape[1], picture.shape[0],
+                                        replace=self._replace_video)
             self._video.write(picture)
         x0, y0, x1, y1 = result.box
         self.rows.append((frame.source, frame.index, int(result.present), f"{result.score:.6f}",
@@ -133,8 +135,12 @@ class SegmentOutputs:
         """Write the tables (and close the video); the lines to show the user. A run that did
         not finish writes its tables as ``*.partial.*`` (``results.csv`` means complete)."""
         lines = []
+        refused: OutFileRefused | None = None
         if self._video is not None:
-            lines.append(self._video.close())
+            try:
+                lines.append(self._video.close())
+            except OutFileRefused as exc:  # a file appeared at --save-video: the tables still go
+                refused = exc
         tag = "" if complete else ".partial"
         _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows)
         atomic_write_text(self.out / f"results{tag}.jsonl",
@@ -143,6 +149,8 @@ class SegmentOutputs:
             path = self.out / f"accuracy{tag}.csv"
             _write_csv(path, ACCURACY_COLUMNS, self.accuracy.rows)
             lines.append(self.accuracy.summary() + f"; per frame in {path}")
+        if refused is not None:
+            raise refused
         return lines
 
 
@@ -155,18 +163,24 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
 
 
 class _VideoOut:
-    """The annotated video, written to a hidden partial file and renamed into place by
-    :meth:`close` (also after a failure: the frames done are a valid, shorter video)."""
+    """The annotated video, written to a hidden temporary file of its own (a fresh name beside
+    it, never a user's file) and published by :meth:`close` (also after a failure: the frames
+    done are a valid, shorter video) under the rules of :class:`bpedge._out_file.OutFile`: a
+    file there is replaced only if it is a video segment wrote, and only with ``replace``."""
 
-    def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
+    def __init__(self, target: OutFile, fps: float, width: int, height: int, *,
+                 replace: bool) -> None:
         import cv2
 
+        path = target.path
+        self.target, self.replace = target, replace
         self.path, self.fps, self.size, self.frames = path, fps, (width, height), 0
-        self.partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.partial = target.new_temporary()
         fourcc = cv2.VideoWriter.fourcc(*("mp4v" if path.suffix.lower() in (".mp4", ".m4v",
                                                                             ".mov") else "MJPG"))
         self._writer = cv2.VideoWriter(str(self.partial), fourcc, fps, self.size)
         if not self._writer.isOpened():
+            self.partial.unlink(missing_ok=True)
             raise RuntimeError(f"--save-video {path}: OpenCV cannot write this container here "
                                "(try .mp4 or .avi)")
         self.resized = False
@@ -183,7 +197,10 @@ class _VideoOut:
 
     def close(self) -> str:
         self._writer.release()
-        os.replace(self.partial, self.path)
+        try:
+            self.target.publish(self.partial, replace=self.replace, replace_flag="--force")
+        finally:
+            self.partial.unlink(missing_ok=True)  # gone once published; else not left behind
         note = "; frames of other sizes were scaled to the first's" if self.resized else ""
         return (f"wrote {self.path}: {self.frames} frame(s) at {self.fps:g} fps, "
                 f"{self.size[0]}x{self.size[1]}{note}")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bpedge._cli._errors import UsageError, command_errors
+
+if TYPE_CHECKING:
+    from bpedge._out_file import OutFile
 
 _EPILOG = """Examples:
 
@@ -144,7 +147,6 @@ def register(app: typer.Typer) -> None:
         from bpedge._bench.frames import phantom_frames as make_phantom
         from bpedge._bench.harness import RunSettings
         from bpedge._bench.machine import usable_cores
-        from bpedge._bench.record import write_record
         from bpedge._bench.run import run_bench
         from bpedge.bundle import Bundle
 
@@ -154,8 +156,9 @@ def register(app: typer.Typer) -> None:
             seconds=seconds if seconds is not None or iterations is not None else 10.0,
             batch=batch, depth=depth, rounds=rounds,
         )
-        if json_file is not None:
-            _check_json_target(json_file)  # before the run: a bad --json must not cost a run
+        json_target = _json_target(json_file) if json_file is not None else None
+        if json_target is not None:
+            json_target.check()  # before the run: a bad --json must not cost a run
         if limit is not None and data is None:
             raise UsageError("--limit applies to --data frames; for phantom frames use "
                              "--phantom-subjects/--phantom-frames")
@@ -179,26 +182,23 @@ def register(app: typer.Typer) -> None:
         for line in tables.skipped_lines(record):
             console.print(escape(line))
         console.print(tables.stage_table(record))
-        if json_file is not None:
-            write_record(json_file, record)
+        if json_target is not None:
+            json_target.write_text(record.dumps())
             typer.echo(f"wrote {json_file}")
 
 
-def _check_json_target(path: Path) -> None:
-    """``--json`` must name a file that can be written: not a folder, not under a file, and not a
-    file of the user's (an existing file is replaced only when it is a bench record)."""
+def _json_target(path: Path) -> OutFile:
+    """``--json``: a new file, or a bench record (one an earlier run wrote), never a user's
+    file, a folder or a symbolic link. Checked before the run and again when writing, since a
+    run takes minutes and the file may appear in between."""
     from bpedge._bench.record import read_record
+    from bpedge._out_file import OutFile
 
-    if path.is_dir():
-        raise UsageError(f"--json {path} is a folder: give a file name, e.g. {path / 'bench.json'}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--json {path}: {parent} is a file, not a folder")
-            break
-    if path.exists() or path.is_symlink():
+    def is_bench_record(p: Path) -> bool:
         try:
-            read_record(path)
+            read_record(p)
         except (OSError, ValueError):
-            raise UsageError(f"--json {path} exists and is not a bench record, so it is not "
-                             "overwritten: choose another file name") from None
+            return False
+        return True
+
+    return OutFile(path, "bench", "--json", recognise=is_bench_record)

@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         timing_cache: Annotated[
             Path | None,
             typer.Option("--timing-cache", help="Timing cache file to load and update "
-                         "(makes rebuilds on this machine faster)."),
+                         "(makes rebuilds on this machine faster): a new file, or one an earlier "
+                         "build-engines wrote; any other file is refused, never overwritten."),
         ] = None,
         force: Annotated[
             bool, typer.Option("--force", help="Rebuild even if a fitting engine exists.")
@@ -52,12 +53,14 @@ def register(app: typer.Typer) -> None:
         # Lazy: the CLI must start (and --help work) without TensorRT installed.
         from bpedge._engine_key import PRECISIONS
         from bpedge.bundle import Bundle
-        from bpedge.export.tensorrt_build import build_engines
+        from bpedge.export.tensorrt_build import build_engines, timing_cache_file
 
         # The user's input first (the options, then the bundle), then what this machine lacks.
         chosen = list(precision or ["fp16"])
         if any(p not in PRECISIONS for p in chosen):
             raise UsageError(f"precisions must be some of {list(PRECISIONS)}, got {chosen}")
+        if timing_cache is not None:
+            timing_cache_file(timing_cache).check()
         Bundle.open(bundle)
         entries = build_engines(
             bundle,

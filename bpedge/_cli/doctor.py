@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
     @command_errors
     def doctor(
         json_file: Annotated[
-            Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")
+            Path | None, typer.Option("--json", help="Also write the report as JSON to this file "
+                                      "(a new file, or a report doctor wrote; any other file "
+                                      "is refused, never overwritten).")
         ] = None,
         require: Annotated[
             list[str] | None,
@@ -38,9 +40,13 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from bpedge._atomic import atomic_write_text
-        from bpedge._doctor import diagnose
+        from bpedge._doctor import diagnose, is_doctor_report
+        from bpedge._out_file import OutFile
 
+        target = None
+        if json_file is not None:
+            target = OutFile(json_file, "doctor", "--json", recognise=is_doctor_report)
+            target.check()  # before the probes: a file of the user's is refused at once
         report = diagnose()
         wanted = list(require or [])
         known = [v.backend for v in report.backends]
@@ -64,8 +70,8 @@ def register(app: typer.Typer) -> None:
                              escape(v.backend), escape(v.reason), escape(v.fix or ""))
         console.print(backends)
 
-        if json_file is not None:
-            atomic_write_text(json_file, json.dumps(report.to_json(), indent=2) + "\n")
+        if target is not None:
+            target.write_text(json.dumps(report.to_json(), indent=2) + "\n")
             typer.echo(f"wrote {json_file}")
         failing = [w for w in wanted if not report.verdict(w).runs]
         if failing:

@@ -45,7 +45,9 @@ results.partial.jsonl) before the error.
 results.csv is written last: while a run goes on (or after one failed)
 DIR/INCOMPLETE.txt says so. A non-empty DIR that segment did not make is
 refused (--add-to-existing adds to it without overwriting anything); earlier
-results in DIR are replaced only with --force.
+results in DIR are replaced only with --force, as is a --save-video file that
+segment wrote (a record beside it, .NAME.bpedge-out.json, says so); any other
+file there is refused.
 """
 
 
@@ -94,7 +96,9 @@ def register(app: typer.Typer) -> None:
         masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Write mask PNGs.")] = True,
         save_video: Annotated[
             Path | None, typer.Option("--save-video", help="Write the overlays as a video "
-                                      "(.mp4 or .avi) at the source's frame rate.")
+                                      "(.mp4 or .avi) at the source's frame rate: a new file, or "
+                                      "(with --force) a video an earlier segment wrote; any "
+                                      "other file is refused, never overwritten.")
         ] = None,
         video_fps: Annotated[
             float | None, typer.Option("--video-fps", help="Frame rate of --save-video when the "
@@ -106,7 +110,8 @@ def register(app: typer.Typer) -> None:
         ] = "fail",
         force: Annotated[
             bool, typer.Option("--force", help="Replace the results (complete or not) of an "
-                               "earlier segment run in --out.")
+                               "earlier segment run in --out, and a --save-video video that "
+                               "segment wrote.")
         ] = False,
         add_to_existing: Annotated[
             bool, typer.Option("--add-to-existing", help="Write into a non-empty --out that "
@@ -144,11 +149,15 @@ def register(app: typer.Typer) -> None:
                              on_skip=report_skip)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
+        video = None
         if save_video is not None:
             if save_video.suffix.lower() not in (".mp4", ".m4v", ".mov", ".avi"):
                 raise UsageError(f"--save-video {save_video}: use a .mp4 or .avi name")
-            if save_video.exists() and not force:
-                raise UsageError(f"--save-video {save_video} exists: choose a new name, or --force")
+            from bpedge._out_file import OutFile
+
+            # A video segment wrote is replaced only with --force; any other file never.
+            video = OutFile(save_video, "segment", "--save-video")
+            video.check(replace=force, replace_flag="--force")
         seg = Segmenter.from_bundle(bundle, backend, precision=precision,  # type: ignore[arg-type]
                                     threads=threads)
         note = f" ({seg.fallback_reason})" if seg.fallback_reason else ""
@@ -175,8 +184,8 @@ def register(app: typer.Typer) -> None:
         failure: BaseException | None = None
         with seg, source, output.run_in(out, force=force, add_to_existing=add_to_existing,
                                         masks=masks, overlays=overlays):
-            outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=save_video,
-                                     video_fps=video_fps)
+            outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=video,
+                                     video_fps=video_fps, replace_video=force)
             try:
                 from bpedge._tracking import TrackOptions
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import typer
 from bpedge.export._trt_steps import BuildProgress, EngineBuildError, attach_progress
-from bpedge.export.tensorrt_build import build_engines
+from bpedge.export.tensorrt_build import build_engines, timing_cache_file
 from typer.testing import CliRunner
 
 from bpedge._cli import app as cli_app
@@ -33,6 +33,7 @@ from bpedge._manifest import (
     Thresholds,
     Training,
 )
+from bpedge._out_file import OutFileRefused, record_path
 from bpedge.bundle import Bundle, BundleError, file_ref
 
 GPU = GpuInfo("NVIDIA RTX A2000", "8.6", 26)
@@ -338,13 +339,95 @@ def test_the_timing_cache_is_saved_and_fed_to_the_next_build(tmp_path):
 def test_a_timing_cache_from_another_gpu_or_corrupt_is_replaced_by_a_new_one(tmp_path, content):
     root = write_bundle(tmp_path / "b")
     cache = tmp_path / "timing.cache"
-    cache.write_bytes(content)
+    # A cache build-engines wrote (on another GPU or TensorRT, or one TensorRT cannot read): only
+    # such a file is ever replaced; a file of anyone else's is refused (tests below).
+    timing_cache_file(cache).write_bytes(content)
     lines: list[str] = []
     trt = FakeTensorRT()
     build(root, trt, lines, timing_cache=cache, models=("detector",))
     assert trt.builds[0]["cache_in"] == ""
     assert any("starting a new one" in line for line in lines)
     assert cache.read_bytes() == b"+detector fp16"
+
+
+USER_BYTES = b"my own notes, not a timing cache\n"
+
+
+@pytest.mark.parametrize("kind", ["a user file", "a cache of ours the user wrote over",
+                                  "a trtexec cache", "a folder", "a link to a cache of ours",
+                                  "a user file at the record's name"])
+def test_a_timing_cache_file_build_engines_did_not_write_is_never_read_or_replaced(tmp_path, kind):
+    root = write_bundle(tmp_path / "b")
+    cache = tmp_path / "timing.cache"
+    if kind == "a user file":
+        cache.write_bytes(USER_BYTES)
+    elif kind == "a cache of ours the user wrote over":
+        timing_cache_file(cache).write_bytes(b"+detector fp16")
+        cache.write_bytes(USER_BYTES)  # their bytes now: no longer what build-engines wrote
+    elif kind == "a trtexec cache":
+        cache.write_bytes(b"+detector fp16")  # valid for TensorRT, but not written by bpedge
+    elif kind == "a folder":
+        cache.mkdir()
+        (cache / "notes.txt").write_bytes(USER_BYTES)
+    elif kind == "a user file at the record's name":
+        record_path(cache).write_bytes(USER_BYTES)  # the cache itself does not exist yet
+    else:
+        ours = tmp_path / "ours.cache"
+        timing_cache_file(ours).write_bytes(b"+detector fp16")
+        cache.symlink_to(ours)
+    before_bundle, before_dir = snapshot(root), sorted(p.name for p in tmp_path.iterdir())
+    before_cache = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+                    and root not in p.parents}
+    trt = FakeTensorRT()
+    with pytest.raises(OutFileRefused, match=re.escape(f"--timing-cache {cache}")):
+        build(root, trt, timing_cache=cache)
+    assert trt.builds == [] and trt.cache_inputs == []  # nothing built, the file never read
+    assert snapshot(root) == before_bundle
+    assert sorted(p.name for p in tmp_path.iterdir()) == before_dir  # nothing written beside it
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+            and root not in p.parents} == before_cache  # byte for byte
+    assert cache.is_symlink() == (kind == "a link to a cache of ours")
+
+
+def test_a_timing_cache_that_appears_during_the_build_is_left_as_it_is(tmp_path):
+    root = write_bundle(tmp_path / "b")
+    cache = tmp_path / "timing.cache"
+    trt = FakeTensorRT()
+    plain_build = trt.Builder.build_serialized_network
+
+    def build_while_the_user_saves_a_file(self, network, config):
+        cache.write_bytes(USER_BYTES)
+        return plain_build(self, network, config)
+
+    trt.Builder.build_serialized_network = build_while_the_user_saves_a_file
+    with pytest.raises(OutFileRefused, match=re.escape(f"--timing-cache {cache}")):
+        build(root, trt, timing_cache=cache, models=("detector",))
+    assert cache.read_bytes() == USER_BYTES
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.suffix == ".tmp"]
+
+
+def test_a_timing_cache_killed_between_its_record_and_its_bytes_is_still_ours(tmp_path,
+                                                                              monkeypatch):
+    # The record lists the new bytes and the old before the file is renamed: a kill between
+    # the two leaves the old bytes, which the next run still recognises and replaces.
+    import bpedge._out_file as out_file
+
+    root = write_bundle(tmp_path / "b")
+    cache = tmp_path / "timing.cache"
+    build(root, FakeTensorRT(), timing_cache=cache, models=("detector",))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for SIGKILL between the record and the rename
+
+    monkeypatch.setattr(out_file, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(root, FakeTensorRT(), timing_cache=cache, models=("segmenter",))
+    monkeypatch.undo()
+    assert cache.read_bytes() == b"+detector fp16"
+    trt = FakeTensorRT()
+    build(root, trt, timing_cache=cache, models=("segmenter",), force=True)
+    assert trt.builds[0]["cache_in"] == "+detector fp16"
+    assert cache.read_bytes() == b"+detector fp16+segmenter fp16"
 
 
 def test_progress_shows_the_tensorrt_phases(tmp_path, capsys):
