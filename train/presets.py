@@ -42,6 +42,10 @@ class DetectorConfig:
     bg_iou: float = 0.4                  # anchor IoU < bg_iou: negative (in between ignored)
     # Boxes of the top_k anchors averaged with their scores as weights (1: the best anchor's box).
     top_k: int = 1
+    # Empty frames (no BP) of train-only subjects drawn per epoch, as a fraction of the BP frames
+    # (0: none, as published): every anchor is a negative on them, so the score learns what "no
+    # BP" looks like and "BP present" can be called on it.
+    empty_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
