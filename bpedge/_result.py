@@ -29,7 +29,9 @@ class Result:
         present: ``score >= `` the bundle's score threshold: the frame is judged to show the BP.
         timings: milliseconds per stage (``preprocess``, ``detector``, ``crop``, ``segmenter``,
             ``paste``, ``total``; GPU backends add ``upload``/``download``), host monotonic clock
-            unless the backend says otherwise.
+            unless the backend says otherwise. With tracking a frame lists only the stages it
+            ran (no ``preprocess``/``detector`` on a tracked frame; no ``crop``/``segmenter``/
+            ``paste`` on one the detector found no BP in).
         frame: the ``uint8`` (H, W) grey frame this result belongs to (what :meth:`plot` draws on);
             set by :class:`~bpedge.segmenter.Segmenter`, which copies a caller's array so a reused
             buffer cannot change it. None on results built by hand.

@@ -7,7 +7,9 @@ frame's crop can come from where the mask was: the box around the previous mask,
 - on the first frame, and every ``detect_every`` frames after the last detection;
 - on a frame whose size differs from the previous frame's (another source: the last box is not
   about this picture);
-- whenever the last frame had no confident segmentation to track (no BP, an empty mask);
+- whenever the last frame had no confident segmentation to track (no BP, an empty mask); a frame
+  on which the detector finds no BP is not cropped or segmented at all (its mask is empty
+  whatever the segmenter would say), which is most of the cost of frames without a track;
 - on a tracked frame whose segmentation is not confident or not inside its crop: that frame is run
   again with the detector, so a lost track costs one extra segmenter call.
 
@@ -113,9 +115,9 @@ class Tracker:
                     result = replace(tracked, score=score)
                     since_detection += 1
             if result is None:
-                result, prob = cascade.run_with_probability(grey)
-                score, since_detection = result.score, 1
-                if not (result.present and confident(prob, threshold, options)):
+                detected, detected_prob = cascade.run_with_probability(grey)
+                result, score, since_detection = detected, detected.score, 1
+                if detected_prob is None or not confident(detected_prob, threshold, options):
                     box = None
                     yield result
                     continue

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from bpedge._result import Result, with_valid_score
 from bpedge._tracking import TrackOptions
 from bpedge.bundle import Bundle
 from bpedge.sources import SourceFrame
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; this stays a type-only import
 
 Backend = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
@@ -219,7 +222,8 @@ class Segmenter:
         ``track`` (CPU backends; frames of one video, in order): while the segmentation stays
         confident and inside its crop, the next frame is cropped where the last mask was and
         the detector is skipped; it runs every ``detect_every`` frames and whenever confidence
-        drops (``True``: default :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
+        drops, and a frame it finds no BP in is not segmented (``True``: default
+        :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
         after another (each needs the previous mask), so ``depth`` does not apply."""
         cascade = self._live()
         _check_bounded("depth", depth, MAX_DEPTH)
@@ -281,7 +285,7 @@ class Segmenter:
     def closed(self) -> bool:
         return self._cascade is None
 
-    def __enter__(self) -> Segmenter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,8 +6,10 @@ folder (``--data``, else the folder recorded in the checkpoint's run config), af
 the folder's content fingerprint is the one the checkpoint was trained on. For the detector's
 "no BP" threshold, frames without BP are added: the trainers never train on them (they keep
 BP-positive frames only), so the empty frames of the validation subjects are held-out data. They
-are sampled to the dataset's own ratio of empty to BP frames, so presence accuracy is measured at
-the prior the data has, and the cost stays bounded on the full Kaggle set (3,312 empty frames).
+are sampled to the dataset's own ratio of empty to BP frames, as the K-fold study samples its
+validation frames, so both choose the threshold on the same mix; the rule's balanced accuracy
+weighs the two kinds equally whatever the mix, and the cost stays bounded on the full Kaggle set
+(3,312 empty frames).
 
 Inputs are made with the runtime's stage combinations (:mod:`bpedge._preprocessing`), the ones
 training and ``bpedge.train.predict`` call: ``detector_input``, ``frame_box`` (a non-finite box is

@@ -244,8 +244,10 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
                                       "dataset's empty:BP ratio (never used in training)",
             **sets.checks["detector"].to_json(),
         })
+        rates = ", ".join(f"{k} {score.how[k]:.3f}" for k in ("sensitivity", "specificity")
+                          if score.how.get(k) is not None)
         step.note(f"mask threshold {mask.value:g} (mean Dice {mask.metric:.4f}); score threshold "
-                  f"{score.value:g} ({score.how['method']})")
+                  f"{score.value:g} ({score.how['method']}; validation {rates or 'no frames'})")
         seg_fp16 = compare_segmenters(seg_runs.probs["fp32"], seg_runs.probs["fp16"],
                                       seg_runs.targets, mask.value)
 

@@ -4,14 +4,15 @@
   (:data:`MASK_GRID`, 0.05 to 0.95) to maximise the mean Dice of the thresholded 96x96 crops
   against their ground truth over the BP-positive validation frames. A crop whose ground truth is
   empty (a detector box that missed the BP) scores 0, as in the segmenter's training metric.
-- Score threshold ("no BP present" below it): when the validation data holds frames without BP,
-  the grid value (:data:`SCORE_GRID`) maximising presence accuracy, the share of frames where
-  ``score >= threshold`` equals "the frame has BP". Without such frames nothing can be measured,
-  so :data:`DEFAULT_SCORE_THRESHOLD` (low: it only drops frames the detector is sure are empty)
-  is used and ``how_chosen`` says so.
+- Score threshold ("no BP present" below it): the rule of :mod:`bpedge._presence`, the one the
+  K-fold study uses too: the grid value (:data:`SCORE_GRID`) maximising balanced accuracy
+  ((sensitivity + specificity) / 2) over validation frames with and without BP; when the
+  validation data holds frames of one kind only, :data:`DEFAULT_SCORE_THRESHOLD` (low: it only
+  drops frames the detector is sure are empty), and ``how_chosen`` says so.
 
 Ties (a plateau of equally good values, common on small validation sets) are broken by taking the
-middle of the longest run of best values, which keeps the widest margin on both sides.
+middle of the longest run of best values, which keeps the widest margin on both sides
+(:func:`bpedge._presence.middle_of_best`, for both thresholds).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from typing import Any
 import numpy as np
 
 from bpedge._metrics import dice
+from bpedge._presence import (
+    DEFAULT_PRESENCE_THRESHOLD,
+    PRESENCE_GRID,
+    TIE_BREAK,
+    check_grid,
+    choose_presence_threshold,
+    middle_of_best,
+)
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
@@ -36,8 +45,9 @@ __all__ = [
 ]
 
 MASK_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
-SCORE_GRID: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 100))
-DEFAULT_SCORE_THRESHOLD = 0.05
+#: The score threshold's grid and default are the presence rule's (:mod:`bpedge._presence`).
+SCORE_GRID: tuple[float, ...] = PRESENCE_GRID
+DEFAULT_SCORE_THRESHOLD = DEFAULT_PRESENCE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -47,28 +57,6 @@ class ThresholdChoice:
     value: float
     metric: float | None
     how: dict[str, Any]
-
-
-def _check_grid(grid: Sequence[float]) -> list[float]:
-    values = [float(v) for v in grid]
-    if not values or any(not 0.0 <= v <= 1.0 for v in values) or values != sorted(set(values)):
-        raise ValueError(f"threshold grid must be increasing distinct values in [0, 1], got {grid}")
-    return values
-
-
-def _middle_of_best(grid: Sequence[float], metric: Sequence[float]) -> int:
-    """Index of the middle of the longest run of grid points reaching the best metric."""
-    best = max(metric)
-    runs: list[tuple[int, int]] = []
-    start = None
-    for i, m in enumerate([*metric, -np.inf]):
-        if m == best and start is None:
-            start = i
-        elif m != best and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    first, last = max(runs, key=lambda r: r[1] - r[0])  # max() keeps the first longest
-    return (first + last) // 2
 
 
 def mean_dice(probs: np.ndarray, targets: np.ndarray, threshold: float) -> float:
@@ -104,23 +92,24 @@ def choose_mask_threshold(
     """The ``grid`` value maximising :func:`mean_dice` of ``probs`` against ``targets``.
 
     ``data`` (JSON) describes where the crops came from and is recorded in ``how``."""
-    values = _check_grid(grid)
+    values = check_grid(grid)
     scores = [mean_dice(probs, targets, t) for t in values]
-    i = _middle_of_best(values, scores)
+    i = middle_of_best(scores)
     how = {
         "method": "grid search maximising mean Dice of the thresholded crops",
         "metric": "mean Dice over BP-positive validation crops (empty ground truth scores 0)",
         "grid": values,
         "metric_by_threshold": [round(s, 6) for s in scores],
         "value": round(scores[i], 6),
-        "tie_break": "middle of the longest run of best values",
+        "tie_break": TIE_BREAK,
         "data": dict(data or {}),
     }
     return ThresholdChoice(value=values[i], metric=scores[i], how=how)
 
 
 def presence_accuracy(scores: np.ndarray, present: np.ndarray, threshold: float) -> float:
-    """Share of frames where ``scores >= threshold`` agrees with ``present`` (bool per frame)."""
+    """Share of frames where ``scores >= threshold`` agrees with ``present`` (bool per frame).
+    Reported only: the score threshold is chosen by balanced accuracy, not by this."""
     s, p = np.asarray(scores, dtype=np.float64), np.asarray(present, dtype=bool)
     if s.shape != p.shape or s.ndim != 1 or s.size == 0:
         raise ValueError(f"scores and present must be equal-length non-empty 1-D arrays, got "
@@ -136,39 +125,13 @@ def choose_score_threshold(
     default: float = DEFAULT_SCORE_THRESHOLD,
     data: dict[str, Any] | None = None,
 ) -> ThresholdChoice:
-    """The ``grid`` value maximising :func:`presence_accuracy`, or ``default`` when ``present``
-    has no frame without BP (then nothing measures false alarms). ``scores`` float (N,) in
-    [0, 1]; ``present`` bool (N,)."""
-    values = _check_grid(grid)
-    if not 0.0 <= default <= 1.0:
-        raise ValueError(f"default score threshold must be in [0, 1], got {default}")
-    s, p = np.asarray(scores, dtype=np.float64), np.asarray(present, dtype=bool)
-    if s.shape != p.shape or s.ndim != 1:
-        raise ValueError(f"scores and present must be equal-length 1-D arrays, got {s.shape} "
-                         f"and {p.shape}")
+    """The "BP present" score threshold by :func:`bpedge._presence.choose_presence_threshold`
+    (balanced accuracy over frames with and without BP; ``default`` when ``present`` holds
+    frames of one kind only). ``scores`` float (N,) in [0, 1]; ``present`` bool (N,). ``data``
+    (JSON) describes the frames and is recorded in ``how`` with their counts. ``metric`` is the
+    balanced accuracy reached (when defaulted, the one rate measurable at the default)."""
+    choice = choose_presence_threshold(scores, present, grid, default=default)
+    p = np.asarray(present, dtype=bool)
     counts = {"frames_with_bp": int(p.sum()), "frames_without_bp": int((~p).sum())}
-    info = {**dict(data or {}), **counts}
-    if counts["frames_without_bp"] == 0 or counts["frames_with_bp"] == 0:
-        missing = "without" if counts["frames_without_bp"] == 0 else "with"
-        how = {
-            "method": "default",
-            "reason": f"the validation data has no frame {missing} BP, so presence accuracy "
-                      "cannot be measured; a low default only drops frames the detector is "
-                      "sure are empty",
-            "default": default,
-            "data": info,
-        }
-        accuracy = presence_accuracy(s, p, default) if s.size else None
-        return ThresholdChoice(value=default, metric=accuracy, how=how)
-    accuracies = [presence_accuracy(s, p, t) for t in values]
-    i = _middle_of_best(values, accuracies)
-    how = {
-        "method": "grid search maximising presence accuracy",
-        "metric": "share of validation frames where (score >= threshold) == (frame has BP)",
-        "grid": values,
-        "metric_by_threshold": [round(a, 6) for a in accuracies],
-        "value": round(accuracies[i], 6),
-        "tie_break": "middle of the longest run of best values",
-        "data": info,
-    }
-    return ThresholdChoice(value=values[i], metric=accuracies[i], how=how)
+    how = {**choice.how, "data": {**dict(data or {}), **counts}}
+    return ThresholdChoice(value=choice.value, metric=choice.metric, how=how)

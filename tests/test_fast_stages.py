@@ -98,6 +98,30 @@ def test_paste_back_identical_on_smooth_probabilities():
                                       ref.paste_back(prob, box, 580, 420, 0.5))
 
 
+def test_paste_back_identical_for_small_blobs_at_the_crop_edges():
+    """Blobs in the corners and along the edges of the crop (where the taps are clamped), single
+    pixels, and crops with nothing above the threshold give the reference's masks exactly."""
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[0:96, 0:96]
+    centres = [(0, 0), (95, 0), (0, 95), (95, 95), (48, 0), (0, 48), (95, 48), (48, 95), (48, 48)]
+    for box in _random_boxes(rng, 40, 580, 420):
+        for cx, cy in centres:
+            for r in (0.5, 3.0):
+                prob = (1 / (1 + np.exp(((xx - cx) ** 2 + (yy - cy) ** 2 - r * r) / 2))
+                        ).astype(np.float32)
+                for t in (0.5, 0.85):
+                    np.testing.assert_array_equal(paste_mask(prob, box, 580, 420, t),
+                                                  ref.paste_back(prob, box, 580, 420, t),
+                                                  err_msg=f"{box} {(cx, cy, r, t)}")
+        below = np.full((96, 96), 0.3, np.float32)
+        assert not paste_mask(below, box, 580, 420, 0.5).any()
+    # A threshold equal to a probability keeps that pixel (>=), as the reference does.
+    flat = np.full((96, 96), np.float32(0.7), np.float32)
+    np.testing.assert_array_equal(paste_mask(flat, (10.3, 20.6, 90.2, 70.9), 120, 100, 0.7),
+                                  ref.paste_back(flat, (10.3, 20.6, 90.2, 70.9), 120, 100, 0.7))
+    assert paste_mask(flat, (10.3, 20.6, 90.2, 70.9), 120, 100, 0.7).any()
+
+
 SPEC = CascadeSpec((160, 224), 120.0, 40.0, (96, 96), None, None, 0.5, 0.5)
 
 

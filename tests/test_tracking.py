@@ -103,3 +103,43 @@ def test_options_are_checked():
                 {"min_pixels": 0}, {"max_edge_fraction": 1.5}):
         with pytest.raises(ValueError):
             TrackOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_frames_without_bp_are_not_segmented_while_tracking():
+    # A frame the detector calls empty gives an empty mask whatever the segmenter says, so the
+    # tracked stream runs neither the crop nor the segmenter on it; its result is per-frame's.
+    frames = ([disc_frame(50, 60)] * 3 + [np.full((H, W), 20, np.uint8)] * 4
+              + [disc_frame(52, 61)] * 3)
+    models = Models()
+    segmenter_calls = []
+
+    def segmenter(batch: np.ndarray) -> np.ndarray:
+        segmenter_calls.append(len(batch))
+        return Models.segmenter(batch)
+
+    cascade = HostCascade(models.detector, segmenter, SPEC)
+    tracked = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=10)))
+    per_frame, _ = run(frames, None)
+    # Frames 0-2: detect + 2 tracked; 3: tracked crop lost, then detected (absent, no segmenter);
+    # 4-6 detected absent; 7 detected; 8-9 tracked.
+    assert models.detector_calls == 6
+    assert len(segmenter_calls) == 1 + 2 + 1 + 1 + 2
+    for k in range(3, 7):
+        r, ref = tracked[k], per_frame[k]
+        assert not r.present and not r.mask.any()
+        assert r.box == ref.box and r.score == ref.score and r.mask.shape == ref.mask.shape
+        assert "segmenter" not in r.timings and "detector" in r.timings
+    for a, b in zip(tracked, per_frame):
+        assert dice(a.mask, b.mask) > 0.97
+
+
+def test_tracked_crop_neither_shrinks_nor_grows_on_a_still_disc():
+    # The next crop is built from a mask the crop itself produced: with the default margin it
+    # must settle, not creep inwards (a mask cut by its crop) or outwards frame after frame.
+    frames = [disc_frame(70, 60)] * 30
+    tracked, calls = run(frames, TrackOptions(detect_every=100))
+    assert calls == 1
+    sides = [(r.box[2] - r.box[0], r.box[3] - r.box[1]) for r in tracked[1:]]
+    assert all(abs(w - sides[0][0]) <= 1 and abs(h - sides[0][1]) <= 1 for w, h in sides), sides
+    disc = 2 * 12 + 1
+    assert all(1.2 * disc <= w <= 2.0 * disc for w, _ in sides), sides

@@ -4,7 +4,10 @@ and the driver that runs them in order (:func:`run_training`).
 Data preparation, in order: scan the folder (``on_error``), optionally drop contradictory
 near-duplicates (``--dedup``, over all frames since a contradiction pairs a BP frame with an empty
 one), keep the BP-positive frames (what the method trains and tests on), optionally keep a seeded
-random ``--limit`` of them, then split once with the seed and save RUN/split.json. A resumed run
+random ``--limit`` of them, then split once with the seed and save RUN/split.json. The empty
+frames of subjects that are wholly in train are kept aside (``PreparedData.train_empty``) for a
+detector that learns what "no BP" looks like; a subject with a frame in validation or test gives
+none, so no empty frame of a held-out subject is ever trained on. A resumed run
 takes the split stored in its checkpoint instead (and rewrites RUN/split.json from it), after
 checking that the data fingerprint is the one the checkpoint recorded.
 """
@@ -139,13 +142,15 @@ def data_section(opts: RunOptions) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The scanned index, the split, and the frames of each part (BP-positive only)."""
+    """The scanned index, the split, and the frames of each part (BP-positive only), plus the
+    empty frames of train-only subjects (``train_empty``, in (subject, frame) order)."""
 
     index: DatasetIndex
     split: Split
     train: tuple[Frame, ...]
     val: tuple[Frame, ...]
     test: tuple[Frame, ...]
+    train_empty: tuple[Frame, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -203,13 +208,15 @@ def prepare_data(
             f"{len(missing)} frame(s) of the run's split are not usable in {opts.data} "
             f"(e.g. {missing[:3]}); was the data or --dedup/--limit changed?"
         )
-    return PreparedData(
-        index=index,
-        split=split,
-        train=tuple(by_key[k] for k in split.train),
-        val=tuple(by_key[k] for k in split.val),
-        test=tuple(by_key[k] for k in split.test),
-    )
+    train = tuple(by_key[k] for k in split.train)
+    val = tuple(by_key[k] for k in split.val)
+    test = tuple(by_key[k] for k in split.test)
+    held_out = {f.subject for f in (*val, *test)}
+    train_only = {f.subject for f in train} - held_out
+    train_empty = tuple(sorted((f for f in frames if not f.present and f.subject in train_only),
+                               key=lambda f: (f.subject, f.frame)))
+    return PreparedData(index=index, split=split, train=train, val=val, test=test,
+                        train_empty=train_empty)
 
 
 def _split_from(payload: dict[str, Any]) -> Split:

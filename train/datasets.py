@@ -138,9 +138,12 @@ def _mask_outline(mask: np.ndarray) -> np.ndarray:
     return (pts[:, None, :] + corners[None]).reshape(-1, 2)
 
 
-class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """``(image (1, H, W) float32 z-scored, box (4,) float32 x0, y0, x1, y1 in input pixels)``
-    for BP-positive frames ``indices`` of ``store``, frames resized whole to ``input_hw``.
+class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """``(image (1, H, W) float32 z-scored, box (4,) float32 x0, y0, x1, y1 in input pixels,
+    present () float32 1/0)`` for BP-positive frames ``indices`` of ``store``, frames resized whole
+    to ``input_hw``, then (when ``empties`` is given) ``empties_per_epoch`` empty frames drawn
+    afresh each epoch from ``empties`` (their box is zeros and ``present`` 0: every anchor is
+    background for them).
 
     ``augment``: B-mode transforms per sample (see :mod:`bpedge.train.augment`); a geometric one
     moves the mask's outline with the same matrix and the target is the outline's box (a
@@ -156,25 +159,39 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         hflip: bool = False,
         augment: BModeAugment | None = None,
         seed: int = 0,
+        empties: Sequence[int] = (),
+        empties_per_epoch: int = 0,
     ) -> None:
         missing = [store.keys[i] for i in indices if store.boxes[i] is None]
         if missing:
             raise ValueError(f"the detector trains on BP-positive frames; {missing[:5]} have empty masks")
+        labelled = [store.keys[i] for i in empties if store.boxes[i] is not None]
+        if labelled:
+            raise ValueError(f"frames given as empty have a BP mask: {labelled[:5]}")
+        if empties_per_epoch < 0:
+            raise ValueError(f"empties_per_epoch must be >= 0, got {empties_per_epoch}")
         self.store, self.indices = store, list(indices)
         self.input_hw, self.norm = (int(input_hw[0]), int(input_hw[1])), norm
         self.hflip, self.augment, self.seed = hflip, augment, seed
-        self._flips = np.zeros(len(self.indices), bool)
+        self.empties = list(empties)
+        self._n_empty = min(int(empties_per_epoch), len(self.empties))
+        self._drawn: list[int] = self.empties[: self._n_empty]
+        self._flips = np.zeros(len(self), bool)
         self._epoch = 0
         self._outlines: dict[int, np.ndarray] = {}
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's flips from ``(seed, epoch)``; augmentation follows the epoch too."""
+        """Draw this epoch's flips and empty frames from ``(seed, epoch)``; augmentation follows
+        the epoch too."""
         self._epoch = epoch
         if self.hflip:
-            self._flips = _epoch_rng(self.seed, epoch, 0).random(len(self.indices)) < 0.5
+            self._flips = _epoch_rng(self.seed, epoch, 0).random(len(self)) < 0.5
+        if self._n_empty:
+            pick = _epoch_rng(self.seed, epoch, 1).permutation(len(self.empties))[: self._n_empty]
+            self._drawn = [self.empties[j] for j in np.sort(pick)]
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) + self._n_empty
 
     def target_box(self, k: int) -> Box:
         """Sample ``k``'s ground-truth box in detector-input pixels (before any flip)."""
@@ -192,10 +209,11 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._outlines[k] = _mask_outline(self.store.mask(i)) * [in_w / w, in_h / h]
         return self._outlines[k]
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        i = self.indices[k]
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        present = k < len(self.indices)
+        i = self.indices[k] if present else self._drawn[k - len(self.indices)]
         in_h, in_w = self.input_hw
-        x0, y0, x1, y1 = self.target_box(k)
+        x0, y0, x1, y1 = self.target_box(k) if present else (0.0, 0.0, 0.0, 0.0)
         if self.augment is None:
             x = detector_input(self.store.images[i], ModelInput(self.input_hw, self.norm))[0]
         else:
@@ -205,7 +223,10 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             grey = crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
             rng = _epoch_rng(self.seed, self._epoch, 2 + k)
             m = random_similarity(self.augment, (in_h, in_w), rng)
-            if m is not None:
+            if m is not None and not present:
+                grey = cv2.warpAffine(grey, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REFLECT_101)
+            elif m is not None:
                 # warpAffine maps pixel centres; box coordinates are pixel edges (centre + 0.5).
                 pts = transform_points(self._outline(k) - 0.5, m) + 0.5
                 moved = (pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max())
@@ -219,8 +240,10 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self._flips[k]:
             # Resizing the whole frame commutes with the flip, so flipping the input is exact.
             x = np.ascontiguousarray(x[:, ::-1])
-            x0, x1 = in_w - x1, in_w - x0
-        return torch.from_numpy(x)[None], torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
+            if present:
+                x0, x1 = in_w - x1, in_w - x0
+        return (torch.from_numpy(x)[None], torch.tensor([x0, y0, x1, y1], dtype=torch.float32),
+                torch.tensor(1.0 if present else 0.0))
 
 
 class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):

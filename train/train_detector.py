@@ -80,7 +80,11 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
         changes["focal_alpha"] = opts.alpha
     if opts.backbone is not None:
         changes["backbone"] = opts.backbone
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    if not 0.0 <= cfg.empty_fraction <= 10.0:  # also refuses NaN
+        raise ValueError(f"empty_fraction must lie in [0, 10] (empty frames per BP frame), got "
+                         f"{cfg.empty_fraction!r}")
+    return cfg
 
 
 def detector_run_config(opts: DetectorOptions, cfg: DetectorConfig) -> dict[str, Any]:
@@ -101,8 +105,10 @@ class _DetectorLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        losses = self.model(images, boxes)
+    def forward(
+        self, images: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        losses = self.model(images, boxes, present)
         return losses["classification"] + losses["box_regression"]
 
 
@@ -122,7 +128,7 @@ class DetectorTrainee(HeldParts):
         super().__init__(model, _DetectorLoss(model), optimizer, train_set, val_set, payload)
 
     def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
-        images, boxes = batch
+        images, boxes, _ = batch  # validation holds BP frames only: mIoU is over them
         losses = self.model.losses(images, boxes)  # eval mode: BatchNorm uses running stats
         n = int(images.shape[0])
         loss = float(losses["classification"] + losses["box_regression"]) * n
@@ -139,9 +145,11 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
 
     def make_trainee(start: TrainingStart) -> DetectorTrainee:
         ctx, data, resume_from = start.ctx, start.data, start.resume_from
-        store = FrameStore(data.train + data.val, progress=opts.progress and ctx.is_main)
+        empties = data.train_empty if cfg.empty_fraction > 0 else ()
+        store = FrameStore(data.train + data.val + empties, progress=opts.progress and ctx.is_main)
         train_idx = list(range(len(data.train)))
-        val_idx = list(range(len(data.train), len(store)))
+        val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
+        empty_idx = list(range(len(data.train) + len(data.val), len(store)))
         if resume_from is not None:
             norm = Normalization(**resume_from["normalization"])
         else:
@@ -152,7 +160,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
 
         train_set = DetectorDataset(store, train_idx, cfg.input_hw, norm, hflip=cfg.hflip,
                                     augment=BModeAugment() if cfg.augment else None,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, empties=empty_idx,
+                                    empties_per_epoch=round(cfg.empty_fraction * len(train_idx)))
         val_set = DetectorDataset(store, val_idx, cfg.input_hw, norm)
 
         model = build_detector_for(cfg, opts.weights).to(ctx.device)
@@ -165,7 +174,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
         say(ctx, opts.verbose,
             f"detector ({cfg.backbone}, input {cfg.input_hw[0]}x{cfg.input_hw[1]}): "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
-            f"({data.split.mode} split, seed {cfg.seed}); z-score mean {norm.mean:.2f} "
+            f"({data.split.mode} split, seed {cfg.seed}), {len(train_set) - len(train_idx)} of "
+            f"{len(empty_idx)} train empty frames per epoch; z-score mean {norm.mean:.2f} "
             f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
         return DetectorTrainee(model, optimizer, train_set, val_set, payload.to_dict())
 

@@ -69,15 +69,23 @@ def tracking_table(record: BenchRecord) -> Table:
     """Tracking against per-frame detection, per CPU row (``bench --track``)."""
     table = Table(title="tracking vs per-frame detection (frames as sequences, one per subject)",
                   title_justify="left")
-    for name in ("backend", "FPS per-frame", "FPS tracked", "FPS ratio", "Dice per-frame",
-                 "Dice tracked", "Dice change", "detector share"):
+    for name in ("backend", "FPS per-frame", "FPS tracked",
+                 "FPS ratio (median of pairs; CPU time ratio)",
+                 "Dice per-frame",
+                 "Dice tracked", "Dice change", "all-frames Dice per-frame / tracked",
+                 "detector share"):
         table.add_column(name, justify="left" if name == "backend" else "right")
     for label, t in (record.context.get("tracking") or {}).items():
         table.add_row(escape(label), _num(t["fps_per_frame_detection"], "{:.1f}"),
-                      _num(t["fps_tracked"], "{:.1f}"), _num(t["fps_ratio"], "{:.2f}x"),
+                      _num(t["fps_tracked"], "{:.1f}"),
+                      f'{_num(t["fps_ratio"], "{:.2f}x")} '
+                      f'({_num(t.get("fps_ratio_median_of_pairs"), "{:.2f}x")}; '
+                      f'{_num(t.get("cpu_time_ratio"), "{:.2f}x")})',
                       _num(t["dice_positive_per_frame_detection"], "{:.4f}"),
                       _num(t["dice_positive_tracked"], "{:.4f}"),
                       _num(t["dice_change"], "{:+.4f}"),
+                      f'{_num(t.get("dice_all_frames_per_frame_detection"), "{:.4f}")} / '
+                      f'{_num(t.get("dice_all_frames_tracked"), "{:.4f}")}',
                       _num(t["detector_share_tracked"], "{:.2f}"))
     return table
 

@@ -89,7 +89,38 @@ def test_tracking_measure_reports_fps_ratio_and_dice():
                                               for _ in frames.images), frames.names, "test")
     out = measure_tracking(TrackingFake(), frames, TrackOptions(), rounds=2)
     assert out["sequences"] == 2 and out["frames"] == 4 and out["positives"] == 4
-    assert out["fps_ratio"] > 1.0
+    assert out["fps_ratio"] > 1.0 and out["fps_ratio_median_of_pairs"] > 1.0
+    assert out["cpu_time_ratio"] is None or out["cpu_time_ratio"] > 0
     assert out["dice_positive_tracked"] == pytest.approx(1.0)
     assert out["dice_change"] == pytest.approx(0.0)
     assert out["detector_share_tracked"] == 0.0
+
+
+def test_tracking_measure_scores_masks_on_empty_frames_over_all_frames():
+    # Frame 1_2 has no BP: the BP-frame Dice ignores the masks put on it, the all-frames Dice
+    # (empty vs empty = 1) counts them as a miss.
+    frames = _frames(("1_1", "1_2", "1_3", "2_1"))
+    bp = np.pad(np.full((3, 3), 255, np.uint8), ((2, 3), (2, 3)))
+    masks = tuple(np.zeros_like(bp) if name == "1_2" else bp for name in frames.names)
+    out = measure_tracking(TrackingFake(), BenchFrames(frames.images, masks, frames.names, "t"),
+                           TrackOptions(), rounds=1)
+    assert out["positives"] == 3 and out["dice_positive_tracked"] == pytest.approx(1.0)
+    assert out["dice_all_frames_tracked"] == pytest.approx(0.75)
+    assert out["dice_all_frames_per_frame_detection"] == pytest.approx(0.75)
+
+
+def test_tracking_measure_alternates_the_modes_sequence_by_sequence():
+    # Load from other jobs comes in bursts of seconds: per-frame and tracked passes interleave at
+    # the sequence level (and swap which goes first), so a burst falls on both.
+    calls: list[tuple[str, bool]] = []
+
+    class Logging(TrackingFake):
+        def stream(self, frames, depth, track=False):
+            frames = list(frames)
+            calls.append((str(len(frames)), bool(track)))
+            yield from super().stream(iter(frames), depth, track)
+
+    frames = _frames(("1_1", "1_2", "1_3", "2_1"))
+    measure_tracking(Logging(), frames, TrackOptions(), rounds=2)
+    assert calls[1:] == [("3", False), ("3", True), ("1", True), ("1", False),
+                         ("3", True), ("3", False), ("1", False), ("1", True)]

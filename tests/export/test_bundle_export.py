@@ -18,6 +18,7 @@ from bpedge.train.data import scan_dataset
 
 from bpedge._manifest import Manifest
 from bpedge._metrics import dice
+from bpedge._presence import middle_of_best
 from bpedge._stages import crop_resize, crop_resize_normalize
 from bpedge.bundle import Bundle
 
@@ -103,9 +104,15 @@ def test_thresholds_record_how_they_were_chosen(bundle: Bundle) -> None:
     score = thresholds.how_chosen["score"]
     # TINY_LIMIT BP frames -> 3 validation frames; the phantom's empty:BP ratio (8:40) gives one
     # empty frame of a validation subject, so the score threshold is measured, not defaulted.
-    assert score["method"] == "grid search maximising presence accuracy"
+    assert score["method"] == "grid search maximising balanced accuracy"
     assert score["data"]["frames_without_bp"] >= 1
     assert thresholds.score in score["grid"]
+    # The recorded curve and tie-break reproduce the threshold (the rule of bpedge._presence).
+    assert score["grid"][middle_of_best(score["metric_by_threshold"])] == thresholds.score
+    assert score["value"] == max(score["metric_by_threshold"])
+    assert score["value"] == pytest.approx((score["sensitivity"] + score["specificity"]) / 2,
+                                           abs=1e-6)
+    assert score["nonfinite_scores"] == 0
 
 
 def test_recorded_parity_is_within_the_gates(bundle: Bundle) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from bpedge.export.thresholds import (
@@ -12,6 +15,8 @@ from bpedge.export.thresholds import (
     mean_dice,
     presence_accuracy,
 )
+from bpedge.train.experiment import crossval
+from bpedge.train.experiment.layout import StudyLayout
 
 
 def crops_with_known_best() -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +60,52 @@ def test_score_threshold_separates_frames_with_and_without_bp() -> None:
     # Accuracy 1 for every threshold in (0.3, 0.7]: grid 0.31 .. 0.70, whose middle is 0.50.
     assert choice.value == 0.5
     assert choice.metric == 1.0
-    assert choice.how["method"] == "grid search maximising presence accuracy"
+    assert choice.how["method"] == "grid search maximising balanced accuracy"
     assert choice.how["data"] == {"note": "x", "frames_with_bp": 3, "frames_without_bp": 2}
     assert presence_accuracy(scores, present, 0.25) == 0.8
+
+
+def test_score_threshold_weighs_a_missed_bp_and_a_false_alarm_equally() -> None:
+    # 20 frames with BP (18 scored 0.8, 2 scored 0.4) and 4 without (1 scored 0.5, 3 scored 0.1):
+    # plain accuracy is best on (0.1, 0.4] (23/24; middle 0.25), balanced accuracy on (0.5, 0.8]
+    # (sensitivity 0.9, specificity 1.0; middle 0.65). See tests/test_presence.py.
+    scores = np.array([0.8] * 18 + [0.4] * 2 + [0.5] + [0.1] * 3)
+    present = np.array([True] * 20 + [False] * 4)
+    choice = choose_score_threshold(scores, present)
+    assert choice.value == 0.65
+    assert choice.metric == pytest.approx(0.95)
+    assert (choice.how["sensitivity"], choice.how["specificity"]) == (pytest.approx(0.9), 1.0)
+    assert presence_accuracy(scores, present, 0.25) > presence_accuracy(scores, present, 0.65)
+    assert choice.how["data"] == {"frames_with_bp": 20, "frames_without_bp": 4}
+
+
+def test_export_and_the_study_choose_the_same_threshold_on_the_same_scores(
+        tmp_path: Path) -> None:
+    # The study reads each fold's validation scores from its eval JSON; export gets them from
+    # the ONNX detector. Same scores, same frames -> the same threshold, defaulted the same way.
+    rng = np.random.default_rng(3)
+    folds = {
+        "subject-fold1": (np.array([0.8] * 18 + [0.4] * 2 + [0.5] + [0.1] * 3),
+                          np.array([True] * 20 + [False] * 4)),
+        "subject-fold2": (rng.uniform(0, 1, 60), np.arange(60) % 5 == 0),
+        "subject-fold3": (rng.uniform(0, 1, 10), np.ones(10, bool)),  # no empty validation frame
+    }
+    layout = StudyLayout(tmp_path / "run")
+    for name, (scores, present) in folds.items():
+        rows = [{"key": f"{k % 3 + 1}_{k}", "score": float(s), "present": bool(p)}
+                for k, (s, p) in enumerate(zip(scores, present))]
+        for path in (layout.detector_val_eval(name, 2.0), layout.detector_eval(name, 2.0)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"images": rows}))
+    study = crossval._presence(layout, list(folds), {name: 2.0 for name in folds}, seed=0)
+    for fold, (scores, present) in zip(study["folds"], folds.values()):
+        exported = choose_score_threshold(scores, present)
+        assert fold["threshold"] == exported.value
+        assert fold["method"] == exported.how["method"]
+        assert fold["val_balanced_accuracy"] == (exported.metric if fold["method"] != "default"
+                                                 else None)
+    assert study["folds"][0]["threshold"] == 0.65
+    assert study["folds"][2]["method"] == "default"
 
 
 def test_without_empty_frames_the_score_threshold_is_the_documented_default() -> None:

@@ -63,14 +63,14 @@ def test_detector_dataset_augments_per_epoch_and_keeps_the_box_on_the_bp(phantom
     aug = DetectorDataset(store, idx, (80, 112), norm, augment=BModeAugment(p_geometric=1.0),
                           seed=3)
     aug.set_epoch(1)
-    x1, b1 = aug[0]
-    x1b, b1b = aug[0]
+    x1, b1, _ = aug[0]
+    x1b, b1b, _ = aug[0]
     aug.set_epoch(2)
-    x2, b2 = aug[0]
+    x2, b2, _ = aug[0]
     torch_equal = bool((x1 == x1b).all()) and bool((b1 == b1b).all())
     assert torch_equal, "the same epoch and sample must give the same augmentation"
     assert not bool((x1 == x2).all())
-    x0, b0 = plain[0]
+    x0, b0, _ = plain[0]
     assert not bool((x0 == x1).all())
     for b in (b1, b2):
         x_0, y_0, x_1, y_1 = b.tolist()

@@ -40,7 +40,7 @@ def test_store_keeps_frames_and_masks_exactly(phantom_dir: Path, store: FrameSto
 
 def test_detector_samples_are_the_reference_resize(store: FrameStore) -> None:
     ds = DetectorDataset(store, [0, 1], (160, 224), NORM)
-    x, box = ds[1]
+    x, box, _ = ds[1]
     expected = crop_resize_normalize(store.images[1], (0, 0, 580, 420), 224, 160, 100.0, 50.0)
     assert x.shape == (1, 160, 224) and x.dtype == torch.float32
     np.testing.assert_array_equal(x[0].numpy(), expected)
@@ -74,8 +74,8 @@ def test_flips_are_seeded_per_epoch_and_move_the_box_too(store: FrameStore) -> N
               for k in idx]
     assert flips1 != flips2  # another epoch, other draws (6 coin flips, this seed differs)
     k = flips2.index(True)
-    plain_x, plain_box = DetectorDataset(store, idx, (160, 224), NORM)[k]
-    x, box = a[k]
+    plain_x, plain_box, _ = DetectorDataset(store, idx, (160, 224), NORM)[k]
+    x, box, _ = a[k]
     torch.testing.assert_close(x, plain_x.flip(-1))
     expected = torch.tensor([224 - plain_box[2], plain_box[1], 224 - plain_box[0], plain_box[3]])
     torch.testing.assert_close(box, expected)
@@ -106,3 +106,35 @@ def test_fit_normalization_is_the_mean_and_std_of_the_inputs(store: FrameStore) 
     assert norm.std == pytest.approx(float(px.astype(np.float64).std()), rel=1e-6)
     with pytest.raises(ValueError, match="empty"):
         fit_normalization(store, [], [], (40, 56))
+
+
+def test_empty_frames_are_drawn_per_epoch_as_negatives(phantom_dir: Path) -> None:
+    frames = scan_dataset(phantom_dir).frames
+    positives = [f for f in frames if f.present][:4]
+    empties = [f for f in frames if not f.present][:5]
+    assert len(empties) == 5, "the test phantom needs empty frames"
+    store = FrameStore(positives + empties)
+    pos_idx, empty_idx = [0, 1, 2, 3], [4, 5, 6, 7, 8]
+    ds = DetectorDataset(store, pos_idx, (160, 224), NORM, hflip=True, seed=2,
+                         empties=empty_idx, empties_per_epoch=2)
+    assert len(ds) == 6
+    drawn = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        drawn.append(tuple(ds._drawn))
+        for k in (4, 5):
+            _, box, present = ds[k]
+            assert float(present) == 0.0 and box.tolist() == [0.0, 0.0, 0.0, 0.0]
+        _, box, present = ds[0]
+        assert float(present) == 1.0 and float(box[2]) > float(box[0])
+    assert len(set(drawn)) > 1  # a fresh draw each epoch
+    assert {i for d in drawn for i in d} <= set(empty_idx)
+    twin = DetectorDataset(store, pos_idx, (160, 224), NORM, hflip=True, seed=2,
+                           empties=empty_idx, empties_per_epoch=2)
+    twin.set_epoch(5)
+    assert torch.equal(twin[5][0], ds[5][0])  # seeded: the same frame, flip and all
+
+
+def test_a_frame_with_a_mask_is_not_taken_as_empty(phantom_dir: Path, store: FrameStore) -> None:
+    with pytest.raises(ValueError, match="have a BP mask"):
+        DetectorDataset(store, [0], (160, 224), NORM, empties=[1], empties_per_epoch=1)

@@ -13,8 +13,10 @@ per test frame of every subject. From them (RUN/summary.json ``crossval``):
 - the paper's like-with-like subset: detector-crop Dice over test frames whose detector IoU is
   >= 0.7, beside the published value (the all-frames number stays the headline);
 - "BP present": per fold a score threshold chosen on that fold's VALIDATION frames (BP-positive
-  and empty frames of the validation subjects) to maximise balanced accuracy, then sensitivity and
-  specificity on the test frames with CIs; the same at the fixed threshold 0.5; and the
+  and empty frames of the validation subjects) by the rule ``bpedge export`` uses for the bundle
+  (:func:`bpedge._presence.choose_presence_threshold`: balanced accuracy, the middle of the best
+  run, a recorded default when a fold's validation has frames of one kind only), then sensitivity
+  and specificity on the test frames with CIs; the same at the fixed threshold 0.5; and the
   detector score's calibration as P(BP present) on test frames: a reliability table (10 bins) and
   the expected calibration error (ECE);
 - the crop margin swept at evaluation (:mod:`bpedge.train.experiment.margin_sweep`): pooled
@@ -31,11 +33,11 @@ from typing import Any
 import numpy as np
 from bpedge.train.experiment.layout import StudyLayout
 
+from bpedge._presence import DEFAULT_PRESENCE_THRESHOLD, choose_presence_threshold
+
 __all__ = [
     "BOOTSTRAP_SAMPLES",
-    "balanced_accuracy",
     "build_crossval",
-    "choose_presence_threshold",
     "cluster_bootstrap",
     "expected_calibration_error",
     "reliability_table",
@@ -45,8 +47,6 @@ BOOTSTRAP_SAMPLES = 2000
 PAIRS: tuple[tuple[str, str], ...] = (("detector", "none"), ("gt", "detector"), ("gt", "none"))
 CALIBRATION_BINS = 10
 FIXED_SCORE_THRESHOLD = 0.5
-#: Score thresholds tried for "BP present" (0.01 steps, as ``bpedge export`` searches).
-PRESENCE_GRID: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 100))
 
 
 def _read(path: Path) -> Any:
@@ -135,47 +135,20 @@ def _sens_spec(scores: list[float], present: list[bool], subjects: list[str],
     }
 
 
-def balanced_accuracy(scores: np.ndarray, present: np.ndarray, threshold: float) -> float:
-    """``(sensitivity + specificity) / 2`` of ``scores >= threshold`` as the call "BP present";
-    ``present`` must hold frames with and without BP."""
-    s, p = np.asarray(scores, dtype=np.float64), np.asarray(present, dtype=bool)
-    if s.shape != p.shape or s.ndim != 1 or not p.any() or p.all():
-        raise ValueError("balanced accuracy needs equal-length 1-D arrays with frames with and "
-                         "without BP")
-    called = s >= threshold
-    return float((called[p].mean() + (~called[~p]).mean()) / 2)
-
-
-def choose_presence_threshold(scores: np.ndarray, present: np.ndarray,
-                              grid: Sequence[float] = PRESENCE_GRID) -> tuple[float, float]:
-    """``(threshold, balanced accuracy)``: the ``grid`` value maximising :func:`balanced_accuracy`
-    (equal weight to a missed BP and a false alarm, whatever the share of empty frames); ties: the
-    middle of the longest run of best values. The study's rule; the bundle's own score threshold
-    is chosen by ``bpedge export`` (presence accuracy)."""
-    values = [balanced_accuracy(scores, present, t) for t in grid]
-    best = max(values)
-    runs: list[list[int]] = []
-    for i, v in enumerate(values):
-        if v == best:
-            if runs and runs[-1][-1] == i - 1:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-    run = max(runs, key=len)
-    i = run[len(run) // 2]
-    return float(grid[i]), values[i]
-
-
 def _presence(layout: StudyLayout, folds: Sequence[str], chosen: dict[str, float],
               seed: int) -> dict[str, Any]:
     per_fold, scores, present, subjects, thresholds = [], [], [], [], []
     for name in folds:
         val = _read(layout.detector_val_eval(name, chosen[name]))["images"]
         val_present = np.array([r["present"] for r in val], dtype=bool)
-        threshold, metric = choose_presence_threshold(
-            np.array([r["score"] for r in val]), val_present)
-        per_fold.append({"split": name, "threshold": threshold,
-                         "val_balanced_accuracy": metric,
+        choice = choose_presence_threshold(
+            np.array([r["score"] for r in val], dtype=np.float64), val_present)
+        threshold = choice.value
+        per_fold.append({"split": name, "threshold": threshold, "method": choice.method,
+                         "val_balanced_accuracy": choice.balanced_accuracy,
+                         "val_sensitivity": choice.sensitivity,
+                         "val_specificity": choice.specificity,
+                         "val_nonfinite_scores": choice.how["nonfinite_scores"],
                          "val_frames_with_bp": int(val_present.sum()),
                          "val_frames_without_bp": int((~val_present).sum())})
         for r in _read(layout.detector_eval(name, chosen[name]))["images"]:
@@ -185,8 +158,12 @@ def _presence(layout: StudyLayout, folds: Sequence[str], chosen: dict[str, float
             thresholds.append(threshold)
     return {
         "rule": "per fold, the score threshold maximising balanced accuracy ((sensitivity + "
-                "specificity) / 2) on that fold's validation frames, BP-positive and empty; "
-                "ties: the middle of the best run. Target: sensitivity and specificity >= 0.90",
+                "specificity) / 2) on that fold's validation frames, BP-positive and empty, "
+                "over 0.01-0.99 in 0.01 steps; ties: the middle of the longest best run; a fold "
+                "whose validation has frames of one kind only keeps the default "
+                f"{DEFAULT_PRESENCE_THRESHOLD:g} (its method says so). The same rule as the "
+                "bundle's threshold in `bpedge export`. Target: sensitivity and specificity "
+                ">= 0.90",
         "folds": per_fold,
         "test_frames_with_bp": int(sum(present)),
         "test_frames_without_bp": int(len(present) - sum(present)),

@@ -89,7 +89,10 @@ def _like(cv: dict[str, Any], archs: list[str]) -> list[Block]:
 
 def _presence(cv: dict[str, Any]) -> list[Block]:
     pr = cv["presence"]
-    fold_rows = tuple((f["split"], fmt(f["threshold"], 2), fmt(f["val_balanced_accuracy"]),
+    # A fold whose validation had frames of one kind only kept the rule's default ("method").
+    fold_rows = tuple((f["split"], fmt(f["threshold"], 2)
+                       + (" (default)" if f.get("method") == "default" else ""),
+                       fmt(f["val_balanced_accuracy"]),
                        f"{f['val_frames_with_bp']} / {f['val_frames_without_bp']}")
                       for f in pr["folds"])
     rel_rows = tuple((f"{r['low']:.1f}-{r['high']:.1f}", str(r["n"]), fmt(r["mean_score"]),

@@ -100,15 +100,16 @@ class RetinaNetDetector(nn.Module):
         self.top_k = int(top_k)
 
     def forward(
-        self, images: Tensor, boxes: Tensor | None = None
+        self, images: Tensor, boxes: Tensor | None = None, present: Tensor | None = None
     ) -> dict[str, Tensor] | tuple[Tensor, Tensor]:
-        """Losses in train mode (``boxes`` required), ``(scores, boxes)`` in eval mode."""
+        """Losses in train mode (``boxes`` required, ``present`` optional: see :meth:`losses`),
+        ``(scores, boxes)`` in eval mode."""
         if self.training:
             if boxes is None:
                 raise ValueError(
                     "in train mode the detector needs target boxes (N, 4); call .eval() to predict"
                 )
-            return self.losses(images, boxes)
+            return self.losses(images, boxes, present)
         if boxes is not None:
             raise ValueError(
                 "in eval mode forward(images) predicts; call .losses(images, boxes) for losses"
@@ -165,22 +166,35 @@ class RetinaNetDetector(nn.Module):
         )
         return scores, boxes
 
-    def match(self, boxes: Tensor) -> Tensor:
-        """Per anchor, 0 (foreground), -1 (background) or -2 (ignored): (N, A_total) int64."""
-        matched = [self.matcher(box_iou(b[None], self.anchors)) for b in boxes]
+    def match(self, boxes: Tensor, present: Tensor | None = None) -> Tensor:
+        """Per anchor, 0 (foreground), -1 (background) or -2 (ignored): (N, A_total) int64.
+        An image whose ``present`` is 0 has no BP: all its anchors are background."""
+        background = torch.full((self.anchors.shape[0],), -1, dtype=torch.int64,
+                                device=self.anchors.device)
+        flags = [True] * len(boxes) if present is None else [bool(v) for v in present.tolist()]
+        matched = [self.matcher(box_iou(b[None], self.anchors)) if has_bp else background
+                   for b, has_bp in zip(boxes, flags)]
         return torch.stack(matched)
 
-    def losses(self, images: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+    def losses(
+        self, images: Tensor, boxes: Tensor, present: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Focal loss over non-ignored anchors and box loss over positives, each divided by the
-        image's number of positive anchors, then averaged over the batch (torchvision's recipe).
+        image's number of positive anchors (at least 1), then averaged over the batch
+        (torchvision's recipe).
 
-        Works in either mode; in eval mode (BatchNorm frozen) under ``torch.no_grad`` it gives
-        validation losses.
+        ``present``: (N,) 1/0 per image, ``None`` for all 1. An image with 0 has no BP: its box row
+        is ignored, every anchor is a negative, so the classification loss teaches the score what
+        an empty frame looks like, and it adds no box loss. Works in either mode; in eval mode
+        (BatchNorm frozen) under ``torch.no_grad`` it gives validation losses.
         """
-        self._check_boxes(boxes, images)
+        self._check_present(present, images)
+        self._check_box_shape(boxes, images)
+        # Only the rows of images with a BP must be boxes; the others are placeholders.
+        self._check_box_values(boxes if present is None else boxes[present.to(torch.bool)])
         boxes = boxes.to(device=self.anchors.device, dtype=self.anchors.dtype)
         logits, deltas = self.head_outputs(images)
-        matched = self.match(boxes)
+        matched = self.match(boxes, present)
         foreground = matched >= 0
         num_fg = foreground.sum(dim=1).clamp(min=1).to(logits.dtype)  # (N,)
 
@@ -219,7 +233,18 @@ class RetinaNetDetector(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"detector input must be floating point (z-scored), got {images.dtype}")
 
-    def _check_boxes(self, boxes: Tensor, images: Tensor) -> None:
+    def _check_present(self, present: Tensor | None, images: Tensor) -> None:
+        if present is None:
+            return
+        if not isinstance(present, Tensor) or present.ndim != 1 or (
+            isinstance(images, Tensor) and present.shape[0] != images.shape[0]
+        ):
+            got = tuple(present.shape) if isinstance(present, Tensor) else type(present).__name__
+            raise ValueError(f"present must be (N,) 1/0 per image, got {got}")
+        if not bool(((present == 0) | (present == 1)).all()):
+            raise ValueError("present must hold only 1 (BP in the frame) or 0 (no BP)")
+
+    def _check_box_shape(self, boxes: Tensor, images: Tensor) -> None:
         if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
             got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
             raise ValueError(f"target boxes must be (N, 4) x0, y0, x1, y1, got {got}")
@@ -227,6 +252,9 @@ class RetinaNetDetector(nn.Module):
             raise ValueError(
                 f"one target box per image: got {boxes.shape[0]} boxes for {images.shape[0]} images"
             )
+
+    @staticmethod
+    def _check_box_values(boxes: Tensor) -> None:
         if not bool(torch.isfinite(boxes).all()):
             raise ValueError("target boxes contain NaN or infinity")
         if bool(((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any()):

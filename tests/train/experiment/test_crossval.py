@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from bpedge.train.experiment.boundary import surface_metrics
 from bpedge.train.experiment.crossval import (
-    balanced_accuracy,
-    choose_presence_threshold,
     cluster_bootstrap,
     expected_calibration_error,
     reliability_table,
 )
+
+from bpedge._presence import balanced_accuracy, choose_presence_threshold
 
 
 def test_bootstrap_interval_brackets_the_mean_and_widens_with_subject_spread():
@@ -64,9 +64,14 @@ def test_balanced_threshold_ignores_class_imbalance():
     # call everything present; balanced accuracy separates the empty frames where it can.
     scores = np.r_[np.linspace(0.6, 0.9, 90), np.linspace(0.4, 0.7, 10)]
     present = np.r_[np.ones(90, bool), np.zeros(10, bool)]
-    value, metric = choose_presence_threshold(scores, present)
+    choice = choose_presence_threshold(scores, present)
+    value, metric = choice.value, choice.balanced_accuracy
+    assert metric is not None
     assert balanced_accuracy(scores, present, value) == pytest.approx(metric)
     assert metric >= balanced_accuracy(scores, present, 0.05) + 0.3
     assert 0.55 <= value <= 0.72
     with pytest.raises(ValueError, match="with and without BP"):
-        choose_presence_threshold(scores, np.ones(100, bool))
+        balanced_accuracy(scores, np.ones(100, bool), value)
+    # The shared rule (bpedge._presence) keeps a recorded default for one kind of frame, as
+    # export always did, instead of refusing: the study and the bundle share that behaviour.
+    assert choose_presence_threshold(scores, np.ones(100, bool)).method == "default"

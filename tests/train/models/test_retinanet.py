@@ -241,3 +241,60 @@ def test_parameter_counts_of_the_tiny_and_paper_detectors():
 def test_tiny_detector_flops_fit_a_two_core_cpu():
     _, flops = model_complexity(build_detector(TINY), (1, 1, *TINY.input_hw))
     assert flops < 1e9
+
+
+def test_an_empty_frame_makes_every_anchor_a_negative_and_adds_no_box_loss():
+    model = build_detector(TINY).eval()  # BatchNorm from running stats: per-image features
+    box = (60.0, 50.0, 124.0, 98.0)
+    images = torch.cat([synthetic_frame(TINY.input_hw, box), synthetic_frame(TINY.input_hw, box, 1)])
+    boxes = torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])  # the empty frame's row is a placeholder
+    matched = model.match(boxes, torch.tensor([1.0, 0.0]))
+    assert bool((matched[0] == 0).any())
+    assert bool((matched[1] == -1).all())
+    with torch.no_grad():
+        both = model.losses(images, boxes, torch.tensor([1.0, 0.0]))
+        first = model.losses(images[:1], boxes[:1])
+    # The batch mean: the BP frame's box loss over two images, none from the empty one.
+    assert float(both["box_regression"]) == pytest.approx(float(first["box_regression"]) / 2,
+                                                          rel=1e-5)
+
+
+def test_training_on_an_empty_frame_lowers_its_score_but_not_the_bp_frames():
+    torch.manual_seed(0)
+    box = (60.0, 50.0, 124.0, 98.0)
+    bp = synthetic_frame(TINY.input_hw, box)
+    empty = synthetic_frame(TINY.input_hw, (0.0, 0.0, 0.0, 0.0), seed=1)  # speckle only
+    images, boxes = torch.cat([bp, empty]), torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])
+    present = torch.tensor([1.0, 0.0])
+    model = build_detector(TINY).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(25):
+        losses = model(images, boxes, present)
+        optimiser.zero_grad()
+        sum(losses.values()).backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        scores, predicted = model(images)
+    assert float(scores[0]) > 2 * float(scores[1])
+    assert float(box_iou(predicted[:1], boxes[:1])[0, 0]) > 0.5
+
+
+@pytest.mark.parametrize(
+    "present,match",
+    [
+        (torch.tensor([1.0, 0.0]), r"present must be \(N,\)"),
+        (torch.tensor([[1.0]]), r"present must be \(N,\)"),
+        (torch.tensor([0.5]), "only 1"),
+    ],
+)
+def test_bad_present_flags_are_refused(present, match):
+    model = build_detector(TINY).train()
+    with pytest.raises(ValueError, match=match):
+        model(torch.zeros(1, 1, *TINY.input_hw), torch.tensor([[1.0, 1.0, 9.0, 9.0]]), present)
+
+
+def test_a_bp_frame_still_needs_a_real_box_when_flags_are_given():
+    model = build_detector(TINY).train()
+    with pytest.raises(ValueError, match="positive area"):
+        model(torch.zeros(2, 1, *TINY.input_hw), torch.zeros(2, 4), torch.tensor([1.0, 0.0]))
