@@ -250,8 +250,8 @@ def test_an_int8_model_file_that_is_another_file_of_the_bundle_is_refused(copy: 
         Bundle.open(copy)
 
 
-def two_column_detector(dynamic_score: bool) -> bytes:
-    """A detector taking the bundle's image input whose score is [N, 2] ([s, 1 - s] per frame,
+def two_column_detector(input_shape: list, dynamic_score: bool) -> bytes:
+    """A detector taking the bundle's image input (``input_shape``) whose score is [N, 2] ([s, 1 - s] per frame,
     s the frame's mean brightness through a sigmoid) and whose box is [N, 4]: the same names and
     types as a bpedge detector, but two scores per frame. ``dynamic_score``: the pairs flattened
     to a score of 2N values whose size the model does not declare (it looks like [N])."""
@@ -281,7 +281,7 @@ def two_column_detector(dynamic_score: bool) -> bytes:
     ]
     graph = helper.make_graph(
         nodes, "two_column_detector",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 160, 224])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, input_shape)],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT,
                                        ["M"] if dynamic_score else ["N", 2]),
          helper.make_tensor_value_info("box", TensorProto.FLOAT, ["N", 4])],
@@ -297,7 +297,8 @@ def test_a_detector_giving_more_than_one_score_per_frame_never_gives_a_frame_ano
         copy: Path, dynamic_score: bool):
     # With one score per frame read from a flattened [N, 2], frame 1 of a batch got frame 0's
     # second column: a score computed on another frame, silently.
-    set_hash(copy, "detector.fp32.onnx", two_column_detector(dynamic_score))
+    image = json.loads(manifest_text(copy))["models"]["detector"]["inputs"][0]["shape"]
+    set_hash(copy, "detector.fp32.onnx", two_column_detector(image, dynamic_score))
     edit_manifest(copy, ("models", "detector", "outputs", 0, "shape"),
                   ["N"] if dynamic_score else ["N", 2])
     frames = [np.full((64, 96), 30, np.uint8), np.full((64, 96), 220, np.uint8)]
