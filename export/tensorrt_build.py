@@ -129,8 +129,8 @@ def build_engines(
     ``max_batch``: largest batch the engines accept (profile batch 1 .. max_batch, tuned for 1).
     ``workspace_mb``: TensorRT workspace memory limit in MiB. ``timing_cache``: a file to load
     and update, so that rebuilds on this machine are fast; it must be new or one that
-    ``build_engines`` wrote (a file of anyone else's is never read or replaced). ``force``: rebuild even when a fitting
-    engine exists. ``progress``: show TensorRT's build phases as progress bars on stderr.
+    ``build_engines`` wrote (a file of anyone else's is never read or replaced). ``force``:
+    rebuild even when a fitting engine exists. ``progress``: show TensorRT's build phases as progress bars on stderr.
 
     ``trt`` and ``gpu`` replace the real TensorRT module and GPU query (tests); ``log`` receives
     one line per decision (default: stderr).

@@ -223,19 +223,19 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
             grey = crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
             rng = _epoch_rng(self.seed, self._epoch, 2 + k)
             m = random_similarity(self.augment, (in_h, in_w), rng)
-            if m is not None and not present:
-                grey = cv2.warpAffine(grey, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REFLECT_101)
-            elif m is not None:
+            if m is not None and present:
                 # warpAffine maps pixel centres; box coordinates are pixel edges (centre + 0.5).
                 pts = transform_points(self._outline(k) - 0.5, m) + 0.5
                 moved = (pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max())
                 kept = clamp_box(moved, in_w, in_h)
                 area = (moved[2] - moved[0]) * (moved[3] - moved[1])
                 if (kept[2] - kept[0]) * (kept[3] - kept[1]) >= 0.5 * area:
-                    grey = cv2.warpAffine(grey, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
-                                          borderMode=cv2.BORDER_REFLECT_101)
                     x0, y0, x1, y1 = kept
+                else:
+                    m = None  # the box would leave the image: this sample is not moved
+            if m is not None:
+                grey = cv2.warpAffine(grey, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REFLECT_101)
             x = normalize(augment_grey(grey, self.augment, rng), self.norm.mean, self.norm.std)
         if self._flips[k]:
             # Resizing the whole frame commutes with the flip, so flipping the input is exact.

@@ -84,8 +84,10 @@ def test_a_model_that_fails_its_gate_is_not_shipped(tiny_checkpoints, phantom_di
 
 
 def test_runtime_runs_int8_on_onnxruntime(int8_bundle, phantom_dir):
-    if all(m.onnx.int8 is None for m in int8_bundle.manifest.models.values()):
-        pytest.skip("no model passed the INT8 gate on this session's tiny models")
+    # The tiny U-Net quantises within its gate (the detector may not): something must ship, or
+    # this test would show nothing about the INT8 runtime.
+    shipped = [n for n, m in int8_bundle.manifest.models.items() if m.onnx.int8 is not None]
+    assert shipped, f"no INT8 model passed its gate: {int8_bundle.manifest.parity['int8']}"
     frames = [read_image(f.image_path) for f in scan_dataset(phantom_dir).frames[::6]]
     with Segmenter.from_bundle(int8_bundle, "onnxruntime", precision="int8", threads=1) as seg8, \
             Segmenter.from_bundle(int8_bundle, "onnxruntime", threads=1) as seg32:
