@@ -177,11 +177,19 @@ class ModelEntry(JsonRecord):
                 if f is not None]
 
 
+#: Smallest normalisation std a manifest may carry, in grey levels. A std this small already
+#: scales a 0-255 pixel to at most 25,500, inside FP16's range (65,504); a smaller one (a hostile
+#: or corrupt manifest) would overflow FP16 engines to inf and NaN. No real B-mode set has pixels
+#: that nearly constant.
+MIN_STD = 0.01
+
+
 @dataclass(frozen=True)
 class DetectorPreprocessing(JsonRecord):
     """Full frame -> detector input: resize to ``input_hw``, then ``(v - mean) / std``
     (``norm="dataset"``) or per-image z-score (``norm="per_image"``). Values in 8-bit units:
-    ``mean`` in [0, 255], ``std`` in (0, 255] (statistics of 8-bit pixels cannot lie outside)."""
+    ``mean`` in [0, 255], ``std`` in [0.01, 255] (statistics of 8-bit pixels cannot lie above;
+    see :data:`MIN_STD` for the floor)."""
 
     input_hw: tuple[int, int]
     mean: float
@@ -191,7 +199,7 @@ class DetectorPreprocessing(JsonRecord):
     def __post_init__(self) -> None:
         set_field(self, "input_hw", check_hw("input_hw", self.input_hw))
         set_field(self, "mean", check_float("mean", self.mean, 0.0, 255.0))
-        set_field(self, "std", check_float("std", self.std, 1e-12, 255.0))
+        set_field(self, "std", check_float("std", self.std, MIN_STD, 255.0))
         check_choice("norm", self.norm, NORMS)
 
 
@@ -199,7 +207,7 @@ class DetectorPreprocessing(JsonRecord):
 class SegmenterPreprocessing(JsonRecord):
     """Box expanded by ``crop_margin`` (a fraction of its side in [0, 10], about its centre;
     optional in the JSON, 0.0 when absent) -> ``crop_hw`` crop, then ``(v - mean) / std``
-    (``norm="dataset"``, mean in [0, 255] and std in (0, 255] required) or per-crop z-score
+    (``norm="dataset"``, mean in [0, 255] and std in [0.01, 255] required) or per-crop z-score
     (``norm="per_image"``, mean and std may be null)."""
 
     crop_hw: tuple[int, int]
@@ -217,7 +225,7 @@ class SegmenterPreprocessing(JsonRecord):
         if self.mean is not None:
             set_field(self, "mean", check_float("mean", self.mean, 0.0, 255.0))
         if self.std is not None:
-            set_field(self, "std", check_float("std", self.std, 1e-12, 255.0))
+            set_field(self, "std", check_float("std", self.std, MIN_STD, 255.0))
         set_field(self, "crop_margin", check_float("crop_margin", self.crop_margin, 0.0,
                                                    MAX_CROP_MARGIN))
 

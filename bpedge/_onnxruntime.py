@@ -11,8 +11,8 @@ import numpy as np
 
 from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
-from bpedge._manifest import TensorSpec
 from bpedge._manifest_fields import BundleError
+from bpedge._model_tensors import DeclaredTensor, check_input_hw, check_outputs, check_tensors
 from bpedge.bundle import Bundle
 
 
@@ -57,8 +57,9 @@ class OrtModel:
         if len(inputs) != 1:
             raise ValueError(f"{name}: expected a model with one input, found {len(inputs)}")
         self.input_name = inputs[0].name
-        #: The model's declared input shape: ints, or strings/None for dynamic dimensions.
-        self.input_shape: tuple[int | str | None, ...] = tuple(inputs[0].shape)
+        #: What the model declares (for the load-time checks of :mod:`bpedge._model_tensors`).
+        self.declared_inputs = _declared(inputs)
+        self.declared_outputs = _declared(self._session.get_outputs())
         self._input_type = np.float16 if "float16" in inputs[0].type else np.float32
         known = {o.name for o in self._session.get_outputs()}
         missing = [n for n in output_names if n not in known]
@@ -67,84 +68,22 @@ class OrtModel:
         self.output_names = list(output_names)
         self.name = name
 
-    def check_input_hw(self, expected_hw: tuple[int, int], source: str) -> None:
-        """ValueError unless the model takes (N, 1, H, W) with (H, W) == ``expected_hw`` (what
-        ``source``, a manifest field, declares): caught at load instead of on every frame."""
-        shape = self.input_shape
-        hw = tuple(shape[-2:]) if len(shape) == 4 else None
-        fixed = hw is not None and all(isinstance(d, int) for d in hw)
-        if len(shape) != 4 or (fixed and hw != tuple(expected_hw)):
-            raise ValueError(
-                f"{self.name}: the model's input is {list(shape)}, but the manifest's {source} is "
-                f"{list(expected_hw)}; the manifest does not describe this model: re-export the "
-                "bundle with `bpedge export`"
-            )
-
-    def check_tensors(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                      source: str) -> None:
-        """:class:`BundleError` unless the model's inputs and outputs are exactly the manifest's
-        ``inputs`` and ``outputs`` (``source``: where the manifest lists them): the same names,
-        element types and ranks, a fixed size wherever the manifest gives one, and a dynamic
-        batch wherever it says ``"N"``. A manifest that misdescribes its model misleads every
-        other reader of the bundle (C++ firmware, TensorRT builds) even where this runtime would
-        still run it."""
-        problems: list[str] = []
-        for kind, declared, actual in (("input", inputs, self._session.get_inputs()),
-                                       ("output", outputs, self._session.get_outputs())):
-            found = {a.name: a for a in actual}
-            names = [spec.name for spec in declared]
-            if sorted(names) != sorted(found):
-                problems.append(f"{kind}s {sorted(names)} in the manifest, {sorted(found)} in "
-                                "the model")
-                continue
-            for spec in declared:
-                problems += _tensor_problems(kind, spec, found[spec.name])
-        if problems:
-            raise BundleError(
-                f"{self.name}: the model does not match {source} in the manifest ("
-                f"{'; '.join(problems)}); the manifest does not describe this model: re-export "
-                "the bundle with `bpedge export`")
-
-    def check_outputs(self, allowed: dict[str, tuple[tuple[int, ...], ...]]) -> None:
-        """:class:`BundleError` unless each named output's declared shape is one of its
-        ``allowed`` shapes (``-1``: any size; a dynamic dimension of the model fits any size):
-        the cascade reads one score, one box and one crop-sized probability map per frame."""
-        declared = {o.name: list(o.shape) for o in self._session.get_outputs()}
-        for name, shapes in allowed.items():
-            shape = declared[name]
-            if not any(len(shape) == len(want) and all(
-                    w == -1 or not isinstance(d, int) or d == w for d, w in zip(shape, want))
-                    for want in shapes):
-                wanted = " or ".join(str(["N" if w == -1 else w for w in want]) for want in shapes)
-                raise BundleError(f"{self.name}: output {name!r} is {shape}; the cascade needs "
-                                  f"{wanted}: this is not a bpedge model, re-export the bundle "
-                                  "with `bpedge export`")
-
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self._input_type)}
         outputs = self._session.run(self.output_names, feed)
         return [np.asarray(o, dtype=np.float32) for o in outputs]
 
 
-# ONNX Runtime's NodeArg.type strings for the manifest's dtypes.
-_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)",
-              "int8": "tensor(int8)", "int32": "tensor(int32)", "int64": "tensor(int64)",
-              "bool": "tensor(bool)"}
+# ONNX Runtime's NodeArg.type strings -> the manifest's dtypes.
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+               "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64",
+               "tensor(bool)": "bool"}
 
 
-def _tensor_problems(kind: str, spec: TensorSpec, actual: Any) -> list[str]:
-    problems = []
-    if _ORT_TYPES.get(spec.dtype) != actual.type:
-        problems.append(f"{kind} {spec.name!r} is {spec.dtype} in the manifest, {actual.type} in "
-                        "the model")
-    shape = list(actual.shape)
-    dims_match = len(shape) == len(spec.shape) and all(
-        (not isinstance(have, int)) if want == "N" else (not isinstance(have, int) or have == want)
-        for want, have in zip(spec.shape, shape))
-    if not dims_match:
-        problems.append(f"{kind} {spec.name!r} is {list(spec.shape)} in the manifest, {shape} in "
-                        "the model")
-    return problems
+def _declared(args: Sequence[Any]) -> tuple[DeclaredTensor, ...]:
+    return tuple(DeclaredTensor(a.name, _ORT_DTYPES.get(a.type, a.type),
+                                tuple(d if isinstance(d, int) else str(d or "?") for d in a.shape))
+                 for a in args)
 
 
 def onnxruntime_cascade(bundle: Bundle, spec: CascadeSpec, precision: str,
@@ -182,15 +121,19 @@ def host_cascade(bundle: Bundle, spec: CascadeSpec, runtime: str, precision: str
 
     detector = model("detector", ["score", "box"])
     segmenter = model("segmenter", ["prob"])
-    if isinstance(detector, OrtModel):  # ONNX Runtime sessions check the bundle's sizes
-        detector.check_input_hw(spec.detector_input_hw, "preprocessing.detector.input_hw")
-        segmenter.check_input_hw(spec.crop_hw, "preprocessing.segmenter.crop_hw")
-        for name, session in (("detector", detector), ("segmenter", segmenter)):
-            entry = bundle.manifest.models[name]
-            session.check_tensors(entry.inputs, entry.outputs,
-                                  f"models.{name}.inputs/outputs")
-        detector.check_outputs({"score": ((-1,), (-1, 1)), "box": ((-1, 4),)})
-        segmenter.check_outputs({"prob": ((-1, 1, *spec.crop_hw),)})
+    # Both runtimes check the models against the manifest at load, not on the first frame.
+    check_input_hw(detector.name, detector.declared_inputs, spec.detector_input_hw,
+                   "preprocessing.detector.input_hw")
+    check_input_hw(segmenter.name, segmenter.declared_inputs, spec.crop_hw,
+                   "preprocessing.segmenter.crop_hw")
+    for name, loaded in (("detector", detector), ("segmenter", segmenter)):
+        entry = bundle.manifest.models[name]
+        check_tensors(loaded.name, loaded.declared_inputs, loaded.declared_outputs, entry.inputs,
+                      entry.outputs, f"models.{name}.inputs/outputs")
+    check_outputs(detector.name, detector.declared_outputs,
+                  {"score": ((-1,), (-1, 1)), "box": ((-1, 4),)})
+    check_outputs(segmenter.name, segmenter.declared_outputs,
+                  {"prob": ((-1, 1, *spec.crop_hw),)})
 
     def run_detector(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, box = detector(batch)

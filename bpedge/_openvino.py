@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bpedge._model_tensors import DeclaredTensor
+
 #: Precisions this backend runs (bf16 reads the FP32 ONNX, int8 the INT8 QDQ ONNX).
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -75,6 +77,16 @@ class OvModel:
             raise RuntimeError(f"{name}: this CPU has no native BF16 (OpenVINO's CPU capabilities: "
                              f"{list(cpu_capabilities())}); use precision 'fp32' or 'int8'")
         core = ov.Core()
+        try:
+            read = core.read_model(model)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{name}: OpenVINO cannot read this model ({str(exc).splitlines()[0]}); export "
+                "the bundle again with `bpedge export`, or use backend='onnxruntime'"
+            ) from exc
+        #: What the model declares (for the load-time checks of :mod:`bpedge._model_tensors`).
+        self.declared_inputs = _declared(read.inputs)
+        self.declared_outputs = _declared(read.outputs)
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
@@ -82,7 +94,7 @@ class OvModel:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            compiled = core.compile_model(core.read_model(model), "CPU", config)
+            compiled = core.compile_model(read, "CPU", config)
         except RuntimeError as exc:
             raise ValueError(
                 f"{name}: OpenVINO cannot compile this model ({str(exc).splitlines()[0]}); export "
@@ -110,3 +122,20 @@ class OvModel:
         results = request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)
         # Copies: the request's output tensors are reused by its next inference.
         return [np.array(results[o], dtype=np.float32) for o in self._outputs]
+
+
+# OpenVINO element type names -> the manifest's dtypes.
+_OV_DTYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8", "i32": "int32",
+              "i64": "int64", "boolean": "bool"}
+
+
+def _declared(ports: Sequence[Any]) -> tuple[DeclaredTensor, ...]:
+    tensors = []
+    for port in ports:
+        kind = port.get_element_type().get_type_name()
+        shape = port.get_partial_shape()
+        dims: tuple[int | str, ...] = (
+            tuple(d.get_length() if d.is_static else "?" for d in shape)
+            if shape.rank.is_static else ("...",))
+        tensors.append(DeclaredTensor(port.get_any_name(), _OV_DTYPES.get(kind, kind), dims))
+    return tuple(tensors)

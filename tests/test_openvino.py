@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,34 @@ def frames(phantom_dir: Path) -> list[np.ndarray]:
 def reference(tiny_bundle: Path, frames):
     with Segmenter.from_bundle(tiny_bundle, "onnxruntime", threads=1) as seg:
         return [seg(f) for f in frames]
+
+
+@pytest.mark.parametrize("path,value,words", [
+    (("models", "detector", "inputs", 0, "name"), "pixels",
+     r"detector\.fp32\.onnx.*inputs \['pixels'\] in the manifest, \['image'\] in the model"),
+    (("models", "detector", "inputs", 0, "dtype"), "uint8",
+     r"input 'image' is uint8 in the manifest, float32 in the model"),
+    (("models", "segmenter", "inputs", 0, "shape"), ["N", 1, 64, 64],
+     r"input 'crop' is \['N', 1, 64, 64\] in the manifest, \['\?', 1, 96, 96\] in the model"),
+    (("models", "segmenter", "outputs", 0, "name"), "mask",
+     r"segmenter\.fp32\.onnx.*outputs \['mask'\] in the manifest"),
+])
+def test_a_manifest_that_misdescribes_its_models_is_refused_when_openvino_loads_them(
+        tiny_bundle: Path, tmp_path: Path, path: tuple, value: object, words: str):
+    # OpenVINO would run these models; the manifest is what C++ firmware and TensorRT builds read,
+    # so a bundle that lies about them is refused at load, as with ONNX Runtime.
+    from bpedge._manifest_fields import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=words):
+        Segmenter.from_bundle(bundle, "openvino", precision="fp32", threads=1)
 
 
 def test_openvino_fp32_gives_onnxruntime_fp32_results(tiny_bundle, frames, reference):

@@ -198,7 +198,7 @@ def edit_manifest(bundle: Path, path: tuple, value: object) -> None:
     (("models", "segmenter", "outputs", 0, "name"), "mask",
      r"segmenter\.fp32\.onnx.*outputs \['mask'\] in the manifest"),
     (("models", "detector", "inputs", 0, "dtype"), "uint8",
-     r"input 'image' is uint8 in the manifest, tensor\(float\) in the model"),
+     r"input 'image' is uint8 in the manifest, float32 in the model"),
     (("models", "detector", "outputs", 1, "shape"), ["N", 5],
      r"output 'box' is \['N', 5\] in the manifest"),
     (("models", "segmenter", "inputs", 0, "shape"), ["N", 1, 64, 64],
@@ -215,6 +215,9 @@ def test_a_manifest_whose_tensors_do_not_describe_its_models_is_refused_at_load(
     (("preprocessing", "detector", "mean"), 1e300),  # every pixel -inf in float32
     (("preprocessing", "detector", "mean"), -1.0),
     (("preprocessing", "detector", "std"), 1e300),
+    # A std near 0 scales pixels past FP16's 65,504: an FP16 engine would see inf.
+    (("preprocessing", "detector", "std"), 1e-12),
+    (("preprocessing", "segmenter", "std"), 0.001),
     (("preprocessing", "segmenter", "crop_margin"), 1.7e308),  # every box infinite
     (("preprocessing", "segmenter", "crop_margin"), 11.0),
     (("preprocessing", "detector", "input_hw"), [100000, 100000]),  # a dynamic model takes it
