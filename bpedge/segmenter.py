@@ -193,7 +193,8 @@ class Segmenter:
         return _attach(with_valid_score(cascade.run(grey)), _own(grey, image, meta), meta)
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
-        """Segment several host frames (sizes may differ) with one model call per stage.
+        """Segment several host frames (sizes may differ) with one model call per stage (for every
+        32 frames on the CPU backends, so memory stays bounded).
         ``frames``: a list (or tuple) of frames, or an (N, H, W) / (N, H, W, C) array; a single
         (H, W) or (H, W, 1|3) array is refused (it is one frame: call ``seg(frame)``)."""
         cascade = self._live()

@@ -45,6 +45,24 @@ def test_present_and_absent_frames():
     assert cascade.run_batch([]) == []
 
 
+def test_a_long_batch_runs_in_bounded_chunks_with_each_result_on_its_own_frame():
+    # One model call for every frame passed would need memory in proportion to the list.
+    from bpedge._cascade import HOST_BATCH_CHUNK
+
+    sizes = []
+
+    def detector(batch):
+        sizes.append(len(batch))
+        # The score is the frame's own grey level: a result from another frame shows.
+        return batch[:, 0, 0, 0] * 50.0 + 100.0, np.tile(np.float32([0, 0, 12, 8]), (len(batch), 1))
+
+    n = 2 * HOST_BATCH_CHUNK + 5
+    frames = [np.full((40, 60), i, np.uint8) for i in range(n)]
+    results = HostCascade(detector, ones_segmenter, SPEC).run_batch(frames)
+    assert sizes == [HOST_BATCH_CHUNK, HOST_BATCH_CHUNK, 5]
+    assert [round(r.score) for r in results] == list(range(n))
+
+
 def test_stream_keeps_order_and_overlaps():
     in_flight, peak, lock = [0], [0], threading.Lock()
 
