@@ -101,6 +101,12 @@ def section(path: Path, rec: BenchRecord) -> list[str]:
         " GFLOP/s" + (f"; bf16 GEMM {_f(c['ceiling'].get('bf16_gflops'), '{:.1f}')} GFLOP/s, "
                       f"int8 GEMM {_f(c['ceiling'].get('int8_gops'), '{:.1f}')} GOP/s (PyTorch, "
                       "same n and threads; best of before and after)"
+                      + (f", ONNX Runtime int8 GEMM "
+                         f"{_f(c['ceiling'].get('int8_onnxruntime_gops'), '{:.1f}')} GOP/s"
+                         if "int8_onnxruntime_gops" in c["ceiling"] else "")
+                      + "; ceilings per precision (never below float32's): "
+                      + ", ".join(f"{p} {v:.1f}" for p, v in c["ceiling"]["per_precision"].items()
+                                  if v)
                       if "per_precision" in c["ceiling"] else "")),
         "",
         ("| backend | e2e median ms | mean | p90 | p99 | FPS | speed-up vs PyTorch (e2e mean) "
@@ -146,7 +152,9 @@ def main(paths: list[str]) -> None:
            "convolutions as written), so an FP16 row, or a runtime that needs fewer operations, "
            "can exceed 100% of the float32 GEMM ceiling. Each row is read against the GEMM "
            "ceiling of its own precision (fp32/fp16: float32 GEMM; bf16 and int8: PyTorch's bf16 "
-           "and int8 GEMM measured the same way)."), ""]
+           "and int8 GEMM measured the same way, and ONNX Runtime's int8 GEMM in records that "
+           "have it; in those, a precision's ceiling is never below the float32 one, which a CPU "
+           "without native bf16 or int8 arithmetic reaches by converting)."), ""]
     for p in paths:
         out += section(Path(p), read_record(p))
     sys.stdout.write("\n".join(out))
