@@ -101,3 +101,16 @@ def test_stream_on_worker_threads_matches_one_by_one(tiny_bundle, frames):
         streamed = [r.mask for r in seg.stream(iter(frames), depth=3)]
     for a, b in zip(one, streamed):
         np.testing.assert_array_equal(a, b)
+
+
+def test_batches_of_several_frames_match_frame_by_frame(tiny_bundle, frames):
+    # Batch 1 runs a copy compiled for the static shape; a larger batch compiles the dynamic
+    # model on first use: both must give each frame its own answer.
+    with Segmenter.from_bundle(tiny_bundle, "openvino", precision="fp32", threads=1) as seg:
+        single = [seg(f) for f in frames[:3]]
+        batched = seg.segment_batch(frames[:3])
+        again = seg(frames[0])
+    for a, b in zip(single, batched):
+        assert a.present == b.present and box_iou(a.box, b.box) > 0.99
+        assert dice(a.mask, b.mask) > 0.99 and abs(a.score - b.score) < 1e-4
+    assert abs(again.score - single[0].score) < 1e-6
