@@ -221,13 +221,20 @@ def _read_image(path: Path) -> np.ndarray:
     if hw is not None and not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
         raise ValueError(f"{path}: declares a {hw[1]}x{hw[0]} (width x height) image; frames must "
                          f"be 2 to {MAX_SIDE} pixels per side, so it is not decoded")
+    # IMREAD_ANYDEPTH keeps 16-bit and float samples as they are: IMREAD_GRAYSCALE alone shifts
+    # 16-bit ones right by 8 bits without a word (a 16-bit file holding 8-bit values became an
+    # all-black frame). The frame rule below then takes or refuses the values the file holds.
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
         raise ValueError(f"{path}: OpenCV cannot decode it ({str(exc).strip()})") from None
     if image is None:
         raise ValueError(f"{path}: not a readable image")
-    return as_grey_frame(image)
+    try:
+        return as_grey_frame(image)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _grey(frame: Any, label: str) -> np.ndarray:
