@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "owned_entries",
     "read_marker",
     "refuse_unless_new_or_empty",
+    "set_owned_entries",
 ]
 
 
@@ -118,6 +119,14 @@ def mark_made_by(folder: str | os.PathLike[str], command: str) -> None:
     """Write ``command``'s marker for the whole of ``folder`` (a folder the command has just
     made, e.g. a staging folder that will be renamed into place)."""
     _write_marker(Path(folder), command, None)
+
+
+def set_owned_entries(folder: str | os.PathLike[str], command: str,
+                      entries: Iterable[str]) -> None:
+    """Make ``entries`` exactly what ``command`` owns in ``folder``, a folder it adds entries to
+    (``claim_out_dir(add_to_existing=True)``): a name is recorded just before it is written and
+    dropped once it is gone, so a name the user takes later is never the command's to replace."""
+    _write_marker(Path(folder), command, sorted(set(entries)))
 
 
 def _is_empty_dir(folder: Path) -> bool:

@@ -19,15 +19,22 @@ added. The entries of a run are ``masks/``, ``overlays/``, ``results.csv`` and, 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpedge._atomic import atomic_write_text
-from bpedge._out_dir import OutDirRefused, claim_out_dir, lock_out_dir, owned_entries
+from bpedge._out_dir import (
+    OutDirRefused,
+    claim_out_dir,
+    lock_out_dir,
+    owned_entries,
+    set_owned_entries,
+)
 
 if TYPE_CHECKING:
     from bpedge._cli._frame_sources import FrameSource
@@ -97,6 +104,19 @@ def _refuse_foreign_entries(out: Path) -> list[str]:
     return present
 
 
+def own_entries(out: Path, names: Iterable[str]) -> None:
+    """Record ``names`` as segment's before they are written, in a folder it adds to
+    (``--add-to-existing``), and forget recorded entries that are gone. Recording every name a
+    run might write made ``--force`` delete an ``overlays/`` or ``accuracy.csv`` the user put
+    there after a run that never wrote one. A folder segment made is all its own: nothing to do."""
+    owned = owned_entries(out, COMMAND)
+    if owned is None:
+        return
+    present = {e for e in owned if os.path.lexists(out / e)}
+    if present | set(names) != owned:
+        set_owned_entries(out, COMMAND, present | set(names))
+
+
 def _check_only_pngs(folder: Path) -> None:
     if not folder.exists() and not folder.is_symlink():
         return
@@ -118,10 +138,11 @@ def run_in(out: Path, *, force: bool, add_to_existing: bool, masks: bool,
     Raises :class:`OutDirRefused` before writing anything when ``out`` is not segment's to use."""
     if add_to_existing and out.is_dir():
         _refuse_foreign_entries(out)  # before the marker is written into the user's folder
-    claim_out_dir(out, COMMAND, add_to_existing=add_to_existing, add_flag="--add-to-existing",
-                  entries=ENTRIES)
+    claim_out_dir(out, COMMAND, add_to_existing=add_to_existing, add_flag="--add-to-existing")
     with lock_out_dir(out, COMMAND):
         _clear_earlier_run(out, force=force)
+        own_entries(out, [INCOMPLETE, *(sub for sub, wanted in zip(SUBFOLDERS, (masks, overlays))
+                                        if wanted)])
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(out / INCOMPLETE, f"bpedge segment started at {started} and has not "
                           f"finished: {RESULTS} is written when every frame is done. Re-run "

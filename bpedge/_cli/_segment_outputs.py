@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bpedge._atomic import atomic_write_text
+from bpedge._cli._segment_output import own_entries
 from bpedge._out_file import OutFile, OutFileRefused
 from bpedge._result import Result
 from bpedge.sources import SourceFrame
@@ -142,6 +143,9 @@ class SegmentOutputs:
             except OutFileRefused as exc:  # a file appeared at --save-video: the tables still go
                 refused = exc
         tag = "" if complete else ".partial"
+        # Recorded as segment's before they are written (a folder it adds to; see own_entries).
+        own_entries(self.out, [f"results{tag}.csv", f"results{tag}.jsonl",
+                               *([f"accuracy{tag}.csv"] if self.accuracy.rows else [])])
         _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows)
         atomic_write_text(self.out / f"results{tag}.jsonl",
                           "".join(f"{j}\n" for j in self.jsonl))

@@ -213,6 +213,7 @@ def register(app: typer.Typer) -> None:
                     else CommandFailed
                 raise error(f"{failure}{kept}") from failure
             (out / output.INCOMPLETE).unlink()  # results.csv is written: the set is complete
+            output.own_entries(out, ())  # and the note, gone, is no longer segment's name
         present = sum(int(r[2]) for r in outputs.rows)
         extra = f"; skipped {len(skipped)} (see above)" if skipped else ""
         typer.echo(f"segmented {done} frame(s) from {len(inputs)} source(s): BP present in "

@@ -1,0 +1,73 @@
+"""``bpedge segment --add-to-existing`` owns, in the user's folder, only the entries it wrote.
+
+It used to record every name it *might* write (``overlays/``, ``accuracy.csv``, the partial
+tables...) whatever the run wrote, so a ``--no-overlays`` run without ground truth still listed
+``overlays/`` and ``accuracy.csv`` as its own, and a later ``--force`` deleted the user's own
+``overlays/`` folder of pictures and ``accuracy.csv`` made after it. A name is recorded just
+before it is written; names an earlier run recorded but that are gone are dropped."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bpedge._cli.app import build_app
+from bpedge._out_dir import owned_entries
+
+runner = CliRunner()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """A user's folder holding one scan (no ground truth beside it) and notes."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "scan.png"), rng.integers(0, 256, (96, 128), dtype=np.uint8))
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+def segment(bundle: Path, study: Path, *extra: str):
+    return runner.invoke(build_app(), [
+        "segment", str(bundle), str(study / "scan.png"), "--out", str(study), "--no-progress",
+        "--backend", "onnxruntime", "--add-to-existing", *extra])
+
+
+def test_force_never_deletes_entries_the_user_made_after_a_run(tiny_bundle: Path, study: Path):
+    first = segment(tiny_bundle, study, "--no-overlays")
+    assert first.exit_code == 0, first.output
+    assert owned_entries(study, "segment") == {"masks", "results.csv", "results.jsonl"}
+    # Afterwards the user keeps their own pictures and table there, under names segment uses.
+    (study / "overlays").mkdir()
+    cv2.imwrite(str(study / "overlays" / "mine.png"), np.full((8, 8), 7, np.uint8))
+    (study / "accuracy.csv").write_text("reader,dice\nme,0.9\n")
+    mine = {k: v for k, v in snapshot(study).items()
+            if k.startswith("overlays") or k in ("accuracy.csv", "notes.txt", "scan.png")}
+    forced = segment(tiny_bundle, study, "--no-overlays", "--force")
+    assert forced.exit_code == 2, forced.output  # they are in the way: refused, not deleted
+    assert "never overwritten" in forced.output and "Traceback" not in forced.output
+    after = snapshot(study)
+    assert {k: after.get(k) for k in mine} == mine
+
+
+def test_force_still_replaces_what_segment_wrote_and_forgets_what_is_gone(tiny_bundle: Path,
+                                                                         study: Path):
+    assert segment(tiny_bundle, study).exit_code == 0  # with overlays
+    assert "overlays" in owned_entries(study, "segment")
+    again = segment(tiny_bundle, study, "--no-overlays", "--force")
+    assert again.exit_code == 0, again.output
+    assert not (study / "overlays").exists()
+    # overlays/ was removed as segment's own; now that it is gone it is no longer claimed.
+    assert "overlays" not in owned_entries(study, "segment")
+    assert (study / "results.csv").is_file() and not (study / "INCOMPLETE.txt").exists()
