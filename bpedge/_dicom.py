@@ -15,7 +15,9 @@ when a region measures space in cm, else Pixel Spacing (0028,0030, mm, row spaci
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,41 +142,84 @@ def _to_grey(array: np.ndarray, photometric: str, bits_stored: int, path: Path) 
     return (255 - grey) if photometric == "MONOCHROME1" else grey  # MONOCHROME1: 0 is white
 
 
+def _damage_errors() -> tuple[type[Exception], ...]:
+    """What pydicom raises for a damaged file when it parses an element, which it mostly does
+    lazily (on first access, not in ``dcmread``): an unknown VR (NotImplementedError), a missing
+    required element (AttributeError), a value whose length does not fit its VR
+    (BytesLengthException), a value that does not parse (ValueError, OverflowError), bytes that
+    end early (EOFError, struct.error)."""
+    from pydicom.errors import BytesLengthException
+
+    return (BytesLengthException, NotImplementedError, AttributeError, KeyError, TypeError,
+            ValueError, OverflowError, EOFError, struct.error)
+
+
+@contextlib.contextmanager
+def _named_damage(path: Path) -> Iterator[None]:
+    """Re-raise a damaged file's pydicom error as a ValueError naming the file, so a caller can
+    skip it (``on_error="skip"``) and a user can tell which file it was."""
+    try:
+        yield
+    except _damage_errors() as exc:
+        raise ValueError(f"{path}: damaged DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_header(path: Path, *, pixels: bool) -> Any:
+    """``pydicom.dcmread``; ValueError naming the file when it is not DICOM or damaged."""
+    pydicom = _pydicom()
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with _named_damage(path):
+            return pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except InvalidDicomError as exc:
+        raise ValueError(f"{path}: not a DICOM file ({exc})") from exc
+
+
+def dicom_frame_count(path: str | os.PathLike[str]) -> int:
+    """The number of frames a DICOM file declares, read from its header only. ``ValueError``
+    naming the file when it is not DICOM or its header is damaged."""
+    path = Path(path)
+    ds = _read_header(path, pixels=False)
+    with _named_damage(path):
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+
+
 def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator[np.ndarray]]:
     """Open a DICOM file: its :class:`DicomInfo` and an iterator over its frames as uint8 (H, W).
 
     Raises :class:`DicomUnavailableError` when pydicom is missing, ``ValueError`` naming the file
-    when it is not a DICOM image bpedge can use (no pixel data, palette colour, a transfer syntax no
-    installed decoder handles), and ``FileNotFoundError`` when it does not exist.
+    when it is not a DICOM image bpedge can use (damaged, no pixel data, palette colour, a
+    transfer syntax no installed decoder handles), and ``FileNotFoundError`` when it does not
+    exist.
     """
-    pydicom = _pydicom()
-    from pydicom.errors import InvalidDicomError
-
+    _pydicom()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DICOM file {path} does not exist")
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise ValueError(f"{path}: not a DICOM file ({exc})") from exc
-    if "PixelData" not in ds:
+    ds = _read_header(path, pixels=True)
+    # pydicom parses values when they are first read: a damaged element fails here, named.
+    with _named_damage(path):
+        has_pixels = "PixelData" in ds
+        info = read_info(ds)
+        rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+    if not has_pixels:
         raise ValueError(f"{path}: DICOM file holds no image (no Pixel Data element)")
-    info = read_info(ds)
     if info.photometric not in _COLOUR + _GREY:
         raise ValueError(f"{path}: Photometric Interpretation {info.photometric!r} is not "
                          f"supported; bpedge reads {', '.join(_GREY + _COLOUR)}")
-    rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     if not (2 <= rows <= MAX_SIDE and 2 <= columns <= MAX_SIDE):
         # Checked before any pixel data is decoded: a few KB of JPEG can declare a frame of
         # gigabytes (a decompression bomb), which the frame check would refuse only afterwards.
         raise ValueError(f"{path}: declares {columns}x{rows} (width x height) frames; frames "
                          f"must be 2 to {MAX_SIDE} pixels per side, so its pixel data is not "
                          "decoded")
-    bits = int(getattr(ds, "BitsStored", 8) or 8)
 
     def frames() -> Iterator[np.ndarray]:
         from pydicom.pixels import iter_pixels, pixel_array
 
+        failures: tuple[type[Exception], ...] = (RuntimeError, *_damage_errors())
         try:
             if (info.photometric == "YBR_FULL_422" and info.frames > 1
                     and not ds.file_meta.TransferSyntaxUID.is_compressed):
@@ -186,7 +231,7 @@ def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator
                 decoded = iter_pixels(ds)
             for array in decoded:
                 yield _to_grey(array, info.photometric, bits, path)
-        except (NotImplementedError, RuntimeError, ValueError) as exc:
+        except failures as exc:
             # pydicom says which plugin would decode the transfer syntax; pass that on.
             syntax = ds.file_meta.get("TransferSyntaxUID", "?")
             raise ValueError(

@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from bpedge._dicom import DICOM_SUFFIXES, iter_dicom_frames, looks_like_dicom
+from bpedge._dicom import DICOM_SUFFIXES, dicom_frame_count, iter_dicom_frames, looks_like_dicom
 
 __all__ = ["Frames", "SourceError", "SourceFrame", "open_frames"]
 
@@ -385,7 +385,12 @@ class Frames(Iterator[SourceFrame]):
                     return None
                 total += count
             elif item.kind == "dicom":
-                total += _dicom_length(item.target)
+                try:
+                    total += dicom_frame_count(item.target)
+                except (ValueError, OSError):
+                    # A file that cannot be counted is not an error of the count: reading its
+                    # frames reports it by name (and skips it with on_error="skip").
+                    return None
             else:
                 total += 1
         return total
@@ -424,13 +429,6 @@ class Frames(Iterator[SourceFrame]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _dicom_length(path: Path) -> int:
-    from bpedge._dicom import _pydicom
-
-    ds = _pydicom().dcmread(path, stop_before_pixels=True)
-    return int(getattr(ds, "NumberOfFrames", 1) or 1)
 
 
 def open_frames(*sources: str | os.PathLike[str] | int | Capture, on_error: OnError = "fail",
