@@ -32,10 +32,13 @@ def _read_truth(path: Path) -> np.ndarray:
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    # IMREAD_ANYDEPTH: IMREAD_GRAYSCALE alone shifts 16-bit samples right by 8 bits, so a 16-bit
+    # mask of 0/255 read as all zeros (its frame scored as "no BP"). Non-zero is BP at any depth.
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
+    mask = cv2.imdecode(data, flags) if data.size else None
     if mask is None:
         raise ValueError(f"{path}: ground-truth mask is not a readable image")
-    return mask
+    return np.where(mask != 0, 255, 0).astype(np.uint8)
 
 
 @dataclass

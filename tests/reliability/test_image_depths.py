@@ -59,3 +59,29 @@ def test_a_colour_png_with_an_alpha_channel_is_still_read_as_grey(tmp_path: Path
     bgra[..., 3] = 0  # fully transparent: the grey values are still the picture
     cv2.imwrite(str(path), bgra)
     np.testing.assert_array_equal(only_frame(path), picture())
+
+
+def test_a_16_bit_ground_truth_mask_is_scored_as_the_mask_it_holds(tiny_bundle: Path,
+                                                                  tmp_path: Path):
+    """A 16-bit mask of 0/255 was read as all zeros: its frame counted as "no BP", Dice 0."""
+    from typer.testing import CliRunner
+
+    from bpedge._cli.app import build_app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    scan = np.random.default_rng(4).integers(0, 238, (120, 160), dtype=np.uint8)
+    truth = np.zeros_like(scan)
+    truth[40:80, 50:110] = 255
+    for stem, mask in (("a", truth.astype(np.uint16)), ("b", truth)):
+        tifffile.imwrite(data / f"{stem}.tif", scan)
+        tifffile.imwrite(data / f"{stem}_mask.tif", mask)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(build_app(), ["segment", str(tiny_bundle), str(data), "--out",
+                                              str(out), "--backend", "onnxruntime",
+                                              "--no-progress", "--no-overlays"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in (out / "accuracy.csv").read_text().splitlines()[1:]]
+    assert [r[0].endswith(f"{s}.tif") for r, s in zip(rows, "ab")] == [True, True]
+    assert rows[0][2:] == rows[1][2:]  # the same truth, the same scores
+    assert rows[0][2] == "1"  # truth_present
