@@ -58,7 +58,9 @@ MODEL_NAMES = ("detector", "segmenter")
 #: infinite, and every frame failed.
 MAX_CROP_MARGIN = 10.0
 #: Precisions an ONNX file of the bundle can have (engines: ``bpedge._engine_key.PRECISIONS``).
-ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+#: ``int8`` is the CPU runtimes' QDQ form (uint8 activations), ``int8_symmetric`` TensorRT's
+#: (int8 activations, zero point 0); see :mod:`bpedge.export.int8`.
+ONNX_PRECISIONS = ("fp32", "fp16", "int8", "int8_symmetric")
 NORMS = ("dataset", "per_image")
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
 
@@ -120,21 +122,25 @@ class TensorSpec(JsonRecord):
 @dataclass(frozen=True)
 class OnnxFiles(JsonRecord):
     """The FP32 ONNX (always), the mixed-precision FP16 ONNX (when exported) and the INT8 QDQ
-    ONNX (``bpedge export --int8``, only when it passed its gate; absent from the JSON otherwise,
-    so manifests without INT8 read and write as before)."""
+    ONNX files (``bpedge export --int8``, each only when it passed its gate; absent from the JSON
+    otherwise, so manifests without INT8 read and write as before): ``int8`` in the CPU runtimes'
+    form (uint8 activations), ``int8_symmetric`` in TensorRT's (int8 activations, zero point 0)."""
 
     fp32: FileRef
     fp16: FileRef | None = None
     int8: FileRef | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
+    int8_symmetric: FileRef | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check_type("fp32", self.fp32, FileRef)
-        if isinstance(self.int8, dict):  # read from JSON: optional fields arrive as parsed JSON
-            try:
-                set_field(self, "int8", FileRef.from_json(self.int8))
-            except FieldError as exc:
-                raise exc.within("int8") from None
-        for name in ("fp16", "int8"):
+        for name in ("int8", "int8_symmetric"):
+            value = getattr(self, name)
+            if isinstance(value, dict):  # read from JSON: optional fields arrive as parsed JSON
+                try:
+                    set_field(self, name, FileRef.from_json(value))
+                except FieldError as exc:
+                    raise exc.within(name) from None
+        for name in ("fp16", "int8", "int8_symmetric"):
             if getattr(self, name) is not None:
                 check_type(name, getattr(self, name), FileRef)
 
@@ -167,14 +173,17 @@ class ModelEntry(JsonRecord):
             check_type("checkpoint", self.checkpoint, FileRef)
 
     def onnx_file(self, precision: str) -> FileRef | None:
-        """The ONNX file for ``precision`` (``"fp32"``, ``"fp16"`` or ``"int8"``), None if not
+        """The ONNX file for ``precision`` (one of :data:`ONNX_PRECISIONS`), None if not
         exported."""
         check_choice("precision", precision, ONNX_PRECISIONS)
-        return {"fp32": self.onnx.fp32, "fp16": self.onnx.fp16, "int8": self.onnx.int8}[precision]
+        return getattr(self.onnx, precision)  # type: ignore[no-any-return]
+
+    def onnx_refs(self) -> list[FileRef]:
+        """Every ONNX file listed for this model."""
+        return [f for f in (getattr(self.onnx, p) for p in ONNX_PRECISIONS) if f is not None]
 
     def files(self) -> list[FileRef]:
-        return [f for f in (self.onnx.fp32, self.onnx.fp16, self.onnx.int8, self.checkpoint)
-                if f is not None]
+        return [*self.onnx_refs(), *([self.checkpoint] if self.checkpoint is not None else [])]
 
 
 #: Smallest normalisation std a manifest may carry, in grey levels. A std this small already

@@ -184,7 +184,7 @@ class Bundle:
                 f"bundle {self._root} has no {precision} ONNX for the {model}: re-export it with "
                 f"{precision} enabled" + (" (`bpedge export --int8`; a model that failed the INT8 "
                                           "gate is not shipped, see the manifest's parity.int8)"
-                                          if precision == "int8" else "") + ", or use fp32"
+                                          if precision.startswith("int8") else "") + ", or use fp32"
             )
         return ref
 
@@ -268,9 +268,8 @@ class Bundle:
         return expected
 
     def _is_onnx(self, file: str) -> bool:
-        return any(ref is not None and ref.file == file
-                   for entry in self._manifest.models.values()
-                   for ref in (entry.onnx.fp32, entry.onnx.fp16, entry.onnx.int8))
+        return any(ref.file == file for entry in self._manifest.models.values()
+                   for ref in entry.onnx_refs())
 
     def _is_engine(self, file: str) -> bool:
         return any(e.file == file for e in self._manifest.engines)

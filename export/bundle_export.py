@@ -19,9 +19,10 @@ Steps (each announced through ``log``):
    frame, or the exported detector's boxes) and run it likewise;
 7. choose the mask and score thresholds on the FP32 ONNX outputs (:mod:`bpedge.export.thresholds`)
    and measure FP16 against FP32 at that mask threshold (:mod:`bpedge.export.parity`);
-8. with ``int8``: quantise both models to INT8 QDQ ONNX, calibrated on training frames, and gate
-   them against FP32 on the validation frames (:mod:`bpedge.export.int8`); a model that fails its
-   gate is not shipped (the manifest records why), the export itself goes on;
+8. with ``int8``: quantise both models to INT8 QDQ ONNX, calibrated on training frames, in two
+   forms (the CPU runtimes' U8S8 and TensorRT's symmetric S8S8), and gate each against FP32 on the
+   validation frames (:mod:`bpedge.export.int8`); a model that fails its gate is not shipped in
+   that form (the manifest records why), the export itself goes on;
 9. fail if a parity gate fails; otherwise (with ``include_checkpoints``) copy the checkpoints
    in, write ``manifest.json`` through
    :meth:`bpedge.bundle.Bundle.create` (which hashes and checks every file) and move the finished
@@ -48,7 +49,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bpedge.export import _validation as val
 from bpedge.export.fp16 import Fp16Conversion, write_fp16_onnx
-from bpedge.export.int8 import Int8Gate, Int8Result, gate_detector, gate_segmenter, quantize_gated
+from bpedge.export.int8 import (
+    FORMS,
+    Int8Gate,
+    Int8Result,
+    gate_detector,
+    gate_segmenter,
+    quantize_gated,
+)
 from bpedge.export.onnx_export import IO_NAMES, export_onnx
 from bpedge.export.parity import (
     DetectorOutputs,
@@ -65,6 +73,7 @@ from bpedge.export.thresholds import choose_mask_threshold, choose_score_thresho
 from bpedge.train.checkpoint import crop_margin, model_input, preprocessing_spec
 
 from bpedge._manifest import (
+    FileRef,
     Manifest,
     ModelEntry,
     OnnxFiles,
@@ -88,7 +97,12 @@ FILES = {
     "detector": ("detector.fp32.onnx", "detector.fp16.onnx", "detector.pt"),
     "segmenter": ("segmenter.fp32.onnx", "segmenter.fp16.onnx", "segmenter.pt"),
 }
-INT8_FILES = {"detector": "detector.int8.onnx", "segmenter": "segmenter.int8.onnx"}
+#: INT8 QDQ files per form (:data:`bpedge.export.int8.FORMS`): the CPU runtimes' and TensorRT's.
+INT8_FILES = {
+    "cpu": {"detector": "detector.int8.onnx", "segmenter": "segmenter.int8.onnx"},
+    "tensorrt": {"detector": "detector.int8-symmetric.onnx",
+                 "segmenter": "segmenter.int8-symmetric.onnx"},
+}
 
 
 @dataclass(frozen=True)
@@ -260,7 +274,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
         step.note(f"FP16 vs FP32: Dice change {seg_fp16['dice_change']:+.4f}, probability "
                   f"{seg_fp16['max_prob_diff']:.2e}")
 
-        int8: dict[str, Int8Result] = {}
+        int8: dict[str, dict[str, Int8Result]] = {}
         if opts.int8:
             step(f"INT8: calibrating on up to {opts.calibration_frames} training frames per "
                  "model, gating against FP32 on the validation frames")
@@ -277,8 +291,10 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
             "fp16_conversion": {k: v.to_json() for k, v in fp16_info.items()},
         }
         if opts.int8:
+            # The CPU form's records stay where earlier bundles had them; TensorRT's beside them.
             parity["int8"] = {"gate": opts.int8_gate.to_json(),
-                              **{k: v.to_json() for k, v in int8.items()}}
+                              **{k: v.to_json() for k, v in int8["cpu"].items()},
+                              "tensorrt": {k: v.to_json() for k, v in int8["tensorrt"].items()}}
         thresholds = Thresholds(score=score.value, mask=mask.value,
                                 how_chosen={"score": score.how, "mask": mask.how})
         _write_bundle(tmp, det, seg, thresholds, parity,
@@ -423,8 +439,9 @@ def _training_frames(check: val.DataCheck, payload: dict[str, Any], n: int) -> l
 def _write_int8(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedCheckpoint,
                 sets: _ValidationSets, det_runs: _DetectorRuns, seg_runs: _SegmenterRuns,
                 tmp: Path, score_threshold: float, mask_threshold: float,
-                note: Callable[[str], None]) -> dict[str, Int8Result]:
-    """Quantise, gate and (if it passes) write each model's INT8 QDQ ONNX into ``tmp``."""
+                note: Callable[[str], None]) -> dict[str, dict[str, Int8Result]]:
+    """Quantise, gate and (if it passes) write each model's INT8 QDQ ONNX into ``tmp``, in each
+    form (the CPU runtimes' and TensorRT's), keyed by form then model."""
     gate = opts.int8_gate
     det_store = val.load_store(_training_frames(sets.checks["detector"], det.payload,
                                                 opts.calibration_frames))
@@ -451,13 +468,14 @@ def _write_int8(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedCheckpoin
         probs = OnnxModel(path, *IO_NAMES["segmenter"], opts.batch_size)(seg_runs.inputs)[0]
         return gate_segmenter(seg_runs.probs["fp32"], probs, mask_threshold, gate)
 
+    gates = {"detector": (det_calibration, detector_gate),
+             "segmenter": (seg_calibration, segmenter_gate)}
     return {
-        "detector": quantize_gated("detector", tmp / FILES["detector"][0],
-                                   tmp / INT8_FILES["detector"], IO_NAMES["detector"][0],
-                                   det_calibration, detector_gate, note),
-        "segmenter": quantize_gated("segmenter", tmp / FILES["segmenter"][0],
-                                    tmp / INT8_FILES["segmenter"], IO_NAMES["segmenter"][0],
-                                    seg_calibration, segmenter_gate, note),
+        form: {kind: quantize_gated(kind, tmp / FILES[kind][0], tmp / INT8_FILES[form][kind],
+                                    IO_NAMES[kind][0], calibration, run_gate, note,
+                                    form=FORMS[form])
+               for kind, (calibration, run_gate) in gates.items()}
+        for form in ("cpu", "tensorrt")
     }
 
 
@@ -500,8 +518,8 @@ def _model_entry(ck: LoadedCheckpoint, root: Path, include_checkpoint: bool) -> 
     params, flops = model_complexity(ck.model, (1, 1, *ck.input_hw))
     return ModelEntry(
         onnx=OnnxFiles(fp32=file_ref(root, fp32), fp16=file_ref(root, fp16),
-                       int8=file_ref(root, INT8_FILES[ck.kind])
-                       if (root / INT8_FILES[ck.kind]).exists() else None),
+                       int8=_shipped(root, INT8_FILES["cpu"][ck.kind]),
+                       int8_symmetric=_shipped(root, INT8_FILES["tensorrt"][ck.kind])),
         inputs=inputs,
         outputs=outputs,
         arch=str(ck.payload["arch"]),
@@ -509,6 +527,11 @@ def _model_entry(ck: LoadedCheckpoint, root: Path, include_checkpoint: bool) -> 
         params=params,
         checkpoint=file_ref(root, pt) if include_checkpoint else None,
     )
+
+
+def _shipped(root: Path, name: str) -> FileRef | None:
+    # A form's file exists only when it passed its gate (quantize_gated removes the rest).
+    return file_ref(root, name) if (root / name).exists() else None
 
 
 def _finite_or_none(value: Any) -> Any:

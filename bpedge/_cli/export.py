@@ -91,6 +91,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"bundle {bundle.root}: score threshold {thresholds.score:g}, mask threshold "
                    f"{thresholds.mask:g}")
         if int8:
-            shipped = [m for m, e in bundle.manifest.models.items() if e.onnx.int8 is not None]
-            typer.echo(f"INT8 shipped for: {', '.join(shipped) or 'no model'} (gate results in "
-                       "the manifest's parity.int8)")
+            for precision, form in (("int8", "CPU runtimes"), ("int8_symmetric", "TensorRT")):
+                shipped = [m for m, e in bundle.manifest.models.items()
+                           if e.onnx_file(precision) is not None]
+                typer.echo(f"INT8 for {form} shipped for: {', '.join(shipped) or 'no model'} "
+                           "(gate results in the manifest's parity.int8)")

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bpedge.export.int8 import Int8Gate, excluded_nodes, gate_detector, gate_segmenter
+from bpedge.export.int8 import (
+    Int8Gate,
+    excluded_nodes,
+    gate_detector,
+    gate_segmenter,
+    tensorrt_qdq_problems,
+)
 from bpedge.train.data import read_image, scan_dataset
 
 from bpedge import Segmenter
@@ -72,13 +78,34 @@ def test_detector_head_and_decode_stay_fp32(tiny_bundle):
     assert heads <= set(excluded_nodes(model, "detector", 1))
 
 
+def test_each_form_is_gated_and_only_the_symmetric_one_is_tensorrt_s(int8_bundle):
+    import onnx
+
+    parity = int8_bundle.manifest.parity["int8"]
+    for name in ("detector", "segmenter"):
+        entry = int8_bundle.manifest.models[name].onnx
+        record = parity["tensorrt"][name]
+        assert record["attempts"] and record["shipped"] == (entry.int8_symmetric is not None)
+        if entry.int8_symmetric is not None:
+            model = onnx.load(str(Path(int8_bundle.root) / entry.int8_symmetric.file))
+            assert tensorrt_qdq_problems(model) == []
+            assert not any(n.op_type == "DequantizeLinear" and "bias" in n.name
+                           for n in model.graph.node)  # biases stay float for TensorRT
+        if entry.int8 is not None:  # the CPU form: uint8 activations, which TensorRT refuses
+            model = onnx.load(str(Path(int8_bundle.root) / entry.int8.file))
+            assert any("not INT8" in p for p in tensorrt_qdq_problems(model))
+    assert any(m.onnx.int8_symmetric is not None for m in int8_bundle.manifest.models.values())
+
+
 def test_a_model_that_fails_its_gate_is_not_shipped(tiny_checkpoints, phantom_dir, tmp_path):
     impossible = Int8Gate(min_box_iou=1.01, min_presence_agreement=1.01, min_mask_dice=1.01)
     bundle = _export(tiny_checkpoints, phantom_dir, tmp_path / "bundle", impossible)
     for name in ("detector", "segmenter"):
         assert bundle.manifest.models[name].onnx.int8 is None
+        assert bundle.manifest.models[name].onnx.int8_symmetric is None
         assert not bundle.manifest.parity["int8"][name]["shipped"]
-    assert not list(Path(bundle.root).glob("*.int8.onnx*"))
+        assert not bundle.manifest.parity["int8"]["tensorrt"][name]["shipped"]
+    assert not list(Path(bundle.root).glob("*.int8*.onnx*"))
     with pytest.raises(BundleError, match="export --int8"):
         Segmenter.from_bundle(bundle, "onnxruntime", precision="int8")
 
@@ -117,6 +144,6 @@ def test_gates_fail_what_they_should():
 def test_manifests_without_int8_read_and_write_as_before(tiny_bundle):
     text = (Path(tiny_bundle) / "manifest.json").read_text()
     obj = json.loads(text)
-    assert all("int8" not in m["onnx"] for m in obj["models"].values())
+    assert all(not {"int8", "int8_symmetric"} & set(m["onnx"]) for m in obj["models"].values())
     again = Manifest.from_json(obj).to_json()
-    assert all("int8" not in m["onnx"] for m in again["models"].values())
+    assert all(not {"int8", "int8_symmetric"} & set(m["onnx"]) for m in again["models"].values())
