@@ -15,7 +15,10 @@ from typing import Any
 
 from bpedge._machine import TensorRTProbe, probe_cuda, probe_tensorrt_module
 
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
+#: The bundle ONNX file each engine precision is built from (``bpedge._manifest.ONNX_PRECISIONS``):
+#: INT8 engines from the symmetric QDQ form, the only one TensorRT's explicit quantisation takes.
+ENGINE_ONNX = {"fp16": "fp16", "fp32": "fp32", "int8": "int8_symmetric"}
 
 INSTALL_HINT = ("pip install 'bpedge[tensorrt]' on a machine with an NVIDIA GPU and a CUDA 13 "
                 "driver (R580 or newer), or 'bpedge[tensorrt-cu12]' with a CUDA 12 driver")

@@ -106,9 +106,10 @@ class Segmenter:
                 ``"openvino"`` raise ``RuntimeError`` saying why they cannot run;
                 ``"onnxruntime"`` always runs.
             precision: ``"fp32"``, ``"fp16"`` (ONNX Runtime, TensorRT), ``"bf16"`` (OpenVINO, on
-                CPUs with native BF16) or ``"int8"`` (CPU backends; the bundle's gated INT8 QDQ
-                ONNX from ``bpedge export --int8``; a model whose INT8 failed the export's gate
-                runs FP32). Default: fp16 on TensorRT; on OpenVINO bf16 where the CPU has it,
+                CPUs with native BF16) or ``"int8"`` (the bundle's gated INT8 QDQ ONNX from
+                ``bpedge export --int8``: on the CPU backends a model whose INT8 failed the
+                export's gate runs FP32; TensorRT needs INT8 engines of both models, built by
+                ``bpedge build-engines -p int8`` from the symmetric QDQ files). Default: fp16 on TensorRT; on OpenVINO bf16 where the CPU has it,
                 else fp32; fp32 on ONNX Runtime (FP16 arithmetic on most CPUs is emulated and
                 slower).
             threads: CPU intra-op threads of ONNX Runtime or OpenVINO, 1..``MAX_THREADS``
@@ -131,8 +132,8 @@ class Segmenter:
 
             trt_precision = precision or "fp16"
             reason = (tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
-                      if trt_precision in ("fp32", "fp16")
-                      else f"TensorRT runs fp32 and fp16 engines, not {trt_precision}")
+                      if trt_precision in ("fp32", "fp16", "int8")
+                      else f"TensorRT runs fp32, fp16 and int8 engines, not {trt_precision}")
             failure: Exception | None = None
             if reason is None:
                 try:

@@ -99,6 +99,8 @@ def strongly_typed_flags(trt: TensorRTApi) -> int:
 ENGINE_MATH: dict[str, str] = {
     "fp32": "fp32: IEEE fp32 everywhere (TF32 disabled)",
     "fp16": "fp16: as typed in the fp16 ONNX; its fp32 layers IEEE fp32 (TF32 disabled)",
+    "int8": "int8: explicit quantisation where the symmetric QDQ ONNX has Q/DQ pairs; its other "
+            "layers IEEE fp32 (TF32 disabled)",
 }
 
 

@@ -43,6 +43,7 @@ from bpedge.export._trt_steps import (
 )
 
 from bpedge._engine_key import (
+    ENGINE_ONNX,
     PRECISIONS,
     EngineKey,
     GpuInfo,
@@ -136,7 +137,8 @@ def build_engines(
     one line per decision (default: stderr).
 
     Raises :class:`TargetUnavailable` (no TensorRT or no GPU; checked before anything else),
-    :class:`bpedge.bundle.BundleError` (a bad bundle or a missing fp16 ONNX),
+    :class:`bpedge.bundle.BundleError` (a bad bundle or a missing ONNX for a precision: fp16, or
+    int8's symmetric QDQ, which exists only where it passed the export's gate),
     :class:`EngineBuildError` (TensorRT could not parse or build) and ``ValueError`` for bad
     arguments (:class:`bpedge._out_file.OutFileRefused` for a ``timing_cache`` that is not
     build-engines', checked with the other arguments, before anything else).
@@ -151,7 +153,8 @@ def build_engines(
 
     bundle = Bundle.open(bundle_path)
     jobs = [(model, precision) for model in models for precision in precisions]
-    onnx_refs = {job: bundle.onnx_ref(*job) for job in jobs}  # every ONNX found before any build
+    # Every ONNX found before any build (INT8 engines: the symmetric QDQ file).
+    onnx_refs = {(model, p): bundle.onnx_ref(model, ENGINE_ONNX[p]) for model, p in jobs}
     cache = _read_timing_cache(cache_file, say)
 
     entries = []

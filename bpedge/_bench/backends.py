@@ -26,7 +26,7 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: The precisions each backend can run: other pairs are not rows at all.
 SUPPORTED = {"torch": ("fp32",), "onnxruntime": ("fp32", "fp16", "int8"),
-             "openvino": ("fp32", "bf16", "int8"), "tensorrt": ("fp32", "fp16")}
+             "openvino": ("fp32", "bf16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 #: The row every speed-up is measured against.
 BASELINE = ("torch", "fp32")
 

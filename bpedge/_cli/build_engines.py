@@ -25,8 +25,9 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[
             list[str] | None,
             typer.Option(
-                "--precision", "-p", help="fp16 (built from the FP16 ONNX) or fp32; repeat for "
-                "both. Default: fp16."
+                "--precision", "-p", help="fp16 (built from the FP16 ONNX), fp32, or int8 "
+                "(from the symmetric INT8 QDQ ONNX of `bpedge export --int8`: explicit "
+                "quantisation, no calibrator); repeat for several. Default: fp16."
             ),
         ] = None,
         max_batch: Annotated[

@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         ] = "auto",
         precision: Annotated[
             str | None, typer.Option("--precision", help="fp32, fp16, bf16 (OpenVINO) or int8 "
-                                     "(CPU backends; bundles exported with --int8). Default: "
+                                     "(bundles exported with --int8; TensorRT after "
+                                     "build-engines -p int8). Default: "
                                      "fp16 on TensorRT, bf16 on OpenVINO where the CPU has it, "
                                      "fp32 on ONNX Runtime.")
         ] = None,

@@ -483,7 +483,7 @@ def test_onnx_inputs_must_be_the_manifests_with_a_dynamic_batch(tmp_path, inputs
 
 @pytest.mark.parametrize(
     ("kwargs", "words"),
-    [({"precisions": ("int8",)}, "precisions"), ({"max_batch": 0}, "max_batch"),
+    [({"precisions": ("int4",)}, "precisions"), ({"max_batch": 0}, "max_batch"),
      ({"workspace_mb": 0}, "workspace_mb"), ({"models": ("classifier",)}, "models")],
 )
 def test_bad_arguments_are_refused(tmp_path, kwargs, words):
@@ -616,7 +616,7 @@ def test_cli_reports_a_missing_bundle_before_a_missing_tensorrt(tmp_path):
 
 
 def test_cli_bad_precision_is_a_usage_error(tmp_path):
-    result = CliRunner().invoke(_app(), ["build-engines", str(tmp_path), "-p", "int8"])
+    result = CliRunner().invoke(_app(), ["build-engines", str(tmp_path), "-p", "bf16"])
     assert result.exit_code == 2 and "precisions must be some of" in result.stderr
 
 

@@ -21,6 +21,14 @@ T3 Every input shape (within the profile) and every I/O address is set before en
    (``set_input_shape`` returns False outside the profile).
 T4 ``BuilderFlag.TF32`` is on by default ("TF32 ... enabled by default", TensorRT ``BuilderFlag``
    reference); the plan records whether it was cleared.
+T5 Q/DQ networks are symmetric: "TensorRT uses a symmetric quantization scheme" with signed INT8
+   (TensorRT developer guide, "Working with Quantized Types",
+   https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-quantized-types.html),
+   so the parser reports a QuantizeLinear/DequantizeLinear whose zero point is not an INT8 zero
+   (a uint8 or asymmetric one, as the CPU runtimes' U8S8 form has); and explicit quantisation
+   goes with strong typing, "precision-control build flags are not required and should not be
+   specified" ("Explicit Quantization", same guide): a Q/DQ network that is not strongly typed is
+   refused at build.
 """
 
 from __future__ import annotations
@@ -92,6 +100,25 @@ def _io(onnx: bytes) -> tuple[Any, list[dict[str, Any]]]:
     return session, tensors
 
 
+def _asymmetric_qdq(onnx: bytes) -> list[str]:
+    """Names of the Q/DQ nodes whose zero point is missing (ONNX's default is uint8), not INT8 or
+    not 0 (rule T5)."""
+    import onnx as onnx_lib
+    from onnx import numpy_helper
+
+    model = onnx_lib.load_from_string(onnx)
+    inits = {t.name: t for t in model.graph.initializer}
+    bad = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if (zp is None or zp.data_type != onnx_lib.TensorProto.INT8
+                or numpy_helper.to_array(zp).any()):
+            bad.append(node.name)
+    return bad
+
+
 def make_tensorrt_module(m: Machine) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = VERSION
@@ -137,8 +164,13 @@ def make_tensorrt_module(m: Machine) -> types.ModuleType:
         def parse(self, data: bytes, path: str | None = None) -> bool:
             try:
                 _, tensors = _io(bytes(data))
+                asymmetric = _asymmetric_qdq(bytes(data))
             except Exception as exc:  # noqa: BLE001 - a parser reports, it does not raise
                 self.errors.append(str(exc))
+                return False
+            if asymmetric:  # T5
+                self.errors += [f"{name}: TensorRT supports symmetric INT8 quantization only "
+                                "(zero point must be an INT8 0)" for name in asymmetric]
                 return False
             self.network.onnx = bytes(data)
             self.network.inputs = [Tensor(t["name"], t["shape"]) for t in tensors
@@ -215,10 +247,14 @@ def make_tensorrt_module(m: Machine) -> types.ModuleType:
 
         def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
             device = m.devices[m.runtime_device()]
+            strongly_typed = bool(network.flags
+                                  & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+            if b"QuantizeLinear" in network.onnx and not strongly_typed:  # T5
+                log("Q/DQ (explicitly quantized) network built without strong typing")
+                return None
             header = {
                 "trt": VERSION, "gpu": device.name, "cc": [device.major, device.minor],
-                "strongly_typed": bool(network.flags
-                                       & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED)),
+                "strongly_typed": strongly_typed,
                 "tf32": config.get_flag(BuilderFlag.TF32),
                 "profiles": [p.shapes for p in config.profiles],
             }
