@@ -14,11 +14,13 @@
 #      a batch against single frames, streaming (benchmarks/gpu_compare.py);
 #   6. bpedge bench on the tensorrt and onnxruntime backends (JSON);
 #   7. pytest -m gpu (the real-GPU tests);
+#   8. INT8: the demo's checkpoints exported with --int8, INT8 engines built from the symmetric QDQ
+#      files (build-engines -p int8), and bench of TensorRT fp16 against int8 (JSON);
 # and writes OUT_DIR/summary.json: each step's status, seconds and log file. PYTHON=/path/to/python
 # uses an interpreter that already has bpedge[dev] and TensorRT (no install, no network needed). Exit status 0 when
 # every step passed, 1 otherwise. Without a GPU it exits 1 at once and runs nothing.
-# Budget: every step after the install has a time limit, and the limits add up to 8 minutes
-# (15 + 90 + 90 + 45 + 40 + 200 s); the install is bounded at 10 minutes. Not yet run on a GPU.
+# Budget: every step after the install has a time limit, and the limits add up to 9 minutes
+# (15 + 90 + 90 + 45 + 40 + 200 + 60 s); the install is bounded at 10 minutes. Not yet run on a GPU.
 set -uo pipefail
 
 usage() {
@@ -117,6 +119,20 @@ step bench 40 "${BPEDGE[@]}" bench "$BUNDLE" --data "$OUT/demo/heldout" \
   --json "$OUT/bench.json" --no-progress || true
 step pytest_gpu 200 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
   --junitxml "$OUT/pytest_gpu.xml" tests || true
+int8_engines() {
+  local cli=("$PYTHON" -m bpedge._cli.app)
+  "${cli[@]}" export --detector "$OUT/demo/runs/detector/best.pt" \
+    --segmenter "$OUT/demo/runs/unet/best.pt" --out "$OUT/int8_bundle" --data "$OUT/demo/data" \
+    --int8 --calibration-frames 8 &&
+    "${cli[@]}" build-engines "$OUT/int8_bundle" -p fp16 -p int8 --max-batch 4 --no-progress &&
+    "${cli[@]}" bench "$OUT/int8_bundle" --data "$OUT/demo/heldout" --backends tensorrt \
+      --precisions fp16,int8 --seconds 2 --warmup-seconds 1 --json "$OUT/bench_int8.json" \
+      --no-progress
+}
+export -f int8_engines
+export PYTHON OUT
+# As for the install: a function runs under timeout through an inner bash.
+step int8 60 bash -c int8_engines || true
 
 "$HOST_PYTHON" - "$OUT" "$START" "$CUDA_MAJOR" <<'EOF'
 import json, sys, time
@@ -132,12 +148,14 @@ def load(name):
     path = out / name
     return json.loads(path.read_text()) if path.is_file() else None
 summary = {
-    "ok": all(s["ok"] for s in steps) and len(steps) == 7,
+    "ok": all(s["ok"] for s in steps) and len(steps) == 8,
     "driver_cuda_major": int(cuda_major),
     "seconds": round(time.time() - start),
     "steps": steps,
     "compare": load("compare.json"),
     "bench_json": str(out / "bench.json") if (out / "bench.json").is_file() else None,
+    "bench_int8_json": (str(out / "bench_int8.json") if (out / "bench_int8.json").is_file()
+                        else None),
     "doctor": load("doctor.json"),
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

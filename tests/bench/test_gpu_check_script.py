@@ -88,11 +88,12 @@ def test_on_a_gpu_machine_every_step_runs_in_order_and_the_summary_lists_them(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["driver_cuda_major"] == 12
     assert [s["step"] for s in summary["steps"]] == [
-        "install", "doctor", "bundle", "build_engines", "compare", "bench", "pytest_gpu"]
+        "install", "doctor", "bundle", "build_engines", "compare", "bench", "pytest_gpu", "int8"]
     calls = (tmp_path / "calls.log").read_text()
     for words in ("doctor --json", "--require tensorrt fp16", "demo --out", "--fast",
                   "build-engines", "-p fp32 -p fp16", "gpu_compare.py",
-                  "bench", "--backends tensorrt,onnxruntime", "-m pytest -q -m gpu"):
+                  "bench", "--backends tensorrt,onnxruntime", "-m pytest -q -m gpu",
+                  "export --detector", "--int8", "-p fp16 -p int8", "--precisions fp16,int8"):
         assert words in calls, words
 
 
