@@ -9,7 +9,7 @@ import pytest
 from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._metrics import dice
-from bpedge._tracking import TrackOptions, confident, next_box
+from bpedge._tracking import TrackOptions, confident, mask_overlap, next_box
 
 H, W = 120, 160
 SPEC = CascadeSpec((60, 80), 0.0, 255.0, (32, 32), 0.0, 255.0, score_threshold=0.5,
@@ -72,6 +72,25 @@ def test_lost_track_runs_the_detector_on_that_frame():
         assert dice(a.mask, b.mask) > 0.97
 
 
+def test_a_confident_mask_away_from_the_last_one_runs_the_detector():
+    # The disc is replaced by a small blob inside the tracked crop: confident and inside its
+    # crop, but not where the last mask was (IoU ~0.1), so the detector runs on that frame.
+    frames = [disc_frame(60, 60)] * 3 + [disc_frame(64, 60, r=4.0)] * 3
+    tracked, calls = run(frames, TrackOptions(detect_every=100))
+    assert "detector" in tracked[3].timings and "detector" not in tracked[4].timings
+    assert calls == 2
+    without_rule, calls_without = run(frames, TrackOptions(detect_every=100, min_overlap=0.0))
+    assert calls_without == 1 and "detector" not in without_rule[3].timings
+
+
+def test_mask_overlap_reads_the_box_only():
+    a, b = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    a[10:20, 10:20], b[10:20, 15:25] = 255, 255
+    assert mask_overlap(a, b, (5.0, 5.0, 30.0, 30.0)) == pytest.approx(50 / 150)
+    assert mask_overlap(a, a, (9.5, 9.5, 20.5, 20.5)) == 1.0
+    assert mask_overlap(a * 0, b * 0, (0.0, 0.0, 5.0, 5.0)) == 0.0
+
+
 def test_no_bp_means_detection_every_frame():
     frames = [np.full((H, W), 20, np.uint8)] * 6
     tracked, calls = run(frames, TrackOptions())
@@ -100,7 +119,8 @@ def test_confidence_rules():
 
 def test_options_are_checked():
     for bad in ({"detect_every": 0}, {"margin": -1.0}, {"min_confidence": 2.0},
-                {"min_pixels": 0}, {"max_edge_fraction": 1.5}):
+                {"min_pixels": 0}, {"max_edge_fraction": 1.5}, {"min_overlap": -0.1},
+                {"min_overlap": 1.5}):
         with pytest.raises(ValueError):
             TrackOptions(**bad)  # type: ignore[arg-type]
 
