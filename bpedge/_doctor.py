@@ -369,16 +369,18 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
                      "it)")
         missing.append((nvrtc_why, line))
     missing += [(problem, line) for problem in stack]
-    for precision in ("fp16", "fp32"):
+    for precision in ("fp16", "fp32", "int8"):
         if missing:
             out.append(BackendVerdict(f"tensorrt {precision}", False,
                                       "; ".join(m for m, _ in missing),
                                       "; ".join(dict.fromkeys(f for _, f in missing))))
         else:
+            how = ("`bpedge build-engines BUNDLE`" if precision != "int8" else
+                   "`bpedge build-engines BUNDLE -p int8`, from the symmetric INT8 QDQ files of "
+                   "`bpedge export --int8`")
             out.append(BackendVerdict(
                 f"tensorrt {precision}", True,
-                f"TensorRT {trt} and {g.devices[0]}; engines are built per GPU with "
-                "`bpedge build-engines BUNDLE`"))
+                f"TensorRT {trt} and {g.devices[0]}; engines are built per GPU with {how}"))
     out.append(BackendVerdict(
         "pytorch eager", torch is not None,
         "training and the benchmark baseline" if torch else f"PyTorch not usable ({torch_problem})",
