@@ -179,6 +179,13 @@ class Bundle:
         if precision not in ONNX_PRECISIONS:
             raise ValueError(f"precision must be one of {ONNX_PRECISIONS}, got {precision!r}")
         ref = self._manifest.models[model].onnx_file(precision)
+        if ref is None and precision == "int8_symmetric":
+            raise BundleError(
+                f"bundle {self._root} has no symmetric INT8 ONNX (TensorRT's INT8 form) for the "
+                f"{model}: `bpedge export --int8` writes it when the model passes its INT8 gate "
+                "(the manifest's parity.int8.tensorrt says why it did not); build fp16 engines "
+                "instead"
+            )
         if ref is None:
             raise BundleError(
                 f"bundle {self._root} has no {precision} ONNX for the {model}: re-export it with "

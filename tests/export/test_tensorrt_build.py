@@ -451,6 +451,16 @@ def test_a_missing_fp16_onnx_fails_before_any_build(tmp_path):
     assert trt.builds == [] and snapshot(root) == before
 
 
+def test_int8_engines_need_the_symmetric_int8_onnx_and_say_how_to_get_it(tmp_path):
+    root = write_bundle(tmp_path / "b")  # exported without --int8
+    before = snapshot(root)
+    trt = FakeTensorRT()
+    with pytest.raises(BundleError, match=r"no symmetric INT8 ONNX .* for the detector.*"
+                                          r"bpedge export --int8"):
+        build(root, trt, precisions=("fp16", "int8"))
+    assert trt.builds == [] and snapshot(root) == before
+
+
 def test_a_parse_error_names_the_file_and_writes_nothing(tmp_path):
     root = write_bundle(tmp_path / "b", onnx={"segmenter.fp16.onnx": b"not a graph"})
     trt = FakeTensorRT()
