@@ -23,8 +23,8 @@ segmenter still draws a confident mask on most crops the BP has left (measured w
 tiny models on two unseen phantom seeds, 8 subjects of 16 frames each: mean probability in the mask
 0.89-0.95 on tracked frames without a BP, 0.95 on BP frames), so confidence alone kept a track
 running over frames without a BP until the next scheduled detection. That mask rarely lies where
-the BP was: IoU with the last frame's mask, median 0.25 / 0.36 on the two seeds against 0.90 /
-0.89 on tracked BP frames (5th percentile 0.64 / 0.67), and below 0.5 on the first BP-less frame
+the BP was: IoU with the last frame's mask, median 0.25 / 0.36 on the two seeds against about
+0.9 on tracked BP frames (5th percentile 0.64 / 0.67), and below 0.5 on the first BP-less frame
 of 10 of the 12 runs of such frames (the other two: a mask of the BP's shape where it was, 0.84
 and 0.86, which this rule does not catch).
 

@@ -71,6 +71,7 @@ class QdqForm:
 
 #: The two forms the bundle carries (module docstring): the CPU runtimes' and TensorRT's.
 FORMS = {"cpu": QdqForm("cpu", symmetric=False), "tensorrt": QdqForm("tensorrt", symmetric=True)}
+
 #: Module paths (TorchScript exporter node-name prefixes) of the detector's heads.
 # The head runs once per FPN level: the exporter names its convolutions cls_logits/Conv,
 # cls_logits_1/Conv, ... (one per level).
