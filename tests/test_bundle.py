@@ -214,7 +214,7 @@ def test_file_names_are_filesystem_safe_and_name_the_target():
 @pytest.mark.parametrize(
     ("change", "words"),
     [({"compute_capability": "86"}, "major.minor"), ({"sm_count": 0}, "sm_count"),
-     ({"precision": "int8"}, "precision"), ({"max_batch": True}, "max_batch"),
+     ({"precision": "bf16"}, "precision"), ({"max_batch": True}, "max_batch"),
      ({"gpu_name": ""}, "gpu_name"), ({"trt_version": "ten"}, "trt_version")],
 )
 def test_engine_keys_validate_their_fields(change, words):

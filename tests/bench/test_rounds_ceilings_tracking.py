@@ -50,7 +50,7 @@ def test_choices_keep_only_what_each_backend_runs():
         ("torch", "fp32"),
         ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "int8"),
         ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"),
-        ("tensorrt", "fp32"), ("tensorrt", "fp16"),
+        ("tensorrt", "fp32"), ("tensorrt", "fp16"), ("tensorrt", "int8"),
     ]
     assert choices[5].label == "OpenVINO bf16"
 

@@ -76,7 +76,7 @@ class TestOnThisMachine:
 
 def test_bad_arguments_are_value_errors_not_reasons():
     with pytest.raises(ValueError, match="precision"):
-        tensorrt_unavailable_reason(UntouchedBundle(), "int8")  # type: ignore[arg-type]
+        tensorrt_unavailable_reason(UntouchedBundle(), "bf16")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_batch"):
         tensorrt_unavailable_reason(UntouchedBundle(), "fp16", 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="depth"):
