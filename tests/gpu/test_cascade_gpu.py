@@ -173,3 +173,54 @@ def test_a_crop_margin_bundle_matches_the_cpu_cascade(gpu_bundle, greys, tmp_pat
             assert got.score == pytest.approx(want.score, abs=1e-4)
             if want.present and got.present:
                 assert dice(got.mask, want.mask) > 0.99
+
+
+@pytest.fixture(scope="module")
+def int8_gpu_bundle(tiny_checkpoints, phantom_dir: Path,
+                    tmp_path_factory: pytest.TempPathFactory):
+    """The session's tiny checkpoints exported with ``--int8`` (gate opened, so both models ship
+    in both forms: this checks TensorRT's handling of the files, not the gate) and INT8 engines
+    built for this GPU from the symmetric QDQ files."""
+    from bpedge.export.bundle_export import ExportOptions, export_bundle
+    from bpedge.export.int8 import Int8Gate
+    from bpedge.export.tensorrt_build import build_engines
+
+    from bpedge.bundle import Bundle
+
+    detector, segmenter = tiny_checkpoints
+    out = tmp_path_factory.mktemp("int8_gpu_bundle") / "bundle"
+    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir,
+                                int8=True, calibration_frames=8,
+                                int8_gate=Int8Gate(min_box_iou=0.0, min_presence_agreement=0.0,
+                                                   min_mask_dice=0.0)),
+                  log=lambda line: None)
+    build_engines(out, precisions=("int8",), max_batch=MAX_BATCH, progress=False,
+                  log=lambda line: None)
+    return Bundle.open(out)
+
+
+def test_int8_engines_agree_with_onnxruntime_on_the_same_symmetric_files(int8_gpu_bundle, greys,
+                                                                          tmp_path):
+    # Real TensorRT parses the symmetric QDQ files (explicit quantisation, strongly typed) and its
+    # INT8 results stay close to ONNX Runtime's on the same files: INT8 kernels round differently,
+    # so the bound is looser than FP32's.
+    import json
+
+    from bpedge import Segmenter
+    from bpedge._manifest import MANIFEST_NAME
+
+    same_file = tmp_path / "bundle"
+    shutil.copytree(int8_gpu_bundle.root, same_file)
+    manifest = json.loads((same_file / MANIFEST_NAME).read_text())
+    for entry in manifest["models"].values():
+        entry["onnx"]["int8"] = entry["onnx"]["int8_symmetric"]
+    manifest["engines"] = []
+    (same_file / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    with Segmenter.from_bundle(same_file, backend="onnxruntime", precision="int8") as cpu, \
+            _cascade(int8_gpu_bundle, "int8") as gpu:
+        dices = []
+        for grey in greys:
+            got, want = gpu.run(grey), cpu(grey)
+            if got.present and want.present:
+                dices.append(dice(got.mask, want.mask))
+    assert dices and float(np.mean(dices)) > 0.95, dices
