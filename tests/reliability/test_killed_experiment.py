@@ -142,6 +142,11 @@ def test_a_study_killed_at_random_moments_finishes_losing_at_most_the_interrupte
         # An epoch recorded before a kill is kept as it was, not trained again.
         assert epochs[: len(recorded.get(run, []))] == recorded.get(run, []), run
         assert load_checkpoint(out / run / "last.pt")["epoch"] == EPOCHS
+    # Epoch lines count the epochs trained over all invocations: at most one more per kill than
+    # the study's (a kill loses at most the epoch it interrupted). A line is printed after its
+    # epoch's checkpoint and metrics are written, so a kill landing between the two leaves a
+    # trained, recorded epoch without its line (seen once in CI: 7 lines for 8 epochs): the
+    # lower bound allows that, and the metrics above show every epoch is there.
     trained = sum(map(is_epoch_line, printed))
-    assert RUNS * EPOCHS <= trained <= RUNS * EPOCHS + kills, trained
+    assert RUNS * EPOCHS - kills <= trained <= RUNS * EPOCHS + kills, trained
     assert (out / "report.md").is_file() and (out / "summary.json").is_file()
