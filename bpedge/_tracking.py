@@ -101,8 +101,8 @@ def mask_overlap(mask: np.ndarray, previous: np.ndarray,
     tracked mask and the previous frame's, which the tracked crop box contains by construction
     (it is that mask's box, widened). Only the box's pixels are read. Two empty masks: 0."""
     h, w = mask.shape
-    x0, y0 = max(int(math.floor(box[0])), 0), max(int(math.floor(box[1])), 0)
-    x1, y1 = min(int(math.ceil(box[2])), w), min(int(math.ceil(box[3])), h)
+    x0, y0 = max(math.floor(box[0]), 0), max(math.floor(box[1]), 0)
+    x1, y1 = min(math.ceil(box[2]), w), min(math.ceil(box[3]), h)
     a, b = mask[y0:y1, x0:x1] != 0, previous[y0:y1, x0:x1] != 0
     union = int(np.count_nonzero(a | b))
     return 0.0 if union == 0 else int(np.count_nonzero(a & b)) / union

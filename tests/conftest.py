@@ -66,3 +66,23 @@ def tiny_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
     return export_tiny(TinyPaths(data=phantom_dir, detector=detector.parent,
                                  segmenter=segmenter.parent, bundle=out),
                        include_checkpoints=True)
+
+
+@pytest.fixture(scope="session")
+def open_gate_int8_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
+                          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_checkpoints` exported with ``--int8`` and the INT8 gate opened (every limit 0),
+    so both models ship in both QDQ forms whatever the barely trained test models do: for tests
+    of what TensorRT is given and how INT8 engines are wired, not of the gate. Read-only: copy
+    it before building engines into it."""
+    from bpedge.export.bundle_export import ExportOptions, export_bundle
+    from bpedge.export.int8 import Int8Gate
+
+    detector, segmenter = tiny_checkpoints
+    out = tmp_path_factory.mktemp("open_gate_int8_bundle") / "bundle"
+    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir,
+                                int8=True, calibration_frames=8,
+                                int8_gate=Int8Gate(min_box_iou=0.0, min_presence_agreement=0.0,
+                                                   min_mask_dice=0.0)),
+                  log=lambda line: None)
+    return out

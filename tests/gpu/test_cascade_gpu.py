@@ -176,24 +176,15 @@ def test_a_crop_margin_bundle_matches_the_cpu_cascade(gpu_bundle, greys, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def int8_gpu_bundle(tiny_checkpoints, phantom_dir: Path,
-                    tmp_path_factory: pytest.TempPathFactory):
-    """The session's tiny checkpoints exported with ``--int8`` (gate opened, so both models ship
-    in both forms: this checks TensorRT's handling of the files, not the gate) and INT8 engines
-    built for this GPU from the symmetric QDQ files."""
-    from bpedge.export.bundle_export import ExportOptions, export_bundle
-    from bpedge.export.int8 import Int8Gate
+def int8_gpu_bundle(open_gate_int8_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the session's ``--int8`` export (gate opened, tests/conftest.py) with INT8
+    engines built for this GPU from the symmetric QDQ files."""
     from bpedge.export.tensorrt_build import build_engines
 
     from bpedge.bundle import Bundle
 
-    detector, segmenter = tiny_checkpoints
     out = tmp_path_factory.mktemp("int8_gpu_bundle") / "bundle"
-    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir,
-                                int8=True, calibration_frames=8,
-                                int8_gate=Int8Gate(min_box_iou=0.0, min_presence_agreement=0.0,
-                                                   min_mask_dice=0.0)),
-                  log=lambda line: None)
+    shutil.copytree(open_gate_int8_bundle, out)
     build_engines(out, precisions=("int8",), max_batch=MAX_BATCH, progress=False,
                   log=lambda line: None)
     return Bundle.open(out)

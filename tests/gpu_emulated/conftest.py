@@ -82,23 +82,14 @@ def margin_bundle(emulated_bundle: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
-def int8_engine_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
+def int8_engine_bundle(open_gate_int8_bundle: Path,
                        tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle exported with ``--int8`` from the session's tiny checkpoints, with INT8 engines
-    built by ``build_engines -p int8`` against the stand-in. The gate is opened (every limit 0)
-    so that both models ship in both forms whatever the barely trained test models do: these
-    tests are about what TensorRT is given and how the engines are wired, not the gate."""
-    from bpedge.export.bundle_export import ExportOptions, export_bundle
-    from bpedge.export.int8 import Int8Gate
+    """A copy of the session's ``--int8`` export (gate opened, tests/conftest.py) with INT8
+    engines built by ``build_engines -p int8`` against the stand-in."""
     from bpedge.export.tensorrt_build import build_engines
 
-    detector, segmenter = tiny_checkpoints
     out = tmp_path_factory.mktemp("int8_engine_bundle") / "bundle"
-    export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out, data=phantom_dir,
-                                int8=True, calibration_frames=8,
-                                int8_gate=Int8Gate(min_box_iou=0.0, min_presence_agreement=0.0,
-                                                   min_mask_dice=0.0)),
-                  log=lambda line: None)
+    shutil.copytree(open_gate_int8_bundle, out)
     with install(Machine()):
         build_engines(out, precisions=("int8",), max_batch=MAX_BATCH, progress=False,
                       log=lambda line: None)
