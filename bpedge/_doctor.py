@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bpedge._bench.machine import library_versions, machine_info
-from bpedge._engine_key import INSTALL_HINT
+from bpedge._engine_key import INSTALL_HINT, PRECISIONS
 from bpedge._machine import probe_cuda, probe_tensorrt_module
 
 #: What a ``doctor --json`` report says it is, so a later ``--json`` knows the file is one.
@@ -369,7 +369,7 @@ def _backends(g: _Gpu, nvrtc: str | None, trt: str | None, trt_problem: str | No
                      "it)")
         missing.append((nvrtc_why, line))
     missing += [(problem, line) for problem in stack]
-    for precision in ("fp16", "fp32", "int8"):
+    for precision in PRECISIONS:
         if missing:
             out.append(BackendVerdict(f"tensorrt {precision}", False,
                                       "; ".join(m for m, _ in missing),

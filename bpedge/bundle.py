@@ -191,7 +191,7 @@ class Bundle:
                 f"bundle {self._root} has no {precision} ONNX for the {model}: re-export it with "
                 f"{precision} enabled" + (" (`bpedge export --int8`; a model that failed the INT8 "
                                           "gate is not shipped, see the manifest's parity.int8)"
-                                          if precision.startswith("int8") else "") + ", or use fp32"
+                                          if precision == "int8" else "") + ", or use fp32"
             )
         return ref
 

@@ -109,9 +109,9 @@ class Segmenter:
                 CPUs with native BF16) or ``"int8"`` (the bundle's gated INT8 QDQ ONNX from
                 ``bpedge export --int8``: on the CPU backends a model whose INT8 failed the
                 export's gate runs FP32; TensorRT needs INT8 engines of both models, built by
-                ``bpedge build-engines -p int8`` from the symmetric QDQ files). Default: fp16 on TensorRT; on OpenVINO bf16 where the CPU has it,
-                else fp32; fp32 on ONNX Runtime (FP16 arithmetic on most CPUs is emulated and
-                slower).
+                ``bpedge build-engines -p int8`` from the symmetric QDQ files). Default: fp16
+                on TensorRT; on OpenVINO bf16 where the CPU has it, else fp32; fp32 on ONNX
+                Runtime (FP16 arithmetic on most CPUs is emulated and slower).
             threads: CPU intra-op threads of ONNX Runtime or OpenVINO, 1..``MAX_THREADS``
                 (default: the runtime's choice).
             max_batch: largest :meth:`segment_batch` size the TensorRT engines must accept,
@@ -128,12 +128,14 @@ class Segmenter:
         spec = CascadeSpec.from_manifest(bundle.manifest)
         reason: str | None = None
         if backend in ("auto", "tensorrt"):
+            from bpedge._engine_key import PRECISIONS as TRT_PRECISIONS
             from bpedge._gpu.cascade import TensorRTCascade, tensorrt_unavailable_reason
 
             trt_precision = precision or "fp16"
             reason = (tensorrt_unavailable_reason(bundle, trt_precision, max_batch, device)
-                      if trt_precision in ("fp32", "fp16", "int8")
-                      else f"TensorRT runs fp32, fp16 and int8 engines, not {trt_precision}")
+                      if trt_precision in TRT_PRECISIONS
+                      else f"TensorRT runs {', '.join(TRT_PRECISIONS)} engines, not "
+                           f"{trt_precision}")
             failure: Exception | None = None
             if reason is None:
                 try:

@@ -11,10 +11,11 @@ weights int8 per output channel (symmetric), in one of two forms (:data:`FORMS`)
   with signed INT8 (TensorRT developer guide, "Working with Quantized Types",
   https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-quantized-types.html),
   and biases left float (INT32 is not among TensorRT's quantized types there).
-  The quantiser then keeps each ReLU as an operator between its Q/DQ pairs, which ONNX Runtime
-  runs in float: on the demo's tiny detector its INT8 took 13.6 ms a frame in this form against
-  7.7 ms in the CPU form (OpenVINO 3.6-4.1 ms in both; 2-core Xeon with AMX, 2 threads), which is
-  why the CPU runtimes keep their own file.
+  The quantiser then keeps each ReLU as a node with its own Q/DQ pair (30 on the demo's tiny
+  detector, against 1 in the CPU form, where a ReLU folds into its quantiser's range), and ONNX
+  Runtime runs this form slower: 13.6 ms a frame against 7.7 ms on that detector (OpenVINO
+  3.6-4.1 ms in both; 2-core Xeon with AMX, 2 threads), which is why the CPU runtimes keep their
+  own file.
 
 Activation ranges are calibrated (MinMax) on frames of the checkpoint's *training* split, made by
 the runtime's own preprocessing (the same ``crop_resize_normalize`` the cascade computes), so the

@@ -153,9 +153,9 @@ def batch_groups(shapes: Sequence[tuple[int, int]], max_batch: int) -> list[list
 class TensorRTCascade:
     """Detector engine -> fused crop kernel -> segmenter engine -> paste kernel on an NVIDIA GPU.
 
-    ``precision``: which engines of the bundle to run (``"fp16"``, ``"fp32"`` or ``"int8"``); ``max_batch``:
-    the largest ``run_batch`` group (the engines must allow it); ``device``: CUDA device index;
-    ``depth``: slots created up front (``stream`` adds more if asked for a larger depth).
+    ``precision``: which engines of the bundle to run (``"fp16"``, ``"fp32"`` or ``"int8"``);
+    ``max_batch``: the largest ``run_batch`` group (the engines must allow it); ``device``: CUDA
+    device index; ``depth``: slots created up front (``stream`` adds more if asked for a larger depth).
     ``use_graphs=False`` enqueues every chain directly instead of replaying CUDA graphs.
 
     Raises ``RuntimeError`` saying what is missing (TensorRT, a GPU, an engine that fits) and the

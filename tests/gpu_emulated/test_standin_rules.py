@@ -277,3 +277,45 @@ def test_t2_t3_enqueue_needs_the_engines_device_and_every_shape(rt, machine, con
     ok(rt.cudaSetDevice(0))
     assert context.execute_async_v3(native_handle(stream)) is True
     ok(rt.cudaStreamSynchronize(stream))
+
+
+# --- T5: explicit quantisation is symmetric INT8 and strongly typed ----------------------------
+
+
+def _qdq_onnx(zero_point_type: int) -> bytes:
+    """x -> QuantizeLinear -> DequantizeLinear -> y, zero point 0 of the given ONNX type."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q"),
+         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq")],
+        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+         helper.make_tensor("zp", zero_point_type, [], [0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_t5_asymmetric_qdq_is_a_parse_error_and_qdq_needs_strong_typing(machine):
+    import tensorrt as trt
+    from onnx import TensorProto
+
+    logger = trt.Logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(_qdq_onnx(TensorProto.UINT8)) is False  # the CPU runtimes' U8 form
+    assert parser.num_errors == 2 and "symmetric" in parser.get_error(0)
+
+    weak = builder.create_network(0)  # symmetric, but not strongly typed
+    assert trt.OnnxParser(weak, logger).parse(_qdq_onnx(TensorProto.INT8)) is True
+    assert builder.build_serialized_network(weak, builder.create_builder_config()) is None
+    assert any("strong typing" in line for line in machine.trt_log)
+
+    strong = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(strong, logger).parse(_qdq_onnx(TensorProto.INT8)) is True
+    assert builder.build_serialized_network(strong, builder.create_builder_config()) is not None

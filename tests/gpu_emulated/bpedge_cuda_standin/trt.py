@@ -100,23 +100,23 @@ def _io(onnx: bytes) -> tuple[Any, list[dict[str, Any]]]:
     return session, tensors
 
 
-def _asymmetric_qdq(onnx: bytes) -> list[str]:
-    """Names of the Q/DQ nodes whose zero point is missing (ONNX's default is uint8), not INT8 or
-    not 0 (rule T5)."""
+def _qdq_nodes(onnx: bytes) -> tuple[int, list[str]]:
+    """How many Q/DQ nodes the model has, and the names of those whose zero point is missing
+    (ONNX's default is uint8), not INT8 or not 0 (rule T5). Written from TensorRT's rule, not
+    shared with bpedge's own export check, so that the two can disagree."""
     import onnx as onnx_lib
     from onnx import numpy_helper
 
     model = onnx_lib.load_from_string(onnx)
     inits = {t.name: t for t in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     bad = []
-    for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
+    for node in qdq:
         zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if (zp is None or zp.data_type != onnx_lib.TensorProto.INT8
                 or numpy_helper.to_array(zp).any()):
             bad.append(node.name)
-    return bad
+    return len(qdq), bad
 
 
 def make_tensorrt_module(m: Machine) -> types.ModuleType:
@@ -149,6 +149,7 @@ def make_tensorrt_module(m: Machine) -> types.ModuleType:
     class Network:
         def __init__(self, flags: int) -> None:
             self.flags, self.onnx, self.inputs = int(flags), b"", []
+            self.qdq = 0  # Q/DQ nodes of the parsed model (rule T5)
 
         @property
         def num_inputs(self) -> int:
@@ -164,7 +165,7 @@ def make_tensorrt_module(m: Machine) -> types.ModuleType:
         def parse(self, data: bytes, path: str | None = None) -> bool:
             try:
                 _, tensors = _io(bytes(data))
-                asymmetric = _asymmetric_qdq(bytes(data))
+                qdq, asymmetric = _qdq_nodes(bytes(data))
             except Exception as exc:  # noqa: BLE001 - a parser reports, it does not raise
                 self.errors.append(str(exc))
                 return False
@@ -173,6 +174,7 @@ def make_tensorrt_module(m: Machine) -> types.ModuleType:
                                 "(zero point must be an INT8 0)" for name in asymmetric]
                 return False
             self.network.onnx = bytes(data)
+            self.network.qdq = qdq
             self.network.inputs = [Tensor(t["name"], t["shape"]) for t in tensors
                                    if t["mode"] == TensorIOMode.INPUT]
             return True
@@ -249,7 +251,7 @@ def make_tensorrt_module(m: Machine) -> types.ModuleType:
             device = m.devices[m.runtime_device()]
             strongly_typed = bool(network.flags
                                   & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-            if b"QuantizeLinear" in network.onnx and not strongly_typed:  # T5
+            if network.qdq and not strongly_typed:  # T5
                 log("Q/DQ (explicitly quantized) network built without strong typing")
                 return None
             header = {
