@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -23,9 +23,10 @@ from bpedge._stages import Box
 if TYPE_CHECKING:
     import torch
     from bpedge.train.data import Frame
+    from bpedge.train.models.retinanet import RetinaNetDetector
     from torch import nn
 
-__all__ = ["BoxPrediction", "load_detector", "predict_boxes", "predict_frames"]
+__all__ = ["BoxPrediction", "load_detector", "predict_boxes", "predict_decoys", "predict_frames"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,48 @@ def predict_boxes(
         for frame, score, box in zip(chunk, scores.tolist(), boxes.tolist()):
             out.append(BoxPrediction(score=float(score), box=frame_box(box, frame.shape, spec),
                                      found=box_found(box)))
+    return out
+
+
+def predict_decoys(
+    model: nn.Module,
+    payload: dict[str, Any],
+    images: Sequence[np.ndarray],
+    truths: Sequence[Box | None],
+    *,
+    max_iou: float = 0.1,
+    candidates: int = 5,
+    batch_size: int = 16,
+) -> list[BoxPrediction | None]:
+    """Per uint8 ``(H, W)`` frame, the detector's best box that misses the BP: the highest
+    scoring of its top ``candidates`` boxes after non-maximum suppression whose IoU with the
+    frame's ground-truth box ``truths[k]`` (frame pixels) is below ``max_iou``; on a frame
+    without BP (``None``) its top box. ``None`` where no candidate misses the BP. Boxes in frame
+    pixels, clamped, as :func:`predict_boxes` gives them."""
+    import torch
+    from bpedge.train.checkpoint import model_input
+
+    from bpedge._metrics import box_iou
+
+    if len(truths) != len(images):
+        raise ValueError(f"one truth per frame: got {len(truths)} for {len(images)} frames")
+    spec = model_input(payload)
+    model.eval()
+    out: list[BoxPrediction | None] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        x = torch.from_numpy(np.stack([detector_input(f, spec) for f in chunk]))
+        with torch.inference_mode():
+            found = cast("RetinaNetDetector", model).candidates(
+                x.to(next(model.parameters()).device), candidates)
+        for frame, truth, (scores, boxes) in zip(chunk, truths[start : start + batch_size], found):
+            pick = None
+            for score, box in zip(scores.tolist(), boxes.tolist()):
+                framed = frame_box(box, frame.shape, spec)
+                if truth is None or box_iou(framed, truth) < max_iou:
+                    pick = BoxPrediction(score=float(score), box=framed, found=box_found(box))
+                    break
+            out.append(pick)
     return out
 
 

@@ -46,6 +46,10 @@ class DetectorConfig:
     # (0: none, as published): every anchor is a negative on them, so the score learns what "no
     # BP" looks like and "BP present" can be called on it.
     empty_fraction: float = 0.0
+    # Copy-paste samples per epoch, as a fraction of the BP frames: a training frame's BP
+    # blended into an empty frame of a train-only subject at a random place (train/augment.py
+    # paste_bp). None without such empty frames.
+    paste_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,11 @@ class SegmenterConfig:
     # Fraction the crop box grows by (width and height, about its centre) before cropping; it
     # travels in the checkpoint and the bundle (bpedge._preprocessing.PreprocessingSpec).
     crop_margin: float = 0.0
+    # With a detector (``--detector``): its best box that misses the BP on every training frame
+    # (BP or empty; bpedge.train.predict.predict_decoys) is added as one more crop, jittered like
+    # the others, whose target holds no BP (or the part of it the crop catches). The segmenter
+    # then learns to leave what the detector confuses with the BP empty.
+    decoy_crops: bool = False
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,13 @@ class SegmenterOptions(RunOptions):
         if self.crop == "detector" and self.detector is None:
             raise ValueError("--crop detector needs --detector RUN_OR_CHECKPOINT (a detector run "
                              "folder or its best.pt)")
-        if self.crop != "detector" and self.detector is not None:
-            raise ValueError(f"--detector is only used with --crop detector (got --crop {self.crop})")
+        if (self.crop != "detector" and self.detector is not None
+                and not resolve_segmenter_config(self).decoy_crops):
+            raise ValueError(f"--detector is only used with --crop detector or decoy crops (got "
+                             f"--crop {self.crop})")
+        if resolve_segmenter_config(self).decoy_crops and self.detector is None:
+            raise ValueError("decoy crops (the preset's decoy_crops) need --detector "
+                             "RUN_OR_CHECKPOINT: they are the detector's wrong boxes")
         if self.detector is not None and not self.detector.exists():
             raise FileNotFoundError(f"--detector {self.detector} does not exist")
 
@@ -166,21 +171,28 @@ def detector_boxes(
     *,
     resume: bool,
     progress: bool,
-) -> list[Box]:
-    """The detector's clamped top box for every frame of ``store`` (frame pixels), predicted once
-    by rank 0 and cached in RUN/detector_boxes.json; a resumed run must find the cache."""
-    from bpedge.train.predict import BoxPrediction, load_detector, predict_boxes
+    decoys: bool = False,
+) -> tuple[list[Box], list[Box | None]]:
+    """The detector's clamped top box for every frame of ``store`` (frame pixels) and, with
+    ``decoys``, its best box that misses the BP (:func:`bpedge.train.predict.predict_decoys`;
+    ``None`` where none does; an empty list without ``decoys``), predicted once by rank 0 and
+    cached in RUN/detector_boxes.json; a resumed run must find the cache."""
+    from bpedge.train.predict import BoxPrediction, load_detector, predict_boxes, predict_decoys
 
     cache = run_dir / BOXES_FILE
     digest = _sha256(detector)
     if not resume and ctx.is_main:
         model, payload = load_detector(detector, ctx.device)
         preds = predict_boxes(model, payload, store.images, progress=progress)
-        atomic_write_json(cache, {
+        record: dict[str, Any] = {
             "detector": str(detector),
             "detector_sha256": digest,
             "frames": {k: p.to_json() for k, p in zip(store.keys, preds)},
-        })
+        }
+        if decoys:
+            found = predict_decoys(model, payload, store.images, store.boxes)
+            record["decoys"] = {k: p.to_json() if p else None for k, p in zip(store.keys, found)}
+        atomic_write_json(cache, record)
     barrier(ctx)
     if not cache.is_file():
         raise ValueError(f"--resume: {cache} is missing; start a new run with a new --out")
@@ -192,9 +204,14 @@ def detector_boxes(
         )
     frames = cached["frames"]
     missing = [k for k in store.keys if k not in frames]
+    if decoys and not set(store.keys) <= set(cached.get("decoys", {})):
+        missing += ["(decoy boxes)"]
     if missing:
         raise ValueError(f"{cache} has no box for frame(s) {missing[:5]}; start a new run")
-    return [BoxPrediction.from_json(frames[k]).box for k in store.keys]
+    wrong = [] if not decoys else [
+        None if cached["decoys"][k] is None else BoxPrediction.from_json(cached["decoys"][k]).box
+        for k in store.keys]
+    return [BoxPrediction.from_json(frames[k]).box for k in store.keys], wrong
 
 
 def _check_detector_split(detector_payload: dict[str, Any], split_json: dict[str, Any],
@@ -222,23 +239,27 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
     def make_trainee(start: TrainingStart) -> SegmenterTrainee:
         ctx, data, resume_from = start.ctx, start.data, start.resume_from
         # Test frames are loaded only to cache their detector boxes for later evaluation.
-        frames = data.train + data.val + (data.test if detector else ())
-        store = FrameStore(frames, progress=opts.progress and ctx.is_main)
+        frames = data.train + data.val + (data.test if opts.crop == "detector" else ())
+        empties = data.train_empty if cfg.decoy_crops else ()
+        store = FrameStore(frames + empties, progress=opts.progress and ctx.is_main)
         train_idx = list(range(len(data.train)))
         val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
-        detected: list[Box | None] = [None] * len(store)
-        if opts.crop == "detector":
-            if detector is None:  # opts.check() insists on --detector
-                raise ValueError("--crop detector needs --detector")
+        empty_idx = list(range(len(frames), len(store)))
+        detected: list[Box | None] = [None] * len(frames)
+        decoys: list[Box | None] = []
+        if detector is not None:
             _check_detector_split(load_checkpoint(detector), data.split.to_json(), ctx,
                                   opts.verbose)
-            detected = list(detector_boxes(opts.out, detector, store, ctx,
+            found, decoys = detector_boxes(opts.out, detector, store, ctx,
                                            resume=resume_from is not None,
-                                           progress=opts.progress and ctx.is_main))
+                                           progress=opts.progress and ctx.is_main,
+                                           decoys=cfg.decoy_crops)
+            if opts.crop == "detector":
+                detected = list(found)
         # The one crop rule (bpedge._preprocessing.crop_box), as export validation and the
         # runtime apply it; positives only, so a ground-truth box is never None.
         boxes = [crop_box(opts.crop, store.hw(i), cfg.crop_margin, truth=store.boxes[i],
-                          detected=detected[i]) for i in range(len(store))]
+                          detected=detected[i]) for i in range(len(frames))]
         if resume_from is not None:
             norm = Normalization(**resume_from["normalization"])
         else:
@@ -246,8 +267,14 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         # Detector boxes of training frames are as good as they get (the detector trained on
         # those frames); jitter makes them as imperfect as on a new subject.
         jitter = cfg.box_jitter if opts.crop in ("gt", "detector") else 0.0
-        train_set = SegmenterDataset(store, train_idx, [boxes[i] for i in train_idx], cfg.crop_hw,
-                                     norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed)
+        # The detector's best wrong box on every training frame (BP or empty): what it most
+        # easily mistakes for the BP, cropped as the runtime would crop it.
+        decoy_idx = [i for i in train_idx + empty_idx if decoys and decoys[i] is not None]
+        decoy_boxes = [crop_box("detector", store.hw(i), cfg.crop_margin, detected=decoys[i])
+                       for i in decoy_idx]
+        train_set = SegmenterDataset(
+            store, train_idx + decoy_idx, [boxes[i] for i in train_idx] + decoy_boxes,
+            cfg.crop_hw, norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed)
         val_set = SegmenterDataset(store, val_idx, [boxes[i] for i in val_idx], cfg.crop_hw, norm)
 
         model = build_segmenter(cfg).to(ctx.device)
@@ -260,7 +287,8 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         )
         say(ctx, opts.verbose,
             f"{cfg.arch} on {opts.crop} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]}: "
-            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
+            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames"
+            f"{f' + {len(decoy_idx)} decoy crops' if decoy_idx else ''} "
             f"({data.split.mode} split, seed {cfg.seed}); z-score mean {norm.mean:.2f} "
             f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
         return SegmenterTrainee(model, optimizer, train_set, val_set, payload.to_dict())

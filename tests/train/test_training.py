@@ -150,3 +150,58 @@ def test_mnet_on_detector_crops_caches_boxes(
     save_checkpoint(detector, changed)
     with pytest.raises(ValueError, match="changed since this run cached its boxes"):
         train_segmenter(dataclasses.replace(opts, epochs=3, resume=True))
+
+
+def test_decoys_are_the_best_boxes_that_miss_the_bp(detector_run: Path, phantom_dir: Path) -> None:
+    from bpedge.train.predict import load_detector, predict_boxes, predict_decoys
+
+    from bpedge._metrics import box_iou
+
+    frames = scan_dataset(phantom_dir).frames[:12]
+    images = [read_image(f.image_path) for f in frames]
+    model, payload = load_detector(detector_run / "best.pt")
+    top = predict_boxes(model, payload, images)
+    decoys = predict_decoys(model, payload, images, [f.box for f in frames], candidates=8)
+    assert any(d is not None for d in decoys)
+    for f, t, d in zip(frames, top, decoys):
+        if d is None:
+            continue
+        h, w = read_image(f.image_path).shape
+        assert 0 <= d.box[0] < d.box[2] <= w and 0 <= d.box[1] < d.box[3] <= h
+        assert d.score <= t.score + 1e-6  # never better than the top box
+        if f.box is None:  # no BP: the top box is the detector's mistake
+            assert d.box == pytest.approx(t.box, abs=1e-3) and d.score == pytest.approx(t.score)
+        else:
+            assert box_iou(d.box, f.box) < 0.1
+    with pytest.raises(ValueError, match="one truth per frame"):
+        predict_decoys(model, payload, images, [None])
+
+
+def test_decoy_crops_train_on_the_detectors_wrong_boxes(
+    detector_run: Path, phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bpedge.train import presets
+
+    tiny = presets.PRESETS["tiny"]
+    monkeypatch.setitem(presets.PRESETS, "tiny-decoys", dataclasses.replace(
+        tiny, name="tiny-decoys", unet=dataclasses.replace(tiny.unet, decoy_crops=True)))
+    out = tmp_path / "unet"
+    opts = SegmenterOptions(data=phantom_dir, out=out, preset="tiny-decoys", crop="gt",
+                            detector=detector_run / "best.pt", epochs=1, batch_size=8,
+                            progress=False, verbose=False)
+    result = train_segmenter(opts)
+    assert len(result.history) == 1
+    cached = json.loads((out / "detector_boxes.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    subjects = {part: {k.split("_")[0] for k in split[part]} for part in ("train", "val", "test")}
+    train_only = subjects["train"] - subjects["val"] - subjects["test"]
+    empty_train = {f.key for f in scan_dataset(phantom_dir).frames
+                   if not f.present and str(f.subject) in train_only}
+    assert empty_train
+    # A decoy (or None) for every frame the run loaded: BP frames and train-only empty frames.
+    assert set(cached["decoys"]) == set(split["train"]) | set(split["val"]) | empty_train
+    with pytest.raises(ValueError, match="decoy crops"):
+        SegmenterOptions(data=phantom_dir, out=tmp_path / "x", preset="tiny-decoys").check()
+    with pytest.raises(ValueError, match="--detector is only used"):
+        SegmenterOptions(data=phantom_dir, out=tmp_path / "y", preset="tiny", crop="gt",
+                         detector=detector_run / "best.pt").check()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder, Matcher
-from torchvision.ops import box_iou, generalized_box_iou_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss, nms
 
 from ..losses import focal_loss
 from ..presets import DetectorConfig
@@ -165,6 +165,27 @@ class RetinaNetDetector(nn.Module):
             dim=1,
         )
         return scores, boxes
+
+    def candidates(self, images: Tensor, k: int, nms_iou: float = 0.3) -> list[tuple[Tensor, Tensor]]:
+        """Per image, up to ``k`` boxes that non-maximum suppression (IoU > ``nms_iou``) keeps
+        among all anchors, best first: ``(scores (k',), boxes (k', 4))``, boxes decoded and
+        clipped to the input as :meth:`predict` clips them. For training only (the exported
+        detector keeps its one-box contract): the best box away from the BP is the place this
+        detector most easily mistakes for it."""
+        logits, deltas = self.head_outputs(images)
+        h, w = self.input_hw
+        out = []
+        for logit, delta in zip(logits[..., 0], deltas):
+            # Only the best anchors can survive NMS into the top k; decoding all would be waste.
+            top = logit.topk(min(logit.shape[0], 50 * k)).indices
+            boxes = self.box_coder.decode_single(delta[top], self.anchors[top])
+            boxes = torch.stack([boxes[:, 0].clamp(0.0, float(w)), boxes[:, 1].clamp(0.0, float(h)),
+                                 boxes[:, 2].clamp(0.0, float(w)), boxes[:, 3].clamp(0.0, float(h))],
+                                dim=1)
+            scores = torch.sigmoid(logit[top])
+            keep = nms(boxes, scores, nms_iou)[:k]
+            out.append((scores[keep], boxes[keep]))
+        return out
 
     def match(self, boxes: Tensor, present: Tensor | None = None) -> Tensor:
         """Per anchor, 0 (foreground), -1 (background) or -2 (ignored): (N, A_total) int64.
