@@ -12,7 +12,10 @@ on the model input (grey levels 0-255, float32, before z-scoring):
 - blur (a wider point-spread function);
 - a small similarity transform (scale, shift, rotation: probe pressure, position and tilt),
   applied with the same matrix to the box's outline so the target follows the anatomy;
-- left-right flip (the probe held either way round) stays the datasets' own ``hflip``.
+- left-right flip (the probe held either way round) stays the datasets' own ``hflip``;
+- for the detector, copy-paste (:func:`paste_bp`): a training frame's BP, with the sheath around
+  it, blended into an empty frame at a random place, so the BP is seen in other surroundings and
+  at other depths than the few subjects show it in.
 
 Every draw comes from a ``numpy.random.Generator`` the caller seeds from ``(seed, epoch,
 sample)``, so an epoch's augmentation is the same whatever the number of DataLoader workers and
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["BModeAugment", "augment_grey", "random_similarity", "transform_points"]
+__all__ = ["BModeAugment", "augment_grey", "paste_bp", "random_similarity", "transform_points"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +116,45 @@ def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``(P, 2)`` x, y points through the 2x3 affine ``m``: ``(P, 2)`` float64."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     return pts @ m[:, :2].T + m[:, 2]
+
+
+def paste_bp(
+    background: np.ndarray,
+    source: np.ndarray,
+    source_mask: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    pad: int = 6,
+    feather: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The BP of ``source`` blended into ``background`` at a random place.
+
+    ``background`` and ``source``: float32 ``(H, W)`` grey levels 0-255 of the same size (model
+    input); ``source_mask``: ``(H, W)``, non-zero on the BP (not empty). The patch is the mask's
+    box grown by ``pad`` pixels; it is blended with the mask blurred by ``feather`` pixels (so the
+    sheath's edge fades into the new surroundings rather than leaving a seam) and scaled by the
+    ratio of the two patches' mean grey levels (clipped to 0.5-2: the gains of two subjects
+    differ). Returns the new image (float32, 0-255) and its BP mask (uint8 0/1), the source mask
+    moved with the patch."""
+    if background.shape != source.shape or source_mask.shape != source.shape:
+        raise ValueError(f"background, source and mask must have one shape, got "
+                         f"{background.shape}, {source.shape}, {source_mask.shape}")
+    on = source_mask > 0
+    if not on.any():
+        raise ValueError("the source mask is empty: there is no BP to paste")
+    h, w = source.shape
+    rows, cols = np.nonzero(on)
+    y0, y1 = max(int(rows.min()) - pad, 0), min(int(rows.max()) + 1 + pad, h)
+    x0, x1 = max(int(cols.min()) - pad, 0), min(int(cols.max()) + 1 + pad, w)
+    ph, pw = y1 - y0, x1 - x0
+    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    patch_mask = on[y0:y1, x0:x1].astype(np.float32)
+    alpha = cv2.GaussianBlur(patch_mask, (0, 0), feather) if feather > 0 else patch_mask
+    patch = source[y0:y1, x0:x1].astype(np.float32)
+    under = background[top:top + ph, left:left + pw].astype(np.float32)
+    ratio = float(np.clip(under.mean() / max(float(patch.mean()), 1e-3), 0.5, 2.0))
+    out = background.astype(np.float32, copy=True)
+    out[top:top + ph, left:left + pw] = alpha * patch * ratio + (1.0 - alpha) * under
+    mask = np.zeros((h, w), np.uint8)
+    mask[top:top + ph, left:left + pw] = patch_mask.astype(np.uint8)
+    return np.clip(out, 0.0, 255.0), mask

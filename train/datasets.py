@@ -143,7 +143,10 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     present () float32 1/0)`` for BP-positive frames ``indices`` of ``store``, frames resized whole
     to ``input_hw``, then (when ``empties`` is given) ``empties_per_epoch`` empty frames drawn
     afresh each epoch from ``empties`` (their box is zeros and ``present`` 0: every anchor is
-    background for them).
+    background for them), then ``pastes_per_epoch`` copy-paste samples (needs ``empties``): the BP
+    of a random frame of ``indices`` pasted into a random frame of ``empties``
+    (:func:`bpedge.train.augment.paste_bp`), target the pasted mask's box, drawn per sample from
+    ``(seed, epoch, sample)``.
 
     ``augment``: B-mode transforms per sample (see :mod:`bpedge.train.augment`); a geometric one
     moves the mask's outline with the same matrix and the target is the outline's box (a
@@ -161,6 +164,7 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         seed: int = 0,
         empties: Sequence[int] = (),
         empties_per_epoch: int = 0,
+        pastes_per_epoch: int = 0,
     ) -> None:
         missing = [store.keys[i] for i in indices if store.boxes[i] is None]
         if missing:
@@ -168,14 +172,19 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         labelled = [store.keys[i] for i in empties if store.boxes[i] is not None]
         if labelled:
             raise ValueError(f"frames given as empty have a BP mask: {labelled[:5]}")
-        if empties_per_epoch < 0:
-            raise ValueError(f"empties_per_epoch must be >= 0, got {empties_per_epoch}")
+        if empties_per_epoch < 0 or pastes_per_epoch < 0:
+            raise ValueError(f"empties_per_epoch and pastes_per_epoch must be >= 0, got "
+                             f"{empties_per_epoch} and {pastes_per_epoch}")
+        if pastes_per_epoch and not (empties and indices):
+            raise ValueError("copy-paste needs BP frames to take the BP from and empty frames "
+                             "to paste it into")
         self.store, self.indices = store, list(indices)
         self.input_hw, self.norm = (int(input_hw[0]), int(input_hw[1])), norm
         self.hflip, self.augment, self.seed = hflip, augment, seed
         self.empties = list(empties)
         self._n_empty = min(int(empties_per_epoch), len(self.empties))
         self._drawn: list[int] = self.empties[: self._n_empty]
+        self._n_paste = int(pastes_per_epoch)
         self._flips = np.zeros(len(self), bool)
         self._epoch = 0
         self._outlines: dict[int, np.ndarray] = {}
@@ -191,7 +200,7 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
             self._drawn = [self.empties[j] for j in np.sort(pick)]
 
     def __len__(self) -> int:
-        return len(self.indices) + self._n_empty
+        return len(self.indices) + self._n_empty + self._n_paste
 
     def target_box(self, k: int) -> Box:
         """Sample ``k``'s ground-truth box in detector-input pixels (before any flip)."""
@@ -209,23 +218,50 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
             self._outlines[k] = _mask_outline(self.store.mask(i)) * [in_w / w, in_h / h]
         return self._outlines[k]
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        present = k < len(self.indices)
-        i = self.indices[k] if present else self._drawn[k - len(self.indices)]
+    def _resized(self, i: int) -> np.ndarray:
         in_h, in_w = self.input_hw
-        x0, y0, x1, y1 = self.target_box(k) if present else (0.0, 0.0, 0.0, 0.0)
-        if self.augment is None:
+        return crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
+
+    def _pasted(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy-paste sample ``k``: the image at input size (0-255) and its mask's outline."""
+        from bpedge.train.augment import paste_bp
+
+        rng = np.random.default_rng([self.seed, self._epoch, k, 1])
+        source = int(rng.integers(len(self.indices)))
+        i = self.indices[source]
+        in_h, in_w = self.input_hw
+        mask = crop_resize(self.store.mask(i), full_frame_box(self.store.hw(i)), in_w, in_h) > 127.5
+        background = self._resized(self.empties[int(rng.integers(len(self.empties)))])
+        grey, pasted = paste_bp(background, self._resized(i), mask, rng)
+        return grey, _mask_outline(pasted)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pasted = k >= len(self.indices) + self._n_empty
+        present = k < len(self.indices) or pasted
+        in_h, in_w = self.input_hw
+        outline: np.ndarray | None = None
+        if pasted:
+            grey, outline = self._pasted(k)
+            (x0, y0), (x1, y1) = outline.min(axis=0).tolist(), outline.max(axis=0).tolist()
+        else:
+            i = self.indices[k] if present else self._drawn[k - len(self.indices)]
+            x0, y0, x1, y1 = self.target_box(k) if present else (0.0, 0.0, 0.0, 0.0)
+        if self.augment is None and not pasted:
             x = detector_input(self.store.images[i], ModelInput(self.input_hw, self.norm))[0]
+        elif self.augment is None:
+            x = normalize(grey, self.norm.mean, self.norm.std)
         else:
             # detector_input's steps with the augmentation between resize and normalisation.
             from bpedge.train.augment import augment_grey, random_similarity, transform_points
 
-            grey = crop_resize(self.store.images[i], full_frame_box(self.store.hw(i)), in_w, in_h)
+            if not pasted:
+                grey = self._resized(i)
+                outline = self._outline(k) if present else None
             rng = _epoch_rng(self.seed, self._epoch, 2 + k)
             m = random_similarity(self.augment, (in_h, in_w), rng)
-            if m is not None and present:
+            if m is not None and outline is not None:
                 # warpAffine maps pixel centres; box coordinates are pixel edges (centre + 0.5).
-                pts = transform_points(self._outline(k) - 0.5, m) + 0.5
+                pts = transform_points(outline - 0.5, m) + 0.5
                 moved = (pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max())
                 kept = clamp_box(moved, in_w, in_h)
                 area = (moved[2] - moved[0]) * (moved[3] - moved[1])

@@ -145,7 +145,7 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
 
     def make_trainee(start: TrainingStart) -> DetectorTrainee:
         ctx, data, resume_from = start.ctx, start.data, start.resume_from
-        empties = data.train_empty if cfg.empty_fraction > 0 else ()
+        empties = data.train_empty if cfg.empty_fraction > 0 or cfg.paste_fraction > 0 else ()
         store = FrameStore(data.train + data.val + empties, progress=opts.progress and ctx.is_main)
         train_idx = list(range(len(data.train)))
         val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
@@ -161,7 +161,9 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
         train_set = DetectorDataset(store, train_idx, cfg.input_hw, norm, hflip=cfg.hflip,
                                     augment=BModeAugment() if cfg.augment else None,
                                     seed=cfg.seed, empties=empty_idx,
-                                    empties_per_epoch=round(cfg.empty_fraction * len(train_idx)))
+                                    empties_per_epoch=round(cfg.empty_fraction * len(train_idx)),
+                                    pastes_per_epoch=round(cfg.paste_fraction * len(train_idx))
+                                    if empty_idx else 0)
         val_set = DetectorDataset(store, val_idx, cfg.input_hw, norm)
 
         model = build_detector_for(cfg, opts.weights).to(ctx.device)
@@ -174,8 +176,9 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
         say(ctx, opts.verbose,
             f"detector ({cfg.backbone}, input {cfg.input_hw[0]}x{cfg.input_hw[1]}): "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
-            f"({data.split.mode} split, seed {cfg.seed}), {len(train_set) - len(train_idx)} of "
-            f"{len(empty_idx)} train empty frames per epoch; z-score mean {norm.mean:.2f} "
+            f"({data.split.mode} split, seed {cfg.seed}), {train_set._n_empty} of "
+            f"{len(empty_idx)} train empty frames and {train_set._n_paste} copy-paste samples "
+            f"per epoch; z-score mean {norm.mean:.2f} "
             f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
         return DetectorTrainee(model, optimizer, train_set, val_set, payload.to_dict())
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from bpedge.train.augment import BModeAugment, augment_grey, random_similarity, transform_points
+
+torch = pytest.importorskip("torch")
+from bpedge.train.augment import (
+    BModeAugment,
+    augment_grey,
+    paste_bp,
+    random_similarity,
+    transform_points,
+)
 from bpedge.train.datasets import DetectorDataset, FrameStore, Normalization
 
 from bpedge._metrics import box_from_mask, box_iou
@@ -77,3 +85,60 @@ def test_detector_dataset_augments_per_epoch_and_keeps_the_box_on_the_bp(phantom
         assert 0 <= x_0 < x_1 <= 112 and 0 <= y_0 < y_1 <= 80
         # A small similarity transform moves the box, but not off the anatomy entirely.
         assert box_iou(b.tolist(), b0.tolist()) > 0.2
+
+
+def test_paste_bp_moves_the_mask_and_changes_only_the_patch():
+    rng = np.random.default_rng(0)
+    background = rng.uniform(90, 110, (60, 80)).astype(np.float32)
+    source = np.full((60, 80), 60.0, np.float32)
+    mask = np.zeros((60, 80), np.uint8)
+    cv2.circle(mask, (20, 25), 8, 1, -1)
+    source[mask > 0] = 20.0
+    out, moved = paste_bp(background, source, mask, np.random.default_rng(4), pad=3)
+    assert out.dtype == np.float32 and out.shape == background.shape
+    assert moved.sum() == mask.sum()
+    # The same disc, shifted: its box has the source box's size, inside the frame.
+    (sx0, sy0, sx1, sy1), (mx0, my0, mx1, my1) = box_from_mask(mask), box_from_mask(moved)
+    assert (mx1 - mx0, my1 - my0) == (sx1 - sx0, sy1 - sy0)
+    assert 0 <= mx0 and mx1 <= 80 and 0 <= my0 and my1 <= 60
+    # Outside the patch (the mask's box grown by pad) the background is untouched...
+    patch = np.zeros_like(mask, bool)
+    patch[max(int(my0) - 3, 0):int(my1) + 3, max(int(mx0) - 3, 0):int(mx1) + 3] = True
+    np.testing.assert_array_equal(out[~patch], background[~patch])
+    # ...and the disc is darker than its new surroundings, as in the source (gain-matched).
+    assert out[moved > 0].mean() < 0.6 * background[~patch].mean()
+    again, _ = paste_bp(background, source, mask, np.random.default_rng(4), pad=3)
+    np.testing.assert_array_equal(out, again)
+    with pytest.raises(ValueError, match="empty"):
+        paste_bp(background, source, np.zeros_like(mask), rng)
+    with pytest.raises(ValueError, match="shape"):
+        paste_bp(background[:50], source, mask, rng)
+
+
+def test_copy_paste_samples_are_bp_frames_with_the_pasted_box(phantom_dir):
+    from bpedge.train.data import scan_dataset
+
+    frames = scan_dataset(phantom_dir).frames
+    positives = [f for f in frames if f.present][:4]
+    empties = [f for f in frames if not f.present][:2]
+    store = FrameStore(positives + empties)
+    norm = Normalization(100.0, 50.0)
+    ds = DetectorDataset(store, [0, 1, 2, 3], (80, 112), norm, empties=[4, 5],
+                         pastes_per_epoch=3, seed=2)
+    assert len(ds) == 4 + 3  # no empty frames drawn as such: only the pastes use them
+    ds.set_epoch(1)
+    sizes = {(round(b[2] - b[0], 3), round(b[3] - b[1], 3))
+             for b in (ds.target_box(k) for k in range(4))}
+    for k in range(4, 7):
+        x, box, present = ds[k]
+        x0, y0, x1, y1 = box.tolist()
+        assert float(present) == 1.0 and 0 <= x0 < x1 <= 112 and 0 <= y0 < y1 <= 80
+        # A BP of one of the BP frames, moved: its box keeps that frame's box size (to the pixel
+        # the resized mask gives).
+        assert any(abs((x1 - x0) - w) <= 2 and abs((y1 - y0) - h) <= 2 for w, h in sizes)
+        torch.testing.assert_close(ds[k][0], x)  # the same sample within an epoch
+    first = ds[4][0]
+    ds.set_epoch(2)
+    assert not bool((ds[4][0] == first).all())
+    with pytest.raises(ValueError, match="copy-paste"):
+        DetectorDataset(store, [0, 1], (80, 112), norm, pastes_per_epoch=1)
