@@ -7,6 +7,13 @@ RUN/metrics.json), and checkpoints (RUN/best.pt by validation metric, then RUN/l
 written atomically). What differs (the model, its loss and its metric) comes in a
 :class:`Trainee`.
 
+With ``LoopSettings.ema_decay`` > 0 the loop also keeps an exponential moving average of the
+weights (:class:`WeightAverage`, updated after every optimiser step): that average is what each
+epoch validates and what best.pt and last.pt store as ``model_state`` (what export and
+evaluation load); last.pt keeps the optimiser's own weights as ``raw_model_state`` for
+``--resume``. Small validation sets make the per-epoch metric swing from epoch to epoch; the
+average moves slowly, so the epoch it picks depends less on one lucky or unlucky step.
+
 Order of writes after an epoch: best.pt (if improved), last.pt, metrics files. A process killed at
 any point therefore loses at most the epoch in progress: ``--resume`` restarts after the epoch in
 last.pt, and the metrics files are rebuilt from the history stored in last.pt, so every epoch
@@ -20,7 +27,8 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -96,6 +104,45 @@ class HeldParts:
         return self._payload
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights and buffers (integer
+    buffers, BatchNorm's batch counter, are copied). The decay after ``t`` updates is
+    ``min(decay, (1 + t) / (10 + t))``, so the first steps are not dominated by the random
+    initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict[str, Any] | None = None,
+                 updates: int = 0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the weight-average decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = decay, updates
+        source = state if state is not None else model.state_dict()
+        self.state = {k: v.detach().clone() for k, v in source.items()}
+
+    def update(self, model: nn.Module) -> None:
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                avg = self.state[k]
+                if avg.is_floating_point():
+                    avg.lerp_(v.detach(), 1.0 - d)
+                else:
+                    avg.copy_(v)
+
+    @contextmanager
+    def swapped_in(self, model: nn.Module) -> Iterator[dict[str, Any]]:
+        """The average loaded into ``model`` for the block; yields the model's own weights (a
+        copy), which are put back afterwards."""
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.state)
+        try:
+            yield raw
+        finally:
+            model.load_state_dict(raw)
+
+
 @dataclass
 class LoopSettings:
     """How to run the loop: where to write, how long, how big the batches are (per process)."""
@@ -110,6 +157,8 @@ class LoopSettings:
     verbose: bool = True   # one summary line per epoch
     # Called on every rank with each epoch's row once rank 0 has written it (e.g. a study runner).
     on_epoch: Callable[[dict[str, Any]], None] | None = None
+    # > 0: validate and save an exponential moving average of the weights (WeightAverage).
+    ema_decay: float = 0.0
 
 
 # --- Run folder -----------------------------------------------------------------------------
@@ -221,8 +270,18 @@ def run_epochs(
 
     start_epoch, best_metric = 0, -math.inf
     history: list[dict[str, Any]] = []
+    average = (WeightAverage(trainee.model, settings.ema_decay)
+               if settings.ema_decay != 0 else None)
     if resume_from is not None:
-        trainee.model.load_state_dict(resume_from["model_state"])
+        if average is not None:
+            if "raw_model_state" not in resume_from:
+                raise ValueError("--resume: this run's last.pt has no weight average; resume "
+                                 "with the options it was started with")
+            trainee.model.load_state_dict(resume_from["raw_model_state"])
+            average = WeightAverage(trainee.model, settings.ema_decay,
+                                    resume_from["model_state"], int(resume_from["ema_updates"]))
+        else:
+            trainee.model.load_state_dict(resume_from["model_state"])
         # load_state_dict moves the optimizer state onto the parameters' device.
         trainee.optimizer.load_state_dict(resume_from["optimizer_state"])
         restore_rng_state(resume_from["rng"])
@@ -261,9 +320,15 @@ def run_epochs(
             if set_epoch is not None:
                 set_epoch(epoch)
             train_loss = _train_one_epoch(
-                trainee, train_module, train_loader, ctx, epoch, settings, show, tqdm
+                trainee, train_module, train_loader, ctx, epoch, settings, show, tqdm, average
             )
-            val_loss, val_metric = _evaluate(trainee, val_loader, ctx)
+            if average is None:
+                val_loss, val_metric = _evaluate(trainee, val_loader, ctx)
+                saved, raw_state = trainee.model.state_dict(), None
+            else:
+                with average.swapped_in(trainee.model) as raw_state:
+                    val_loss, val_metric = _evaluate(trainee, val_loader, ctx)
+                saved = average.state
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -279,7 +344,7 @@ def run_epochs(
             if ctx.is_main:
                 payload = {
                     **trainee.static_payload(),
-                    "model_state": trainee.model.state_dict(),
+                    "model_state": saved,
                     "optimizer_state": trainee.optimizer.state_dict(),
                     "epoch": epoch,
                     "rng": capture_rng_state(),
@@ -288,6 +353,8 @@ def run_epochs(
                     "history": [dict(r) for r in history],
                     "bpedge_version": __version__,
                 }
+                if average is not None:
+                    payload.update(raw_model_state=raw_state, ema_updates=average.updates)
                 if improved:
                     save_checkpoint(settings.run_dir / "best.pt", payload)
                 save_checkpoint(settings.run_dir / "last.pt", payload)
@@ -311,6 +378,7 @@ def _train_one_epoch(
     settings: LoopSettings,
     show: bool,
     tqdm: Any,
+    average: WeightAverage | None = None,
 ) -> float:
     train_module.train()
     loss_sum, count = 0.0, 0
@@ -326,6 +394,8 @@ def _train_one_epoch(
         trainee.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainee.optimizer.step()
+        if average is not None:
+            average.update(trainee.model)
         n = int(batch[0].shape[0])
         loss_sum += float(loss.detach()) * n
         count += n
@@ -365,6 +435,7 @@ __all__ = [
     "RUN_FILES",
     "LoopSettings",
     "Trainee",
+    "WeightAverage",
     "config_differences",
     "prepare_run_dir",
     "remove_stale_temporaries",

@@ -50,6 +50,9 @@ class DetectorConfig:
     # blended into an empty frame of a train-only subject at a random place (train/augment.py
     # paste_bp). None without such empty frames.
     paste_fraction: float = 0.0
+    # > 0: validate, keep and export an exponential moving average of the weights with this
+    # decay per optimiser step (train/_loop.py WeightAverage); 0: the weights as trained.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
 
     return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, label="detector", metric_name=METRIC,
-                        make_trainee=make_trainee)
+                        make_trainee=make_trainee, ema_decay=cfg.ema_decay)
 
 
 def build_detector_for(cfg: DetectorConfig, weights: Path | None) -> RetinaNetDetector:

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from bpedge.train._loop import (
     LoopSettings,
+    WeightAverage,
     config_differences,
     prepare_run_dir,
     run_epochs,
@@ -111,6 +112,60 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path) -> None:
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
     rows = list(csv.DictReader((tmp_path / "b" / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_weight_average_is_the_decayed_mean_and_swaps_back() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    average = WeightAverage(model, 0.5)
+    expected = 0.0
+    for step, value in enumerate([4.0, 8.0, 2.0], start=1):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+        model[1].num_batches_tracked += 1
+        average.update(model)
+        d = min(0.5, (1 + step) / (10 + step))  # the warm-up decay, then 0.5
+        expected = d * expected + (1 - d) * value
+        assert float(average.state["0.weight"]) == pytest.approx(expected)
+    assert int(average.state["1.num_batches_tracked"]) == 3  # counters are copied, not averaged
+    with average.swapped_in(model) as raw:
+        assert float(model[0].weight.detach()) == pytest.approx(expected)
+        assert float(raw["0.weight"]) == 2.0
+    assert float(model[0].weight.detach()) == 2.0
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, 1.0)
+
+
+def test_weight_average_is_what_is_validated_saved_and_resumed(tmp_path: Path) -> None:
+    def settings(run_dir: Path, epochs: int) -> LoopSettings:
+        return LoopSettings(run_dir=run_dir, epochs=epochs, batch_size=8, seed=5,
+                            progress=False, ema_decay=0.9)
+
+    straight = run_epochs(ToyTrainee(), settings(tmp_path / "a", 4), CPU)
+    plain = run_epochs(ToyTrainee(), _settings(tmp_path / "p", 4), CPU)
+    # Same optimiser steps (the training loss does not see the average), other validation.
+    assert [r["train_loss"] for r in straight] == pytest.approx([r["train_loss"] for r in plain])
+    assert [r["val_loss"] for r in straight] != pytest.approx([r["val_loss"] for r in plain])
+    last = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert last["ema_updates"] == 4 * 6  # 48 samples in batches of 8, 4 epochs
+    assert not torch.equal(last["model_state"]["1.weight"], last["raw_model_state"]["1.weight"])
+    trainee = ToyTrainee()
+    trainee.model.load_state_dict(last["model_state"])
+    trainee.model.eval()
+    x, y = trainee.val_set.tensors
+    with torch.no_grad():
+        mse = float(((trainee.model(x) - y) ** 2).mean())
+    assert mse == pytest.approx(straight[-1]["val_loss"], rel=1e-5)  # the average was validated
+
+    run_epochs(ToyTrainee(), settings(tmp_path / "b", 2), CPU)
+    resumed = run_epochs(ToyTrainee(seed=123), settings(tmp_path / "b", 4), CPU,
+                         resume_from=load_checkpoint(tmp_path / "b" / "last.pt"))
+    for a, b in zip(straight, resumed):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="no weight average"):
+        run_epochs(ToyTrainee(), settings(tmp_path / "p", 5), CPU,
+                   resume_from=load_checkpoint(tmp_path / "p" / "last.pt"))
 
 
 def test_run_folder_rules(tmp_path: Path) -> None:
