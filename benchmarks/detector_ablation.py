@@ -2,12 +2,15 @@
 study-tiny-phantom/README.md quotes in its ablation table).
 
     python benchmarks/detector_ablation.py DATA OUT NAME K '{"augment": true}' [EPOCHS] [FOLDS]
+    python benchmarks/detector_ablation.py DATA OUT NAME K --evaluate
 
 trains the tiny detector with the given DetectorConfig overrides on each fold (``--folds K
 --fold F``, subject-wise), and prints one JSON line per fold (validation mIoU of the kept epoch,
 test mIoU over the fold's BP-positive test frames, per test subject, and the area under the ROC
 curve of the detector's score separating the test subjects' BP frames from their empty frames)
-and a last line with the means over the folds (and the AUROC of the frames pooled over folds). Runs resume from their last.pt. CPU, the machine's torch threads.
+and a last line with the means over the folds (and the AUROC of the frames pooled over folds). Runs resume from their last.pt. CPU, the machine's torch threads. ``--evaluate``
+scores finished runs OUT/NAME/foldF (best.pt and split.json, e.g. the detectors
+benchmarks/presence_ablation.py trained) without training.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from bpedge._metrics import box_iou
 
 def main(argv: list[str]) -> None:
     data, out, name, k = Path(argv[1]), Path(argv[2]), argv[3], int(argv[4])
-    over = json.loads(argv[5]) if len(argv) > 5 else {}
+    evaluate_only = len(argv) > 5 and argv[5] == "--evaluate"
+    over = json.loads(argv[5]) if len(argv) > 5 and not evaluate_only else {}
     epochs = int(argv[6]) if len(argv) > 6 else None
     folds = [int(x) for x in argv[7].split(",")] if len(argv) > 7 else list(range(1, k + 1))
     tiny = presets.PRESETS["tiny"]
@@ -43,9 +47,11 @@ def main(argv: list[str]) -> None:
     for fold in folds:
         run = out / name / f"fold{fold}"
         t0 = time.time()
-        result = train_detector(DetectorOptions(
-            data=data, out=run, preset="ablation", split="subject", folds=k, fold=fold,
-            epochs=epochs, progress=False, verbose=False, resume=(run / "last.pt").is_file()))
+        if not evaluate_only:
+            train_detector(DetectorOptions(
+                data=data, out=run, preset="ablation", split="subject", folds=k, fold=fold,
+                epochs=epochs, progress=False, verbose=False, resume=(run / "last.pt").is_file()))
+        best = json.loads((run / "metrics.json").read_text())
         keys = json.loads((run / "split.json").read_text())["test"]
         subjects = {by_key[key].subject for key in keys}
         empty_keys = [f.key for f in by_key.values() if f.subject in subjects and not f.present]
@@ -61,8 +67,8 @@ def main(argv: list[str]) -> None:
         per_subject: dict[str, list[float]] = {}
         for key, iou in zip(keys, ious):
             per_subject.setdefault(key.split("_")[0], []).append(iou)
-        row = {"name": name, "fold": fold, "val_miou": result.best["val_metric"],
-               "best_epoch": result.best["epoch"], "test_miou": float(np.mean(ious)),
+        row = {"name": name, "fold": fold, "val_miou": best["best_val_metric"],
+               "best_epoch": best["best_epoch"], "test_miou": float(np.mean(ious)),
                "test_auroc": auroc(pos_scores, neg_scores),
                "per_subject": {s: round(float(np.mean(v)), 3) for s, v in per_subject.items()},
                "sec": round(time.time() - t0)}

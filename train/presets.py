@@ -132,7 +132,9 @@ PRESETS: dict[str, Preset] = {
             # detectors, test mIoU top-1/3/5/9: seed 1 0.392/0.366/0.357/0.344, seed 2
             # 0.381/0.382/0.367/0.343); empty_fraction 0.25 at 320x448 (test mIoU 0.545 ->
             # 0.540 / 0.599 -> 0.638, score AUROC BP vs empty test frames, mean of folds, 0.830
-            # -> 0.808 / 0.895 -> 0.954: no gain on seed 1).
+            # -> 0.808 / 0.895 -> 0.954: no gain on seed 1). Later, seeds 1 / 3 (benchmarks/
+            # results/study-tiny-phantom/ablation_avx2): paste_fraction 0.5 (copy-paste) 0.580 ->
+            # 0.511 / 0.569 -> 0.514; ema_decay 0.98 0.580 -> 0.570 / 0.569 -> 0.590.
             augment=True,
         ),
         unet=SegmenterConfig(
@@ -143,6 +145,9 @@ PRESETS: dict[str, Preset] = {
             # of 0.2 peaked on validation in the recorded 5-fold study (benchmarks/results/
             # study-tiny-phantom, both seeds; detector-crop Dice 0.503 -> 0.573 and
             # 0.726 -> 0.765 from margin 0 to 0.2). The GPU crop kernel applies it too.
+            # decoy_crops left off: detector-crop Dice 0.722 -> 0.664 / 0.678 -> 0.653 (seeds
+            # 1 / 3, 3-fold), and "BP present" vetoed by an empty mask kept the specificity of
+            # the score alone (0.74 -> 0.74 / 0.56 -> 0.54).
             lr=1e-3, batch_size=8, epochs=20, box_jitter=0.1, crop_margin=0.2,
         ),
         mnet=SegmenterConfig(
