@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,12 +172,14 @@ def detector_boxes(
     *,
     resume: bool,
     progress: bool,
-    decoys: bool = False,
+    decoys: Sequence[int] = (),
 ) -> tuple[list[Box], list[Box | None]]:
-    """The detector's clamped top box for every frame of ``store`` (frame pixels) and, with
-    ``decoys``, its best box that misses the BP (:func:`bpedge.train.predict.predict_decoys`;
-    ``None`` where none does; an empty list without ``decoys``), predicted once by rank 0 and
-    cached in RUN/detector_boxes.json; a resumed run must find the cache."""
+    """The detector's clamped top box for every frame of ``store`` (frame pixels) and, for the
+    frames ``decoys`` (store indices: training frames only, since finding a decoy reads the
+    frame's ground truth), its best box that misses the BP
+    (:func:`bpedge.train.predict.predict_decoys`; ``None`` where none does and for every other
+    frame), predicted once by rank 0 and cached in RUN/detector_boxes.json; a resumed run must
+    find the cache."""
     from bpedge.train.predict import BoxPrediction, load_detector, predict_boxes, predict_decoys
 
     cache = run_dir / BOXES_FILE
@@ -190,8 +193,10 @@ def detector_boxes(
             "frames": {k: p.to_json() for k, p in zip(store.keys, preds)},
         }
         if decoys:
-            found = predict_decoys(model, payload, store.images, store.boxes)
-            record["decoys"] = {k: p.to_json() if p else None for k, p in zip(store.keys, found)}
+            found = predict_decoys(model, payload, [store.images[i] for i in decoys],
+                                   [store.boxes[i] for i in decoys])
+            record["decoys"] = {store.keys[i]: p.to_json() if p else None
+                                for i, p in zip(decoys, found)}
         atomic_write_json(cache, record)
     barrier(ctx)
     if not cache.is_file():
@@ -204,13 +209,14 @@ def detector_boxes(
         )
     frames = cached["frames"]
     missing = [k for k in store.keys if k not in frames]
-    if decoys and not set(store.keys) <= set(cached.get("decoys", {})):
-        missing += ["(decoy boxes)"]
+    cached_decoys = cached.get("decoys", {})
+    missing += [f"{store.keys[i]} (decoy)" for i in decoys if store.keys[i] not in cached_decoys]
     if missing:
         raise ValueError(f"{cache} has no box for frame(s) {missing[:5]}; start a new run")
-    wrong = [] if not decoys else [
-        None if cached["decoys"][k] is None else BoxPrediction.from_json(cached["decoys"][k]).box
-        for k in store.keys]
+    wrong: list[Box | None] = [None] * len(store)
+    for i in decoys:
+        if cached_decoys[store.keys[i]] is not None:
+            wrong[i] = BoxPrediction.from_json(cached_decoys[store.keys[i]]).box
     return [BoxPrediction.from_json(frames[k]).box for k in store.keys], wrong
 
 
@@ -246,14 +252,15 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
         empty_idx = list(range(len(frames), len(store)))
         detected: list[Box | None] = [None] * len(frames)
-        decoys: list[Box | None] = []
+        decoys: list[Box | None] = [None] * len(store)
         if detector is not None:
             _check_detector_split(load_checkpoint(detector), data.split.to_json(), ctx,
                                   opts.verbose)
             found, decoys = detector_boxes(opts.out, detector, store, ctx,
                                            resume=resume_from is not None,
                                            progress=opts.progress and ctx.is_main,
-                                           decoys=cfg.decoy_crops)
+                                           decoys=train_idx + empty_idx if cfg.decoy_crops
+                                           else ())
             if opts.crop == "detector":
                 detected = list(found)
         # The one crop rule (bpedge._preprocessing.crop_box), as export validation and the
@@ -269,7 +276,7 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         jitter = cfg.box_jitter if opts.crop in ("gt", "detector") else 0.0
         # The detector's best wrong box on every training frame (BP or empty): what it most
         # easily mistakes for the BP, cropped as the runtime would crop it.
-        decoy_idx = [i for i in train_idx + empty_idx if decoys and decoys[i] is not None]
+        decoy_idx = [i for i in train_idx + empty_idx if decoys[i] is not None]
         decoy_boxes = [crop_box("detector", store.hw(i), cfg.crop_margin, detected=decoys[i])
                        for i in decoy_idx]
         train_set = SegmenterDataset(
