@@ -5,8 +5,8 @@ benchmarks/results/study-tiny-phantom/README.md quotes beside its detector ablat
 
 Each RUNS folder holds fold1..foldK of a subject-wise K-fold detector run
 (benchmarks/detector_ablation.py or benchmarks/presence_ablation.py), all on the same folds. Per
-fold, the members' head outputs (anchor logits and box deltas) are averaged and the best anchor's
-box decoded, as one detector would: an ensemble that still gives one (score, box). Prints one JSON
+fold, the members' head outputs (anchor logits and box deltas) are averaged and decoded by the
+first member's ``RetinaNetDetector.decode``, as one detector would: an ensemble that still gives one (score, box). Prints one JSON
 line per fold (test mIoU of the first run alone and of the ensemble, per test subject) and a last
 line with their means and the AUROC of the score, BP test frames against the test subjects' empty
 frames, pooled over folds. If the members' mistakes were independent, the ensemble would lift the
@@ -38,17 +38,10 @@ def predict(models: list, images: list[np.ndarray]) -> tuple[list[float], list]:
     x = torch.from_numpy(np.stack([detector_input(im, spec) for im in images]))
     with torch.inference_mode():
         outs = [m.head_outputs(x) for m, _ in models]
-    logits = torch.stack([o[0] for o in outs]).mean(0)[..., 0]
-    deltas = torch.stack([o[1] for o in outs]).mean(0)
-    first = models[0][0]
-    best_logit, best = logits.max(dim=1)
-    chosen = torch.gather(deltas, 1, best.view(-1, 1, 1).repeat(1, 1, 4))[:, 0]
-    boxes = first.box_coder.decode_single(chosen, first.anchors.index_select(0, best))
-    h, w = first.input_hw
-    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                         boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
-    return (torch.sigmoid(best_logit).tolist(),
-            [frame_box(b, im.shape, spec) for b, im in zip(boxes.tolist(), images)])
+        # The first member's decode (the exported one) on the averaged head outputs.
+        scores, boxes = models[0][0].decode(torch.stack([o[0] for o in outs]).mean(0),
+                                            torch.stack([o[1] for o in outs]).mean(0))
+    return scores.tolist(), [frame_box(b, im.shape, spec) for b, im in zip(boxes.tolist(), images)]
 
 
 def main(argv: list[str]) -> None:

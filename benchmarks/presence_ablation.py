@@ -5,8 +5,9 @@ study-tiny-phantom/README.md quotes in its presence table).
         ...segmenter overrides}, ...}' [DETECTOR_EPOCHS] [SEGMENTER_EPOCHS]
 
 Per fold (``--folds K --fold F``, subject-wise): the tiny detector (trained once, shared by the
-variants) and one tiny U-Net per variant (its SegmenterConfig overrides, e.g.
-``{"anywhere_fraction": 0.5}``). Every validation and test frame of the fold, with BP or empty, is
+variants) and one tiny U-Net per variant (its ``crop`` mode, default ``gt``, and SegmenterConfig
+overrides, e.g. ``{"decoy_crops": true}``; the fold's detector is passed to it when the crop is
+``detector`` or with decoy crops). Every validation and test frame of the fold, with BP or empty, is
 run as the cascade runs it: the detector's top box, grown by the crop margin, cropped and
 segmented. Three calls of "BP present" are compared, each with its threshold chosen per fold on
 the validation frames by :func:`bpedge._presence.choose_presence_threshold` (balanced accuracy):
@@ -32,15 +33,16 @@ from typing import Any
 
 import numpy as np
 from bpedge.train import presets
-from bpedge.train.checkpoint import crop_margin, load_model, model_input
+from bpedge.train.checkpoint import crop_margin, load_model
 from bpedge.train.data import read_image, read_mask, scan_dataset
-from bpedge.train.inference import run_batches
+from bpedge.train.experiment.evaluate import MASK_THRESHOLD, _predict_crops
 from bpedge.train.predict import load_detector, predict_boxes
 from bpedge.train.train_detector import DetectorOptions, train_detector
 from bpedge.train.train_segmenter import SegmenterOptions, train_segmenter
+from detector_ablation import auroc
 
 from bpedge._metrics import dice
-from bpedge._preprocessing import crop_box, segmenter_input
+from bpedge._preprocessing import crop_box
 from bpedge._presence import choose_presence_threshold
 from bpedge._stages import paste_back
 
@@ -59,17 +61,13 @@ def cascade_rows(det: tuple[Any, Any], seg: tuple[Any, Any], frames: list[Any]) 
     images = [read_image(f.image_path) for f in frames]
     preds = predict_boxes(det[0], det[1], images)
     model, payload = seg
-    spec, margin = model_input(payload), crop_margin(payload)
-    boxes = [crop_box("detector", im.shape, margin, detected=p.box) for im, p in zip(images, preds)]
-    batches = [np.stack([segmenter_input(images[i], boxes[i], spec)
-                         for i in range(s, min(s + 32, len(images)))])
-               for s in range(0, len(images), 32)]
-    model.eval()
-    probs = np.concatenate([p[:, 0] for (p,) in run_batches(model, iter(batches))])
+    boxes = [crop_box("detector", im.shape, crop_margin(payload), detected=p.box)
+             for im, p in zip(images, preds)]
+    probs = _predict_crops(model, payload, images, boxes)  # the study's own segmenter run
     rows = []
     for f, im, p, box, prob in zip(frames, images, preds, boxes, probs):
         h, w = im.shape
-        mask = paste_back(prob, box, w, h, 0.5)
+        mask = paste_back(prob, box, w, h, MASK_THRESHOLD)
         row = {"key": f.key, "subject": f.subject, "present": f.present,
                "score": p.score if p.found else 0.0, "mask_found": bool(mask.any()),
                "max_prob": float(prob.max())}
@@ -89,11 +87,6 @@ def rule_score(rows: list[dict], rule: str) -> np.ndarray:
     return s * np.array([r["max_prob"] for r in rows])
 
 
-def auroc(scores: np.ndarray, present: np.ndarray) -> float:
-    pos, neg = scores[present][:, None], scores[~present][None, :]
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
-
-
 def main(argv: list[str]) -> None:
     data, out, k = Path(argv[1]), Path(argv[2]), int(argv[3])
     variants = json.loads(argv[4])
@@ -101,7 +94,7 @@ def main(argv: list[str]) -> None:
     seg_epochs = int(argv[6]) if len(argv) > 6 else None
     tiny = presets.PRESETS["tiny"]
     by_key = {f.key: f for f in scan_dataset(data).frames}
-    pooled: dict[str, dict[str, list]] = {v: {"val": [], "test": [], "t": []} for v in variants}
+    pooled: dict[str, list[dict]] = {v: [] for v in variants}
     for fold in range(1, k + 1):
         det_run = out / "detector" / f"fold{fold}"
         t0 = time.time()
@@ -143,10 +136,9 @@ def main(argv: list[str]) -> None:
                     r[f"called_{rule}"] = bool(c)
             row["test_dice"] = float(np.mean([r["dice"] for r in test if r["present"]]))
             row["sec"] = round(time.time() - t0)
-            pooled[name]["test"] += test
+            pooled[name] += test
             print(json.dumps(row), flush=True)
-    for name, p in pooled.items():
-        test = p["test"]
+    for name, test in pooled.items():
         tp = np.array([r["present"] for r in test])
         summary: dict[str, Any] = {"variant": name, "data": str(data), "overrides": variants[name],
                                    "test_bp_frames": int(tp.sum()),
@@ -156,7 +148,8 @@ def main(argv: list[str]) -> None:
         for rule in RULES:
             called = np.array([r[f"called_{rule}"] for r in test])
             summary[rule] = {"sens": float(called[tp].mean()), "spec": float((~called[~tp]).mean()),
-                             "auroc": auroc(rule_score(test, rule), tp)}
+                             "auroc": auroc(list(rule_score(test, rule)[tp]),
+                                            list(rule_score(test, rule)[~tp]))}
         print(json.dumps(summary), flush=True)
 
 

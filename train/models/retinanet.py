@@ -133,7 +133,11 @@ class RetinaNetDetector(nn.Module):
         """Per image: the best anchor's score (N,) in [0, 1] and a box (N, 4) clipped to the
         input: the best anchor's (``top_k`` 1) or the score-weighted mean of the ``top_k`` best
         anchors' boxes (a vote that steadies the box when neighbouring anchors disagree)."""
-        logits, deltas = self.head_outputs(images)
+        return self.decode(*self.head_outputs(images))
+
+    def decode(self, logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`predict` from head outputs (logits (N, A, 1), deltas (N, A, 4)): the exported
+        decode, also for head outputs combined outside the model (e.g. averaged over models)."""
         if self.top_k == 1:
             # Sigmoid is monotonic: pick on logits, squash only the winner.
             best_logit, best = logits[..., 0].max(dim=1)  # (N,), (N,)
@@ -154,17 +158,20 @@ class RetinaNetDetector(nn.Module):
             ).reshape(top_deltas.shape)  # (N*K, 4) -> (N, K, 4)
             weights = top_scores / top_scores.sum(dim=1, keepdim=True).clamp(min=1e-12)
             decoded = (boxes_k * weights.unsqueeze(2)).sum(dim=1)  # (N, 4)
+        return scores, self._clip(decoded)
+
+    def _clip(self, boxes: Tensor) -> Tensor:
+        """(M, 4) x0, y0, x1, y1 clamped to the input."""
         h, w = self.input_hw
-        boxes = torch.stack(
+        return torch.stack(
             [
-                decoded[:, 0].clamp(0.0, float(w)),
-                decoded[:, 1].clamp(0.0, float(h)),
-                decoded[:, 2].clamp(0.0, float(w)),
-                decoded[:, 3].clamp(0.0, float(h)),
+                boxes[:, 0].clamp(0.0, float(w)),
+                boxes[:, 1].clamp(0.0, float(h)),
+                boxes[:, 2].clamp(0.0, float(w)),
+                boxes[:, 3].clamp(0.0, float(h)),
             ],
             dim=1,
         )
-        return scores, boxes
 
     def candidates(self, images: Tensor, k: int, nms_iou: float = 0.3) -> list[tuple[Tensor, Tensor]]:
         """Per image, up to ``k`` boxes that non-maximum suppression (IoU > ``nms_iou``) keeps
@@ -173,15 +180,11 @@ class RetinaNetDetector(nn.Module):
         detector keeps its one-box contract): the best box away from the BP is the place this
         detector most easily mistakes for it."""
         logits, deltas = self.head_outputs(images)
-        h, w = self.input_hw
         out = []
         for logit, delta in zip(logits[..., 0], deltas):
             # Only the best anchors can survive NMS into the top k; decoding all would be waste.
             top = logit.topk(min(logit.shape[0], 50 * k)).indices
-            boxes = self.box_coder.decode_single(delta[top], self.anchors[top])
-            boxes = torch.stack([boxes[:, 0].clamp(0.0, float(w)), boxes[:, 1].clamp(0.0, float(h)),
-                                 boxes[:, 2].clamp(0.0, float(w)), boxes[:, 3].clamp(0.0, float(h))],
-                                dim=1)
+            boxes = self._clip(self.box_coder.decode_single(delta[top], self.anchors[top]))
             scores = torch.sigmoid(logit[top])
             keep = nms(boxes, scores, nms_iou)[:k]
             out.append((scores[keep], boxes[keep]))
