@@ -164,13 +164,15 @@ class LoopSettings:
 # --- Run folder -----------------------------------------------------------------------------
 
 
-def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool,
+                    defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Check ``run_dir`` against ``--resume`` and return the checkpoint to resume from (or None).
 
     Without ``resume`` a folder that already holds a checkpoint is refused (ValueError saying to
     pass ``--resume`` or a new ``--out``). With it, RUN/last.pt must exist and its stored config
-    must equal ``config`` except for :data:`RESUMABLE_CHANGES`. Writes nothing; see
-    :func:`remove_stale_temporaries` for the clean-up a killed run needs.
+    must equal ``config`` except for :data:`RESUMABLE_CHANGES`; ``defaults`` (see
+    :func:`config_differences`) lets a run saved before a config field existed resume. Writes
+    nothing; see :func:`remove_stale_temporaries` for the clean-up a killed run needs.
     """
     last, best = run_dir / "last.pt", run_dir / "best.pt"
     if not resume:
@@ -184,7 +186,7 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> dict
     if not last.is_file():
         raise ValueError(f"--resume: {run_dir} has no last.pt to resume from; run without --resume")
     payload = load_checkpoint(last)
-    diffs = config_differences(payload.get("config", {}), config)
+    diffs = config_differences(payload.get("config", {}), config, defaults)
     if diffs:
         raise ValueError(
             f"--resume: the options differ from the run in {run_dir}: " + "; ".join(diffs)
@@ -204,20 +206,34 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
-def config_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+def config_differences(stored: dict[str, Any], given: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
     """Human-readable ``key: stored -> given`` lines for entries that differ (nested dicts are
-    walked; lists and tuples compare equal when their items do)."""
+    walked; lists and tuples compare equal when their items do).
+
+    ``defaults`` is shaped like the config and holds the default of each field that may be
+    missing from ``stored``: a run saved before a field was added ran with that field's default
+    (new options are added switched off), so a missing key equals its default and only a given
+    value other than the default is a difference.
+    """
     out: list[str] = []
-    _walk_diff(_jsonable(stored), _jsonable(given), (), out)
+    _walk_diff(_jsonable(stored), _jsonable(given), _jsonable(defaults or {}), (), out)
     return out
 
 
-def _walk_diff(a: Any, b: Any, path: tuple[str, ...], out: list[str]) -> None:
+def _walk_diff(a: Any, b: Any, default: Any, path: tuple[str, ...], out: list[str]) -> None:
     if path in RESUMABLE_CHANGES:
         return
     if isinstance(a, dict) and isinstance(b, dict):
+        under = default if isinstance(default, dict) else {}
         for k in sorted(set(a) | set(b)):
-            _walk_diff(a.get(k, "<unset>"), b.get(k, "<unset>"), (*path, str(k)), out)
+            if k not in a and k in under:
+                if b.get(k, "<unset>") != under[k]:
+                    out.append(f"{'.'.join((*path, str(k)))}: '<unset>' (default {under[k]!r}) "
+                               f"-> {b.get(k, '<unset>')!r}")
+                continue
+            _walk_diff(a.get(k, "<unset>"), b.get(k, "<unset>"), under.get(k),
+                       (*path, str(k)), out)
         return
     if a != b:
         out.append(f"{'.'.join(path)}: {a!r} -> {b!r}")

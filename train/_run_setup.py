@@ -284,11 +284,13 @@ def seed_everything(seed: int) -> None:
 def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs: int,
                  batch_size: int, label: str, metric_name: str,
                  make_trainee: Callable[[TrainingStart], Trainee],
-                 ema_decay: float = 0.0) -> TrainResult:
+                 ema_decay: float = 0.0,
+                 defaults: dict[str, Any] | None = None) -> TrainResult:
     """The one trainer driver: process group, run folder (refusing to overwrite a run, or the
     checkpoint to resume), seeds, data and split, RUN/config.json, then ``make_trainee`` (the
     model, its datasets and payload) and the epoch loop; the process group is shut down however
-    it ends."""
+    it ends. ``defaults`` (config-shaped field defaults) lets ``--resume`` continue a run saved
+    before a config field was added."""
     from bpedge.train._loop import (
         LoopSettings,
         prepare_run_dir,
@@ -302,7 +304,7 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
 
     ctx = init_distributed(opts.device)
     try:
-        resume_from = prepare_run_dir(opts.out, config, opts.resume)
+        resume_from = prepare_run_dir(opts.out, config, opts.resume, defaults)
         if ctx.is_main:
             claim_out_dir(opts.out, "train", made_before_markers=made_before_markers)
             remove_stale_temporaries(opts.out)

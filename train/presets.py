@@ -7,6 +7,7 @@ Every CLI command takes ``--preset NAME``; individual fields are overridden with
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -175,6 +176,18 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The default of each field of config dataclass ``cls`` that has one, JSON-ready like
+    :func:`config_to_dict` (what a run saved before the field existed ran with)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out))
+
+
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a config dataclass from :func:`config_to_dict` output, restoring tuples; unknown keys raise."""
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -194,5 +207,6 @@ __all__ = [
     "SegmenterConfig",
     "config_from_dict",
     "config_to_dict",
+    "field_defaults",
     "get_preset",
 ]

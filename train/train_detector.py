@@ -33,7 +33,7 @@ from bpedge.train.datasets import (
     fit_normalization,
     full_frame_box,
 )
-from bpedge.train.presets import DetectorConfig, config_to_dict, get_preset
+from bpedge.train.presets import DetectorConfig, config_to_dict, field_defaults, get_preset
 from torch import nn
 
 from bpedge._metrics import box_iou
@@ -184,7 +184,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
 
     return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, label="detector", metric_name=METRIC,
-                        make_trainee=make_trainee, ema_decay=cfg.ema_decay)
+                        make_trainee=make_trainee, ema_decay=cfg.ema_decay,
+                        defaults={"model": field_defaults(DetectorConfig)})
 
 
 def build_detector_for(cfg: DetectorConfig, weights: Path | None) -> RetinaNetDetector:

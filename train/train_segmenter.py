@@ -47,7 +47,7 @@ from bpedge.train.datasets import (
     fit_normalization,
 )
 from bpedge.train.distributed import DistContext, barrier
-from bpedge.train.presets import SegmenterConfig, config_to_dict, get_preset
+from bpedge.train.presets import SegmenterConfig, config_to_dict, field_defaults, get_preset
 from torch import nn
 
 from bpedge._atomic import atomic_write_json
@@ -302,4 +302,5 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
 
     return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, label=cfg.arch, metric_name=METRIC,
-                        make_trainee=make_trainee)
+                        make_trainee=make_trainee,
+                        defaults={"model": field_defaults(SegmenterConfig)})

@@ -152,6 +152,25 @@ def test_mnet_on_detector_crops_caches_boxes(
         train_segmenter(dataclasses.replace(opts, epochs=3, resume=True))
 
 
+def test_a_run_saved_before_a_config_field_existed_resumes(
+        detector_run: Path, phantom_dir: Path, tmp_path: Path) -> None:
+    # A run from an older bpedge lacks the fields added since; it ran with their defaults (new
+    # options are added switched off), so --resume must accept it unless a field is now set to
+    # something else.
+    run = tmp_path / "run"
+    shutil.copytree(detector_run, run)
+    payload = load_checkpoint(run / "last.pt")
+    for name in ("paste_fraction", "ema_decay", "focal_gamma"):
+        del payload["config"]["model"][name]
+    save_checkpoint(run / "last.pt", payload)
+    opts = DetectorOptions(data=phantom_dir, out=run, preset="tiny", epochs=4, batch_size=4,
+                           progress=False, verbose=False, resume=True)
+    with pytest.raises(ValueError, match=r"model\.focal_gamma: '<unset>' \(default 2\.0\) -> 0\.5"):
+        train_detector(dataclasses.replace(opts, gamma=0.5))
+    resumed = train_detector(opts)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+
+
 def test_decoys_are_the_best_boxes_that_miss_the_bp(detector_run: Path, phantom_dir: Path) -> None:
     from bpedge.train.predict import load_detector, predict_boxes, predict_decoys
 

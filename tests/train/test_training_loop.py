@@ -194,3 +194,17 @@ def test_config_differences_walks_nested_dicts() -> None:
     assert config_differences(a, {"model": {"input_hw": [160, 224], "lr": 1.0}, "x": 1}) == []
     diffs = config_differences(a, {"model": {"input_hw": [160, 224]}, "x": 2})
     assert diffs == ["model.lr: 1.0 -> '<unset>'", "x: 1 -> 2"]
+
+
+def test_config_differences_takes_a_missing_stored_field_as_its_default() -> None:
+    stored = {"model": {"lr": 1.0}}
+    defaults = {"model": {"lr": 0.1, "ema_decay": 0.0, "pair": (1, 2)}}
+    same = {"model": {"lr": 1.0, "ema_decay": 0.0, "pair": [1, 2]}}
+    assert config_differences(stored, same, defaults) == []
+    changed = {"model": {"lr": 1.0, "ema_decay": 0.5, "pair": [1, 2]}}
+    assert config_differences(stored, changed, defaults) == [
+        "model.ema_decay: '<unset>' (default 0.0) -> 0.5"]
+    # A stored value is compared as stored, whatever the default; without defaults, as before.
+    assert config_differences(stored, {"model": {"lr": 0.1}}, defaults) == ["model.lr: 1.0 -> 0.1"]
+    assert config_differences(stored, same) == ["model.ema_decay: '<unset>' -> 0.0",
+                                                "model.pair: '<unset>' -> [1, 2]"]
