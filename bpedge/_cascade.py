@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
-from bpedge._fast_stages import crop_into, paste_mask, resize_frame_into
-from bpedge._preprocessing import box_found, crop_box, detector_input, frame_box, segmenter_input
+from bpedge._fast_stages import crop_into, detector_crop_box, paste_mask, resize_frame_into
+from bpedge._preprocessing import crop_box, detector_input, frame_box, segmenter_input
 from bpedge._result import Result
 from bpedge._stages import clamp_box
 from bpedge._tracking import Tracker, TrackOptions
@@ -104,13 +104,14 @@ class HostCascade:
         t.append(time.perf_counter())
         # The crop box (the detector's, expanded by the margin) is what the mask is pasted into
         # and what the result reports, as on the GPU.
-        boxes = [crop_box("detector", g.shape, spec.crop_margin,
-                          detected=frame_box(raw_boxes[i], g.shape, spec))
-                 for i, g in enumerate(greys)]
-        # The float32 score compared as a Python float (NumPy would compare in float32, where a
-        # threshold below float32's range rounds to 0).
-        present = [bool(float(scores[i]) >= spec.score_threshold) and box_found(raw_boxes[i])
-                   for i in range(len(greys))]
+        boxes, present = [], []
+        for i, g in enumerate(greys):
+            box, found = detector_crop_box(raw_boxes[i], g.shape, spec.detector_input_hw,
+                                           spec.crop_margin)
+            boxes.append(box)
+            # The float32 score compared as a Python float (NumPy would compare in float32,
+            # where a threshold below float32's range rounds to 0).
+            present.append(found and float(scores[i]) >= spec.score_threshold)
         if not segment_absent and len(greys) == 1 and not present[0]:
             # No BP: the mask is empty whatever the segmenter says, so it is not run.
             h, w = greys[0].shape

@@ -142,11 +142,15 @@ def paste_probability(prob: np.ndarray, box: Sequence[float], width: int, height
     return canvas
 
 
+def _covered_range(lo: float, hi: float, size: int) -> tuple[int, int]:
+    """First and one-past-last pixel whose centre lies in ``[lo, hi)``, inside ``[0, size)``
+    (empty when ``last <= first``)."""
+    return max(math.ceil(lo - 0.5), 0), min(math.ceil(hi - 0.5), size)
+
+
 def _covered_pixels(lo: float, hi: float, size: int) -> np.ndarray:
     """Pixels whose centre lies in ``[lo, hi)``, inside ``[0, size)``."""
-    first = max(math.ceil(lo - 0.5), 0)
-    last = min(math.ceil(hi - 0.5), size)  # exclusive
-    return np.arange(first, last, dtype=np.int64)
+    return np.arange(*_covered_range(lo, hi, size), dtype=np.int64)
 
 
 def _paste_taps(pix: np.ndarray, start: float, length: float, n_crop: int) -> tuple[np.ndarray, ...]:

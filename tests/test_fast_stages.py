@@ -11,7 +11,14 @@ import pytest
 from bpedge import _stages as ref
 from bpedge._cascade import HostCascade, detector_input, segmenter_input
 from bpedge._cascade_spec import CascadeSpec
-from bpedge._fast_stages import _tap_range, crop_into, paste_mask, resize_frame_into
+from bpedge._fast_stages import (
+    _tap_range,
+    crop_into,
+    detector_crop_box,
+    paste_mask,
+    resize_frame_into,
+)
+from bpedge._preprocessing import box_found, crop_box, frame_box
 
 # OpenCV computes the sampling coordinates in float32: at x ~ 580 px one float32 step is 6e-5 px,
 # and a value moves by at most that times the image gradient (<= 255 per pixel on the random
@@ -59,6 +66,28 @@ def test_subpixel_crop_matches_reference(mean, std):
         want_n = ref.crop_resize_normalize(grey, box, 96, 96, mean, std)
         scale = 1.0 / max(float(std or want.std()), 1e-6)
         np.testing.assert_allclose(got_n, want_n, atol=CROP_ATOL * scale + 1e-5, err_msg=str(box))
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.2, 1.5])
+@pytest.mark.parametrize(("frame_hw", "input_hw"), [((420, 580), (320, 448)), ((1080, 1920), (416, 576)),
+                                                    ((3, 5), (160, 224))])
+def test_detector_crop_box_is_the_reference_bit_for_bit(margin, frame_hw, input_hw):
+    rng = np.random.default_rng(7)
+    in_h, in_w = input_hw
+    raws = [rng.uniform([-60, -60, -60, -60], [in_w + 60, in_h + 60, in_w + 60, in_h + 60])
+            for _ in range(300)]
+    raws += [rng.uniform(0, 1e-3, 4), np.array([5.0, 5.0, 5.0, 5.0]),          # degenerate
+             np.array([200.0, 100.0, 50.0, 20.0]),                                # reversed
+             np.array([-500.0, -500.0, -400.0, -400.0]),                          # off the frame
+             np.array([0.0, 0.0, in_w, in_h]), np.array([1e30, 0.0, 2e30, 5.0])]
+    raws += [np.array(b) for b in ([np.nan, 1, 2, 3], [0, np.inf, 2, 3], [0, 1, -np.inf, 3])]
+    spec = CascadeSpec(input_hw, 100.0, 50.0, (96, 96), None, None, 0.5, 0.5, crop_margin=margin)
+    for raw in raws:
+        raw32 = np.asarray(raw, np.float32)  # what a model returns
+        got, found = detector_crop_box(raw32, frame_hw, input_hw, margin)
+        want = crop_box("detector", frame_hw, margin, detected=frame_box(raw32, frame_hw, spec))
+        assert got == want and all(type(v) is float for v in got), raw
+        assert found is box_found(raw32), raw
 
 
 def test_tap_range_is_the_reference_clamp():
