@@ -8,9 +8,15 @@ medians of back-to-back calls): whole frame to 160x224 0.59 -> ~0.1 ms (includin
 copy), crop 0.36 -> ~0.03 ms (0.018 ms from a float32 frame), paste-back 0.42 -> ~0.05 ms. Inside
 the cascade, between model calls, each function measures ~0.05-0.09 ms instead (timed with
 ``time.perf_counter`` around each call while ``Segmenter`` ran the demo bundle with ONNX Runtime
-fp32 and OpenVINO bf16), with ~0 minor page faults per call (``getrusage``); cold caches after
-inference are the likely cause, not measured directly. OpenCV's thread count made no measurable
-difference there (``OPENCV_FOR_THREADS_NUM=1``), and switching it per call cost more than it saved.
+fp32 and OpenVINO bf16), with ~0 minor page faults per call (``getrusage``). It is not the model
+runtime's threads: the same Python code (the reference box arithmetic, 16 us warm) took ~35 us
+after a NumPy matmul, ~60 us after an ONNX Runtime call with spinning off, and ~70 us after a
+7 ms ``time.sleep`` (medians, idle 2-core AVX2 EPYC VM; two to three times that with training
+jobs on the cores): whatever ran before leaves the caches cold, and
+every library call and Python call layer pays for it. So the hot path keeps the number of calls
+between model calls small (:func:`detector_crop_box`, one-pass normalisation). OpenCV's thread
+count made no measurable difference there (``OPENCV_FOR_THREADS_NUM=1``), and switching it per
+call cost more than it saved.
 
 How each maps onto OpenCV:
 
@@ -25,8 +31,10 @@ How each maps onto OpenCV:
   whose centre lies in the box, ``BORDER_REPLICATE`` on the crop (the reference clamps to the crop),
   then ``>= threshold`` into a zeroed uint8 mask.
 
-Normalisation is applied in place on the small output (never on the frame); per-image statistics
-come from ``cv2.meanStdDev`` (float64 accumulators, population std, like the reference).
+Normalisation is applied in place on the small output (never on the frame), in one
+``cv2.addWeighted`` pass (``x * (1/std) - mean/std``: float32 rounding away from the reference's
+subtract-then-divide); per-image statistics come from ``cv2.meanStdDev`` (float64 accumulators,
+population std, like the reference).
 """
 
 from __future__ import annotations
@@ -108,8 +116,9 @@ def detector_crop_box(raw_box: np.ndarray, frame_hw: tuple[int, int],
 
     ``raw_box``: (4,) array, detector-input pixels; ``frame_hw`` and ``input_hw``: (H, W) of the
     frame and of the detector input. Runs right after the detector, with cold caches, where each
-    NumPy call and Python call layer costs tens of microseconds (the reference chain measured
-    0.14 ms there, against 0.016 ms warm); the tests check the two agree bit for bit.
+    NumPy call and Python call layer costs tens of microseconds (there the reference chain took
+    0.089 ms and this 0.017 ms, medians on an idle 2-core AVX2 EPYC); the tests check the two
+    agree bit for bit.
     """
     h, w = frame_hw
     fw, fh = float(w), float(h)
