@@ -6,10 +6,13 @@ benchmarks/results/study-tiny-phantom/README.md quotes.)
 For each fold of a ``bpedge experiment --folds K --gammas 2 --archs unet`` study: the fold's
 detector and its detector-crop U-Net run on the fold's validation and test frames (BP and empty);
 per frame, the detector's score and, from the U-Net's probability map on the crop (the study's
-margin), its maximum, its mean over pixels above 0.5 and the share of the crop above 0.5. Each
+margin), its maximum, its mean over pixels above 0.5 and the share of the crop above 0.5, and the
+detector's score on the frame mirrored left-right (test-time flip, for the rules that average
+it with the score: twice the detector's work if shipped). Each
 rule below is a number per frame whose threshold is chosen on the fold's validation frames by
 ``bpedge._presence`` (balanced accuracy, the study's and export's rule) and applied to its test
-frames; prints sensitivity and specificity pooled over the folds. Reads the study; writes nothing.
+frames; prints sensitivity and specificity pooled over the folds, and each rule's AUROC over the
+pooled test frames. Reads the study; writes nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from bpedge.train.checkpoint import load_model
 from bpedge.train.data import read_image
 from bpedge.train.experiment.evaluate import _predict_crops
 from bpedge.train.predict import load_detector, predict_boxes
+from detector_ablation import auroc
 
 from bpedge._preprocessing import crop_box
 from bpedge._presence import choose_presence_threshold
 
-Cues = tuple[float, float, float, float]  # score, max prob, mean prob in mask, mask share
+# score, max prob, mean prob in mask, mask share, score on the mirrored frame
+Cues = tuple[float, float, float, float, float]
 
 RULES: dict[str, Callable[[Cues], float]] = {
     "score (the shipped rule)": lambda c: c[0],
@@ -36,6 +41,8 @@ RULES: dict[str, Callable[[Cues], float]] = {
     "score x max prob": lambda c: c[0] * c[1],
     "score x mean prob in mask": lambda c: c[0] * c[2],
     "sqrt(score x min(1, 4 x mask share))": lambda c: float(np.sqrt(c[0] * min(1.0, 4 * c[3]))),
+    "mean of score and mirrored-frame score": lambda c: (c[0] + c[4]) / 2,
+    "min of score and mirrored-frame score": lambda c: min(c[0], c[4]),
 }
 
 
@@ -48,17 +55,20 @@ def fold_cues(fold: Path, part: str) -> tuple[list[Cues], list[bool]]:
     frames = listed["positive"] + listed["empty"]
     images = [read_image(Path(f["image"])) for f in frames]
     found = predict_boxes(det, det_payload, images)
+    mirrored = predict_boxes(det, det_payload, [np.ascontiguousarray(im[:, ::-1]) for im in images])
     boxes = [crop_box("detector", im.shape, margin, detected=p.box) for im, p in zip(images, found)]
     cues: list[Cues] = []
-    for p, prob in zip(found, _predict_crops(seg, seg_payload, images, boxes)):
+    for p, m, prob in zip(found, mirrored, _predict_crops(seg, seg_payload, images, boxes)):
         inside = prob > 0.5
         cues.append((p.score, float(prob.max()),
-                     float(prob[inside].mean()) if inside.any() else 0.0, float(inside.mean())))
+                     float(prob[inside].mean()) if inside.any() else 0.0, float(inside.mean()),
+                     m.score))
     return cues, [f["box"] is not None for f in frames]
 
 
 def main(study: Path) -> None:
     called: dict[str, list[bool]] = {r: [] for r in RULES}
+    values: dict[str, list[float]] = {r: [] for r in RULES}
     truth: list[bool] = []
     for fold in sorted(study.glob("subject-fold*")):
         val_cues, val_truth = fold_cues(fold, "valset")
@@ -68,11 +78,12 @@ def main(study: Path) -> None:
             choice = choose_presence_threshold(np.array([rule(c) for c in val_cues]),
                                                np.array(val_truth))
             called[name] += [rule(c) >= choice.value for c in test_cues]
+            values[name] += [rule(c) for c in test_cues]
     t = np.array(truth)
     for name, calls in called.items():
-        c = np.array(calls)
-        print(f"{name:40s} sensitivity {c[t].mean():.3f} specificity {(~c[~t]).mean():.3f}",
-              flush=True)
+        c, v = np.array(calls), np.array(values[name])
+        print(f"{name:40s} sensitivity {c[t].mean():.3f} specificity {(~c[~t]).mean():.3f} "
+              f"AUROC {auroc(v[t].tolist(), v[~t].tolist()):.3f}", flush=True)
 
 
 if __name__ == "__main__":
