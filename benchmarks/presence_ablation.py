@@ -147,9 +147,9 @@ def main(argv: list[str]) -> None:
                                                                if r["present"]]))}
         for rule in RULES:
             called = np.array([r[f"called_{rule}"] for r in test])
+            values = rule_score(test, rule)
             summary[rule] = {"sens": float(called[tp].mean()), "spec": float((~called[~tp]).mean()),
-                             "auroc": auroc(list(rule_score(test, rule)[tp]),
-                                            list(rule_score(test, rule)[~tp]))}
+                             "auroc": auroc(list(values[tp]), list(values[~tp]))}
         print(json.dumps(summary), flush=True)
 
 

@@ -22,38 +22,39 @@ from pathlib import Path
 import numpy as np
 from detector_ablation import auroc
 
-from bpedge._presence import PRESENCE_GRID, choose_presence_threshold
+from bpedge._presence import PRESENCE_GRID, _rates, choose_presence_threshold
 
 Scores = tuple[np.ndarray, np.ndarray]  # BP frames', empty frames'
 GRID = np.asarray(PRESENCE_GRID)
 
 
-def _sensitivity(bp: np.ndarray) -> np.ndarray:
-    return (bp[None, :] >= GRID[:, None]).mean(axis=1)
+def _flat(val: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and truth (BP present) in one array each."""
+    return np.concatenate(val), np.r_[np.ones(len(val[0]), bool), np.zeros(len(val[1]), bool)]
 
 
-def _specificity(empty: np.ndarray) -> np.ndarray:
-    return (empty[None, :] < GRID[:, None]).mean(axis=1)
+def _grid_rates(val: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity of ``score >= t`` for every grid ``t`` (the shipped rule's
+    own computation)."""
+    return _rates(*_flat(val), GRID)
 
 
 def _highest_with_sensitivity(level: float) -> Callable[[Scores], float]:
     def rule(val: Scores) -> float:
-        ok = np.flatnonzero(_sensitivity(val[0]) >= level)
+        ok = np.flatnonzero(_grid_rates(val)[0] >= level)
         return float(GRID[ok.max()]) if ok.size else float(GRID[0])
     return rule
 
 
 def _lowest_with_specificity(level: float) -> Callable[[Scores], float]:
     def rule(val: Scores) -> float:
-        ok = np.flatnonzero(_specificity(val[1]) >= level)
+        ok = np.flatnonzero(_grid_rates(val)[1] >= level)
         return float(GRID[ok.min()]) if ok.size else float(GRID[-1])
     return rule
 
 
 def _balanced(val: Scores) -> float:
-    scores = np.concatenate(val)
-    present = np.r_[np.ones(len(val[0]), bool), np.zeros(len(val[1]), bool)]
-    return choose_presence_threshold(scores, present).value
+    return choose_presence_threshold(*_flat(val)).value
 
 
 RULES: dict[str, Callable[[Scores], float]] = {
@@ -91,7 +92,7 @@ def main(studies: list[Path]) -> None:
         print(f"{study}: {len(folds)} folds, {len(bp_all)} BP / {len(empty_all)} empty test "
               f"frames; score AUROC {auroc(bp_all, empty_all):.3f}")
         # Not a rule (it looks at the test frames): the best any one pooled threshold could do.
-        sens, spec = _sensitivity(np.array(bp_all)), _specificity(np.array(empty_all))
+        sens, spec = _grid_rates((np.array(bp_all), np.array(empty_all)))
         k = int(np.argmax(np.minimum(sens, spec)))
         print(f"  (upper bound: the grid threshold best for min(sensitivity, specificity) on the "
               f"test frames themselves, {GRID[k]:.2f}: {sens[k]:.3f} / {spec[k]:.3f})")
