@@ -86,3 +86,19 @@ def open_gate_int8_bundle(tiny_checkpoints: tuple[Path, Path], phantom_dir: Path
                                                    min_mask_dice=0.0)),
                   log=lambda line: None)
     return out
+
+
+def hide_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``backend="auto"`` see a machine without OpenVINO, whatever this one has installed.
+
+    The fallback tests pin the ONNX Runtime fallback of such a machine; with OpenVINO installed
+    ``auto`` rightly takes it instead (``tests/test_openvino.py`` tests that order)."""
+    import bpedge._openvino as openvino_runner
+
+    monkeypatch.setattr(openvino_runner, "openvino_unavailable_reason",
+                        lambda: "OpenVINO hidden by the test (it pins the ONNX Runtime fallback)")
+
+
+@pytest.fixture
+def without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    hide_openvino(monkeypatch)

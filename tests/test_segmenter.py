@@ -12,6 +12,7 @@ from bpedge import Result, Segmenter
 from bpedge._cascade import HostCascade
 from bpedge._cascade_spec import CascadeSpec
 from bpedge.bundle import Bundle
+from tests.conftest import hide_openvino
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,10 @@ def frames(phantom_dir: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def seg(tiny_bundle: Path):
-    with Segmenter.from_bundle(tiny_bundle, backend="auto") as s:
-        yield s
+    with pytest.MonkeyPatch.context() as mp:
+        hide_openvino(mp)
+        with Segmenter.from_bundle(tiny_bundle, backend="auto") as s:
+            yield s
 
 
 def test_auto_falls_back_to_onnxruntime_and_says_why(seg):

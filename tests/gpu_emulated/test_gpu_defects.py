@@ -83,7 +83,8 @@ def _nvrtc_error(monkeypatch, machine):
     ("cache", "kernel"),
 ])
 def test_auto_falls_back_to_onnxruntime_saying_why_for_any_gpu_failure(
-        machine, emulated_bundle, small_frames, monkeypatch, tmp_path, caplog, breakage, words):
+        machine, emulated_bundle, small_frames, monkeypatch, tmp_path, caplog, breakage, words,
+        without_openvino):
     from bpedge import Segmenter
 
     if breakage == "cache":

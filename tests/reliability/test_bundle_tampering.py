@@ -191,7 +191,7 @@ def test_a_truncated_manifest_is_refused_naming_it(copy: Path):
 
 
 def test_engines_for_another_gpu_or_tensorrt_version_are_refused_with_the_reason(
-    copy: Path, monkeypatch: pytest.MonkeyPatch
+    copy: Path, monkeypatch: pytest.MonkeyPatch, without_openvino: None
 ):
     bundle = Bundle.open(copy)
     orin = EngineKey("NVIDIA Jetson AGX Orin", "8.7", 16, "10.13.0.35", "fp16", 8)
