@@ -8,7 +8,9 @@ detector and its detector-crop U-Net run on the fold's validation and test frame
 per frame, the detector's score and, from the U-Net's probability map on the crop (the study's
 margin), its maximum, its mean over pixels above 0.5 and the share of the crop above 0.5, and the
 detector's score on the frame mirrored left-right (test-time flip, for the rules that average
-it with the score: twice the detector's work if shipped). Each
+it with the score: twice the detector's work if shipped), and for a detector trained with a
+presence head (whose probability is its score) the best anchor's score it would give without
+that head. Each
 rule below is a number per frame whose threshold is chosen on the fold's validation frames by
 ``bpedge._presence`` (balanced accuracy, the study's and export's rule) and applied to its test
 frames; prints sensitivity and specificity pooled over the folds, and each rule's AUROC over the
@@ -32,8 +34,8 @@ from detector_ablation import auroc
 from bpedge._preprocessing import crop_box
 from bpedge._presence import choose_presence_threshold
 
-# score, max prob, mean prob in mask, mask share, score on the mirrored frame
-Cues = tuple[float, float, float, float, float]
+# score, max prob, mean prob in mask, mask share, score on the mirrored frame, best anchor's score
+Cues = tuple[float, float, float, float, float, float]
 
 RULES: dict[str, Callable[[Cues], float]] = {
     "score (the shipped rule)": lambda c: c[0],
@@ -43,6 +45,8 @@ RULES: dict[str, Callable[[Cues], float]] = {
     "sqrt(score x min(1, 4 x mask share))": lambda c: float(np.sqrt(c[0] * min(1.0, 4 * c[3]))),
     "mean of score and mirrored-frame score": lambda c: (c[0] + c[4]) / 2,
     "min of score and mirrored-frame score": lambda c: min(c[0], c[4]),
+    "best anchor's score (without a presence head)": lambda c: c[5],
+    "sqrt(score x best anchor's score)": lambda c: float(np.sqrt(c[0] * c[5])),
 }
 
 
@@ -56,13 +60,18 @@ def fold_cues(fold: Path, part: str) -> tuple[list[Cues], list[bool]]:
     images = [read_image(Path(f["image"])) for f in frames]
     found = predict_boxes(det, det_payload, images)
     mirrored = predict_boxes(det, det_payload, [np.ascontiguousarray(im[:, ::-1]) for im in images])
+    anchor = found
+    if getattr(det, "presence_head", None) is not None:
+        det.presence_head = None  # the same weights, scored by the best anchor
+        anchor = predict_boxes(det, det_payload, images)
     boxes = [crop_box("detector", im.shape, margin, detected=p.box) for im, p in zip(images, found)]
     cues: list[Cues] = []
-    for p, m, prob in zip(found, mirrored, _predict_crops(seg, seg_payload, images, boxes)):
+    for p, m, a, prob in zip(found, mirrored, anchor,
+                             _predict_crops(seg, seg_payload, images, boxes)):
         inside = prob > 0.5
         cues.append((p.score, float(prob.max()),
                      float(prob[inside].mean()) if inside.any() else 0.0, float(inside.mean()),
-                     m.score))
+                     m.score, a.score))
     return cues, [f["box"] is not None for f in frames]
 
 

@@ -26,7 +26,8 @@ the gate is shipped, and a model that fails every level is not shipped (the mani
 
 - level 0: the post-network tail (:func:`bpedge.export.fp16.fp32_tail_nodes`: the detector's top-1
   selection and box decode, the segmenter's sigmoid) and the layers that write the raw outputs
-  (the detector's ``cls_logits`` / ``bbox_reg`` convolutions; the segmenter's last convolution).
+  (the detector's ``cls_logits`` / ``bbox_reg`` convolutions and presence head; the segmenter's
+  last convolution).
   Quantising the detector's head and decode was measured to give wrong boxes (mask Dice vs truth
   0.00 on the tiny models; issue 15);
 - level 1: also the whole detector heads (both conv towers), the segmenter's first convolution.
@@ -76,8 +77,11 @@ FORMS = {"cpu": QdqForm("cpu", symmetric=False), "tensorrt": QdqForm("tensorrt",
 #: Module paths (TorchScript exporter node-name prefixes) of the detector's heads.
 # The head runs once per FPN level: the exporter names its convolutions cls_logits/Conv,
 # cls_logits_1/Conv, ... (one per level).
-_DETECTOR_OUTPUT_CONVS = ("/classification_head/cls_logits", "/regression_head/bbox_reg")
-_DETECTOR_HEADS = ("/classification_head/", "/regression_head/")
+# The presence head (a pooled linear layer writing the score, when the detector has one) is
+# kept FP32 with them: it is tiny and writes an output as they do.
+_DETECTOR_OUTPUT_CONVS = ("/classification_head/cls_logits", "/regression_head/bbox_reg",
+                          "/presence_head/")
+_DETECTOR_HEADS = ("/classification_head/", "/regression_head/", "/presence_head/")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ class DetectorConfig:
     # > 0: validate, keep and export an exponential moving average of the weights with this
     # decay per optimiser step (train/_loop.py WeightAverage); 0: the weights as trained.
     ema_decay: float = 0.0
+    # A frame-level "BP present" head on the pooled FPN features, whose probability becomes the
+    # exported score (the box stays the best anchor's); it learns from the empty frames drawn
+    # by empty_fraction (which must then be > 0), and they no longer reach the focal loss.
+    presence_head: bool = False
 
 
 @dataclass(frozen=True)

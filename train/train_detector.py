@@ -84,6 +84,9 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
     if not 0.0 <= cfg.empty_fraction <= 10.0:  # also refuses NaN
         raise ValueError(f"empty_fraction must lie in [0, 10] (empty frames per BP frame), got "
                          f"{cfg.empty_fraction!r}")
+    if cfg.presence_head and cfg.empty_fraction == 0:
+        raise ValueError("presence_head learns from empty frames: set empty_fraction > 0 (empty "
+                         "frames per BP frame drawn each epoch)")
     return cfg
 
 
@@ -99,7 +102,7 @@ def detector_run_config(opts: DetectorOptions, cfg: DetectorConfig) -> dict[str,
 
 
 class _DetectorLoss(nn.Module):
-    """Focal + box loss of a batch as one scalar, so DDP can wrap the whole training forward."""
+    """Focal + box (+ presence) loss of a batch as one scalar, so DDP can wrap the whole training forward."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -109,7 +112,7 @@ class _DetectorLoss(nn.Module):
         self, images: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
         losses = self.model(images, boxes, present)
-        return losses["classification"] + losses["box_regression"]
+        return torch.stack(list(losses.values())).sum()
 
 
 class DetectorTrainee(HeldParts):
@@ -131,7 +134,7 @@ class DetectorTrainee(HeldParts):
         images, boxes, _ = batch  # validation holds BP frames only: mIoU is over them
         losses = self.model.losses(images, boxes)  # eval mode: BatchNorm uses running stats
         n = int(images.shape[0])
-        loss = float(losses["classification"] + losses["box_regression"]) * n
+        loss = float(torch.stack(list(losses.values())).sum()) * n
         _, predicted = self.model(images)
         ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
         return loss, float(sum(ious)), n

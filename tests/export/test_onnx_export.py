@@ -83,3 +83,34 @@ def test_bad_requests_are_refused(unet: torch.nn.Module, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="kind"):
         export_onnx(unet, "unet", (96, 96), tmp_path / "a.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_detector_with_a_presence_head_exports_its_score_and_keeps_the_head_fp32(
+        tmp_path: Path) -> None:
+    import dataclasses
+
+    from bpedge.export.fp16 import name_unnamed_nodes
+    from bpedge.export.int8 import excluded_nodes
+    from bpedge.train.models import build_detector
+
+    cfg = dataclasses.replace(get_preset("tiny").detector, presence_head=True, empty_fraction=0.5)
+    torch.manual_seed(0)
+    detector = build_detector(cfg).eval()
+    path = tmp_path / "detector.fp32.onnx"
+    export_onnx(detector, "detector", cfg.input_hw, path, example_batch=2)
+    model = onnx.load(str(path))
+    assert read_io_specs(model) == contract_specs("detector", cfg.input_hw)  # (score, box) still
+    x = np.random.default_rng(0).normal(size=(3, 1, *cfg.input_hw)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    score, box = session.run(["score", "box"], {"image": x})
+    with torch.no_grad():
+        want_score, want_box = detector(torch.from_numpy(x))
+        presence = detector.all_head_outputs(torch.from_numpy(x))[2]
+    assert presence is not None
+    assert np.abs(score - torch.sigmoid(presence).numpy()).max() <= 1e-5
+    assert np.abs(score - want_score.numpy()).max() <= 1e-5
+    assert np.abs(box - want_box.numpy()).max() <= 1e-3
+    name_unnamed_nodes(model.graph)
+    head = {n.name for n in model.graph.node if n.name.startswith("/presence_head/")}
+    assert any(n.op_type in ("Gemm", "MatMul") for n in model.graph.node if n.name in head)
+    assert head <= set(excluded_nodes(model, "detector", 0))

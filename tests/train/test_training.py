@@ -226,3 +226,49 @@ def test_decoy_crops_train_on_the_detectors_wrong_boxes(
     with pytest.raises(ValueError, match="--detector is only used"):
         SegmenterOptions(data=phantom_dir, out=tmp_path / "y", preset="tiny", crop="gt",
                          detector=detector_run / "best.pt").check()
+
+
+@pytest.fixture
+def presence_preset(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The tiny preset with a presence head, registered under its own name (and removed after)."""
+    from bpedge.train import presets
+
+    tiny = presets.get_preset("tiny")
+    detector = dataclasses.replace(tiny.detector, presence_head=True, empty_fraction=1.0)
+    monkeypatch.setitem(presets.PRESETS, "tiny+presence",
+                        dataclasses.replace(tiny, name="tiny+presence", detector=detector))
+    yield "tiny+presence"
+
+
+def test_a_detector_with_a_presence_head_trains_on_empty_frames_and_scores_with_it(
+        presence_preset: str, phantom_dir: Path, tmp_path: Path) -> None:
+    from bpedge.train import presets
+    from bpedge.train.predict import load_detector, predict_boxes
+
+    out = tmp_path / "run"
+    train_detector(DetectorOptions(data=phantom_dir, out=out, preset=presence_preset, epochs=2,
+                                   batch_size=4, progress=False))
+    model, payload = load_detector(out / "best.pt", "cpu")
+    assert payload["model_config"]["presence_head"] is True
+    assert model.presence_head is not None
+    split = json.loads((out / "split.json").read_text())
+    frames = [f for f in scan_dataset(phantom_dir).frames
+              if f"{f.subject}_{f.frame}" in split["test"]][:4]
+    assert len(frames) == 4
+    images = [read_image(f.image_path) for f in frames]
+    with_head = predict_boxes(model, payload, images)
+    model.presence_head = None
+    anchors = predict_boxes(model, payload, images)
+    # The score is the head's; the box is still the best anchor's.
+    assert [p.score for p in with_head] != pytest.approx([p.score for p in anchors], abs=1e-4)
+    assert [p.box for p in with_head] == [p.box for p in anchors]
+
+    # Without empty frames it would have nothing to learn "no BP" from: refused up front.
+    no_empties = dataclasses.replace(presets.PRESETS[presence_preset].detector, empty_fraction=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(presets.PRESETS, presence_preset,
+                   dataclasses.replace(presets.PRESETS[presence_preset], detector=no_empties))
+        with pytest.raises(ValueError, match="presence_head learns from empty frames"):
+            train_detector(DetectorOptions(data=phantom_dir, out=tmp_path / "refused",
+                                           preset=presence_preset, epochs=1, progress=False))
+    assert not (tmp_path / "refused").exists()

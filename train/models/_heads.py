@@ -79,3 +79,23 @@ class RegressionHead(nn.Module):
     def forward(self, features: list[Tensor]) -> Tensor:
         """P3..P7 maps -> box deltas (N, total anchors, 4), in the box coder's encoding."""
         return _flatten_levels([self.bbox_reg(self.conv(f)) for f in features], 4)
+
+
+class PresenceHead(nn.Module):
+    """Whether the frame holds a BP at all: each FPN level's channels max-pooled over the whole
+    map, concatenated, then one linear layer -> a logit per frame (N,).
+
+    The anchor score answers "is the BP *here*" at every location and is trained only against
+    the frame's own background; this answers "is it in the frame", trained on BP and empty frames
+    alike, from a view of the whole frame (a look-alike elsewhere is context, not a rival)."""
+
+    def __init__(self, channels: int, levels: int) -> None:
+        super().__init__()
+        self.logit = nn.Linear(channels * levels, 1)
+        nn.init.normal_(self.logit.weight, std=0.01)
+        nn.init.zeros_(self.logit.bias)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """P3..P7 maps (N, C, h, w) -> presence logits (N,)."""
+        pooled = torch.cat([f.amax(dim=(2, 3)) for f in features], dim=1)  # (N, levels * C)
+        return self.logit(pooled)[:, 0]

@@ -24,7 +24,7 @@ from ..losses import focal_loss
 from ..presets import DetectorConfig
 from ._anchors import anchor_generator, anchors_for_grids
 from ._backbone import FPN_LEVELS, build_backbone, feature_grid_sizes
-from ._heads import ClassificationHead, RegressionHead
+from ._heads import ClassificationHead, PresenceHead, RegressionHead
 
 BoxLoss = Literal["l1", "smooth_l1", "giou"]
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
@@ -59,7 +59,11 @@ class RetinaNetDetector(nn.Module):
     in input pixels (continuous edges), one target per image.
 
     Eval mode: ``forward(images)`` -> ``(scores (N,) float32 in [0, 1], boxes (N,4) float32)``:
-    the best anchor's sigmoid score and its decoded box, clipped to [0, W] x [0, H].
+    the best anchor's sigmoid score and its decoded box, clipped to [0, W] x [0, H]. With a
+    ``presence_head`` the score is that head's probability that the frame holds a BP instead (the
+    box is still the best anchor's), trained with binary cross-entropy on BP and empty frames;
+    empty frames then teach only that head (their anchors are ignored by the focal loss), so
+    they leave localisation as it was.
     """
 
     anchors: Tensor  # (A_total, 4) float32 buffer, x0 y0 x1 y1 in input pixels
@@ -78,6 +82,7 @@ class RetinaNetDetector(nn.Module):
         matcher: Matcher | None = None,
         box_loss: BoxLoss = "l1",
         top_k: int = 1,
+        presence_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if anchors.ndim != 2 or anchors.shape[1] != 4 or anchors.shape[0] == 0:
@@ -89,6 +94,7 @@ class RetinaNetDetector(nn.Module):
         self.backbone = backbone
         self.classification_head = classification_head
         self.regression_head = regression_head
+        self.presence_head = presence_head
         # Derived from the config alone, so not saved with the weights.
         self.register_buffer("anchors", anchors.to(torch.float32), persistent=False)
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
@@ -118,6 +124,11 @@ class RetinaNetDetector(nn.Module):
 
     def head_outputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits (N, A_total, 1) and box deltas (N, A_total, 4) for every anchor."""
+        logits, deltas, _ = self.all_head_outputs(images)
+        return logits, deltas
+
+    def all_head_outputs(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`head_outputs` and the presence head's logits (N,) (``None`` without one)."""
         self._check_images(images)
         features = list(self.backbone(images).values())
         logits = self.classification_head(features)
@@ -127,17 +138,27 @@ class RetinaNetDetector(nn.Module):
                 f"the heads give {logits.shape[1]} anchors but {self.anchors.shape[0]} were laid "
                 f"out for input {self.input_hw}: the backbone's feature sizes do not match"
             )
-        return logits, deltas
+        presence = None if self.presence_head is None else self.presence_head(features)
+        return logits, deltas, presence
 
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Per image: the best anchor's score (N,) in [0, 1] and a box (N, 4) clipped to the
-        input: the best anchor's (``top_k`` 1) or the score-weighted mean of the ``top_k`` best
-        anchors' boxes (a vote that steadies the box when neighbouring anchors disagree)."""
-        return self.decode(*self.head_outputs(images))
+        """Per image: a score (N,) in [0, 1] (the best anchor's, or the presence head's) and a box
+        (N, 4) clipped to the input: the best anchor's (``top_k`` 1) or the score-weighted mean
+        of the ``top_k`` best anchors' boxes (a vote that steadies the box when neighbouring
+        anchors disagree)."""
+        return self.decode(*self.all_head_outputs(images))
 
-    def decode(self, logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`predict` from head outputs (logits (N, A, 1), deltas (N, A, 4)): the exported
-        decode, also for head outputs combined outside the model (e.g. averaged over models)."""
+    def decode(self, logits: Tensor, deltas: Tensor,
+               presence: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`predict` from head outputs (logits (N, A, 1), deltas (N, A, 4), presence logits
+        (N,) or ``None``): the exported decode, also for head outputs combined outside the model
+        (e.g. averaged over models). With ``presence`` the score is its sigmoid."""
+        scores, boxes = self._decode_anchors(logits, deltas)
+        if presence is not None:
+            scores = torch.sigmoid(presence)
+        return scores, boxes
+
+    def _decode_anchors(self, logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
         if self.top_k == 1:
             # Sigmoid is monotonic: pick on logits, squash only the winner.
             best_logit, best = logits[..., 0].max(dim=1)  # (N,), (N,)
@@ -205,11 +226,13 @@ class RetinaNetDetector(nn.Module):
     ) -> dict[str, Tensor]:
         """Focal loss over non-ignored anchors and box loss over positives, each divided by the
         image's number of positive anchors (at least 1), then averaged over the batch
-        (torchvision's recipe).
+        (torchvision's recipe); with a presence head also ``"presence"``, its binary
+        cross-entropy against ``present``, averaged over the batch. Minimise their sum.
 
         ``present``: (N,) 1/0 per image, ``None`` for all 1. An image with 0 has no BP: its box row
         is ignored, every anchor is a negative, so the classification loss teaches the score what
-        an empty frame looks like, and it adds no box loss. Works in either mode; in eval mode
+        an empty frame looks like, and it adds no box loss (with a presence head its anchors are
+        ignored instead and only the presence loss sees it). Works in either mode; in eval mode
         (BatchNorm frozen) under ``torch.no_grad`` it gives validation losses.
         """
         self._check_present(present, images)
@@ -217,8 +240,13 @@ class RetinaNetDetector(nn.Module):
         # Only the rows of images with a BP must be boxes; the others are placeholders.
         self._check_box_values(boxes if present is None else boxes[present.to(torch.bool)])
         boxes = boxes.to(device=self.anchors.device, dtype=self.anchors.dtype)
-        logits, deltas = self.head_outputs(images)
+        logits, deltas, presence = self.all_head_outputs(images)
         matched = self.match(boxes, present)
+        if presence is not None and present is not None:
+            # Empty frames teach the presence head only: with their anchors all negatives the
+            # focal loss would also pull localisation towards them (measured in the tiny study).
+            empty = ~present.to(device=matched.device, dtype=torch.bool)
+            matched[empty] = Matcher.BETWEEN_THRESHOLDS
         foreground = matched >= 0
         num_fg = foreground.sum(dim=1).clamp(min=1).to(logits.dtype)  # (N,)
 
@@ -234,7 +262,12 @@ class RetinaNetDetector(nn.Module):
             deltas[img_idx, anchor_idx], self.anchors[anchor_idx], boxes[img_idx]
         )
         box_regression = (per_box / num_fg[img_idx]).sum() / images.shape[0]
-        return {"classification": classification, "box_regression": box_regression}
+        losses = {"classification": classification, "box_regression": box_regression}
+        if presence is not None:
+            target = (torch.ones_like(presence) if present is None
+                      else present.to(device=presence.device, dtype=presence.dtype))
+            losses["presence"] = F.binary_cross_entropy_with_logits(presence, target)
+        return losses
 
     def _box_loss_per_anchor(self, deltas: Tensor, anchors: Tensor, targets: Tensor) -> Tensor:
         """(P, 4) deltas, anchors and target boxes -> (P,) loss."""
@@ -321,6 +354,7 @@ def build_detector(cfg: DetectorConfig, weights: str | Path | None = None) -> Re
         matcher=default_matcher(cfg.fg_iou, cfg.bg_iou),
         box_loss=cfg.box_loss,  # type: ignore[arg-type]  # checked by the constructor
         top_k=cfg.top_k,
+        presence_head=PresenceHead(cfg.fpn_channels, len(FPN_LEVELS)) if cfg.presence_head else None,
     )
     if weights is not None:
         load_detector_weights(model, weights)

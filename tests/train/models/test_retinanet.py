@@ -299,3 +299,62 @@ def test_a_bp_frame_still_needs_a_real_box_when_flags_are_given():
     model = build_detector(TINY).train()
     with pytest.raises(ValueError, match="positive area"):
         model(torch.zeros(2, 1, *TINY.input_hw), torch.zeros(2, 4), torch.tensor([1.0, 0.0]))
+
+
+WITH_PRESENCE = dataclasses.replace(TINY, presence_head=True, empty_fraction=0.5)
+
+
+def test_the_presence_head_gives_the_score_and_the_best_anchor_still_gives_the_box():
+    torch.manual_seed(0)
+    model = build_detector(WITH_PRESENCE).eval()
+    image = synthetic_frame(TINY.input_hw, (60.0, 50.0, 124.0, 98.0))
+    with torch.no_grad():
+        logits, deltas, presence = model.all_head_outputs(image)
+        scores, boxes = model(image)
+        anchor_scores, anchor_boxes = model.decode(logits, deltas)
+    assert presence is not None and presence.shape == (1,)
+    assert float(scores[0]) == pytest.approx(float(torch.sigmoid(presence[0])), abs=1e-7)
+    assert float(scores[0]) != pytest.approx(float(anchor_scores[0]), abs=1e-4)
+    assert torch.equal(boxes, anchor_boxes)
+    # Without the head nothing changes: no third output, the anchor score.
+    plain = build_detector(TINY).eval()
+    with torch.no_grad():
+        assert plain.all_head_outputs(image)[2] is None
+        assert "presence" not in plain.losses(image, torch.tensor([[60.0, 50.0, 124.0, 98.0]]))
+
+
+def test_with_a_presence_head_an_empty_frame_reaches_only_the_presence_loss():
+    model = build_detector(WITH_PRESENCE).eval()
+    box = (60.0, 50.0, 124.0, 98.0)
+    images = torch.cat([synthetic_frame(TINY.input_hw, box), synthetic_frame(TINY.input_hw, box, 1)])
+    boxes = torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])
+    with torch.no_grad():
+        both = model.losses(images, boxes, torch.tensor([1.0, 0.0]))
+        first = model.losses(images[:1], boxes[:1])
+        presence = model.all_head_outputs(images)[2]
+    assert presence is not None
+    # Focal and box losses: the BP frame's alone, averaged over the two frames.
+    for name in ("classification", "box_regression"):
+        assert float(both[name]) == pytest.approx(float(first[name]) / 2, rel=1e-5)
+    wanted = torch.nn.functional.binary_cross_entropy_with_logits(presence, torch.tensor([1.0, 0.0]))
+    assert float(both["presence"]) == pytest.approx(float(wanted), rel=1e-6)
+
+
+def test_training_the_presence_head_separates_an_empty_frame_from_a_bp_frame():
+    torch.manual_seed(0)
+    box = (60.0, 50.0, 124.0, 98.0)
+    bp = synthetic_frame(TINY.input_hw, box)
+    empty = synthetic_frame(TINY.input_hw, (0.0, 0.0, 0.0, 0.0), seed=1)  # speckle only
+    images, boxes = torch.cat([bp, empty]), torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])
+    model = build_detector(WITH_PRESENCE).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(25):
+        losses = model(images, boxes, torch.tensor([1.0, 0.0]))
+        optimiser.zero_grad()
+        sum(losses.values()).backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        scores, predicted = model(images)
+    assert float(scores[0]) > 0.7 and float(scores[1]) < 0.3
+    assert float(box_iou(predicted[:1], boxes[:1])[0, 0]) > 0.5
