@@ -213,9 +213,10 @@ def load_store(frames: Sequence[Frame]) -> FrameStore:
     return FrameStore(frames, workers=2)
 
 
-def detector_inputs(store: FrameStore, input_hw: Sequence[int], mean: float,
-                    std: float) -> np.ndarray:
-    """Every frame of ``store`` resized whole to ``input_hw`` and z-scored: float32 (N, 1, H, W)."""
+def detector_inputs(store: FrameStore, input_hw: Sequence[int], mean: float | None,
+                    std: float | None) -> np.ndarray:
+    """Every frame of ``store`` resized whole to ``input_hw`` and z-scored (``None``: with its own
+    statistics): float32 (N, 1, H, W)."""
     spec = ModelInput((int(input_hw[0]), int(input_hw[1])), Normalization(mean, std))
     x = np.empty((len(store), 1, *spec.hw), np.float32)
     for i in range(len(store)):
@@ -270,7 +271,8 @@ def segmenter_boxes(
 
 
 def segmenter_crops(
-    store: FrameStore, boxes: Sequence[Box], crop_hw: Sequence[int], mean: float, std: float
+    store: FrameStore, boxes: Sequence[Box], crop_hw: Sequence[int], mean: float | None,
+    std: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops and targets exactly as the segmenter's validation set makes them: float32
     (N, 1, h, w) z-scored crops and float32 (N, 1, h, w) 0/1 masks."""
@@ -278,7 +280,7 @@ def segmenter_crops(
 
     hw = (int(crop_hw[0]), int(crop_hw[1]))
     dataset = SegmenterDataset(store, list(range(len(store))), list(boxes), hw,
-                               Normalization(mean=float(mean), std=float(std)))
+                               Normalization(mean=mean, std=std))
     x = np.empty((len(store), 1, *hw), np.float32)
     y = np.empty((len(store), 1, *hw), np.float32)
     for k in range(len(dataset)):

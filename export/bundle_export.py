@@ -176,12 +176,14 @@ class LoadedCheckpoint:
         return self.input.hw
 
     @property
-    def mean(self) -> float:
-        return float(self.payload["normalization"]["mean"])
+    def mean(self) -> float | None:
+        """The z-score mean, ``None`` when each image's own is used."""
+        return self.input.norm.mean
 
     @property
-    def std(self) -> float:
-        return float(self.payload["normalization"]["std"])
+    def std(self) -> float | None:
+        """The z-score std, ``None`` when each image's own is used."""
+        return self.input.norm.std
 
 
 def load_checkpoint_of(kind: str, path: Path) -> LoadedCheckpoint:

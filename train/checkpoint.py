@@ -188,7 +188,10 @@ def model_input(payload: dict[str, Any]) -> ModelInput:
     """The model's input as the runtime's typed spec: ``input_hw`` and ``normalization``."""
     h, w = payload["input_hw"]
     norm = payload["normalization"]
-    return ModelInput((int(h), int(w)), Normalization(float(norm["mean"]), float(norm["std"])))
+    def stat(value: Any) -> float | None:  # None: taken per image
+        return None if value is None else float(value)
+
+    return ModelInput((int(h), int(w)), Normalization(stat(norm["mean"]), stat(norm["std"])))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ class DetectorConfig:
     # exported score (the box stays the best anchor's); it learns from the empty frames drawn
     # by empty_fraction (which must then be > 0), and they no longer reach the focal loss.
     presence_head: bool = False
+    # How the resized frame is z-scored: "dataset" (the training split's mean and std, fixed) or
+    # "per_image" (each frame's own mean and std), which makes the detector blind to the
+    # scanner's overall gain and offset (a linear change of grey levels), as the GPU kernel and
+    # the bundle already support.
+    normalization: str = "dataset"
 
 
 @dataclass(frozen=True)

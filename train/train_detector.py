@@ -84,6 +84,9 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
     if not 0.0 <= cfg.empty_fraction <= 10.0:  # also refuses NaN
         raise ValueError(f"empty_fraction must lie in [0, 10] (empty frames per BP frame), got "
                          f"{cfg.empty_fraction!r}")
+    if cfg.normalization not in ("dataset", "per_image"):
+        raise ValueError(f"normalization must be 'dataset' or 'per_image', got "
+                         f"{cfg.normalization!r}")
     if cfg.presence_head and cfg.empty_fraction == 0:
         raise ValueError("presence_head learns from empty frames: set empty_fraction > 0 (empty "
                          "frames per BP frame drawn each epoch)")
@@ -155,6 +158,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
         empty_idx = list(range(len(data.train) + len(data.val), len(store)))
         if resume_from is not None:
             norm = Normalization(**resume_from["normalization"])
+        elif cfg.normalization == "per_image":
+            norm = Normalization(mean=None, std=None)
         else:
             norm = fit_normalization(
                 store, train_idx, [full_frame_box(store.hw(i)) for i in train_idx], cfg.input_hw
@@ -176,13 +181,14 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
             input=ModelInput(cfg.input_hw, norm), frame_hw=store.frame_hw(),
             split=data.split.to_json(), data_fingerprint=data.fingerprint,
         )
+        zscore = ("per image" if norm.per_image
+                  else f"mean {norm.mean:.2f} std {norm.std:.2f}")
         say(ctx, opts.verbose,
             f"detector ({cfg.backbone}, input {cfg.input_hw[0]}x{cfg.input_hw[1]}): "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
             f"({data.split.mode} split, seed {cfg.seed}), {train_set._n_empty} of "
             f"{len(empty_idx)} train empty frames and {train_set._n_paste} copy-paste samples "
-            f"per epoch; z-score mean {norm.mean:.2f} "
-            f"std {norm.std:.2f}; {ctx.world_size} process(es) on {ctx.device}")
+            f"per epoch; z-score {zscore}; {ctx.world_size} process(es) on {ctx.device}")
         return DetectorTrainee(model, optimizer, train_set, val_set, payload.to_dict())
 
     return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,

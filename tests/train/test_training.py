@@ -272,3 +272,44 @@ def test_a_detector_with_a_presence_head_trains_on_empty_frames_and_scores_with_
             train_detector(DetectorOptions(data=phantom_dir, out=tmp_path / "refused",
                                            preset=presence_preset, epochs=1, progress=False))
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_per_image_detector_exports_and_runs_blind_to_the_scanner_gain(
+        phantom_dir: Path, tiny_checkpoints: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpedge.export.bundle_export import ExportOptions, export_bundle
+    from bpedge.train import presets
+    from bpedge.train.predict import load_detector, predict_boxes
+
+    from bpedge import Segmenter
+    from bpedge._preprocessing import crop_box
+    from bpedge.bundle import Bundle
+
+    tiny = presets.get_preset("tiny")
+    detector = dataclasses.replace(tiny.detector, normalization="per_image")
+    monkeypatch.setitem(presets.PRESETS, "tiny+per-image",
+                        dataclasses.replace(tiny, name="tiny+per-image", detector=detector))
+    run = tmp_path / "det"
+    train_detector(DetectorOptions(data=phantom_dir, out=run, preset="tiny+per-image", epochs=2,
+                                   batch_size=4, progress=False))
+    model, payload = load_detector(run / "best.pt", "cpu")
+    assert payload["normalization"] == {"mean": None, "std": None}
+
+    bundle = tmp_path / "bundle"
+    export_bundle(ExportOptions(detector=run, segmenter=tiny_checkpoints[1].parent, out=bundle,
+                                data=phantom_dir))
+    preprocessing = Bundle.open(bundle).manifest.preprocessing
+    assert preprocessing.detector.norm == "per_image"
+
+    frame = read_image(scan_dataset(phantom_dir).frames[0].image_path)
+    # The same scene with the overall gain turned down and an offset (a linear map of grey
+    # levels that stays inside 0-255): only the 8-bit rounding differs after z-scoring.
+    dimmer = np.rint(frame.astype(np.float64) * 0.6 + 30).astype(np.uint8)
+    want = predict_boxes(model, payload, [frame])[0]
+    with Segmenter.from_bundle(bundle, backend="onnxruntime") as seg:
+        got, got_dimmer = seg(frame), seg(dimmer)
+    # The bundle runs what was trained (the result's box is the detector's, with the margin).
+    crop = crop_box("detector", frame.shape, preprocessing.segmenter.crop_margin, detected=want.box)
+    assert np.allclose(got.box, crop, atol=0.5)
+    assert np.allclose(got_dimmer.box, got.box, atol=2.0)
+    assert abs(got_dimmer.score - got.score) < 0.02
