@@ -188,10 +188,13 @@ def model_input(payload: dict[str, Any]) -> ModelInput:
     """The model's input as the runtime's typed spec: ``input_hw`` and ``normalization``."""
     h, w = payload["input_hw"]
     norm = payload["normalization"]
-    def stat(value: Any) -> float | None:  # None: taken per image
-        return None if value is None else float(value)
+    return ModelInput((int(h), int(w)),
+                      Normalization(_statistic(norm["mean"]), _statistic(norm["std"])))
 
-    return ModelInput((int(h), int(w)), Normalization(stat(norm["mean"]), stat(norm["std"])))
+
+def _statistic(value: Any) -> float | None:
+    """A stored z-score statistic; ``None`` (JSON null) means it is taken per image."""
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,6 @@ def presence_preset(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def test_a_detector_with_a_presence_head_trains_on_empty_frames_and_scores_with_it(
         presence_preset: str, phantom_dir: Path, tmp_path: Path) -> None:
-    from bpedge.train import presets
     from bpedge.train.predict import load_detector, predict_boxes
 
     out = tmp_path / "run"
@@ -262,16 +261,6 @@ def test_a_detector_with_a_presence_head_trains_on_empty_frames_and_scores_with_
     # The score is the head's; the box is still the best anchor's.
     assert [p.score for p in with_head] != pytest.approx([p.score for p in anchors], abs=1e-4)
     assert [p.box for p in with_head] == [p.box for p in anchors]
-
-    # Without empty frames it would have nothing to learn "no BP" from: refused up front.
-    no_empties = dataclasses.replace(presets.PRESETS[presence_preset].detector, empty_fraction=0.0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(presets.PRESETS, presence_preset,
-                   dataclasses.replace(presets.PRESETS[presence_preset], detector=no_empties))
-        with pytest.raises(ValueError, match="presence_head learns from empty frames"):
-            train_detector(DetectorOptions(data=phantom_dir, out=tmp_path / "refused",
-                                           preset=presence_preset, epochs=1, progress=False))
-    assert not (tmp_path / "refused").exists()
 
 
 def test_a_per_image_detector_exports_and_runs_blind_to_the_scanner_gain(
@@ -313,3 +302,21 @@ def test_a_per_image_detector_exports_and_runs_blind_to_the_scanner_gain(
     assert np.allclose(got.box, crop, atol=0.5)
     assert np.allclose(got_dimmer.box, got.box, atol=2.0)
     assert abs(got_dimmer.score - got.score) < 0.02
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"normalization": "minmax"}, "normalization must be 'dataset' or 'per_image'"),
+    ({"presence_head": True}, "presence_head learns from empty frames"),
+])
+def test_detector_options_that_cannot_train_are_refused_before_anything_is_written(
+        fields: dict, words: str, phantom_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpedge.train import presets
+
+    tiny = presets.get_preset("tiny")
+    monkeypatch.setitem(presets.PRESETS, "tiny+bad", dataclasses.replace(
+        tiny, name="tiny+bad", detector=dataclasses.replace(tiny.detector, **fields)))
+    with pytest.raises(ValueError, match=words):
+        train_detector(DetectorOptions(data=phantom_dir, out=tmp_path / "run", preset="tiny+bad",
+                                       epochs=1, progress=False))
+    assert not (tmp_path / "run").exists()
