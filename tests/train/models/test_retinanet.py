@@ -260,21 +260,26 @@ def test_an_empty_frame_makes_every_anchor_a_negative_and_adds_no_box_loss():
                                                           rel=1e-5)
 
 
-def test_training_on_an_empty_frame_lowers_its_score_but_not_the_bp_frames():
+def _trained_on_a_bp_and_an_empty_frame(cfg):
+    """The detector ``cfg`` describes after 25 Adam steps on one BP frame and one empty frame
+    (speckle only); returns the model in eval mode, the two images and their target boxes."""
     torch.manual_seed(0)
     box = (60.0, 50.0, 124.0, 98.0)
     bp = synthetic_frame(TINY.input_hw, box)
-    empty = synthetic_frame(TINY.input_hw, (0.0, 0.0, 0.0, 0.0), seed=1)  # speckle only
+    empty = synthetic_frame(TINY.input_hw, (0.0, 0.0, 0.0, 0.0), seed=1)
     images, boxes = torch.cat([bp, empty]), torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])
-    present = torch.tensor([1.0, 0.0])
-    model = build_detector(TINY).train()
+    model = build_detector(cfg).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(25):
-        losses = model(images, boxes, present)
+        losses = model(images, boxes, torch.tensor([1.0, 0.0]))
         optimiser.zero_grad()
         sum(losses.values()).backward()
         optimiser.step()
-    model.eval()
+    return model.eval(), images, boxes
+
+
+def test_training_on_an_empty_frame_lowers_its_score_but_not_the_bp_frames():
+    model, images, boxes = _trained_on_a_bp_and_an_empty_frame(TINY)
     with torch.no_grad():
         scores, predicted = model(images)
     assert float(scores[0]) > 2 * float(scores[1])
@@ -341,19 +346,7 @@ def test_with_a_presence_head_an_empty_frame_reaches_only_the_presence_loss():
 
 
 def test_training_the_presence_head_separates_an_empty_frame_from_a_bp_frame():
-    torch.manual_seed(0)
-    box = (60.0, 50.0, 124.0, 98.0)
-    bp = synthetic_frame(TINY.input_hw, box)
-    empty = synthetic_frame(TINY.input_hw, (0.0, 0.0, 0.0, 0.0), seed=1)  # speckle only
-    images, boxes = torch.cat([bp, empty]), torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])
-    model = build_detector(WITH_PRESENCE).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(25):
-        losses = model(images, boxes, torch.tensor([1.0, 0.0]))
-        optimiser.zero_grad()
-        sum(losses.values()).backward()
-        optimiser.step()
-    model.eval()
+    model, images, boxes = _trained_on_a_bp_and_an_empty_frame(WITH_PRESENCE)
     with torch.no_grad():
         scores, predicted = model(images)
     assert float(scores[0]) > 0.7 and float(scores[1]) < 0.3
