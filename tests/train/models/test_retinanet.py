@@ -15,6 +15,8 @@ from torchvision.models import resnet18
 from torchvision.ops import box_iou
 
 TINY = get_preset("tiny").detector
+# The anchor score's own behaviour, without the preset's presence head.
+NO_PRESENCE = dataclasses.replace(TINY, presence_head=False, empty_fraction=0.0)
 PAPER = get_preset("paper").detector
 
 
@@ -81,7 +83,7 @@ def test_every_target_gets_a_positive_anchor_and_clear_ones_are_background(box):
 
 def test_predict_decodes_the_best_anchor_as_the_box_coder_defines():
     torch.manual_seed(0)
-    model = build_detector(TINY).eval()
+    model = build_detector(NO_PRESENCE).eval()
     nn.init.normal_(model.classification_head.cls_logits.weight, std=0.5)
     nn.init.normal_(model.regression_head.bbox_reg.weight, std=0.05)
     x = torch.randn(2, 1, *TINY.input_hw)
@@ -115,12 +117,13 @@ def test_eval_boxes_stay_inside_the_image_even_when_the_deltas_explode():
 
 @pytest.fixture(scope="module")
 def overfit():
-    """The tiny detector after 25 Adam steps on one synthetic image with one box."""
+    """The tiny detector (without its presence head: the RetinaNet losses alone) after 25 Adam
+    steps on one synthetic image with one box."""
     torch.manual_seed(0)
     box = (60.0, 50.0, 124.0, 98.0)
     image = synthetic_frame(TINY.input_hw, box)
     target = torch.tensor([box])
-    model = build_detector(TINY).train()
+    model = build_detector(NO_PRESENCE).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = []
     for _ in range(25):
@@ -245,7 +248,7 @@ def test_tiny_detector_flops_fit_a_two_core_cpu():
 
 
 def test_an_empty_frame_makes_every_anchor_a_negative_and_adds_no_box_loss():
-    model = build_detector(TINY).eval()  # BatchNorm from running stats: per-image features
+    model = build_detector(NO_PRESENCE).eval()  # BatchNorm from running stats: per-image features
     box = (60.0, 50.0, 124.0, 98.0)
     images = torch.cat([synthetic_frame(TINY.input_hw, box), synthetic_frame(TINY.input_hw, box, 1)])
     boxes = torch.tensor([box, (0.0, 0.0, 0.0, 0.0)])  # the empty frame's row is a placeholder
@@ -279,7 +282,7 @@ def _trained_on_a_bp_and_an_empty_frame(cfg):
 
 
 def test_training_on_an_empty_frame_lowers_its_score_but_not_the_bp_frames():
-    model, images, boxes = _trained_on_a_bp_and_an_empty_frame(TINY)
+    model, images, boxes = _trained_on_a_bp_and_an_empty_frame(NO_PRESENCE)
     with torch.no_grad():
         scores, predicted = model(images)
     assert float(scores[0]) > 2 * float(scores[1])
@@ -322,7 +325,7 @@ def test_the_presence_head_gives_the_score_and_the_best_anchor_still_gives_the_b
     assert float(scores[0]) != pytest.approx(float(anchor_scores[0]), abs=1e-4)
     assert torch.equal(boxes, anchor_boxes)
     # Without the head nothing changes: no third output, the anchor score.
-    plain = build_detector(TINY).eval()
+    plain = build_detector(NO_PRESENCE).eval()
     with torch.no_grad():
         assert plain.all_head_outputs(image)[2] is None
         assert "presence" not in plain.losses(image, torch.tensor([[60.0, 50.0, 124.0, 98.0]]))
