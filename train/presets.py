@@ -149,13 +149,11 @@ PRESETS: dict[str, Preset] = {
             # "per_image" was blind to the gain but worse on both seeds tried (mIoU 0.752 /
             # 0.652 -> 0.714 / 0.641, score AUROC 0.921 / 0.879 -> 0.863 / 0.863).
             augment=True,
-            # A presence head gives the score, learning "no BP" from every empty frame of the
-            # training subjects. 20-subject 5-fold study, seeds 1 / 2 / 3: "BP present"
-            # balanced accuracy 0.820 / 0.782 / 0.756 -> 0.921 / 0.865 / 0.790 (seed 1 meets
-            # both 0.90 targets: 0.94 / 0.90), score AUROC 0.921 / 0.917 / 0.879 -> 0.959 /
-            # 0.931 / 0.872; detector mIoU 0.752 / 0.768 / 0.652 -> 0.667 / 0.763 / 0.709.
-            presence_head=True,
-            empty_fraction=1.0,
+            # presence_head (with empty_fraction 1.0), 20-subject 5-fold study, seeds 1 / 2 / 3:
+            # "BP present" balanced accuracy 0.820 / 0.782 / 0.756 -> 0.921 / 0.865 / 0.790,
+            # score AUROC 0.921 / 0.917 / 0.879 -> 0.959 / 0.931 / 0.872, detector mIoU 0.752 /
+            # 0.768 / 0.652 -> 0.667 / 0.763 / 0.709. Left off for now: with it the INT8 export's
+            # presence call drifted from FP32 in the tests (mask Dice vs FP32 0.79 < 0.9).
         ),
         unet=SegmenterConfig(
             arch="unet", base_filters=8, depth=4, kernel_size=3, dropout=0.1,
