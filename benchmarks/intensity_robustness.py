@@ -25,7 +25,7 @@ from bpedge.train.data import read_image
 from bpedge.train.experiment.evaluate import _predict_crops
 from bpedge.train.predict import load_detector, predict_boxes
 
-from bpedge._metrics import box_iou
+from bpedge._metrics import box_iou, dice
 from bpedge._preprocessing import crop_box, segmenter_target
 
 CHANGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -37,12 +37,6 @@ CHANGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gamma 1.4": lambda x: 255.0 * (x / 255.0) ** 1.4,
     "contrast x0.6": lambda x: (x - x.mean()) * 0.6 + x.mean(),
 }
-
-
-def dice(prob: np.ndarray, target: np.ndarray) -> float:
-    pred, truth = prob >= 0.5, target > 0.5
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * float((pred & truth).sum()) / total
 
 
 def main(study: Path) -> None:
@@ -63,7 +57,8 @@ def main(study: Path) -> None:
             found = predict_boxes(det, det_payload, images)
             ious[name] += [box_iou(p.box, f["box"]) for p, f in zip(found, frames)]
             probs = _predict_crops(seg, seg_payload, images, boxes)
-            dices[name] += [dice(p, t) for p, t in zip(probs, targets) if p is not None]
+            dices[name] += [dice(p >= 0.5, t > 0.5) for p, t in zip(probs, targets)
+                            if p is not None]
     for name in CHANGES:
         print(f"{name:14s} detector test mIoU {np.mean(ious[name]):.3f}   "
               f"U-Net Dice on the ground-truth crop {np.mean(dices[name]):.3f}", flush=True)

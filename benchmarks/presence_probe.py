@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from bpedge.train.checkpoint import model_input
 from bpedge.train.data import read_image, scan_dataset
+from bpedge.train.models._heads import PresenceHead
 from bpedge.train.predict import load_detector
 from detector_ablation import auroc
 
@@ -41,8 +42,7 @@ def pooled_features(model, payload, images: list[np.ndarray]) -> tuple[np.ndarra
         for start in range(0, len(images), 16):
             x = torch.from_numpy(np.stack([detector_input(im, spec)
                                            for im in images[start:start + 16]]))
-            maps = list(model.backbone(x).values())
-            feats.append(torch.cat([m.amax(dim=(2, 3)) for m in maps], dim=1).numpy())
+            feats.append(PresenceHead.pool(list(model.backbone(x).values())).numpy())
             scores.append(model(x)[0].numpy())
     return np.concatenate(feats), np.concatenate(scores)
 

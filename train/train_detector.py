@@ -36,6 +36,7 @@ from bpedge.train.datasets import (
 from bpedge.train.presets import DetectorConfig, config_to_dict, field_defaults, get_preset
 from torch import nn
 
+from bpedge._manifest import NORMS
 from bpedge._metrics import box_iou
 from bpedge._preprocessing import ModelInput
 
@@ -84,9 +85,8 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
     if not 0.0 <= cfg.empty_fraction <= 10.0:  # also refuses NaN
         raise ValueError(f"empty_fraction must lie in [0, 10] (empty frames per BP frame), got "
                          f"{cfg.empty_fraction!r}")
-    if cfg.normalization not in ("dataset", "per_image"):
-        raise ValueError(f"normalization must be 'dataset' or 'per_image', got "
-                         f"{cfg.normalization!r}")
+    if cfg.normalization not in NORMS:
+        raise ValueError(f"normalization must be one of {NORMS}, got {cfg.normalization!r}")
     if cfg.presence_head and cfg.empty_fraction == 0:
         raise ValueError("presence_head learns from empty frames: set empty_fraction > 0 (empty "
                          "frames per BP frame drawn each epoch)")
@@ -104,8 +104,14 @@ def detector_run_config(opts: DetectorOptions, cfg: DetectorConfig) -> dict[str,
     }
 
 
+def _total(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What training minimises: the sum of the detector's losses (focal, box, and presence when
+    it has that head)."""
+    return torch.stack(list(losses.values())).sum()
+
+
 class _DetectorLoss(nn.Module):
-    """Focal + box (+ presence) loss of a batch as one scalar, so DDP can wrap the whole training forward."""
+    """The batch's losses summed (:func:`_total`), so DDP can wrap the whole training forward."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -114,8 +120,7 @@ class _DetectorLoss(nn.Module):
     def forward(
         self, images: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
-        losses = self.model(images, boxes, present)
-        return torch.stack(list(losses.values())).sum()
+        return _total(self.model(images, boxes, present))
 
 
 class DetectorTrainee(HeldParts):
@@ -137,7 +142,7 @@ class DetectorTrainee(HeldParts):
         images, boxes, _ = batch  # validation holds BP frames only: mIoU is over them
         losses = self.model.losses(images, boxes)  # eval mode: BatchNorm uses running stats
         n = int(images.shape[0])
-        loss = float(torch.stack(list(losses.values())).sum()) * n
+        loss = float(_total(losses)) * n
         _, predicted = self.model(images)
         ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
         return loss, float(sum(ious)), n

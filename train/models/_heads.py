@@ -95,7 +95,11 @@ class PresenceHead(nn.Module):
         nn.init.normal_(self.logit.weight, std=0.01)
         nn.init.zeros_(self.logit.bias)
 
+    @staticmethod
+    def pool(features: list[Tensor]) -> Tensor:
+        """What the head reads: P3..P7 maps (N, C, h, w) each max-pooled, (N, levels * C)."""
+        return torch.cat([f.amax(dim=(2, 3)) for f in features], dim=1)
+
     def forward(self, features: list[Tensor]) -> Tensor:
         """P3..P7 maps (N, C, h, w) -> presence logits (N,)."""
-        pooled = torch.cat([f.amax(dim=(2, 3)) for f in features], dim=1)  # (N, levels * C)
-        return self.logit(pooled)[:, 0]
+        return self.logit(self.pool(features))[:, 0]
