@@ -6,6 +6,8 @@ on the model input (grey levels 0-255, float32, before z-scoring):
 
 - overall gain and a time-gain (TGC) ramp: B-mode is log-compressed, so a gain of G dB adds
   ``G * 255 / dynamic range`` grey levels; a TGC change adds a smooth function of depth (rows);
+- the dynamic range of that compression (another scanner, preset or simulator): it scales every
+  grey level by one factor;
 - gamma and contrast (the display map);
 - multiplicative speckle-like noise: the grey level times ``1 + s * n`` with ``n`` a slightly
   smoothed Gaussian field (a new speckle realisation);
@@ -38,17 +40,20 @@ class BModeAugment:
     """Ranges of each transform (0 switches one off). Grey levels are 0-255.
 
     ``gain``: +- grey levels added to the whole image; ``tgc``: +- grey levels of a linear ramp
-    from the top row to the bottom row plus a smooth bump; ``gamma``: the exponent is
-    ``exp(U(-gamma, gamma))``; ``contrast``: the spread about the mean is scaled by
-    ``exp(U(-contrast, contrast))``; ``speckle``: the largest noise std ``s`` (fraction of the
-    grey level); ``blur``: the largest Gaussian sigma in input pixels (applied to half the
-    samples); ``scale``: the zoom is ``exp(U(-scale, scale))``; ``shift``: the largest shift as a
-    fraction of the image side; ``rotate``: the largest rotation in degrees; ``p_geometric``: the
-    share of samples that get the similarity transform.
+    from the top row to the bottom row plus a smooth bump; ``gain_scale``: every grey level is
+    multiplied by ``exp(U(-gain_scale, gain_scale))`` (the log-compression's dynamic range);
+    ``gamma``: the exponent is ``exp(U(-gamma, gamma))``; ``contrast``: the spread about the mean
+    is scaled by ``exp(U(-contrast, contrast))``; ``speckle``: the largest noise std ``s``
+    (fraction of the grey level); ``blur``: the largest Gaussian sigma in input pixels (applied
+    to half the samples); ``scale``: the zoom is ``exp(U(-scale, scale))``; ``shift``: the
+    largest shift as a fraction of the image side; ``rotate``: the largest rotation in degrees;
+    ``p_geometric``: the share of samples that get the similarity transform. Only the
+    photometric fields (gain to blur) act in :func:`augment_grey`.
     """
 
     gain: float = 20.0
     tgc: float = 25.0
+    gain_scale: float = 0.0
     gamma: float = 0.3
     contrast: float = 0.2
     speckle: float = 0.15
@@ -59,8 +64,8 @@ class BModeAugment:
     p_geometric: float = 0.7
 
     def __post_init__(self) -> None:
-        for name in ("gain", "tgc", "gamma", "contrast", "speckle", "blur", "scale", "shift",
-                     "rotate"):
+        for name in ("gain", "tgc", "gain_scale", "gamma", "contrast", "speckle", "blur", "scale",
+                     "shift", "rotate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"BModeAugment.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.p_geometric <= 1.0:
@@ -87,6 +92,8 @@ def augment_grey(grey: np.ndarray, aug: BModeAugment, rng: np.random.Generator) 
         centre, width = rng.uniform(-0.5, 0.5), rng.uniform(0.1, 0.3)
         bump = rng.uniform(-aug.tgc, aug.tgc) * 0.5 * np.exp(-0.5 * ((depth - centre) / width) ** 2)
         v += np.float32(offset) + ramp + bump
+    if aug.gain_scale > 0:
+        v *= np.float32(math.exp(rng.uniform(-aug.gain_scale, aug.gain_scale)))
     v = np.clip(v, 0.0, 255.0)
     if aug.gamma > 0:
         v = 255.0 * (v / 255.0) ** np.float32(math.exp(rng.uniform(-aug.gamma, aug.gamma)))

@@ -284,7 +284,11 @@ class DetectorDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
 
 class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``(crop (1, h, w) float32 z-scored, mask (1, h, w) float32 0/1)`` of frames ``indices``,
-    each cropped at ``boxes[k]`` (frame pixels) and resized to ``crop_hw``."""
+    each cropped at ``boxes[k]`` (frame pixels) and resized to ``crop_hw``.
+
+    ``augment``: its photometric transforms (:func:`bpedge.train.augment.augment_grey`) on each
+    crop between resize and normalisation, drawn from ``(seed, epoch, sample)``; the target is
+    unchanged."""
 
     def __init__(
         self,
@@ -297,6 +301,7 @@ class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         hflip: bool = False,
         jitter: float = 0.0,
         seed: int = 0,
+        augment: BModeAugment | None = None,
     ) -> None:
         if len(boxes) != len(indices):
             raise ValueError(f"one box per frame: got {len(boxes)} boxes for {len(indices)} frames")
@@ -305,12 +310,15 @@ class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.store, self.indices = store, list(indices)
         self.boxes = [clamp_box(b, store.hw(i)[1], store.hw(i)[0]) for b, i in zip(boxes, indices)]
         self.crop_hw, self.norm = (int(crop_hw[0]), int(crop_hw[1])), norm
-        self.hflip, self.jitter, self.seed = hflip, jitter, seed
+        self.hflip, self.jitter, self.seed, self.augment = hflip, jitter, seed, augment
         self._flips = np.zeros(len(self.indices), bool)
         self._shifts = np.zeros((len(self.indices), 4))
+        self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's flips and box jitter from ``(seed, epoch)``."""
+        """Draw this epoch's flips and box jitter from ``(seed, epoch)``; augmentation follows
+        the epoch too."""
+        self._epoch = epoch
         n = len(self.indices)
         if self.hflip:
             self._flips = _epoch_rng(self.seed, epoch, 0).random(n) < 0.5
@@ -334,7 +342,16 @@ class SegmenterDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = self.indices[k]
         box = self.box(k)
-        x = segmenter_input(self.store.images[i], box, ModelInput(self.crop_hw, self.norm))[0]
+        if self.augment is None:
+            x = segmenter_input(self.store.images[i], box, ModelInput(self.crop_hw, self.norm))[0]
+        else:
+            # segmenter_input's steps with the augmentation between resize and normalisation.
+            from bpedge.train.augment import augment_grey
+
+            ch, cw = self.crop_hw
+            grey = crop_resize(self.store.images[i], box, cw, ch)
+            rng = _epoch_rng(self.seed, self._epoch, 2 + k)
+            x = normalize(augment_grey(grey, self.augment, rng), self.norm.mean, self.norm.std)
         y = segmenter_target(self.store.mask(i), box, self.crop_hw)[0]
         if self._flips[k]:
             x, y = np.ascontiguousarray(x[:, ::-1]), np.ascontiguousarray(y[:, ::-1])

@@ -38,6 +38,9 @@ class DetectorConfig:
     seed: int = 0
     hflip: bool = False                  # training augmentation: random horizontal flip
     augment: bool = False                # training augmentation: B-mode transforms (train/augment.py)
+    # With augment: every grey level also scaled by exp(U(-gain_scale, gain_scale)) (another
+    # dynamic range of the log-compression; BModeAugment.gain_scale). 0: not scaled.
+    gain_scale: float = 0.0
     box_loss: str = "l1"                 # l1 | smooth_l1 | giou
     fg_iou: float = 0.5                  # anchor IoU >= fg_iou: positive
     bg_iou: float = 0.4                  # anchor IoU < bg_iou: negative (in between ignored)
@@ -81,6 +84,12 @@ class SegmenterConfig:
     epochs: int = 80
     seed: int = 0
     hflip: bool = False                  # training augmentation: random horizontal flip
+    # Training augmentation: the photometric B-mode transforms of the detector's (gain/TGC,
+    # gamma/contrast, speckle, blur; train/augment.py augment_grey) on each crop, with grey
+    # levels also scaled by exp(U(-gain_scale, gain_scale)). No geometric ones: box_jitter
+    # already moves the crop.
+    augment: bool = False
+    gain_scale: float = 0.0
     # --crop gt / detector training: move box edges by up to this x side, so the segmenter
     # learns from boxes as imperfect as a detector's on a subject it never saw.
     box_jitter: float = 0.0

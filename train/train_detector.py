@@ -172,7 +172,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
         from bpedge.train.augment import BModeAugment
 
         train_set = DetectorDataset(store, train_idx, cfg.input_hw, norm, hflip=cfg.hflip,
-                                    augment=BModeAugment() if cfg.augment else None,
+                                    augment=BModeAugment(gain_scale=cfg.gain_scale)
+                                    if cfg.augment else None,
                                     seed=cfg.seed, empties=empty_idx,
                                     empties_per_epoch=round(cfg.empty_fraction * len(train_idx)),
                                     pastes_per_epoch=round(cfg.paste_fraction * len(train_idx))

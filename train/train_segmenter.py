@@ -279,9 +279,12 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         decoy_idx = [i for i in train_idx + empty_idx if decoys[i] is not None]
         decoy_boxes = [crop_box("detector", store.hw(i), cfg.crop_margin, detected=decoys[i])
                        for i in decoy_idx]
+        from bpedge.train.augment import BModeAugment
+
         train_set = SegmenterDataset(
             store, train_idx + decoy_idx, [boxes[i] for i in train_idx] + decoy_boxes,
-            cfg.crop_hw, norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed)
+            cfg.crop_hw, norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed,
+            augment=BModeAugment(gain_scale=cfg.gain_scale) if cfg.augment else None)
         val_set = SegmenterDataset(store, val_idx, [boxes[i] for i in val_idx], cfg.crop_hw, norm)
 
         model = build_segmenter(cfg).to(ctx.device)

@@ -142,3 +142,48 @@ def test_copy_paste_samples_are_bp_frames_with_the_pasted_box(phantom_dir):
     assert not bool((ds[4][0] == first).all())
     with pytest.raises(ValueError, match="copy-paste"):
         DetectorDataset(store, [0, 1], (80, 112), norm, pastes_per_epoch=1)
+
+
+def test_gain_scale_multiplies_every_grey_level_by_one_factor():
+    grey = np.random.default_rng(2).uniform(20, 120, (30, 40)).astype(np.float32)
+    only_scale = BModeAugment(gain=0, tgc=0, gain_scale=0.5, gamma=0, contrast=0, speckle=0,
+                              blur=0)
+    ratios = []
+    for seed in range(20):
+        out = augment_grey(grey, only_scale, np.random.default_rng(seed))
+        ratio = out / grey
+        # One factor for the whole image (grey levels up to 120 x e^0.5 < 255: nothing clipped).
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+        ratios.append(float(ratio.flat[0]))
+    assert min(ratios) >= np.exp(-0.5) - 1e-6 and max(ratios) <= np.exp(0.5) + 1e-6
+    assert min(ratios) < 0.85 and max(ratios) > 1.15  # both ways, not a fixed factor
+    with pytest.raises(ValueError, match="gain_scale"):
+        BModeAugment(gain_scale=-0.1)
+
+
+def test_segmenter_dataset_augments_the_crop_per_epoch_and_keeps_the_target(phantom_dir):
+    from bpedge.train.data import scan_dataset
+    from bpedge.train.datasets import SegmenterDataset
+
+    from bpedge._preprocessing import ModelInput, segmenter_input
+
+    store = FrameStore(scan_dataset(phantom_dir).positive()[:3])
+    boxes = [store.boxes[i] for i in range(3)]
+    norm = Normalization(100.0, 50.0)
+    plain = SegmenterDataset(store, [0, 1, 2], boxes, (48, 48), norm)
+    aug = SegmenterDataset(store, [0, 1, 2], boxes, (48, 48), norm, seed=1,
+                           augment=BModeAugment(gain_scale=0.5))
+    x_plain, y_plain = plain[1]
+    np.testing.assert_array_equal(
+        x_plain[0].numpy(), segmenter_input(store.images[1], boxes[1],
+                                            ModelInput((48, 48), norm))[0])
+    aug.set_epoch(1)
+    x1, y1 = aug[1]
+    torch.testing.assert_close(aug[1][0], x1)  # the same sample within an epoch
+    aug.set_epoch(2)
+    x2, y2 = aug[1]
+    assert not bool((x1 == x2).all()) and not bool((x1 == x_plain).all())
+    for y in (y1, y2):
+        torch.testing.assert_close(y, y_plain)  # photometric only: the mask does not move
+    # Still z-scored grey levels 0-255: within the normalised range of 0 and 255.
+    assert float(x1.min()) >= (0 - 100) / 50 - 1e-5 and float(x1.max()) <= (255 - 100) / 50 + 1e-5
