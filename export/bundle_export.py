@@ -461,24 +461,47 @@ def _write_int8(opts: ExportOptions, det: LoadedCheckpoint, seg: LoadedCheckpoin
          "segmenter crops from the training split")
     fp32_det = det_runs.outputs["fp32"]
 
-    def detector_gate(path: Path) -> tuple[dict[str, Any], list[str]]:
-        scores, boxes8 = OnnxModel(path, *IO_NAMES["detector"], opts.batch_size)(det_runs.inputs)
-        return gate_detector((fp32_det.scores, fp32_det.boxes), (scores, boxes8),
-                             score_threshold, gate)
+    def gates(form: str) -> dict[str, tuple[np.ndarray, Callable[[Path], Any]]]:
+        run = _int8_runner(form, opts.batch_size)
 
-    def segmenter_gate(path: Path) -> tuple[dict[str, Any], list[str]]:
-        probs = OnnxModel(path, *IO_NAMES["segmenter"], opts.batch_size)(seg_runs.inputs)[0]
-        return gate_segmenter(seg_runs.probs["fp32"], probs, mask_threshold, gate)
+        def detector_gate(path: Path) -> tuple[dict[str, Any], list[str]]:
+            scores, boxes8 = run(path, "detector", det_runs.inputs)
+            return gate_detector((fp32_det.scores, fp32_det.boxes), (scores, boxes8),
+                                 score_threshold, gate)
 
-    gates = {"detector": (det_calibration, detector_gate),
-             "segmenter": (seg_calibration, segmenter_gate)}
+        def segmenter_gate(path: Path) -> tuple[dict[str, Any], list[str]]:
+            probs = run(path, "segmenter", seg_runs.inputs)[0]
+            return gate_segmenter(seg_runs.probs["fp32"], probs, mask_threshold, gate)
+
+        return {"detector": (det_calibration, detector_gate),
+                "segmenter": (seg_calibration, segmenter_gate)}
+
     return {
         form: {kind: quantize_gated(kind, tmp / FILES[kind][0], tmp / INT8_FILES[form][kind],
                                     IO_NAMES[kind][0], calibration, run_gate, note,
                                     form=FORMS[form])
-               for kind, (calibration, run_gate) in gates.items()}
+               for kind, (calibration, run_gate) in gates(form).items()}
         for form in ("cpu", "tensorrt")
     }
+
+
+def _int8_runner(form: str, batch_size: int) -> Callable[[Path, str, np.ndarray], list[np.ndarray]]:
+    """How the gate runs an INT8 candidate: the CPU form as the runtime's ONNX Runtime session
+    runs it (``OrtModel``: every graph optimisation on, so the Q/DQ pairs fuse into ONNX Runtime's
+    integer kernels, whose arithmetic is what a user gets: on an x86 CPU without VNNI they can
+    saturate where the unfused graph does not, see :mod:`bpedge.export.int8`); the TensorRT form
+    as written (Q/DQ simulated in float, like TensorRT's exact INT8 products)."""
+    if form == "tensorrt":
+        return lambda path, kind, x: OnnxModel(path, *IO_NAMES[kind], batch_size)(x)
+    from bpedge._onnxruntime import OrtModel
+
+    def run(path: Path, kind: str, x: np.ndarray) -> list[np.ndarray]:
+        model = OrtModel(path, kind, IO_NAMES[kind][1])
+        parts = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return [np.concatenate([p[j] for p in parts]) if parts else np.zeros((0,), np.float32)
+                for j in range(len(IO_NAMES[kind][1]))]
+
+    return run
 
 
 def _runtime_versions() -> dict[str, str]:
