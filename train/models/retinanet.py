@@ -196,19 +196,24 @@ class RetinaNetDetector(nn.Module):
 
     def candidates(self, images: Tensor, k: int, nms_iou: float = 0.3) -> list[tuple[Tensor, Tensor]]:
         """Per image, up to ``k`` boxes that non-maximum suppression (IoU > ``nms_iou``) keeps
-        among all anchors, best first: ``(scores (k',), boxes (k', 4))``, boxes decoded and
-        clipped to the input as :meth:`predict` clips them. For training only (the exported
-        detector keeps its one-box contract): the best box away from the BP is the place this
-        detector most easily mistakes for it."""
-        logits, deltas = self.head_outputs(images)
+        among all anchors, best anchor first: ``(scores (k',), boxes (k', 4))``, boxes decoded
+        and clipped to the input as :meth:`predict` clips them. The scores are the anchors'; with
+        a presence head every box carries the frame's score (the head's probability), as
+        :meth:`predict` gives it, since the head scores the frame, not a place in it. For
+        training only (the exported detector keeps its one-box contract): the best box away
+        from the BP is the place this detector most easily mistakes for it."""
+        logits, deltas, presence = self.all_head_outputs(images)
         out = []
-        for logit, delta in zip(logits[..., 0], deltas):
+        for i, (logit, delta) in enumerate(zip(logits[..., 0], deltas)):
             # Only the best anchors can survive NMS into the top k; decoding all would be waste.
             top = logit.topk(min(logit.shape[0], 50 * k)).indices
             boxes = self._clip(self.box_coder.decode_single(delta[top], self.anchors[top]))
             scores = torch.sigmoid(logit[top])
             keep = nms(boxes, scores, nms_iou)[:k]
-            out.append((scores[keep], boxes[keep]))
+            kept = scores[keep]
+            if presence is not None:
+                kept = torch.sigmoid(presence[i]).expand_as(kept).clone()
+            out.append((kept, boxes[keep]))
         return out
 
     def match(self, boxes: Tensor, present: Tensor | None = None) -> Tensor:

@@ -331,6 +331,29 @@ def test_the_presence_head_gives_the_score_and_the_best_anchor_still_gives_the_b
         assert "presence" not in plain.losses(image, torch.tensor([[60.0, 50.0, 124.0, 98.0]]))
 
 
+def test_with_a_presence_head_candidates_keep_the_anchor_order_and_carry_the_frame_score():
+    torch.manual_seed(0)
+    model = build_detector(WITH_PRESENCE).eval()
+    images = torch.cat([synthetic_frame(TINY.input_hw, (60.0, 50.0, 124.0, 98.0)),
+                        synthetic_frame(TINY.input_hw, (200.0, 120.0, 280.0, 180.0))])
+    with torch.no_grad():
+        found = model.candidates(images, 4)
+        scores, boxes = model(images)
+        presence = model.all_head_outputs(images)[2]
+        head = model.presence_head
+        model.presence_head = None  # the same weights' anchors alone
+        anchors_only = model.candidates(images, 4)
+        model.presence_head = head
+    assert presence is not None
+    for i, ((s, b), (s_anchor, b_anchor)) in enumerate(zip(found, anchors_only)):
+        assert len(s) == len(b) == len(s_anchor) >= 2
+        torch.testing.assert_close(b, b_anchor)  # the boxes and their order are the anchors'
+        torch.testing.assert_close(s, torch.sigmoid(presence[i]).expand_as(s))
+        torch.testing.assert_close(b[0], boxes[i])  # the first box is predict's, with its score
+        assert float(s[0]) == pytest.approx(float(scores[i]), abs=1e-7)
+        assert not torch.allclose(s_anchor, s)
+
+
 def test_with_a_presence_head_an_empty_frame_reaches_only_the_presence_loss():
     model = build_detector(WITH_PRESENCE).eval()
     box = (60.0, 50.0, 124.0, 98.0)
