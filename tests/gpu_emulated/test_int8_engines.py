@@ -79,7 +79,11 @@ def test_the_int8_cascade_matches_onnxruntime_on_the_same_file(machine, int8_eng
         for grey in small_frames:
             got, want = gpu.run(grey), cpu(grey)
             np.testing.assert_allclose(got.box, want.box, atol=1.0)
-            assert got.score == pytest.approx(want.score, abs=1e-4)
+            # The GPU preprocessing and OpenCV agree within float rounding, not bit for bit, and
+            # quantisation is a step function: on a detector of this recipe with a presence head
+            # (tiny preset), input noise of 1e-6 moved the INT8 score by up to 6.8e-4 (mean
+            # 3.3e-4) in ONNX Runtime itself, where the FP32 file moved by 1.2e-7.
+            assert got.score == pytest.approx(want.score, abs=2e-3)
             assert got.present == want.present
             if want.present:
                 assert dice(got.mask, want.mask) > 0.99
