@@ -147,3 +147,34 @@ def test_manifests_without_int8_read_and_write_as_before(tiny_bundle):
     assert all(not {"int8", "int8_symmetric"} & set(m["onnx"]) for m in obj["models"].values())
     again = Manifest.from_json(obj).to_json()
     assert all(not {"int8", "int8_symmetric"} & set(m["onnx"]) for m in again["models"].values())
+
+
+def test_the_cpu_form_has_7_bit_weights_and_is_gated_as_the_runtime_runs_it(int8_bundle,
+                                                                             phantom_dir):
+    import onnx
+    from bpedge.export.bundle_export import _int8_runner
+    from bpedge.export.parity import OnnxModel
+    from onnx import numpy_helper
+
+    from bpedge._onnxruntime import OrtModel
+
+    root = Path(int8_bundle.root)
+
+    def int8_weights(file: str) -> np.ndarray:
+        model = onnx.load(str(root / file))
+        return np.concatenate([numpy_helper.to_array(t).ravel() for t in model.graph.initializer
+                               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4])
+
+    # reduce_range: the CPU runtimes' form keeps weights in 7 bits (no U8S8 saturation on CPUs
+    # without VNNI); TensorRT's uses the full int8 range.
+    assert np.abs(int8_weights("segmenter.int8.onnx").astype(int)).max() <= 64
+    assert np.abs(int8_weights("segmenter.int8-symmetric.onnx").astype(int)).max() > 64
+    crops = np.random.default_rng(0).normal(0, 1, (5, 1, 96, 96)).astype(np.float32)
+    path = root / "segmenter.int8.onnx"
+    gated = _int8_runner("cpu", 2)(path, "segmenter", crops)[0]
+    runtime = OrtModel(path, "segmenter", ["prob"])(crops)[0]
+    np.testing.assert_array_equal(gated, runtime)
+    symmetric = root / "segmenter.int8-symmetric.onnx"
+    as_written = OnnxModel(symmetric, "crop", ["prob"], 2)(crops)[0]
+    np.testing.assert_array_equal(_int8_runner("tensorrt", 2)(symmetric, "segmenter", crops)[0],
+                                  as_written)
