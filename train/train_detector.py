@@ -25,6 +25,7 @@ from bpedge.train._run_setup import (
     run_training,
     say,
 )
+from bpedge.train.augment import BModeAugment
 from bpedge.train.checkpoint import ModelPayload
 from bpedge.train.datasets import (
     DetectorDataset,
@@ -153,6 +154,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
     opts.check()
     cfg = resolve_detector_config(opts)
     config = detector_run_config(opts, cfg)
+    # Built here so that a bad range is refused before the run folder is made.
+    augment = BModeAugment(gain_scale=cfg.gain_scale) if cfg.augment else None
 
     def make_trainee(start: TrainingStart) -> DetectorTrainee:
         ctx, data, resume_from = start.ctx, start.data, start.resume_from
@@ -169,11 +172,8 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
             norm = fit_normalization(
                 store, train_idx, [full_frame_box(store.hw(i)) for i in train_idx], cfg.input_hw
             )
-        from bpedge.train.augment import BModeAugment
-
         train_set = DetectorDataset(store, train_idx, cfg.input_hw, norm, hflip=cfg.hflip,
-                                    augment=BModeAugment(gain_scale=cfg.gain_scale)
-                                    if cfg.augment else None,
+                                    augment=augment,
                                     seed=cfg.seed, empties=empty_idx,
                                     empties_per_epoch=round(cfg.empty_fraction * len(train_idx)),
                                     pastes_per_epoch=round(cfg.paste_fraction * len(train_idx))

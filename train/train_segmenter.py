@@ -39,6 +39,7 @@ from bpedge.train._run_setup import (
     run_training,
     say,
 )
+from bpedge.train.augment import BModeAugment
 from bpedge.train.checkpoint import ModelPayload
 from bpedge.train.datasets import (
     FrameStore,
@@ -241,6 +242,8 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
     cfg = resolve_segmenter_config(opts)
     detector = resolve_checkpoint(opts.detector).resolve() if opts.detector else None
     config = segmenter_run_config(opts, cfg, detector)
+    # Built here so that a bad range is refused before the run folder is made.
+    augment = BModeAugment(gain_scale=cfg.gain_scale) if cfg.augment else None
 
     def make_trainee(start: TrainingStart) -> SegmenterTrainee:
         ctx, data, resume_from = start.ctx, start.data, start.resume_from
@@ -279,12 +282,10 @@ def train_segmenter(opts: SegmenterOptions) -> TrainResult:
         decoy_idx = [i for i in train_idx + empty_idx if decoys[i] is not None]
         decoy_boxes = [crop_box("detector", store.hw(i), cfg.crop_margin, detected=decoys[i])
                        for i in decoy_idx]
-        from bpedge.train.augment import BModeAugment
-
         train_set = SegmenterDataset(
             store, train_idx + decoy_idx, [boxes[i] for i in train_idx] + decoy_boxes,
             cfg.crop_hw, norm, hflip=cfg.hflip, jitter=jitter, seed=cfg.seed,
-            augment=BModeAugment(gain_scale=cfg.gain_scale) if cfg.augment else None)
+            augment=augment)
         val_set = SegmenterDataset(store, val_idx, [boxes[i] for i in val_idx], cfg.crop_hw, norm)
 
         model = build_segmenter(cfg).to(ctx.device)

@@ -149,8 +149,7 @@ def test_manifests_without_int8_read_and_write_as_before(tiny_bundle):
     assert all(not {"int8", "int8_symmetric"} & set(m["onnx"]) for m in again["models"].values())
 
 
-def test_the_cpu_form_has_7_bit_weights_and_is_gated_as_the_runtime_runs_it(int8_bundle,
-                                                                             phantom_dir):
+def test_the_cpu_form_has_7_bit_weights_and_is_gated_as_the_runtime_runs_it(int8_bundle):
     import onnx
     from bpedge.export.bundle_export import _int8_runner
     from bpedge.export.parity import OnnxModel

@@ -307,6 +307,7 @@ def test_a_per_image_detector_exports_and_runs_blind_to_the_scanner_gain(
 @pytest.mark.parametrize("fields, words", [
     ({"normalization": "minmax"}, "normalization must be one of"),
     ({"presence_head": True, "empty_fraction": 0.0}, "presence_head learns from empty frames"),
+    ({"gain_scale": -0.1}, "gain_scale must be >= 0"),
 ])
 def test_detector_options_that_cannot_train_are_refused_before_anything_is_written(
         fields: dict, words: str, phantom_dir: Path, tmp_path: Path,
@@ -319,4 +320,17 @@ def test_detector_options_that_cannot_train_are_refused_before_anything_is_writt
     with pytest.raises(ValueError, match=words):
         train_detector(DetectorOptions(data=phantom_dir, out=tmp_path / "run", preset="tiny+bad",
                                        epochs=1, progress=False))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_segmenter_augmentation_range_that_cannot_train_is_refused_before_anything_is_written(
+        phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpedge.train import presets
+
+    tiny = presets.get_preset("tiny")
+    monkeypatch.setitem(presets.PRESETS, "tiny+bad", dataclasses.replace(
+        tiny, name="tiny+bad", unet=dataclasses.replace(tiny.unet, augment=True, gain_scale=-0.1)))
+    with pytest.raises(ValueError, match="gain_scale must be >= 0"):
+        train_segmenter(SegmenterOptions(data=phantom_dir, out=tmp_path / "run", preset="tiny+bad",
+                                         arch="unet", crop="gt", epochs=1, progress=False))
     assert not (tmp_path / "run").exists()
