@@ -7,7 +7,9 @@ one), keep the BP-positive frames (what the method trains and tests on), optiona
 random ``--limit`` of them, then split once with the seed and save RUN/split.json. The empty
 frames of subjects that are wholly in train are kept aside (``PreparedData.train_empty``) for a
 detector that learns what "no BP" looks like; a subject with a frame in validation or test gives
-none, so no empty frame of a held-out subject is ever trained on. A resumed run
+none, so no empty frame of a held-out subject is ever trained on. The empty frames of subjects
+that are wholly in validation (``PreparedData.val_empty``) let the detector's checkpoint be
+chosen on its presence call too. A resumed run
 takes the split stored in its checkpoint instead (and rewrites RUN/split.json from it), after
 checking that the data fingerprint is the one the checkpoint recorded.
 """
@@ -143,7 +145,8 @@ def data_section(opts: RunOptions) -> dict[str, Any]:
 @dataclass(frozen=True)
 class PreparedData:
     """The scanned index, the split, and the frames of each part (BP-positive only), plus the
-    empty frames of train-only subjects (``train_empty``, in (subject, frame) order)."""
+    empty frames of train-only subjects (``train_empty``) and of validation-only subjects
+    (``val_empty``), each in (subject, frame) order."""
 
     index: DatasetIndex
     split: Split
@@ -151,6 +154,7 @@ class PreparedData:
     val: tuple[Frame, ...]
     test: tuple[Frame, ...]
     train_empty: tuple[Frame, ...] = ()
+    val_empty: tuple[Frame, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -211,12 +215,18 @@ def prepare_data(
     train = tuple(by_key[k] for k in split.train)
     val = tuple(by_key[k] for k in split.val)
     test = tuple(by_key[k] for k in split.test)
-    held_out = {f.subject for f in (*val, *test)}
-    train_only = {f.subject for f in train} - held_out
-    train_empty = tuple(sorted((f for f in frames if not f.present and f.subject in train_only),
-                               key=lambda f: (f.subject, f.frame)))
+    subjects = {part: {f.subject for f in frames_of} for part, frames_of in
+                (("train", train), ("val", val), ("test", test))}
+    train_only = subjects["train"] - subjects["val"] - subjects["test"]
+    val_only = subjects["val"] - subjects["train"] - subjects["test"]
+
+    def empty_frames_of(kept: set[str]) -> tuple[Frame, ...]:
+        return tuple(sorted((f for f in frames if not f.present and f.subject in kept),
+                            key=lambda f: (f.subject, f.frame)))
+
     return PreparedData(index=index, split=split, train=train, val=val, test=test,
-                        train_empty=train_empty)
+                        train_empty=empty_frames_of(train_only),
+                        val_empty=empty_frames_of(val_only))
 
 
 def _split_from(payload: dict[str, Any]) -> Split:

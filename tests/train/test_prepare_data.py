@@ -1,4 +1,5 @@
-"""prepare_data: the empty frames a detector may train on come from train-only subjects."""
+"""prepare_data: the empty frames a detector may train on come from train-only subjects, those
+it may be validated on from validation-only subjects."""
 
 from __future__ import annotations
 
@@ -36,3 +37,26 @@ def test_a_random_split_gives_no_empty_frame_of_a_subject_also_held_out(
     data = prepare_data(RunOptions(data=phantom_dir, out=tmp_path, split="random"), 0, CTX, None)
     held_out = {f.subject for f in (*data.val, *data.test)}
     assert not {f.subject for f in data.train_empty} & held_out
+
+
+@pytest.mark.parametrize("split", [{"split": "subject"}, {"folds": 2, "fold": 1}])
+def test_val_empty_frames_are_those_of_validation_only_subjects(
+    phantom_dir: Path, tmp_path: Path, split: dict
+) -> None:
+    data = prepare_data(RunOptions(data=phantom_dir, out=tmp_path, **split), 0, CTX, None)
+    val_subjects = {f.subject for f in data.val}
+    elsewhere = {f.subject for f in (*data.train, *data.test)}
+    all_empty = [f for f in scan_dataset(phantom_dir).frames if not f.present]
+    expected = sorted(f.key for f in all_empty if f.subject in val_subjects - elsewhere)
+    assert expected, "the test phantom needs empty frames in validation subjects"
+    assert sorted(f.key for f in data.val_empty) == expected
+    assert not {f.subject for f in data.val_empty} & elsewhere
+    assert not {f.key for f in data.val_empty} & {f.key for f in data.train_empty}
+
+
+def test_a_random_split_validates_on_no_empty_frame_of_a_subject_also_trained_on(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    data = prepare_data(RunOptions(data=phantom_dir, out=tmp_path, split="random"), 0, CTX, None)
+    elsewhere = {f.subject for f in (*data.train, *data.test)}
+    assert not {f.subject for f in data.val_empty} & elsewhere
