@@ -61,6 +61,12 @@ class DetectorConfig:
     # exported score (the box stays the best anchor's); it learns from the empty frames drawn
     # by empty_fraction (which must then be > 0), and they no longer reach the focal loss.
     presence_head: bool = False
+    # What the kept checkpoint (best.pt) and the study's gamma are chosen on: "miou" (the top
+    # box's IoU over the validation BP frames, as published) or, with presence_head,
+    # "miou_presence" (train/train_detector.py VALIDATION_METRICS: the box and the presence
+    # call on validation BP frames and on the empty frames of validation-only subjects, each
+    # half of the metric), so an epoch whose head has not yet learnt "no BP" is not kept.
+    select_on: str = "miou"
     # How the resized frame is z-scored: "dataset" (the training split's mean and std, fixed) or
     # "per_image" (each frame's own mean and std), which makes the detector blind to the
     # scanner's overall gain and offset (a linear change of grey levels), as the GPU kernel and

@@ -47,6 +47,12 @@ if TYPE_CHECKING:
 __all__ = ["DetectorOptions", "DetectorTrainee", "resolve_detector_config", "train_detector"]
 
 METRIC = "val_miou"
+# DetectorConfig.select_on -> the validation metric's name (metrics.json, checkpoints, reports).
+# "miou_presence": half the mean over validation BP frames of IoU(top box, truth) x p, half the
+# mean over empty validation frames of 1 - p (all of it the first mean when validation has no
+# empty frame), p the exported score (the presence head's probability). A head stuck near the prior scores about as low as no box, so the checkpoint
+# kept is one that both finds the BP and says when it is absent.
+VALIDATION_METRICS = {"miou": METRIC, "miou_presence": "val_miou_presence"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,12 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
     if cfg.presence_head and cfg.empty_fraction == 0:
         raise ValueError("presence_head learns from empty frames: set empty_fraction > 0 (empty "
                          "frames per BP frame drawn each epoch)")
+    if cfg.select_on not in VALIDATION_METRICS:
+        raise ValueError(f"select_on must be one of {sorted(VALIDATION_METRICS)}, got "
+                         f"{cfg.select_on!r}")
+    if cfg.select_on == "miou_presence" and not cfg.presence_head:
+        raise ValueError("select_on 'miou_presence' weighs the presence head's call: set "
+                         "presence_head")
     return cfg
 
 
@@ -127,8 +139,6 @@ class _DetectorLoss(nn.Module):
 class DetectorTrainee(HeldParts):
     """The detector as the epoch loop sees it (see :class:`bpedge.train._loop.Trainee`)."""
 
-    metric_name = METRIC
-
     def __init__(
         self,
         model: RetinaNetDetector,
@@ -136,17 +146,34 @@ class DetectorTrainee(HeldParts):
         train_set: DetectorDataset,
         val_set: DetectorDataset,
         payload: dict[str, Any],
+        select_on: str = "miou",
     ) -> None:
         super().__init__(model, _DetectorLoss(model), optimizer, train_set, val_set, payload)
+        self.metric_name = VALIDATION_METRICS[select_on]
+        self._presence_metric = select_on == "miou_presence"
+        # Each kind of frame is half of the metric, whatever their numbers: the loop averages
+        # per-frame sums over all frames, so each frame is weighted by (n / 2) / its kind's n.
+        n_bp, n_empty = len(val_set.indices), val_set._n_empty
+        halves = 2 if n_bp and n_empty else 1
+        self._weight = {True: (n_bp + n_empty) / (halves * n_bp) if n_bp else 0.0,
+                        False: (n_bp + n_empty) / (halves * n_empty) if n_empty else 0.0}
 
     def evaluate_batch(self, batch: list[torch.Tensor]) -> tuple[float, float, int]:
-        images, boxes, _ = batch  # validation holds BP frames only: mIoU is over them
-        losses = self.model.losses(images, boxes)  # eval mode: BatchNorm uses running stats
+        images, boxes, present = batch  # validation's empty frames only with miou_presence
+        # eval mode: BatchNorm uses running stats
+        losses = self.model.losses(images, boxes, present if self._presence_metric else None)
         n = int(images.shape[0])
         loss = float(_total(losses)) * n
-        _, predicted = self.model(images)
-        ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
-        return loss, float(sum(ious)), n
+        scores, predicted = self.model(images)
+        if not self._presence_metric:
+            ious = [box_iou(p, t) for p, t in zip(predicted.cpu().tolist(), boxes.cpu().tolist())]
+            return loss, float(sum(ious)), n
+        quality = 0.0
+        for p, box, truth, bp in zip(scores.cpu().tolist(), predicted.cpu().tolist(),
+                                     boxes.cpu().tolist(), present.cpu().tolist()):
+            found = box_iou(box, truth) * p if bp else 1.0 - p
+            quality += self._weight[bool(bp)] * found
+        return loss, quality, n
 
 
 def train_detector(opts: DetectorOptions) -> TrainResult:
@@ -160,10 +187,13 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
     def make_trainee(start: TrainingStart) -> DetectorTrainee:
         ctx, data, resume_from = start.ctx, start.data, start.resume_from
         empties = data.train_empty if cfg.empty_fraction > 0 or cfg.paste_fraction > 0 else ()
-        store = FrameStore(data.train + data.val + empties, progress=opts.progress and ctx.is_main)
+        val_empties = data.val_empty if cfg.select_on == "miou_presence" else ()
+        store = FrameStore(data.train + data.val + empties + val_empties,
+                           progress=opts.progress and ctx.is_main)
         train_idx = list(range(len(data.train)))
         val_idx = list(range(len(data.train), len(data.train) + len(data.val)))
-        empty_idx = list(range(len(data.train) + len(data.val), len(store)))
+        empty_idx = list(range(len(data.train) + len(data.val),
+                               len(data.train) + len(data.val) + len(empties)))
         if resume_from is not None:
             norm = Normalization(**resume_from["normalization"])
         elif cfg.normalization == "per_image":
@@ -178,7 +208,9 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
                                     empties_per_epoch=round(cfg.empty_fraction * len(train_idx)),
                                     pastes_per_epoch=round(cfg.paste_fraction * len(train_idx))
                                     if empty_idx else 0)
-        val_set = DetectorDataset(store, val_idx, cfg.input_hw, norm)
+        val_empty_idx = list(range(len(store) - len(val_empties), len(store)))
+        val_set = DetectorDataset(store, val_idx, cfg.input_hw, norm, empties=val_empty_idx,
+                                  empties_per_epoch=len(val_empty_idx))
 
         model = build_detector_for(cfg, opts.weights).to(ctx.device)
         optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
@@ -194,11 +226,14 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test BP frames "
             f"({data.split.mode} split, seed {cfg.seed}), {train_set._n_empty} of "
             f"{len(empty_idx)} train empty frames and {train_set._n_paste} copy-paste samples "
-            f"per epoch; z-score {zscore}; {ctx.world_size} process(es) on {ctx.device}")
-        return DetectorTrainee(model, optimizer, train_set, val_set, payload.to_dict())
+            f"per epoch; {len(val_empty_idx)} val empty frames; z-score {zscore}; "
+            f"{ctx.world_size} process(es) on {ctx.device}")
+        return DetectorTrainee(model, optimizer, train_set, val_set, payload.to_dict(),
+                               select_on=cfg.select_on)
 
     return run_training(opts, config, seed=cfg.seed, epochs=cfg.epochs,
-                        batch_size=cfg.batch_size, label="detector", metric_name=METRIC,
+                        batch_size=cfg.batch_size, label="detector",
+                        metric_name=VALIDATION_METRICS[cfg.select_on],
                         make_trainee=make_trainee, ema_decay=cfg.ema_decay,
                         defaults={"model": field_defaults(DetectorConfig)})
 

@@ -304,10 +304,77 @@ def test_a_per_image_detector_exports_and_runs_blind_to_the_scanner_gain(
     assert abs(got_dimmer.score - got.score) < 0.02
 
 
+def test_a_detector_chosen_on_its_presence_call_validates_on_validation_only_empty_frames(
+        presence_preset: str, phantom_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bpedge.train import presets
+    from bpedge.train._run_setup import RunOptions, prepare_data
+    from bpedge.train.distributed import DistContext
+
+    preset = presets.get_preset(presence_preset)
+    monkeypatch.setitem(presets.PRESETS, presence_preset, dataclasses.replace(
+        preset, detector=dataclasses.replace(preset.detector, select_on="miou_presence")))
+    out = tmp_path / "run"
+    result = train_detector(DetectorOptions(data=phantom_dir, out=out, preset=presence_preset,
+                                            epochs=2, batch_size=4, progress=False))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert result.metric_name == metrics["metric_name"] == "val_miou_presence"
+    assert load_checkpoint(out / "best.pt")["metric_name"] == "val_miou_presence"
+    # What the run validated on: every empty frame of its validation-only subjects.
+    ctx = DistContext(0, 1, 0, torch.device("cpu"), initialized=False)
+    data = prepare_data(RunOptions(data=phantom_dir, out=tmp_path / "again"), 0, ctx, None)
+    assert list(data.split.val) == json.loads((out / "split.json").read_text())["val"]
+    assert data.val_empty, "the test phantom needs empty frames of validation-only subjects"
+    assert f"; {len(data.val_empty)} val empty frames;" in capsys.readouterr().out
+
+
+class _FixedDetector:
+    """Stands in for the detector in ``evaluate_batch``: fixed scores and boxes, no losses."""
+
+    def __init__(self, scores: list[float], boxes: list[list[float]]) -> None:
+        self.scores, self.boxes = torch.tensor(scores), torch.tensor(boxes)
+
+    def losses(self, images: torch.Tensor, boxes: torch.Tensor,
+               present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        self.present = present
+        return {"focal": torch.tensor(0.0)}
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scores, self.boxes
+
+
+class _ValSet:
+    def __init__(self, n_bp: int, n_empty: int) -> None:
+        self.indices, self._n_empty = list(range(n_bp)), n_empty
+
+
+def test_the_presence_metric_weighs_the_box_and_the_call_on_bp_and_empty_frames_by_halves() -> None:
+    from bpedge.train.train_detector import DetectorTrainee
+
+    truth = [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]
+    boxes = [[0.0, 0.0, 10.0, 5.0], [0.0, 0.0, 10.0, 10.0], [3.0, 3.0, 6.0, 6.0]]
+    scores = [0.8, 0.6, 0.3]  # two BP frames (IoU 0.5 and 1), one empty frame
+    batch = [torch.zeros(3, 1, 8, 8), torch.tensor(truth), torch.tensor([1.0, 1.0, 0.0])]
+    trainee = DetectorTrainee(_FixedDetector(scores, boxes), None, None, _ValSet(2, 1), {},
+                              select_on="miou_presence")
+    _, total, n = trainee.evaluate_batch(batch)
+    assert trainee.metric_name == "val_miou_presence"
+    # The loop divides the batch sums by the frame count.
+    assert total / n == pytest.approx(0.5 * (0.5 * 0.8 + 1.0 * 0.6) / 2 + 0.5 * (1 - 0.3))
+    assert trainee.model.present is batch[2]  # the empty frame's presence loss is validated too
+    # Chosen on mIoU: the box alone, over BP frames (validation then holds no empty frame).
+    plain = DetectorTrainee(_FixedDetector(scores[:2], boxes[:2]), None, None, _ValSet(2, 0), {})
+    _, total, n = plain.evaluate_batch([batch[0][:2], batch[1][:2], batch[2][:2]])
+    assert (plain.metric_name, total / n) == ("val_miou", pytest.approx(0.75))
+    assert plain.model.present is None
+
+
 @pytest.mark.parametrize("fields, words", [
     ({"normalization": "minmax"}, "normalization must be one of"),
     ({"presence_head": True, "empty_fraction": 0.0}, "presence_head learns from empty frames"),
     ({"gain_scale": -0.1}, "gain_scale must be >= 0"),
+    ({"select_on": "dice"}, "select_on must be one of"),
+    ({"presence_head": False, "select_on": "miou_presence"}, "weighs the presence head"),
 ])
 def test_detector_options_that_cannot_train_are_refused_before_anything_is_written(
         fields: dict, words: str, phantom_dir: Path, tmp_path: Path,

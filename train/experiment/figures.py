@@ -1,6 +1,6 @@
 """The study's figures (PNG, matplotlib's Agg renderer, no pyplot state), from the study files.
 
-- Fig. 3: detector validation loss (and validation mIoU, which picks gamma) per focal-loss gamma;
+- Fig. 3: detector validation loss (and the validation metric, which picks gamma) per focal-loss gamma;
 - Fig. 5: segmenter train and validation loss per epoch, one panel per segmenter and condition;
 - Fig. 6: test images with the ground-truth outline and each segmenter's outline per condition;
 - Fig. 7: box plots of the full-frame Dice per condition and segmenter;
@@ -124,9 +124,9 @@ def _fig3(layout: StudyLayout, summary: dict[str, Any]) -> None:
             axes[1, col].plot(ep, [r["val_metric"] for r in rows], marker="o", ms=3, lw=width,
                               label=label)
         axes[0, col].set_title(f"{mode} split: validation loss")
-        axes[0, col].set_ylabel("focal + box loss")
-        axes[1, col].set_title(f"{mode} split: validation mIoU (chooses gamma)")
-        axes[1, col].set_ylabel("mean IoU")
+        axes[0, col].set_ylabel("detector loss")
+        axes[1, col].set_title(f"{mode} split: validation metric (chooses gamma)")
+        axes[1, col].set_ylabel("mIoU (x presence)")
         axes[1, col].set_ylim(0, 1)
         for ax in axes[:, col]:
             _integer_epochs(ax)

@@ -28,6 +28,7 @@ from bpedge.train.experiment._document import (
 from bpedge.train.experiment.figures import CONDITION_LABELS
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.report_crossval import crossval_blocks
+from bpedge.train.experiment.tables import DETECTOR_METRIC_LABELS
 
 from bpedge._atomic import atomic_write_text
 
@@ -35,6 +36,9 @@ __all__ = ["build_report", "fmt", "write_report"]
 
 _ARCH = {"unet": "U-Net", "mnet": "M-Net"}
 _MODEL_NAMES = {"detector": "RetinaNet", **_ARCH}
+_PRESENCE_METRIC = ("mIoU x presence (the detector's validation metric): half the mean over "
+                    "validation BP frames of IoU x the \"BP present\" score, half the mean over "
+                    "the empty frames of validation-only subjects of 1 - the score. ")
 TITLE = "bpedge study: two-stage brachial plexus segmentation"
 
 
@@ -88,9 +92,12 @@ def _setup(study: dict[str, Any], data: dict[str, Any], summary: dict[str, Any],
         Table(("split mode", "train (BP)", "validation (BP)", "test (BP)", "test (empty)"),
               tuple((m, str(s["train"]), str(s["val"]), str(s["test"]), str(s["test_empty"]))
                     for m, s in summary["split_sizes"].items())),
-        Paragraph("Models train and validate on BP-positive frames only, as the method did. "
-                  "Empty test frames (never trained on; in a subject split, from the test "
-                  "subjects) serve only the Kaggle-style figures."),
+        Paragraph("The segmenters train and validate on BP-positive frames only, as the method "
+                  "did; the detector also on empty frames where its preset says so (training: "
+                  "those of train-only subjects, `empty_fraction`; validation: those of "
+                  "validation-only subjects, `select_on`). Empty test frames (never trained on; "
+                  "in a subject split, from the test subjects) serve the \"BP present\" call "
+                  "and the Kaggle-style figures."),
     ]
     return blocks
 
@@ -98,9 +105,10 @@ def _setup(study: dict[str, Any], data: dict[str, Any], summary: dict[str, Any],
 def _detection(summary: dict[str, Any]) -> list[Block]:
     modes, det = summary["modes"], summary["detection"]
     pub = summary["published"]["miou"]
+    label = {m: DETECTOR_METRIC_LABELS[det[m]["metric"]] for m in modes}
     headers = ["gamma"]
     for m in modes:
-        headers += [f"{m}: val mIoU", f"{m}: test mIoU"]
+        headers += [f"{m}: val {label[m]}", f"{m}: test mIoU"]
     headers.append("published test mIoU")
     rows = []
     for k, g in enumerate(summary["gammas"]):
@@ -108,18 +116,20 @@ def _detection(summary: dict[str, Any]) -> list[Block]:
         for m in modes:
             r = det[m]["rows"][k]
             mark = " (chosen)" if g == det[m]["chosen_gamma"] else ""
-            row += [fmt(r["val_miou"]) + mark, fmt(r["test_miou"])]
+            row += [fmt(r["val_metric"]) + mark, fmt(r["test_miou"])]
         row.append(fmt(pub.get(gamma_label(g))))
         rows.append(tuple(row))
     chosen = "; ".join(f"{m}: gamma {gamma_label(det[m]['chosen_gamma'])}" for m in modes)
     return [
         Heading(2, "Detection: RetinaNet by focal-loss gamma (Table 2)"),
         Paragraph("mIoU: mean IoU of the top box with the ground-truth box over BP-positive "
-                  "frames. The gamma used downstream is chosen on validation mIoU, never on test: "
-                  f"{chosen}."),
+                  "frames. " + _PRESENCE_METRIC * any(det[m]["metric"] == "val_miou_presence"
+                                                      for m in modes)
+                  + "The kept epoch and the gamma used downstream are chosen on the validation "
+                  f"metric, never on test: {chosen}."),
         Table(tuple(headers), tuple(rows)),
         Image("figures/fig3_detector_val_loss.png",
-              "Fig. 3: validation loss and validation mIoU per epoch for each gamma"),
+              "Fig. 3: validation loss and validation metric per epoch for each gamma"),
     ]
 
 

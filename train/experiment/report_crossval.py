@@ -44,7 +44,7 @@ def _headline(cv: dict[str, Any], archs: list[str], conds: list[str]) -> list[Bl
             row.append(str(e["hd95_undefined"]))
             rows.append(tuple(row))
     return [
-        Paragraph(f"Detector (chosen gamma per fold on validation mIoU): test mIoU "
+        Paragraph(f"Detector (chosen gamma per fold on the validation metric): test mIoU "
                   f"{with_ci(cv['detector_miou'])} over {cv['detector_miou']['n']} BP-positive "
                   f"test frames of {cv['detector_miou']['groups']} subjects."),
         Table(tuple(headers), tuple(rows)),

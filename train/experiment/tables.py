@@ -3,8 +3,9 @@
 Everything the report prints comes from here (plus RUN/data.json, RUN/study.json and the step
 log), so the report can be checked against the files it was made from.
 
-- detection (Table 2): per gamma, the validation mIoU of the kept checkpoint (what chooses the
-  gamma) and the test mIoU;
+- detection (Table 2): per gamma, the validation metric of the kept checkpoint (what chooses the
+  gamma: mIoU, or mIoU with the presence call, :data:`DETECTOR_METRIC_LABELS`) and the test
+  mIoU;
 - segmentation (Table 3 and Fig. 7): per split mode, segmenter and condition, statistics of the
   full-frame Dice and of the in-box crop Dice over BP-positive test frames;
 - Dice vs detector IoU: the detector-crop Dice (and, on the same images, the ground-truth-crop
@@ -60,19 +61,39 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+# The detector trainer's validation metrics (train_detector.VALIDATION_METRICS) as tables say them.
+DETECTOR_METRIC_LABELS = {"val_miou": "mIoU", "val_miou_presence": "mIoU x presence"}
+
+
+def _detector_metric(metrics: dict[str, Any]) -> str:
+    """A detector run's validation metric name (runs from before it was recorded: mIoU)."""
+    name = str(metrics.get("metric_name", "val_miou"))
+    if name not in DETECTOR_METRIC_LABELS:
+        raise ValueError(f"a detector run validated on {name!r}, which the study does not know")
+    return name
+
+
 def choose_gamma(layout: StudyLayout, mode: str, gammas: Sequence[float]) -> dict[str, Any]:
-    """Pick the gamma whose kept checkpoint has the highest VALIDATION mIoU (ties: the first in
-    ``gammas``); the test set plays no part. Writes RUN/{mode}/eval/gamma_choice.json."""
-    val = {}
+    """Pick the gamma whose kept checkpoint has the highest VALIDATION metric (mIoU, or mIoU
+    with the presence call; ties: the first in ``gammas``); the test set plays no part. Writes
+    RUN/{mode}/eval/gamma_choice.json."""
+    val, names = {}, set()
     for g in gammas:
         metrics = _read(layout.detector_run(mode, g) / "metrics.json")
         if metrics.get("best_val_metric") is None:
             raise ValueError(f"detector run for gamma {g:g} ({mode}) has no finished epoch")
         val[gamma_label(g)] = float(metrics["best_val_metric"])
+        names.add(_detector_metric(metrics))
+    if len(names) > 1:
+        raise ValueError(f"the detector runs ({mode}) validated on different metrics "
+                         f"{sorted(names)}: their values cannot choose between them")
+    (metric,) = names
     chosen = max(gammas, key=lambda g: (val[gamma_label(g)], -list(gammas).index(g)))
     result = {
-        "rule": "highest validation mIoU of the kept (best) checkpoint; test data not used",
-        "val_miou": val,
+        "rule": f"highest validation {DETECTOR_METRIC_LABELS[metric]} of the kept (best) "
+                "checkpoint; test data not used",
+        "metric": metric,
+        "val_metric": val,
         "chosen_gamma": float(chosen),
         "checkpoint": str(layout.detector_run(mode, chosen) / "best.pt"),
     }
@@ -88,13 +109,14 @@ def _detection(layout: StudyLayout, mode: str, gammas: Sequence[float]) -> dict[
         ev = _read(layout.detector_eval(mode, g))
         rows.append({
             "gamma": float(g),
-            "val_miou": float(metrics["best_val_metric"]),
+            "val_metric": float(metrics["best_val_metric"]),
             "best_epoch": int(metrics["best_epoch"]),
             "epochs": len(metrics["epochs"]),
             "test_miou": ev["miou"],
             "test_n": ev["n"],
         })
-    return {"rows": rows, "chosen_gamma": float(choice["chosen_gamma"]), "rule": choice["rule"]}
+    return {"rows": rows, "chosen_gamma": float(choice["chosen_gamma"]), "rule": choice["rule"],
+            "metric": choice.get("metric", "val_miou")}
 
 
 def _segmentation(layout: StudyLayout, mode: str, archs: Sequence[str],

@@ -153,11 +153,13 @@ def test_detector_condition_needs_the_detector_evaluation(frames, tmp_path: Path
                            detector_eval={"images": []}, score_threshold=0.5)
 
 
-def _fake_detector_run(layout: StudyLayout, gamma: float, val: float) -> None:
+def _fake_detector_run(layout: StudyLayout, gamma: float, val: float,
+                       metric: str | None = None) -> None:
     run = layout.detector_run("random", gamma)
     run.mkdir(parents=True)
+    named = {} if metric is None else {"metric_name": metric}
     (run / "metrics.json").write_text(json.dumps({"best_val_metric": val, "best_epoch": 1,
-                                                  "epochs": [{"epoch": 1}]}))
+                                                  "epochs": [{"epoch": 1}], **named}))
 
 
 def test_gamma_is_chosen_on_validation_with_ties_to_the_first(tmp_path: Path) -> None:
@@ -166,9 +168,23 @@ def test_gamma_is_chosen_on_validation_with_ties_to_the_first(tmp_path: Path) ->
         _fake_detector_run(layout, g, v)
     choice = choose_gamma(layout, "random", (1.0, 2.0, 3.0, 5.0))
     assert choice["chosen_gamma"] == 2.0
-    assert choice["val_miou"] == {"1": 0.4, "2": 0.7, "3": 0.7, "5": 0.1}
+    assert choice["val_metric"] == {"1": 0.4, "2": 0.7, "3": 0.7, "5": 0.1}
+    assert choice["metric"] == "val_miou"  # runs that did not record it validated on mIoU
     assert json.loads(layout.gamma_choice("random").read_text()) == choice
     assert choose_gamma(layout, "random", (3.0, 2.0))["chosen_gamma"] == 3.0
+
+
+def test_gamma_chosen_on_the_presence_metric_says_so_and_metrics_are_not_mixed(
+        tmp_path: Path) -> None:
+    layout = StudyLayout(tmp_path)
+    _fake_detector_run(layout, 1.0, 0.4, "val_miou_presence")
+    _fake_detector_run(layout, 2.0, 0.6, "val_miou_presence")
+    _fake_detector_run(layout, 3.0, 0.9, "val_miou")
+    choice = choose_gamma(layout, "random", (1.0, 2.0))
+    assert (choice["chosen_gamma"], choice["metric"]) == (2.0, "val_miou_presence")
+    assert "mIoU x presence" in choice["rule"]
+    with pytest.raises(ValueError, match="different metrics"):
+        choose_gamma(layout, "random", (1.0, 3.0))
 
 
 def test_describe_by_hand() -> None:
@@ -178,3 +194,10 @@ def test_describe_by_hand() -> None:
     assert (s["q1"], s["q3"], s["min"], s["max"]) == (0.75, 2.25, 0.0, 3.0)
     assert describe([0.5])["sd"] == 0.0
     assert describe([])["mean"] is None and describe([])["n"] == 0
+
+
+def test_the_study_can_label_every_metric_a_detector_validates_on() -> None:
+    from bpedge.train.experiment.tables import DETECTOR_METRIC_LABELS
+    from bpedge.train.train_detector import VALIDATION_METRICS
+
+    assert set(VALIDATION_METRICS.values()) == set(DETECTOR_METRIC_LABELS)

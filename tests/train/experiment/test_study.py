@@ -106,7 +106,7 @@ def test_summary_is_the_per_image_metrics(study: StudyLayout) -> None:
         ev = _read(study.detector_eval("random", g))
         ious = [r["iou"] for r in ev["images"] if r["present"]]
         assert row["test_miou"] == pytest.approx(np.mean(ious))
-        assert row["val_miou"] == _read(study.detector_run("random", g) /
+        assert row["val_metric"] == _read(study.detector_run("random", g) /
                                         "metrics.json")["best_val_metric"]
     split = _read(study.split_json("random"))
     assert summary["split_sizes"]["random"]["test"] == len(split["test"])
@@ -135,7 +135,7 @@ def test_report_numbers_equal_the_metrics_files(study: StudyLayout) -> None:
     assert [r["gamma"] for r in table2] == ["1", "2"]
     for r, s in zip(table2, summary["detection"]["random"]["rows"]):
         assert r["random: test mIoU"] == fmt(s["test_miou"])
-        assert r["random: val mIoU"].split()[0] == fmt(s["val_miou"])
+        assert r["random: val mIoU"].split()[0] == fmt(s["val_metric"])
         assert r["published test mIoU"] == fmt(summary["published"]["miou"][f"{s['gamma']:g}"])
     chosen = [r["gamma"] for r in table2 if "(chosen)" in r["random: val mIoU"]]
     assert chosen == [f"{summary['detection']['random']['chosen_gamma']:g}"]
