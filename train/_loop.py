@@ -159,6 +159,22 @@ class LoopSettings:
     on_epoch: Callable[[dict[str, Any]], None] | None = None
     # > 0: validate and save an exponential moving average of the weights (WeightAverage).
     ema_decay: float = 0.0
+    # "constant": the optimizer's learning rate throughout; "cosine": epoch e of E trains at
+    # lr * (1 + cos(pi * (e - 1) / E)) / 2 (lr_factor), from the full rate down to near 0, so
+    # the last epochs settle instead of bouncing between minima at the full rate.
+    lr_schedule: str = "constant"
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of 1-based ``epoch`` of ``epochs`` as a fraction of the configured one."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 # --- Run folder -----------------------------------------------------------------------------
@@ -286,6 +302,9 @@ def run_epochs(
 
     start_epoch, best_metric = 0, -math.inf
     history: list[dict[str, Any]] = []
+    # The configured rates, before a resumed optimizer state overwrites them with a scheduled one.
+    base_lrs = [float(g["lr"]) for g in trainee.optimizer.param_groups]
+    lr_factor(settings.lr_schedule, 1, max(settings.epochs, 1))  # an unknown schedule: refused now
     average = (WeightAverage(trainee.model, settings.ema_decay)
                if settings.ema_decay != 0 else None)
     if resume_from is not None:
@@ -332,6 +351,9 @@ def run_epochs(
         for epoch in range(start_epoch + 1, settings.epochs + 1):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
+            factor = lr_factor(settings.lr_schedule, epoch, settings.epochs)
+            for group, base in zip(trainee.optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
             set_epoch = getattr(trainee.train_set, "set_epoch", None)
             if set_epoch is not None:
                 set_epoch(epoch)
@@ -446,6 +468,7 @@ def _summary_line(row: dict[str, Any], epochs: int, metric_name: str, improved: 
 
 
 __all__ = [
+    "LR_SCHEDULES",
     "METRIC_COLUMNS",
     "RESUMABLE_CHANGES",
     "RUN_FILES",
@@ -453,6 +476,7 @@ __all__ = [
     "Trainee",
     "WeightAverage",
     "config_differences",
+    "lr_factor",
     "prepare_run_dir",
     "remove_stale_temporaries",
     "run_epochs",

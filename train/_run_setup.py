@@ -294,7 +294,7 @@ def seed_everything(seed: int) -> None:
 def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs: int,
                  batch_size: int, label: str, metric_name: str,
                  make_trainee: Callable[[TrainingStart], Trainee],
-                 ema_decay: float = 0.0,
+                 ema_decay: float = 0.0, lr_schedule: str = "constant",
                  defaults: dict[str, Any] | None = None) -> TrainResult:
     """The one trainer driver: process group, run folder (refusing to overwrite a run, or the
     checkpoint to resume), seeds, data and split, RUN/config.json, then ``make_trainee`` (the
@@ -326,7 +326,7 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
         settings = LoopSettings(
             run_dir=opts.out, epochs=epochs, batch_size=batch_size, seed=seed,
             workers=opts.workers, label=label, progress=opts.progress, verbose=opts.verbose,
-            ema_decay=ema_decay,
+            ema_decay=ema_decay, lr_schedule=lr_schedule,
         )
         history = run_epochs(trainee, settings, ctx, resume_from)
     finally:

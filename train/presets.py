@@ -32,6 +32,9 @@ class DetectorConfig:
     focal_gamma: float = 2.0
     optimizer: str = "adam"
     lr: float = 1e-4
+    # "constant", or "cosine": the rate decays from lr to near 0 over the epochs (train/_loop.py
+    # lr_factor).
+    lr_schedule: str = "constant"
     batch_size: int = 8
     epochs: int = 100
     weight_decay: float = 0.0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from bpedge.train._loop import HeldParts
+from bpedge.train._loop import LR_SCHEDULES, HeldParts
 from bpedge.train._run_setup import (
     RunOptions,
     TrainingStart,
@@ -97,6 +97,8 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
     if cfg.presence_head and cfg.empty_fraction == 0:
         raise ValueError("presence_head learns from empty frames: set empty_fraction > 0 (empty "
                          "frames per BP frame drawn each epoch)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if cfg.select_on not in VALIDATION_METRICS:
         raise ValueError(f"select_on must be one of {sorted(VALIDATION_METRICS)}, got "
                          f"{cfg.select_on!r}")
@@ -235,6 +237,7 @@ def train_detector(opts: DetectorOptions) -> TrainResult:
                         batch_size=cfg.batch_size, label="detector",
                         metric_name=VALIDATION_METRICS[cfg.select_on],
                         make_trainee=make_trainee, ema_decay=cfg.ema_decay,
+                        lr_schedule=cfg.lr_schedule,
                         defaults={"model": field_defaults(DetectorConfig)})
 
 

@@ -374,6 +374,7 @@ def test_the_presence_metric_weighs_the_box_and_the_call_on_bp_and_empty_frames_
     ({"presence_head": True, "empty_fraction": 0.0}, "presence_head learns from empty frames"),
     ({"gain_scale": -0.1}, "gain_scale must be >= 0"),
     ({"select_on": "dice"}, "select_on must be one of"),
+    ({"lr_schedule": "step"}, "lr_schedule must be one of"),
     ({"presence_head": False, "select_on": "miou_presence"}, "weighs the presence head"),
 ])
 def test_detector_options_that_cannot_train_are_refused_before_anything_is_written(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from bpedge.train._loop import (
     LoopSettings,
     WeightAverage,
     config_differences,
+    lr_factor,
     prepare_run_dir,
     run_epochs,
     write_config,
@@ -166,6 +169,43 @@ def test_weight_average_is_what_is_validated_saved_and_resumed(tmp_path: Path) -
     with pytest.raises(ValueError, match="no weight average"):
         run_epochs(ToyTrainee(), settings(tmp_path / "p", 5), CPU,
                    resume_from=load_checkpoint(tmp_path / "p" / "last.pt"))
+
+
+def test_a_cosine_schedule_sets_each_epochs_rate_and_resumes_on_it(tmp_path: Path) -> None:
+    def settings(run_dir: Path, epochs: int) -> LoopSettings:
+        return LoopSettings(run_dir=run_dir, epochs=epochs, batch_size=8, seed=5,
+                            progress=False, lr_schedule="cosine")
+
+    straight = run_epochs(ToyTrainee(), settings(tmp_path / "a", 4), CPU)
+    # Epoch e of 4 at 0.05 * (1 + cos(pi (e - 1) / 4)) / 2: full, 85%, 50%, 15% of the rate.
+    factors = [(1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert [r["lr"] for r in straight] == pytest.approx([0.05 * f for f in factors])
+    assert [lr_factor("cosine", e, 4) for e in (1, 2, 3, 4)] == pytest.approx(factors)
+    plain = run_epochs(ToyTrainee(), _settings(tmp_path / "p", 4), CPU)
+    assert [r["lr"] for r in plain] == [0.05] * 4
+    assert straight[1]["train_loss"] != pytest.approx(plain[1]["train_loss"])
+
+    # Killed after epoch 2 of 4, then resumed: the optimizer state it saved holds epoch 2's
+    # rate, and epoch 3 still gets its own.
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(row: dict[str, Any]) -> None:
+        if row["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_epochs(ToyTrainee(), dataclasses.replace(settings(tmp_path / "b", 4),
+                                                     on_epoch=kill_after_two), CPU)
+    resumed = run_epochs(ToyTrainee(seed=123), settings(tmp_path / "b", 4), CPU,
+                         resume_from=load_checkpoint(tmp_path / "b" / "last.pt"))
+    assert [r["lr"] for r in resumed] == pytest.approx([r["lr"] for r in straight])
+    for a, b in zip(straight, resumed):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        run_epochs(ToyTrainee(), LoopSettings(run_dir=tmp_path / "c", epochs=2, batch_size=8,
+                                              seed=5, progress=False, lr_schedule="step"), CPU)
+    assert not (tmp_path / "c").exists()
 
 
 def test_run_folder_rules(tmp_path: Path) -> None:
