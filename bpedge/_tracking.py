@@ -1,8 +1,8 @@
 """Tracking for video: skip the detector while the segmentation stays confident.
 
 Frames of one video move little between frames, so once the cascade has found the BP, the next
-frame's crop can come from where the mask was: the box around the previous mask, widened by
-``margin`` on each side. The detector (the costly model) then runs only:
+frame's crop can come from where the mask was: a box of the last detection's size centred on the
+previous mask. The detector (the costly model) then runs only:
 
 - on the first frame, and every ``detect_every`` frames after the last detection;
 - on a frame whose size differs from the previous frame's (another source: the last box is not
@@ -28,8 +28,18 @@ the BP was: IoU with the last frame's mask, median 0.25 / 0.36 on the two seeds 
 of 10 of the 12 runs of such frames (the other two: a mask of the BP's shape where it was, 0.84
 and 0.86, which this rule does not catch).
 
-The next crop box is the previous mask's box, widened by ``margin`` on each side for motion, then
-treated like a detector box (the bundle's crop margin applied, clamped to the frame).
+The next crop box is centred on the previous mask's box and has the size of the last detector box
+(widened by ``margin`` of its width/height on each side, 0 by default), then is treated like a
+detector box (the bundle's crop margin applied, clamped to the frame), so a tracked crop shows
+the BP at the scale the segmenter saw on the detector's crops. It used to be the previous mask's
+own box widened by 0.1 on each side: a mask a little wider than the BP widened the next crop,
+and the crops grew frame after frame (the demo's tiny models on its held-out subject: 149 to 242
+px wide within 9 tracked frames, Dice 0.93 down to 0.84). Measured with the demo bundle of two presets (the tiny
+preset with and without its presence head and grey-level augmentation) on phantom seeds 5-8
+that no model saw (8 subjects of 16 frames each): tracked Dice on BP frames against per-frame
+detection -0.053 / -0.041 / -0.006 / -0.166 -> +0.006 / -0.024 / +0.004 / -0.103 with the
+current preset, +0.066 / +0.048 / -0.001 / -0.064 -> +0.095 / +0.056 / +0.012 / -0.042 with the
+earlier one (benchmarks/results/README.md, "Tracking: crops keep the detection's size").
 
 A tracked frame's :class:`~bpedge._result.Result` has ``present`` True, ``score`` the last
 detector score, ``box`` the crop box it used, and no ``preprocess``/``detector`` timings.
@@ -53,11 +63,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrackOptions:
-    """How tracking decides (see the module docstring). ``margin``: fraction of the previous
-    mask box's width/height added on each side of the next crop."""
+    """How tracking decides (see the module docstring). ``margin``: fraction of the last
+    detector box's width/height added on each side of the next crop (before the bundle's crop
+    margin)."""
 
     detect_every: int = 10
-    margin: float = 0.1
+    margin: float = 0.0
     min_confidence: float = 0.75
     min_pixels: int = 16
     max_edge_fraction: float = 0.3
@@ -108,13 +119,18 @@ def mask_overlap(mask: np.ndarray, previous: np.ndarray,
     return 0.0 if union == 0 else int(np.count_nonzero(a & b)) / union
 
 
-def next_box(mask: np.ndarray, margin: float) -> tuple[float, float, float, float] | None:
+def next_box(mask: np.ndarray, margin: float,
+             size: tuple[float, float] | None = None) -> tuple[float, float, float, float] | None:
     """The box (frame pixels) around a uint8 mask's non-zero pixels, widened by ``margin`` times
-    its width/height on each side; None for an empty mask."""
+    its width/height on each side; None for an empty mask. With ``size`` (width, height) the box
+    has that size instead, centred where the mask's box is."""
     x, y, w, h = cv2.boundingRect(mask)
     if w == 0 or h == 0:
         return None
-    return (x - margin * w, y - margin * h, x + w + margin * w, y + h + margin * h)
+    cx, cy = x + w / 2, y + h / 2
+    w, h = size if size is not None else (w, h)
+    half_w, half_h = (0.5 + margin) * w, (0.5 + margin) * h
+    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
 
 class Tracker:
@@ -132,6 +148,7 @@ class Tracker:
         score = float("nan")
         shape: tuple[int, ...] | None = None
         last_mask: np.ndarray | None = None
+        size: tuple[float, float] | None = None
         for grey in greys:
             result: Result | None = None
             if grey.shape != shape:  # another size is another source: its box is not ours
@@ -150,5 +167,11 @@ class Tracker:
                     box = None
                     yield result
                     continue
-            box, last_mask = next_box(result.mask, options.margin), result.mask
+                # Tracked crops keep the size of this detection's crop (the detector's box; the
+                # crop margin is applied again by run_crop): built from each mask's own box, a
+                # mask a little too wide widened the next crop, frame after frame.
+                x0, y0, x1, y1 = result.box
+                grown = 1.0 + cascade.spec.crop_margin
+                size = ((x1 - x0) / grown, (y1 - y0) / grown)
+            box, last_mask = next_box(result.mask, options.margin, size), result.mask
             yield result

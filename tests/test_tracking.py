@@ -3,6 +3,9 @@ every ``detect_every`` frames, and runs again at once when the track is lost."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 
@@ -153,13 +156,28 @@ def test_frames_without_bp_are_not_segmented_while_tracking():
         assert dice(a.mask, b.mask) > 0.97
 
 
-def test_tracked_crop_neither_shrinks_nor_grows_on_a_still_disc():
-    # The next crop is built from a mask the crop itself produced: with the default margin it
-    # must settle, not creep inwards (a mask cut by its crop) or outwards frame after frame.
+@pytest.mark.parametrize("widen", [0, 3])
+def test_tracked_crops_keep_the_size_of_the_detections_crop(widen: int):
+    # The next crop is centred on a mask the crop itself produced. A segmenter whose masks are
+    # a little wider than the disc (``widen`` pixels each side) once widened the next crop with
+    # them, frame after frame; the crop's size now comes from the last detection.
     frames = [disc_frame(70, 60)] * 30
-    tracked, calls = run(frames, TrackOptions(detect_every=100))
-    assert calls == 1
-    sides = [(r.box[2] - r.box[0], r.box[3] - r.box[1]) for r in tracked[1:]]
-    assert all(abs(w - sides[0][0]) <= 1 and abs(h - sides[0][1]) <= 1 for w, h in sides), sides
-    disc = 2 * 12 + 1
-    assert all(1.2 * disc <= w <= 2.0 * disc for w, _ in sides), sides
+    models = Models()
+
+    def segmenter(batch: np.ndarray) -> np.ndarray:
+        wider = batch if not widen else np.stack([
+            cv2.dilate(b[0], np.ones((2 * widen + 1, 2 * widen + 1), np.uint8))[None]
+            for b in batch])
+        return Models.segmenter(wider)
+
+    spec = dataclasses.replace(SPEC, crop_margin=0.2)
+    cascade = HostCascade(models.detector, segmenter, spec)
+    tracked = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100)))
+    assert models.detector_calls == 1
+    detected = tracked[0].box
+    sides = [(r.box[2] - r.box[0], r.box[3] - r.box[1]) for r in tracked]
+    assert all(w == pytest.approx(sides[0][0]) and h == pytest.approx(sides[0][1])
+               for w, h in sides), sides
+    centres = [((r.box[0] + r.box[2]) / 2, (r.box[1] + r.box[3]) / 2) for r in tracked]
+    assert all(abs(x - (detected[0] + detected[2]) / 2) <= 1 and
+               abs(y - (detected[1] + detected[3]) / 2) <= 1 for x, y in centres), centres
