@@ -34,9 +34,10 @@ detector box (the bundle's crop margin applied, clamped to the frame), so a trac
 the BP at the scale the segmenter saw on the detector's crops. It used to be the previous mask's
 own box widened by 0.1 on each side: a mask a little wider than the BP widened the next crop,
 and the crops grew frame after frame (the demo's tiny models on its held-out subject: 149 to 242
-px wide within 9 tracked frames, Dice 0.93 down to 0.84). Measured with the demo bundle of two presets (the tiny
-preset with and without its presence head and grey-level augmentation) on phantom seeds 5-8
-that no model saw (8 subjects of 16 frames each): tracked Dice on BP frames against per-frame
+px wide within 9 tracked frames, Dice 0.93 down to 0.84). Measured with the demo bundles of two
+presets (the tiny preset with and without its presence head and grey-level augmentation) on
+phantom seeds 5-8 that no model saw (8 subjects of 16 frames each): tracked Dice on BP frames
+against per-frame
 detection -0.053 / -0.041 / -0.006 / -0.166 -> +0.006 / -0.024 / +0.004 / -0.103 with the
 current preset, +0.066 / +0.048 / -0.001 / -0.064 -> +0.095 / +0.056 / +0.012 / -0.042 with the
 earlier one (benchmarks/results/README.md, "Tracking: crops keep the detection's size").

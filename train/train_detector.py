@@ -50,8 +50,9 @@ METRIC = "val_miou"
 # DetectorConfig.select_on -> the validation metric's name (metrics.json, checkpoints, reports).
 # "miou_presence": half the mean over validation BP frames of IoU(top box, truth) x p, half the
 # mean over empty validation frames of 1 - p (all of it the first mean when validation has no
-# empty frame), p the exported score (the presence head's probability). A head stuck near the prior scores about as low as no box, so the checkpoint
-# kept is one that both finds the BP and says when it is absent.
+# empty frame), p the exported score (the presence head's probability). A head stuck near the
+# prior scores about as low as no box, so the checkpoint kept is one that both finds the BP and
+# says when it is absent.
 VALIDATION_METRICS = {"miou": METRIC, "miou_presence": "val_miou_presence"}
 
 
