@@ -1,6 +1,6 @@
 """The study's figures (PNG, matplotlib's Agg renderer, no pyplot state), from the study files.
 
-- Fig. 3: detector validation loss (and the validation metric, which picks gamma) per focal-loss gamma;
+- Fig. 3: detector validation loss (and the validation metric, which picks gamma) per gamma;
 - Fig. 5: segmenter train and validation loss per epoch, one panel per segmenter and condition;
 - Fig. 6: test images with the ground-truth outline and each segmenter's outline per condition;
 - Fig. 7: box plots of the full-frame Dice per condition and segmenter;
