@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,7 +116,19 @@ def test_a_study_killed_at_random_moments_finishes_losing_at_most_the_interrupte
             # finish before the kill landed. With every epoch already recorded the delay counts
             # from the start, and interpreter start-up takes part of it.
             delay = rng.uniform(0.1, 0.6) if after else rng.uniform(0.8, 2.0)
-        lines = run_until_killed(phantom_dir, out, after, delay, log)
+        if round_ == 3:
+            snapshot = tmp_path / "before_last_kill"
+            shutil.copytree(out, snapshot, symlinks=True)
+        attempts = 3 if round_ == 3 else 1
+        for attempt in range(attempts):
+            lines = run_until_killed(phantom_dir, out, after, delay, log)
+            if not any(line.startswith("done in") for line in lines) or attempt == attempts - 1:
+                break
+            # The derived steps outran the delay (seen once in CI on a busy machine): the last
+            # kill did not land. Start the last round again from the state it began in, sooner.
+            shutil.rmtree(out)
+            shutil.copytree(snapshot, out, symlinks=True)
+            delay /= 2
         printed += lines
         if any(line.startswith("done in") for line in lines):
             break  # the study finished before this kill
