@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from bpedge.train._loop import LR_SCHEDULES, HeldParts
+from bpedge.train._loop import HeldParts, lr_factor
 from bpedge.train._run_setup import (
     RunOptions,
     TrainingStart,
@@ -98,8 +98,7 @@ def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:
     if cfg.presence_head and cfg.empty_fraction == 0:
         raise ValueError("presence_head learns from empty frames: set empty_fraction > 0 (empty "
                          "frames per BP frame drawn each epoch)")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    lr_factor(cfg.lr_schedule, 1, max(cfg.epochs, 1))  # the loop's check, before the run folder
     if cfg.select_on not in VALIDATION_METRICS:
         raise ValueError(f"select_on must be one of {sorted(VALIDATION_METRICS)}, got "
                          f"{cfg.select_on!r}")

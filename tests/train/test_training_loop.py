@@ -188,7 +188,7 @@ def test_a_cosine_schedule_sets_each_epochs_rate_and_resumes_on_it(tmp_path: Pat
     # Killed after epoch 2 of 4, then resumed: the optimizer state it saved holds epoch 2's
     # rate, and epoch 3 still gets its own.
     class Killed(Exception):
-        pass
+        """Stands in for the SIGKILL that stops a real run."""
 
     def kill_after_two(row: dict[str, Any]) -> None:
         if row["epoch"] == 2:

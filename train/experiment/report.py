@@ -123,8 +123,9 @@ def _detection(summary: dict[str, Any]) -> list[Block]:
     return [
         Heading(2, "Detection: RetinaNet by focal-loss gamma (Table 2)"),
         Paragraph("mIoU: mean IoU of the top box with the ground-truth box over BP-positive "
-                  "frames. " + _PRESENCE_METRIC * any(det[m]["metric"] == "val_miou_presence"
-                                                      for m in modes)
+                  "frames. "
+                  + (_PRESENCE_METRIC if any(det[m]["metric"] == "val_miou_presence"
+                                             for m in modes) else "")
                   + "The kept epoch and the gamma used downstream are chosen on the validation "
                   f"metric, never on test: {chosen}."),
         Table(tuple(headers), tuple(rows)),
