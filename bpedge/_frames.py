@@ -24,16 +24,13 @@ def as_grey_frame(frame: Any) -> np.ndarray:
       frames normalised to [0, 1] are refused (every value in [0, 1] and the largest above 0):
       taken as 8-bit units they would be an all-black frame and silently give ``present=False``.
 
-    ``bool``, complex, object, string and time dtypes are refused. Anything else raises
-    ``ValueError`` naming what was expected.
+    ``bool``, complex, object, string and time dtypes are refused, and so are masked arrays
+    (which pixels to fill is the caller's call). A PIL image is read in its grey ("L", "I",
+    "I;16", "F") or RGB mode; its other modes (palette, YCbCr, HSV, ...) are refused, since
+    their numbers are not grey levels. Anything else raises ``ValueError`` naming what was
+    expected.
     """
-    if not isinstance(frame, np.ndarray):
-        if hasattr(frame, "__array_interface__") or hasattr(frame, "__array__"):
-            frame = np.asarray(frame)
-        else:
-            raise ValueError(
-                f"frame must be a numpy array of shape (H, W) uint8, got {type(frame).__name__}"
-            )
+    frame = host_array(frame)
     if frame.dtype == np.bool_ or not (
         np.issubdtype(frame.dtype, np.integer) or np.issubdtype(frame.dtype, np.floating)
     ):
@@ -56,6 +53,34 @@ def as_grey_frame(frame: Any) -> np.ndarray:
     if frame.ndim == 3:
         frame = frame[:, :, 0] if frame.shape[2] == 1 else _bgr_to_grey(frame)
     return np.ascontiguousarray(frame)
+
+
+#: PIL modes whose array is grey levels (one channel) or RGB (converted with RGB weights).
+_PIL_GREY_MODES = frozenset({"L", "I", "I;16", "I;16L", "I;16B", "F"})
+
+
+def host_array(frame: Any) -> np.ndarray:
+    """``frame`` as the NumPy array :func:`as_grey_frame` reads: an ndarray as it is, anything
+    with ``__array_interface__`` / ``__array__`` (a PIL image, a CPU torch tensor, a capture
+    object) through ``np.asarray``, which may return the caller's own memory."""
+    if isinstance(frame, np.ma.MaskedArray):
+        raise ValueError(  # noqa: TRY004 - the SDK's contract: a bad frame is a ValueError
+            "frame is a masked array: its masked pixels would be read as whatever "
+            "they hold; pass frame.filled(value) (a plain array)")
+    if isinstance(frame, np.ndarray):
+        return frame
+    if type(frame).__module__.split(".")[0] == "PIL" and hasattr(frame, "mode"):
+        mode = frame.mode
+        if mode == "RGB":  # PIL's channel order is RGB, bpedge's 3-channel frames are BGR
+            return np.ascontiguousarray(np.asarray(frame)[:, :, ::-1])
+        if mode not in _PIL_GREY_MODES:
+            raise ValueError(f"PIL image mode {mode!r} does not hold grey levels; convert it "
+                             "first: image.convert('L')")
+    if hasattr(frame, "__array_interface__") or hasattr(frame, "__array__"):
+        return np.asarray(frame)
+    raise ValueError(
+        f"frame must be a numpy array of shape (H, W) uint8, got {type(frame).__name__}"
+    )
 
 
 def _to_uint8(frame: np.ndarray) -> np.ndarray:

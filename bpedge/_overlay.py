@@ -45,11 +45,17 @@ def draw_overlay(
         present: whether the detector judged the BP present (box colour).
         label: text written in the top-left corner (e.g. score and Dice).
     """
-    if frame.ndim != 2 or frame.dtype != np.uint8:
-        raise ValueError(f"frame must be uint8 (H, W), got {frame.dtype} {frame.shape}")
+    if not isinstance(frame, np.ndarray) or frame.ndim != 2 or frame.dtype != np.uint8:
+        raise ValueError(f"frame must be a uint8 (H, W) array, got {_described(frame)}")
     for name, mask in (("prediction", prediction), ("truth", truth)):
-        if mask is not None and mask.shape != frame.shape:
+        if mask is None:
+            continue
+        if not isinstance(mask, np.ndarray):
+            raise TypeError(f"{name} must be an (H, W) numpy array, got {type(mask).__name__}")
+        if mask.shape != frame.shape:
             raise ValueError(f"{name} mask shape {mask.shape} differs from the frame's {frame.shape}")
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str, got {type(label).__name__}")
     canvas = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     if truth is not None:
         _outline(canvas, truth, TRUTH_BGR)
@@ -69,6 +75,12 @@ def draw_overlay(
         cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return canvas
+
+
+def _described(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {value.shape}"
+    return type(value).__name__
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:

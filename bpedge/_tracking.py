@@ -76,20 +76,19 @@ class TrackOptions:
     min_overlap: float = 0.5
 
     def __post_init__(self) -> None:
-        if not isinstance(self.detect_every, int) or self.detect_every < 1:
-            raise ValueError(f"detect_every must be an int >= 1, got {self.detect_every!r}")
-        if not (math.isfinite(self.margin) and 0.0 <= self.margin <= 2.0):
-            raise ValueError(f"margin must lie in [0, 2] (a fraction of the box side), got "
-                             f"{self.margin!r}")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must lie in [0, 1], got {self.min_confidence!r}")
-        if self.min_pixels < 1:
-            raise ValueError(f"min_pixels must be >= 1, got {self.min_pixels!r}")
-        if not 0.0 <= self.max_edge_fraction <= 1.0:
-            raise ValueError(f"max_edge_fraction must lie in [0, 1], got "
-                             f"{self.max_edge_fraction!r}")
-        if not 0.0 <= self.min_overlap <= 1.0:
-            raise ValueError(f"min_overlap must lie in [0, 1], got {self.min_overlap!r}")
+        for name in ("detect_every", "min_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name, high, what in (("margin", 2.0, " (a fraction of the box side)"),
+                                 ("min_confidence", 1.0, ""), ("max_edge_fraction", 1.0, ""),
+                                 ("min_overlap", 1.0, "")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                                 np.floating)) \
+                    or not (math.isfinite(value) and 0.0 <= value <= high):
+                raise ValueError(f"{name} must be a number in [0, {high:g}]{what}, got {value!r}")
 
 
 def confident(prob: np.ndarray, threshold: float, options: TrackOptions) -> bool:
@@ -174,5 +173,10 @@ class Tracker:
                 x0, y0, x1, y1 = result.box
                 grown = 1.0 + cascade.spec.crop_margin
                 size = ((x1 - x0) / grown, (y1 - y0) / grown)
-            box, last_mask = next_box(result.mask, options.margin, size), result.mask
+            box = next_box(result.mask, options.margin, size)
+            # The tracker's own copy: the result's mask is the caller's, who may change it
+            # before asking for the next frame (whose overlap test reads this one).
+            if last_mask is None or last_mask.shape != result.mask.shape:
+                last_mask = np.empty_like(result.mask)
+            np.copyto(last_mask, result.mask)
             yield result

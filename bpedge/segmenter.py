@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 import numpy as np
 
 from bpedge._cascade_spec import CascadeSpec
-from bpedge._frames import as_grey_frame
+from bpedge._frames import as_grey_frame, host_array
 from bpedge._result import Result, with_valid_score
 from bpedge._tracking import TrackOptions
 from bpedge.bundle import Bundle
@@ -192,8 +192,9 @@ class Segmenter:
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
             return with_valid_score(cascade.run_device(frame))
         image, meta = _split(frame)
-        grey = as_grey_frame(image)
-        return _attach(with_valid_score(cascade.run(grey)), _own(grey, image, meta), meta)
+        array = host_array(image)
+        grey = as_grey_frame(array)
+        return _attach(with_valid_score(cascade.run(grey)), _own(grey, array), meta)
 
     def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
         """Segment several host frames (sizes may differ) with one model call per stage (for every
@@ -201,15 +202,12 @@ class Segmenter:
         ``frames``: a list (or tuple) of frames, or an (N, H, W) / (N, H, W, C) array; a single
         (H, W) or (H, W, 1|3) array is refused (it is one frame: call ``seg(frame)``)."""
         cascade = self._live()
-        if isinstance(frames, np.ndarray) and (
-            frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] in (1, 3))
-        ):
-            raise ValueError(f"segment_batch takes a sequence of frames, got one array of shape "
-                             f"{frames.shape} (one frame): call seg(frame), or pass [frame]")
+        _refuse_one_frame("segment_batch", frames)
         split = [_split(f) for f in frames]
-        greys = [as_grey_frame(image) for image, _ in split]
-        return [_attach(with_valid_score(r), _own(g, image, meta), meta)
-                for r, g, (image, meta) in zip(cascade.run_batch(greys), greys, split)]
+        arrays = [host_array(image) for image, _ in split]
+        greys = [as_grey_frame(array) for array in arrays]
+        return [_attach(with_valid_score(r), _own(g, array), meta)
+                for r, g, array, (_, meta) in zip(cascade.run_batch(greys), greys, arrays, split)]
 
     def stream(self, frames: Iterable[Any], depth: int = 3,
                track: bool | TrackOptions = False) -> Iterator[Result]:
@@ -230,6 +228,7 @@ class Segmenter:
         :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
         after another (each needs the previous mask), so ``depth`` does not apply."""
         cascade = self._live()
+        _refuse_one_frame("stream", frames)
         _check_bounded("depth", depth, MAX_DEPTH)
         options: TrackOptions | None = None
         if track is not False:
@@ -253,6 +252,9 @@ class Segmenter:
             try:
                 for frame in frames:
                     if self._cascade is None:
+                        # Raised after the backend drains, even when nothing was in flight
+                        # (returning alone would end the stream as if the frames had run out).
+                        failure.append(RuntimeError(_CLOSED_DURING_STREAM))
                         return
                     image, meta = _split(frame)
                     grey = _owned_grey(image)
@@ -266,8 +268,7 @@ class Segmenter:
         try:
             for result in results:
                 if self._cascade is None:
-                    raise RuntimeError("this Segmenter was closed during stream(); its remaining "
-                                       "frames were not segmented")
+                    raise RuntimeError(_CLOSED_DURING_STREAM)
                 grey, meta = held.popleft()
                 yield _attach(with_valid_score(result), grey, meta)
         finally:
@@ -313,14 +314,26 @@ def _check_bounded(name: str, value: object, maximum: int, *, none_ok: bool = Fa
         raise ValueError(f"{name} must be an int in [1, {maximum}], got {value!r}")
 
 
+_CLOSED_DURING_STREAM = ("this Segmenter was closed during stream(); its remaining frames were "
+                         "not segmented")
+
+
+def _refuse_one_frame(method: str, frames: Any) -> None:
+    # A single (H, W) or (H, W, 1|3) array would iterate as its rows, each taken for a frame.
+    if isinstance(frames, np.ndarray) and (
+        frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] in (1, 3))
+    ):
+        raise ValueError(f"{method} takes a sequence of frames, got one array of shape "
+                         f"{frames.shape} (one frame): call seg(frame), or pass [frame]")
+
+
 def _owned_grey(frame: Any) -> np.ndarray:
-    """``as_grey_frame(frame)`` in memory nobody else holds: converted frames are new arrays
-    already; a frame used as it is (uint8, contiguous) or a view of the caller's buffer is copied
-    (one 420x580 frame: 240 KB)."""
-    grey = as_grey_frame(frame)
-    if grey is frame or not grey.flags.owndata:
-        grey = grey.copy()
-    return grey
+    """``as_grey_frame(frame)`` in memory nobody else holds: a converted frame is a new array
+    already; one that shares memory with what the caller handed over (a uint8 frame used as it
+    is, a view, the buffer behind a tensor or an ``__array__`` object) is copied (one 420x580
+    frame: 240 KB)."""
+    array = host_array(frame)
+    return _own(as_grey_frame(array), array)
 
 
 def _split(frame: Any) -> tuple[Any, SourceFrame | None]:
@@ -328,13 +341,12 @@ def _split(frame: Any) -> tuple[Any, SourceFrame | None]:
     return (frame.image, frame) if isinstance(frame, SourceFrame) else (frame, None)
 
 
-def _own(grey: np.ndarray, given: Any, meta: SourceFrame | None) -> np.ndarray:
-    """The grey frame a Result keeps: a copy when it is the caller's own buffer (a capture loop
-    may refill it; a SourceFrame's image may be such a buffer too), so a result always shows
-    the frame it was computed on."""
-    if isinstance(given, np.ndarray) and np.may_share_memory(grey, given):
-        return grey.copy()
-    return grey
+def _own(grey: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """The grey frame a Result keeps: a copy when it may share memory with ``given``, the array
+    the caller's frame was read as (:func:`~bpedge._frames.host_array`: a capture loop may
+    refill that buffer, whatever object exposes it), so a result always shows the frame it was
+    computed on."""
+    return grey.copy() if np.may_share_memory(grey, given) else grey
 
 
 def _attach(result: Result, grey: np.ndarray, meta: SourceFrame | None) -> Result:

@@ -53,3 +53,24 @@ def test_huge_frame_refused_without_allocating():
     big = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (MAX_SIDE + 1, 10), (0, 0))
     with pytest.raises(ValueError, match="at most"):
         as_grey_frame(big)
+
+
+def test_masked_arrays_are_refused():
+    frame = np.ma.masked_array(np.full((8, 8), 300, np.uint16), mask=True)
+    frame.mask[4:, :] = False
+    frame.data[4:, :] = 10  # the unmasked pixels are valid 8-bit values; the masked ones are not
+    with pytest.raises(ValueError, match="masked array.*filled"):
+        as_grey_frame(frame)
+
+
+def test_pil_images_are_read_by_mode():
+    image_module = pytest.importorskip("PIL.Image")
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    pil_rgb = image_module.fromarray(rgb)
+    # PIL is RGB where bpedge's 3-channel frames are BGR: converted with RGB weights
+    assert np.array_equal(as_grey_frame(pil_rgb), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    grey = pil_rgb.convert("L")
+    assert np.array_equal(as_grey_frame(grey), np.asarray(grey))
+    for mode in ("P", "YCbCr", "HSV", "1", "LA", "RGBA", "CMYK"):
+        with pytest.raises(ValueError, match=f"mode '{mode}'"):
+            as_grey_frame(pil_rgb.convert(mode))

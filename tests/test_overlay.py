@@ -45,3 +45,13 @@ def test_shapes_are_checked():
         draw_overlay(frame, np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         draw_overlay(frame.astype(np.float32))
+
+
+def test_argument_types_are_checked_with_their_names():
+    frame = np.zeros((100, 120), np.uint8)
+    with pytest.raises(TypeError, match="truth must be an"):
+        draw_overlay(frame, truth=np.zeros((100, 120), np.uint8).tolist())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="label must be a str"):
+        draw_overlay(frame, label=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="frame must be"):
+        draw_overlay(frame.tolist())  # type: ignore[arg-type]

@@ -120,12 +120,41 @@ def test_confidence_rules():
     assert next_box(mask, 0.5) == (20.0, 5.0, 60.0, 25.0)
 
 
-def test_options_are_checked():
-    for bad in ({"detect_every": 0}, {"margin": -1.0}, {"min_confidence": 2.0},
-                {"min_pixels": 0}, {"max_edge_fraction": 1.5}, {"min_overlap": -0.1},
-                {"min_overlap": 1.5}):
-        with pytest.raises(ValueError):
-            TrackOptions(**bad)  # type: ignore[arg-type]
+@pytest.mark.parametrize("bad", [
+    {"detect_every": 0}, {"detect_every": True}, {"detect_every": 2.0}, {"margin": -1.0},
+    {"margin": None}, {"margin": float("nan")}, {"min_confidence": 2.0},
+    {"min_confidence": "0.5"}, {"min_pixels": 0}, {"min_pixels": 2.5},
+    {"min_pixels": float("nan")}, {"min_pixels": float("inf")}, {"max_edge_fraction": 1.5},
+    {"min_overlap": -0.1}, {"min_overlap": 1.5}, {"min_overlap": True},
+])
+def test_options_are_checked(bad):
+    field = next(iter(bad))
+    with pytest.raises(ValueError, match=field):  # the message names the field
+        TrackOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_numpy_numbers_are_options_too():
+    options = TrackOptions(detect_every=np.int64(5), min_pixels=np.int32(8),
+                           min_confidence=np.float32(0.5))
+    assert options.detect_every == 5 and type(options.detect_every) is int
+    assert options.min_pixels == 8 and type(options.min_pixels) is int
+
+
+def test_editing_a_tracked_result_does_not_change_the_next_ones():
+    """The tracker compares each tracked mask with the last one: its own copy, not the result
+    the caller owns (and may edit) before asking for the next frame."""
+    frames = [disc_frame(50 + 2 * i, 60 + i) for i in range(12)]
+    untouched, calls = run(frames, TrackOptions(detect_every=100))
+    assert calls == 1
+    models = Models()
+    cascade = HostCascade(models.detector, models.segmenter, SPEC)
+    edited = []
+    for result in cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100)):
+        edited.append((result.box, result.mask.copy()))
+        result.mask[:] = 0  # what the caller does with its result
+    assert models.detector_calls == 1  # an edited mask would have looked like a lost track
+    for want, (box, mask) in zip(untouched, edited):
+        assert box == want.box and np.array_equal(mask, want.mask)
 
 
 def test_frames_without_bp_are_not_segmented_while_tracking():

@@ -106,6 +106,71 @@ def test_close_during_a_stream_stops_it(tiny_bundle: Path, distinct):
     assert threading.active_count() == threads_before
 
 
+class _Grabber:
+    """A capture object that exposes its one buffer through ``__array__`` (a frame grabber's
+    wrapper, or a camera SDK's frame object): np.asarray gives the buffer itself."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.buffer = np.empty(shape, np.uint8)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.buffer
+
+
+@pytest.mark.parametrize("depth", [1, DEPTH])
+def test_a_stream_from_one_refilled_array_object_is_owned_too(seg, distinct, depth):
+    expected = [seg(f) for f in distinct]
+    grabber = _Grabber(distinct[0].shape)
+    order = np.random.default_rng(1).integers(0, len(distinct), 60)
+
+    def capture():
+        for i in order:
+            grabber.buffer[...] = distinct[i]
+            yield grabber
+
+    results = list(seg.stream(capture(), depth=depth))
+    assert len(results) == len(order)
+    for k, result in enumerate(results):
+        want = expected[order[k]]
+        assert result.box == want.box and np.array_equal(result.mask, want.mask)
+        assert np.array_equal(result.frame, distinct[order[k]])  # the frame it was computed on
+
+
+def test_single_calls_keep_their_own_copy_of_an_array_object_or_tensor(seg, distinct):
+    torch = pytest.importorskip("torch")
+    tensor = torch.from_numpy(distinct[0].copy())
+    grabber = _Grabber(distinct[0].shape)
+    grabber.buffer[...] = distinct[0]
+    results = [seg(tensor), seg(grabber), *seg.segment_batch([tensor, grabber])]
+    tensor.zero_()
+    grabber.buffer[...] = 0
+    for result in results:
+        assert np.array_equal(result.frame, distinct[0])
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("track", [False, True])
+def test_close_before_a_streams_next_step_raises_even_with_nothing_in_flight(
+        tiny_bundle: Path, distinct, depth, track):
+    s = Segmenter.from_bundle(tiny_bundle, backend="onnxruntime", threads=1)
+    stream = s.stream(iter(distinct * 2), depth=depth, track=track)
+    s.close()  # before the first step: no frame is in flight yet
+    with pytest.raises(RuntimeError, match="closed during stream"):
+        next(stream)
+    s = Segmenter.from_bundle(tiny_bundle, backend="onnxruntime", threads=1)
+    stream = s.stream(iter(distinct * 2), depth=1, track=track)
+    next(stream)
+    s.close()
+    with pytest.raises(RuntimeError, match="closed during stream"):
+        list(stream)
+
+
+@pytest.mark.parametrize("shape", [(105, 145), (105, 145, 3), (105, 145, 1)])
+def test_stream_refuses_one_frame(seg, shape):
+    with pytest.raises(ValueError, match="one frame"):
+        seg.stream(np.zeros(shape, np.uint8))
+
+
 @pytest.mark.parametrize("depth", [0, 100_000, -1, 2.5, True])
 def test_absurd_depth_is_refused_at_once(seg, depth):
     with pytest.raises(ValueError, match="depth"):
