@@ -13,9 +13,10 @@ line and exits 2) before a single file is written. ``bpedge segment --add-to-exi
 way to write into someone else's folder: only new entries are added there, and the marker lists
 them (``entries``), so a later ``--force`` replaces those and nothing else.
 
-A bundle made before markers existed is recognised by its manifest instead
-(:func:`is_replaceable_bundle`): every file in the folder is one the manifest lists, or the
-manifest itself, or bpedge's own lock/marker/temporary files.
+Export replaces a bundle whole (:func:`is_replaceable_bundle`), so besides its marker (or, for a
+bundle made before markers existed, a readable manifest) every file in the folder must be one the
+manifest lists, or the manifest itself, or bpedge's own lock/marker/temporary files: a file the
+user put there later is never deleted with it.
 
 Reading a marker never follows it into other files and never fails: an unreadable, oversized or
 malformed marker simply does not count, so the folder is treated as not ours.
@@ -29,10 +30,13 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpedge._atomic import atomic_write_json
 from bpedge._version import __version__
+
+if TYPE_CHECKING:
+    from bpedge._manifest import Manifest
 
 MARKER_NAME = ".bpedge-out.json"
 LOCK_NAME = ".bpedge-out.lock"
@@ -45,6 +49,7 @@ __all__ = [
     "OutDirRefused",
     "check_out_dir",
     "claim_out_dir",
+    "foreign_bundle_entry",
     "is_replaceable_bundle",
     "lock_out_dir",
     "made_by",
@@ -217,10 +222,40 @@ def refuse_unless_new_or_empty(folder: str | os.PathLike[str], *, flag: str = "-
 
 def is_replaceable_bundle(folder: str | os.PathLike[str]) -> bool:
     """True when ``folder`` is a bundle that export may replace: its marker names export, or
-    (bundles written before markers) its manifest parses and lists every other file in it."""
+    (bundles written before markers) its manifest parses; and either way it holds nothing else
+    (:func:`foreign_bundle_entry`)."""
     path = Path(folder)
-    if made_by(path, "export"):
-        return True
+    if not made_by(path, "export") and _bundle_manifest(path) is None:
+        return False
+    return foreign_bundle_entry(path) is None
+
+
+def foreign_bundle_entry(folder: str | os.PathLike[str]) -> str | None:
+    """The name of the first entry (by name) in ``folder`` that export did not write there, None
+    when there is none. Export writes the files its manifest lists, the manifest, the marker,
+    and bpedge's lock and temporary files; each must be a plain file, since replacing the bundle
+    deletes it whole. Without a readable manifest, nothing counts as listed."""
+    from bpedge._manifest_fields import MANIFEST_NAME
+
+    path = Path(folder)
+    manifest = _bundle_manifest(path)
+    listed = set() if manifest is None else (
+        {ref.file for ref in manifest.model_files()} | {e.file for e in manifest.engines})
+    own = {MANIFEST_NAME, MARKER_NAME, ".bpedge.lock", LOCK_NAME}
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        if entry.is_symlink() or not entry.is_file():
+            return name
+        if name in listed or name in own:
+            continue
+        if name.startswith(".") and name.endswith(".tmp"):
+            continue  # an atomic write killed mid-way (bpedge._atomic)
+        return name
+    return None
+
+
+def _bundle_manifest(path: Path) -> Manifest | None:
+    """The parsed manifest of the bundle ``path``, None when it has no readable one."""
     from bpedge._manifest import Manifest
     from bpedge._manifest_fields import MANIFEST_NAME, BundleError
 
@@ -228,20 +263,10 @@ def is_replaceable_bundle(folder: str | os.PathLike[str]) -> bool:
     try:
         info = os.lstat(manifest_path)
         if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_MARKER_BYTES * 256:
-            return False
-        manifest = Manifest.loads(manifest_path.read_bytes().decode("utf-8"))
+            return None
+        return Manifest.loads(manifest_path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, RecursionError, BundleError):
-        return False
-    listed = {ref.file for ref in manifest.model_files()} | {e.file for e in manifest.engines}
-    own = {MANIFEST_NAME, MARKER_NAME, ".bpedge.lock", LOCK_NAME}
-    for entry in path.iterdir():
-        name = entry.name
-        if name in listed or name in own:
-            continue
-        if name.startswith(".") and name.endswith(".tmp") and entry.is_file():
-            continue  # an atomic write killed mid-way (bpedge._atomic)
-        return False
-    return True
+        return None
 
 
 @contextlib.contextmanager

@@ -30,8 +30,9 @@ Steps (each announced through ``log``):
 
 Everything is built in a temporary directory beside ``out`` and renamed to ``out`` only at the
 end, so a failed or killed export leaves no ``out``. An existing ``out`` is replaced only with
-``force``, only by a complete bundle, and only when it is itself a bundle that export made
-(:func:`bpedge._out_dir.is_replaceable_bundle`): any other non-empty folder is refused before any
+``force``, only by a complete bundle, and only when it is itself a bundle that export made and
+holds nothing else (:func:`bpedge._out_dir.is_replaceable_bundle`): any other non-empty folder,
+or a bundle the user has put a file of their own into, is refused before any
 work, so export never deletes a data folder, a run folder or anything else it did not write.
 """
 
@@ -82,7 +83,12 @@ from bpedge._manifest import (
     Training,
     sha256_file,
 )
-from bpedge._out_dir import OutDirRefused, is_replaceable_bundle, mark_made_by
+from bpedge._out_dir import (
+    OutDirRefused,
+    foreign_bundle_entry,
+    is_replaceable_bundle,
+    mark_made_by,
+)
 from bpedge.bundle import Bundle, file_ref
 
 if TYPE_CHECKING:
@@ -148,10 +154,14 @@ class ExportOptions:
             raise ValueError(f"--out {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()):
             if not is_replaceable_bundle(out):
+                # Replacing a bundle deletes the whole folder: name what would be lost.
+                foreign = foreign_bundle_entry(out)
+                holds = f" (it holds {out / foreign}, which export did not write)" if foreign else ""
                 raise OutDirRefused(
                     f"--out {out} exists and is not empty, and it is not a bundle made by `bpedge "
-                    "export`: export never replaces a folder it did not make (--force replaces "
-                    "only such a bundle); choose a new or empty directory")
+                    f"export` holding nothing else{holds}: export never replaces a folder it did "
+                    "not make (--force replaces only such a bundle); choose a new or empty "
+                    "directory")
             if not self.force:
                 raise ValueError(f"--out {out} exists and is not empty (an earlier bundle): choose "
                                  "a new directory, or pass --force to replace it")

@@ -112,6 +112,24 @@ def test_a_bundle_with_a_file_of_the_users_is_not_replaced(tiny_bundle: Path,
     assert snapshot(out) == before
 
 
+def test_a_bundle_export_made_with_the_users_files_in_it_is_not_replaced(
+    tiny_bundle: Path, tiny_checkpoints: tuple[Path, Path], phantom_dir: Path, tmp_path: Path,
+) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    assert made_by(out, "export")  # the marker stays: it must not vouch for the user's files
+    (out / "NOTES.txt").write_text("keep")
+    (out / "my_results").mkdir()
+    (out / "my_results" / "r.txt").write_text("keep too")
+    before = snapshot(out)
+    result = runner.invoke(build_app(), [*export_args(tiny_checkpoints, out, phantom_dir),
+                                         "--force"])
+    assert_refused_in_one_line(result, out)
+    assert str(out / "NOTES.txt") in result.output
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
 def test_the_data_fingerprint_override_is_its_own_flag(
     tiny_checkpoints: tuple[Path, Path], tmp_path: Path,
 ) -> None:
