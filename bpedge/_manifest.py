@@ -405,6 +405,9 @@ class Manifest:
                 yield f"models.{name}.onnx.fp16.file", entry.onnx.fp16.file
             if entry.onnx.int8 is not None:
                 yield f"models.{name}.onnx.int8.file", entry.onnx.int8.file
+            if entry.onnx.int8_symmetric is not None:
+                yield (f"models.{name}.onnx.int8_symmetric.file",
+                       entry.onnx.int8_symmetric.file)
             if entry.checkpoint is not None:
                 yield f"models.{name}.checkpoint.file", entry.checkpoint.file
         for i, engine in enumerate(self.engines):

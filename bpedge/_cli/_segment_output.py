@@ -117,6 +117,12 @@ def own_entries(out: Path, names: Iterable[str]) -> None:
         set_owned_entries(out, COMMAND, present | set(names))
 
 
+#: A PNG's temporary name while bpedge._atomic writes it (``tempfile.mkstemp``'s 8 random
+#: characters): a run killed mid-write leaves one, and the rerun that replaces the folder must not
+#: take it for the user's.
+_ATOMIC_LEFTOVER = re.compile(r"\..+\.png\.[A-Za-z0-9_]{8}\.tmp", re.IGNORECASE)
+
+
 def _check_only_pngs(folder: Path) -> None:
     if not folder.exists() and not folder.is_symlink():
         return
@@ -124,7 +130,8 @@ def _check_only_pngs(folder: Path) -> None:
         raise OutDirRefused(f"{folder} is not a folder segment made; it is left as it is: choose "
                             "another --out")
     for entry in folder.iterdir():
-        if entry.is_symlink() or not entry.is_file() or entry.suffix.lower() != ".png":
+        if entry.is_symlink() or not entry.is_file() or not (
+                entry.suffix.lower() == ".png" or _ATOMIC_LEFTOVER.fullmatch(entry.name)):
             raise OutDirRefused(f"{folder} holds {entry.name}, which segment did not write; "
                                 "nothing was replaced: move it away, or choose another --out")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bpedge._cli._errors import UsageError, command_errors
+from bpedge._cli._errors import CommandFailed, UsageError, command_errors
 
 if TYPE_CHECKING:
     from bpedge._out_file import OutFile
@@ -181,6 +181,10 @@ def register(app: typer.Typer) -> None:
             console.print(tables.tracking_table(record))
         for line in tables.skipped_lines(record):
             console.print(escape(line))
+        if not any(row.ran for row in record.rows):
+            # every row skipped (a damaged model, a runtime missing): exit 0 would read as a run
+            raise CommandFailed("no row ran (each one's reason is above): nothing was measured"
+                                + (f"; {json_file} not written" if json_file is not None else ""))
         console.print(tables.stage_table(record))
         if json_target is not None:
             json_target.write_text(record.dumps())

@@ -5,12 +5,17 @@ the annotated video."""
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bpedge._cli._errors import CommandFailed, UsageError, command_errors
+
+#: Highest --video-fps: above any ultrasound frame rate, and far below what stalls OpenCV's writer.
+MAX_VIDEO_FPS = 1000.0
 
 _EPILOG = """Examples:
 
@@ -138,8 +143,11 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--depth must be >= 1, got {depth}")
         if on_error not in ("fail", "skip"):
             raise UsageError(f"--on-error must be fail or skip, got {on_error!r}")
-        if video_fps is not None and video_fps <= 0:
-            raise UsageError(f"--video-fps must be > 0, got {video_fps}")
+        if video_fps is not None and not (math.isfinite(video_fps)
+                                          and 0 < video_fps <= MAX_VIDEO_FPS):
+            # inf sent OpenCV's VideoWriter into a loop that ignored Ctrl-C
+            raise UsageError(f"--video-fps must be a number in (0, {MAX_VIDEO_FPS:g}], got "
+                             f"{video_fps}")
         skipped: list[str] = []
 
         def report_skip(name: str, reason: str) -> None:
@@ -159,6 +167,13 @@ def register(app: typer.Typer) -> None:
             # A video segment wrote is replaced only with --force; any other file never.
             video = OutFile(save_video, "segment", "--save-video")
             video.check(replace=force, replace_flag="--force")
+            for given in inputs:
+                # A video an earlier segment wrote, given as this run's input: the check above
+                # lets --force replace it, and the run would write over what it reads.
+                if os.path.exists(given) and os.path.exists(save_video) \
+                        and os.path.samefile(given, save_video):
+                    raise UsageError(f"--save-video {save_video} is an input of this run; "
+                                     "choose another name")
         seg = Segmenter.from_bundle(bundle, backend, precision=precision,  # type: ignore[arg-type]
                                     threads=threads)
         note = f" ({seg.fallback_reason})" if seg.fallback_reason else ""
@@ -183,6 +198,7 @@ def register(app: typer.Typer) -> None:
 
         bar = tqdm(total=source.length, desc="segmenting", unit="frame", disable=not progress)
         failure: BaseException | None = None
+        finished = False
         with seg, source, output.run_in(out, force=force, add_to_existing=add_to_existing,
                                         masks=masks, overlays=overlays):
             outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=video,
@@ -194,12 +210,15 @@ def register(app: typer.Typer) -> None:
                 for result in seg.stream(frames(), depth=depth, track=tracking):
                     outputs.add(pending.popleft(), result)
                     bar.update(1)
+                finished = True
             except (SourceError, ValueError, OSError, KeyboardInterrupt) as exc:
                 failure = exc
             finally:
                 bar.close()
-                lines = (outputs.finish(complete=failure is None)
-                         if outputs.rows or failure is None else [])
+                # Any other exception passes through here too: its run is not complete either,
+                # so its tables take the .partial names (results.csv means a finished run).
+                complete = finished and failure is None
+                lines = outputs.finish(complete=complete) if outputs.rows or complete else []
             done = len(outputs.rows)
             for line in lines:
                 typer.echo(line)

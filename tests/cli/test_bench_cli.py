@@ -115,3 +115,14 @@ def test_data_run_shows_accuracy(tiny_bundle, phantom_dir):
         "--ceiling-seconds", "0.01", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "Dice (BP frames)" in result.output and "speed workload" not in result.output
+
+
+def test_a_run_in_which_no_row_ran_fails(tiny_bundle, tmp_path):
+    # Here TensorRT cannot run, so its only row is skipped: exit 0 would read as a measurement.
+    out = tmp_path / "run.json"
+    result = runner.invoke(build_app(), ["bench", str(tiny_bundle), *SMALL, "--backends",
+                                         "tensorrt", "--precisions", "fp16", "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "skipped TensorRT fp16" in result.output
+    assert "no row ran" in result.output and "not written" in result.output
+    assert not out.exists()

@@ -182,3 +182,69 @@ def test_on_error_skip_or_fail(tiny_bundle, kaggle, tmp_path):
     bad = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
                                       str(tmp_path / "x"), "--on-error", "ignore", *BASE])
     assert bad.exit_code == 2 and "--on-error" in bad.output
+
+
+@pytest.mark.parametrize("fps", ["inf", "nan", "0", "-1", "100000"])
+def test_video_fps_outside_a_frame_rate_is_refused_before_anything_runs(tiny_bundle, kaggle,
+                                                                        tmp_path, fps):
+    # inf sent OpenCV's VideoWriter into a loop that ignored Ctrl-C
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(kaggle / "1_1.tif"),
+                                         "--out", str(out), "--save-video",
+                                         str(tmp_path / "v.mp4"), "--video-fps", fps, *BASE])
+    assert result.exit_code == 2, result.output
+    assert "--video-fps must be a number in (0, 1000]" in result.output
+    assert not out.exists() and not (tmp_path / "v.mp4").exists()
+
+
+def test_save_video_never_replaces_the_input_video(tiny_bundle, kaggle, tmp_path):
+    first = tmp_path / "seg.mp4"
+    made = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(kaggle), "--out",
+                                       str(tmp_path / "a"), "--save-video", str(first), *BASE])
+    assert made.exit_code == 0, made.output
+    before = first.read_bytes()
+    again = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(first), "--out",
+                                        str(tmp_path / "b"), "--save-video", str(first),
+                                        "--force", *BASE])
+    assert again.exit_code == 2, again.output
+    assert "is an input of this run" in again.output
+    assert first.read_bytes() == before
+
+
+def test_an_unexpected_error_mid_run_keeps_the_partial_names(tiny_bundle, kaggle, tmp_path,
+                                                            monkeypatch):
+    from bpedge._cli import _segment_outputs
+
+    real_add = _segment_outputs.SegmentOutputs.add
+    calls = []
+
+    def failing_add(self, frame, result):
+        calls.append(frame)
+        if len(calls) == 3:
+            raise RuntimeError("a failure no except clause names")
+        return real_add(self, frame, result)
+
+    monkeypatch.setattr(_segment_outputs.SegmentOutputs, "add", failing_add)
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(kaggle), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code != 0
+    assert not (out / "results.csv").exists()  # results.csv means a complete run
+    assert not (out / "results.jsonl").exists()
+    assert len(_rows(out / "results.partial.csv")) == 2
+    assert (out / "INCOMPLETE.txt").exists()
+
+
+def test_force_replaces_a_run_killed_while_it_wrote_a_png(tiny_bundle, kaggle, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", str(tiny_bundle), str(kaggle), "--out", str(out), *BASE]
+    assert runner.invoke(build_app(), args).exit_code == 0
+    # what a kill inside bpedge._atomic leaves: the PNG's temporary name
+    (out / "masks" / ".1_1.png.ab_d12x4.tmp").write_bytes(b"\x89PNG half")
+    again = runner.invoke(build_app(), [*args, "--force"])
+    assert again.exit_code == 0, again.output
+    assert not list((out / "masks").glob(".*.tmp"))
+    (out / "masks" / "notes.txt").write_text("mine")  # anything else is still the user's
+    refused = runner.invoke(build_app(), [*args, "--force"])
+    assert refused.exit_code == 2 and "notes.txt" in refused.output
+    assert (out / "masks" / "notes.txt").read_text() == "mine"

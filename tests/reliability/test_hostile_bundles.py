@@ -242,14 +242,17 @@ def test_a_bundle_path_that_is_a_file_or_fifo_says_so(tmp_path: Path, kind: str)
         Bundle.open(path)
 
 
+@pytest.mark.parametrize("form", ["int8", "int8_symmetric"])
 @pytest.mark.parametrize("other", ["detector.fp32.onnx", "segmenter.fp32.onnx", "detector.pt"])
-def test_an_int8_model_file_that_is_another_file_of_the_bundle_is_refused(copy: Path, other: str):
-    # Every file of a bundle has one role; the INT8 entry was left out of that rule, so the
-    # detector's INT8 model could be the segmenter's FP32 file or a checkpoint.
+def test_an_int8_model_file_that_is_another_file_of_the_bundle_is_refused(copy: Path, other: str,
+                                                                        form: str):
+    # Every file of a bundle has one role; the INT8 entries were left out of that rule (the
+    # symmetric one until later), so the detector's INT8 model could be the segmenter's FP32
+    # file or a checkpoint, and build-engines -p int8 would build it as the detector.
     data = (copy / other).read_bytes()
-    edit_manifest(copy, ("models", "detector", "onnx", "int8"),
+    edit_manifest(copy, ("models", "detector", "onnx", form),
                   {"file": other, "sha256": hashlib.sha256(data).hexdigest()})
-    with pytest.raises(BundleError, match=r"models\.detector\.onnx\.int8\.file.*already names"):
+    with pytest.raises(BundleError, match=rf"models\.detector\.onnx\.{form}\.file.*already names"):
         Bundle.open(copy)
 
 
