@@ -9,6 +9,11 @@ training starts, and each one is reported by name: it is either skipped (logged 
 Files are decoded with tifffile, not ``cv2.imread``: plain ``cv2.imread`` silently returns three
 channels, and on a truncated TIFF OpenCV prints to stderr and returns ``None`` with no reason,
 while tifffile raises an error that says what is wrong.
+
+Files are read with the guards ``bpedge segment`` uses for its stills: only regular files of at
+most ``MAX_IMAGE_FILE_BYTES`` (a FIFO named like a mask hung the scan, and a link to /dev/zero
+was read until memory ran out), and nothing whose header declares sides over ``MAX_SIDE`` is
+decoded (a 435 KB TIFF declaring 20000x20000 took 1.6 GB and half a minute to decode).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -28,7 +34,11 @@ import cv2
 import numpy as np
 import tifffile
 
+from bpedge._frames import MAX_SIDE
+from bpedge._image_size import declared_hw
 from bpedge._metrics import box_from_mask
+from bpedge._regular_file import NotARegularFile, read_regular_file
+from bpedge.sources import MAX_IMAGE_FILE_BYTES
 
 __all__ = [
     "DatasetError",
@@ -48,6 +58,10 @@ _NAME = re.compile(r"^(?P<subject>\d+)_(?P<frame>\d+)(?P<mask>_mask)?\.tiff?$", 
 #: Reason prefix of problems that never fail a scan: files that are not part of the layout.
 IGNORED = "ignored"
 
+#: Most samples a page may decode to: a MAX_SIDE square of RGBA. The header check bounds only
+#: the sides, and a TIFF may declare thousands of samples per pixel.
+_MAX_SAMPLES = MAX_SIDE * MAX_SIDE * 4
+
 
 class DatasetError(ValueError):
     """The dataset folder has bad files (``scan_dataset(on_error="fail")``); the message names each."""
@@ -57,9 +71,11 @@ class DatasetError(ValueError):
         self.problems = tuple(problems)
         lines = "".join(f"\n  {p.path}: {p.reason}" for p in self.problems)
         if headline is None:
+            # Not every command that scans a folder takes --on-error (bench and export do not).
             headline = (
-                f"{len(self.problems)} bad file(s) in {root} "
-                "(skip them with on_error='skip', or --on-error skip on the command line):"
+                f"{len(self.problems)} bad file(s) in {root} (fix or remove them; "
+                "`bpedge train` and `bpedge experiment` can skip them with --on-error skip, "
+                "Python callers with on_error='skip'):"
             )
         super().__init__(headline + lines)
 
@@ -138,27 +154,54 @@ class DatasetIndex:
 
 def read_image(path: Path) -> np.ndarray:
     """Read a frame as uint8 ``(H, W)`` grey levels. Colour TIFFs are converted to grey (what
-    ``cv2.IMREAD_GRAYSCALE`` does); raises ValueError naming the file if it cannot be decoded or is
-    not 8-bit."""
+    ``cv2.IMREAD_GRAYSCALE`` does); raises ValueError naming the file if it is not a regular file,
+    is too large, cannot be decoded or is not 8-bit."""
     path = Path(path)
-    return _decode_image(path, path.read_bytes())
+    return _decode_image(path, _read_file(path))
 
 
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask as uint8 ``(H, W)`` holding only 0 and 255 (any non-zero value, in any channel,
-    becomes 255); raises ValueError naming the file if it cannot be decoded."""
+    becomes 255); raises ValueError naming the file if it is not a regular file, is too large or
+    cannot be decoded."""
     path = Path(path)
-    return _decode_mask(path, path.read_bytes())
+    return _decode_mask(path, _read_file(path))
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return read_regular_file(path, MAX_IMAGE_FILE_BYTES)
+    except NotARegularFile as exc:
+        raise ValueError(f"{path}: {_not_regular_reason(exc, path)}") from None
+
+
+def _not_regular_reason(exc: NotARegularFile, path: Path) -> str:
+    # read_regular_file's messages read "{path} is ..."; the Problem or caller names the path.
+    return "not read: it " + str(exc).removeprefix(f"{path} ")
 
 
 def _decode(path: Path, data: bytes) -> np.ndarray:
     try:
+        hw = declared_hw(data)
+    except ValueError:
+        hw = None  # a header tifffile cannot read: the decode below reports it in its own words
+    if hw is not None and max(hw) > MAX_SIDE:
+        raise ValueError(f"{path}: declares a {hw[1]}x{hw[0]} (width x height) image; frames must "
+                         f"be at most {MAX_SIDE} pixels per side, so it is not decoded")
+    samples = None
+    try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if not tif.pages:
                 raise ValueError("no image in the file")
-            array = tif.pages[0].asarray()  # the first page: Kaggle files hold exactly one
+            page = tif.pages[0]  # the first page: Kaggle files hold exactly one
+            samples = math.prod(page.shape)
+            if samples <= _MAX_SAMPLES:
+                array = page.asarray()
     except Exception as exc:  # tifffile raises many types for damaged files; report them all alike
         raise ValueError(f"{path}: unreadable or truncated TIFF ({exc})") from exc
+    if samples is not None and samples > _MAX_SAMPLES:
+        raise ValueError(f"{path}: declares {samples} samples (shape {page.shape}), more than "
+                         f"a {MAX_SIDE}x{MAX_SIDE} RGBA image holds, so it is not decoded")
     if array.dtype != np.uint8:
         raise ValueError(f"{path}: expected 8-bit pixels (uint8), got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
@@ -194,7 +237,9 @@ class _PairResult:
 
 def _read_bytes(path: Path) -> tuple[bytes | None, Problem | None]:
     try:
-        return path.read_bytes(), None
+        return read_regular_file(path, MAX_IMAGE_FILE_BYTES), None
+    except NotARegularFile as exc:
+        return None, Problem(path, _not_regular_reason(exc, path))
     except PermissionError:
         return None, Problem(path, "unreadable: permission denied")
     except OSError as exc:

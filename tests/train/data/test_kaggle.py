@@ -134,14 +134,16 @@ def test_unreadable_permissions_are_reported(
     phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # chmod 000 does not stop root (CI runs as root), so the OS refusal is simulated.
-    real_read = Path.read_bytes
+    from bpedge.train.data import kaggle
 
-    def read_bytes(self: Path) -> bytes:
-        if self.name == "2_2.tif":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self)
+    real_read = kaggle.read_regular_file
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    def read_regular_file(path: Path, max_bytes: int) -> bytes:
+        if Path(path).name == "2_2.tif":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path, max_bytes)
+
+    monkeypatch.setattr(kaggle, "read_regular_file", read_regular_file)
     index = scan_dataset(phantom_dir, on_error="skip")
     reasons = {p.path.name: p.reason for p in index.problems}
     assert reasons == {"2_2.tif": "unreadable: permission denied"}
