@@ -201,40 +201,50 @@ def _open_capture(target: Any, api: int | None) -> Any:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """A still image as a checked grey frame. Read as bytes (non-ASCII paths work too) only if it
-    is a regular file of at most ``MAX_IMAGE_FILE_BYTES`` (a FIFO named ``x.png`` hung the
-    read), and decoded only if the size its header declares is one a frame may have."""
+    """A still image as a checked grey frame (:func:`read_image_samples`)."""
+    from bpedge._frames import as_grey_frame
+
+    image = read_image_samples(path)
+    try:
+        return as_grey_frame(image)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def read_image_samples(path: Path, what: str = "") -> np.ndarray:
+    """An image file's samples as OpenCV decodes them (one channel, its own depth). Read as bytes
+    (non-ASCII paths work too) only if it is a regular file of at most ``MAX_IMAGE_FILE_BYTES``
+    (a FIFO named ``x.png`` hung the read), and decoded only if the size its header declares is
+    one a frame may have (a PNG of a few hundred KB declaring 20000x20000 pixels decoded into
+    gigabytes). ``what`` (e.g. ``"ground-truth mask "``) starts the messages' description."""
     import cv2
 
-    from bpedge._frames import MAX_SIDE, as_grey_frame
+    from bpedge._frames import MAX_SIDE
     from bpedge._image_size import declared_hw
     from bpedge._regular_file import NotARegularFile, read_regular_file
 
     try:
         data = read_regular_file(path, MAX_IMAGE_FILE_BYTES)
     except NotARegularFile as exc:
-        raise ValueError(f"{exc}: only regular image files are read") from None
+        raise ValueError(f"{what}{exc}: only regular image files are read") from None
     try:
         hw = declared_hw(data)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: {what}{exc}") from None
     if hw is not None and not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
-        raise ValueError(f"{path}: declares a {hw[1]}x{hw[0]} (width x height) image; frames must "
-                         f"be 2 to {MAX_SIDE} pixels per side, so it is not decoded")
+        raise ValueError(f"{path}: {what}declares a {hw[1]}x{hw[0]} (width x height) image; "
+                         f"frames must be 2 to {MAX_SIDE} pixels per side, so it is not decoded")
     # IMREAD_ANYDEPTH keeps 16-bit and float samples as they are: IMREAD_GRAYSCALE alone shifts
     # 16-bit ones right by 8 bits without a word (a 16-bit file holding 8-bit values became an
-    # all-black frame). The frame rule below then takes or refuses the values the file holds.
+    # all-black frame, a 16-bit mask of 0/255 an empty one).
     flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
-        raise ValueError(f"{path}: OpenCV cannot decode it ({str(exc).strip()})") from None
+        raise ValueError(f"{path}: {what}OpenCV cannot decode it ({str(exc).strip()})") from None
     if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    try:
-        return as_grey_frame(image)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: {what}not a readable image")
+    return image
 
 
 def _grey(frame: Any, label: str) -> np.ndarray:

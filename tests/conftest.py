@@ -102,3 +102,33 @@ def hide_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
     hide_openvino(monkeypatch)
+
+
+@pytest.fixture
+def read_fifo():
+    """``read_fifo(read, pipe)``: call ``read(pipe)`` in a daemon thread and return the exception
+    it raised (None if it returned); a read still blocked after 20 s fails the test, after the
+    pipe's write end is opened once to release it (so a hang cannot stall the run)."""
+    import os
+    import threading
+
+    def call(read, pipe: Path) -> BaseException | None:
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                read(pipe)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(20)
+        if worker.is_alive():
+            with open(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+                pass
+            pytest.fail(f"reading the FIFO {pipe} hung")
+        return outcome[0]
+
+    return call

@@ -29,39 +29,11 @@ ACCURACY_COLUMNS = ("file", "frame", "truth_present", "present", "presence_corre
 
 
 def _read_truth(path: Path) -> np.ndarray:
-    """A ground-truth mask as uint8 0/255, read with the guards of the frame reader
-    (``bpedge.sources._read_image``): a FIFO named ``x_mask.png`` would hang the read, and a PNG of
-    a few hundred KB declaring 20000x20000 pixels decoded into gigabytes."""
-    import cv2
+    """A ground-truth mask as uint8 0/255 (non-zero is BP at any depth), read with the frame
+    reader's guards (:func:`bpedge.sources.read_image_samples`)."""
+    from bpedge.sources import read_image_samples
 
-    from bpedge._frames import MAX_SIDE
-    from bpedge._image_size import declared_hw
-    from bpedge._regular_file import NotARegularFile, read_regular_file
-    from bpedge.sources import MAX_IMAGE_FILE_BYTES
-
-    try:
-        raw = read_regular_file(path, MAX_IMAGE_FILE_BYTES)
-    except NotARegularFile as exc:
-        raise ValueError(f"ground-truth mask {exc}: only regular image files are read") from None
-    try:
-        hw = declared_hw(raw)
-    except ValueError as exc:
-        raise ValueError(f"{path}: ground-truth mask is {exc}") from None
-    if hw is not None and not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
-        raise ValueError(f"{path}: ground-truth mask declares a {hw[1]}x{hw[0]} (width x height) "
-                         f"image; frames must be 2 to {MAX_SIDE} pixels per side, so it is not "
-                         "decoded")
-    data = np.frombuffer(raw, dtype=np.uint8)
-    # IMREAD_ANYDEPTH: IMREAD_GRAYSCALE alone shifts 16-bit samples right by 8 bits, so a 16-bit
-    # mask of 0/255 read as all zeros (its frame scored as "no BP"). Non-zero is BP at any depth.
-    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
-    try:
-        mask = cv2.imdecode(data, flags) if data.size else None
-    except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
-        raise ValueError(f"{path}: ground-truth mask cannot be decoded "
-                         f"({str(exc).strip()})") from None
-    if mask is None:
-        raise ValueError(f"{path}: ground-truth mask is not a readable image")
+    mask = read_image_samples(path, "ground-truth mask ")
     return np.where(mask != 0, 255, 0).astype(np.uint8)
 
 
