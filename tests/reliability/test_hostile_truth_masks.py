@@ -23,19 +23,12 @@ from bpedge._frames import MAX_SIDE
 pytestmark = pytest.mark.timeout(120)
 
 
-def zero_png(width: int, height: int) -> bytes:
-    """A valid grey PNG of zeros: a few hundred KB that decode to ``width * height`` bytes."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte + pixels
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-
+def png_header(width: int, height: int) -> bytes:
+    """The signature and IHDR chunk of a grey PNG of ``width`` x ``height``: all the reader may
+    look at before it refuses the size (decoding is what must not happen)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
-            + chunk(b"IEND", b""))
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + b"IHDR" + header + crc
 
 
 def test_a_good_mask_still_reads_as_0_and_255(tmp_path: Path) -> None:
@@ -48,9 +41,9 @@ def test_a_good_mask_still_reads_as_0_and_255(tmp_path: Path) -> None:
 
 
 def test_a_png_bomb_mask_is_refused_before_it_is_decoded(tmp_path: Path, monkeypatch) -> None:
-    side = MAX_SIDE + 2000  # ~100 MB decoded, from ~100 KB
+    side = MAX_SIDE + 2000
     path = tmp_path / "x_mask.png"
-    path.write_bytes(zero_png(side, side))
+    path.write_bytes(png_header(side, side))
 
     def no_decode(*args, **kwargs):
         raise AssertionError("a mask declaring a frame too large was decoded")
