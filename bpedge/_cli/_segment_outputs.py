@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,13 @@ class SegmentOutputs:
     (also after a failure, so the frames done are kept) and returns the summary lines."""
 
     def __init__(self, out: Path, *, masks: bool, overlays: bool, video: OutFile | None,
-                 video_fps: float | None, replace_video: bool = False) -> None:
+                 video_fps: float | None, replace_video: bool = False,
+                 skip_truth: Callable[[str, str], None] | None = None) -> None:
+        """``skip_truth`` (``--on-error skip``): called with a ground-truth mask's path and why
+        it cannot be used; its frame is then written without accuracy. Without it such a mask
+        raises ``ValueError``."""
         self.out = out
+        self._skip_truth = skip_truth
         self.masks, self.overlays = masks, overlays
         self.rows: list[tuple[Any, ...]] = []
         self.jsonl: list[str] = []
@@ -108,9 +114,17 @@ class SegmentOutputs:
     def add(self, frame: SourceFrame, result: Result) -> None:
         from bpedge._overlay import write_png
 
-        truth = _read_truth(frame.truth_path) if frame.truth_path is not None else None
-        if truth is not None:
-            self.accuracy.add(frame, result, truth)
+        truth = None
+        if frame.truth_path is not None:
+            try:
+                truth = _read_truth(frame.truth_path)
+                self.accuracy.add(frame, result, truth)  # checks the size before it adds
+            except ValueError as exc:
+                if self._skip_truth is None:
+                    raise
+                self._skip_truth(str(frame.truth_path),
+                                 f"{exc} ({frame.name} is written without accuracy)")
+                truth = None
         if self.masks:
             write_png(self.out / "masks" / f"{frame.name}.png", result.mask)
         picture = None

@@ -202,7 +202,8 @@ def register(app: typer.Typer) -> None:
         with seg, source, output.run_in(out, force=force, add_to_existing=add_to_existing,
                                         masks=masks, overlays=overlays):
             outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=video,
-                                     video_fps=video_fps, replace_video=force)
+                                     video_fps=video_fps, replace_video=force,
+                                     skip_truth=report_skip if on_error == "skip" else None)
             try:
                 from bpedge._tracking import TrackOptions
 

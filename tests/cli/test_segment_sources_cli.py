@@ -184,6 +184,29 @@ def test_on_error_skip_or_fail(tiny_bundle, kaggle, tmp_path):
     assert bad.exit_code == 2 and "--on-error" in bad.output
 
 
+@pytest.mark.parametrize("damage", ["empty", "wrong size"])
+def test_on_error_skip_skips_a_bad_ground_truth_mask_and_keeps_its_frame(tiny_bundle, kaggle,
+                                                                         tmp_path, damage):
+    folder = tmp_path / "frames"
+    shutil.copytree(kaggle, folder)
+    bad = folder / "1_2_mask.tif"
+    if damage == "empty":
+        bad.write_bytes(b"")
+    else:
+        cv2.imwrite(str(bad), np.zeros((10, 12), np.uint8))
+    skip = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
+                                       str(tmp_path / "skip"), "--on-error", "skip", *BASE])
+    assert skip.exit_code == 0, skip.output
+    assert "skipped" in skip.output and "1_2_mask.tif" in skip.output
+    assert "written without accuracy" in skip.output
+    assert len(_rows(tmp_path / "skip" / "results.csv")) == 4  # every frame segmented
+    accuracy = _rows(tmp_path / "skip" / "accuracy.csv")
+    assert len(accuracy) == 3 and not any("1_2" in row["file"] for row in accuracy)
+    fail = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), "--out",
+                                       str(tmp_path / "fail"), *BASE])
+    assert fail.exit_code == 2 and "1_2_mask.tif" in fail.output
+
+
 @pytest.mark.parametrize("fps", ["inf", "nan", "0", "-1", "100000"])
 def test_video_fps_outside_a_frame_rate_is_refused_before_anything_runs(tiny_bundle, kaggle,
                                                                         tmp_path, fps):
