@@ -184,6 +184,10 @@ def claim_out_dir(
         raise OutDirRefused(f"{flag} {path} is the output of `bpedge {marker['command']}`, not of "
                             f"`bpedge {command}`: choose a new or empty folder")
     if add_to_existing:
+        if (path / MARKER_NAME).exists() or (path / MARKER_NAME).is_symlink():
+            # Here no marker was read, so this is the user's file under the marker's name.
+            raise OutDirRefused(f"{path / MARKER_NAME} is not a bpedge marker: it is never "
+                                "overwritten; choose another --out")
         _write_marker(path, command, list(entries))
         return path
     offer = (f", or pass {add_flag} to add only new entries to it (nothing in it is overwritten)"

@@ -71,3 +71,14 @@ def test_force_still_replaces_what_segment_wrote_and_forgets_what_is_gone(tiny_b
     # overlays/ was removed as segment's own; now that it is gone it is no longer claimed.
     assert "overlays" not in owned_entries(study, "segment")
     assert (study / "results.csv").is_file() and not (study / "INCOMPLETE.txt").exists()
+
+
+@pytest.mark.parametrize("content", [b"my own settings", b'{"format": "something else"}'])
+def test_a_users_file_under_the_markers_name_is_never_overwritten(tiny_bundle: Path, study: Path,
+                                                                  content: bytes):
+    (study / ".bpedge-out.json").write_bytes(content)
+    before = snapshot(study)
+    result = segment(tiny_bundle, study)
+    assert result.exit_code == 2, result.output
+    assert "not a bpedge marker" in result.output and "Traceback" not in result.output
+    assert snapshot(study) == before
