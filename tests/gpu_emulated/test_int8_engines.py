@@ -43,12 +43,17 @@ def test_int8_engines_are_built_from_the_symmetric_files_strongly_typed(int8_eng
 
 def _with_int8_pointing_at(src, dst, precision: str):
     """A copy of bundle ``src`` at ``dst`` whose ``onnx.int8`` (ONNX Runtime's INT8 file) and
-    ``onnx.int8_symmetric`` (TensorRT's) both name the ``precision`` file; every file and hash is
-    unchanged, so the bundle still verifies."""
+    ``onnx.int8_symmetric`` (TensorRT's) both hold the ``precision`` file's bytes: the other
+    entry names a copy of it (every file of a bundle has one role), with the same hash, so the
+    bundle still verifies."""
     shutil.copytree(src, dst)
     manifest = json.loads((dst / MANIFEST_NAME).read_text())
-    for entry in manifest["models"].values():
-        entry["onnx"]["int8"] = entry["onnx"]["int8_symmetric"] = entry["onnx"][precision]
+    other = "int8_symmetric" if precision == "int8" else "int8"
+    for name, entry in manifest["models"].items():
+        ref = entry["onnx"][precision]
+        copy = f"{name}.{precision}.as_{other}.onnx"
+        shutil.copyfile(dst / ref["file"], dst / copy)
+        entry["onnx"][other] = {**ref, "file": copy}
     manifest["engines"] = []
     (dst / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return dst
