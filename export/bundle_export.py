@@ -150,6 +150,11 @@ class ExportOptions:
         if self.data is not None and not Path(self.data).exists():
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         out = Path(self.out)
+        if out.is_symlink():
+            # The bundle is published by renaming a folder onto --out, which replaces a link
+            # itself (not its target): refused here rather than after the work.
+            raise OutDirRefused(f"--out {out} is a symbolic link: give a real folder path (the "
+                                "link's target, or a new name)")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()):

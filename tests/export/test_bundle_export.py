@@ -228,6 +228,23 @@ def test_a_non_empty_out_is_refused_before_any_work(tiny_checkpoints: tuple[Path
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("target", ["empty folder", "nothing"])
+def test_an_out_that_is_a_symbolic_link_is_refused_before_any_work(
+        tiny_checkpoints: tuple[Path, Path], tmp_path: Path, target: str) -> None:
+    # It used to do all the work, then fail on publishing with a raw "Not a directory".
+    real = tmp_path / "real"
+    if target == "empty folder":
+        real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    detector, segmenter = tiny_checkpoints
+    with pytest.raises(ValueError, match="symbolic link"):
+        export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=link),
+                      log=lambda line: pytest.fail(f"work started: {line}"))
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["link", *(["real"] if target == "empty folder" else [])])
+
+
 def test_checkpoints_of_the_wrong_kind_are_refused(tiny_checkpoints: tuple[Path, Path],
                                                    tmp_path: Path) -> None:
     detector, segmenter = tiny_checkpoints
