@@ -139,10 +139,16 @@ def _file_input(path: Path) -> _Input | None:
 def _folder_inputs(paths: list[Path], where: str) -> list[_Input]:
     inputs = []
     for path in sorted(paths, key=_natural_key):
-        if path.is_file() and not _MASK.search(path.stem):
+        if _MASK.search(path.stem):
+            continue
+        if path.is_file():
             found = _file_input(path)
             if found is not None and found.kind != "video":
                 inputs.append(found)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            # A FIFO, device or folder named like an image: kept, so that reading it reports
+            # it by name (skipped or failed) instead of the scan dropping it without a word.
+            inputs.append(_Input("image", str(path), path.stem, path))
     if not inputs:
         raise ValueError(f"{where} holds no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM files "
                          "(*_mask files are skipped)")

@@ -172,3 +172,19 @@ class HugeCapture(RingCapture):
 def test_a_capture_declaring_frames_too_large_is_refused_before_the_first_read():
     with pytest.raises(SourceError, match=r"declares 100000x100000 .*none is decoded"):
         list(open_frames(HugeCapture([frame()])))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_entries_named_like_images_that_are_not_files_are_reported_not_dropped(tmp_path: Path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    os.mkfifo(folder / "a.png")
+    (folder / "b.tif").mkdir()
+    cv2.imwrite(str(folder / "c.png"), frame())
+    skipped: list[str] = []
+    got = list(open_frames(folder, on_error="skip", on_skip=lambda name, why: skipped.append(name)))
+    assert [f.name for f in got] == ["c"]
+    assert len(skipped) == 2 and any("a.png" in s for s in skipped) \
+        and any("b.tif" in s for s in skipped)
+    with pytest.raises(ValueError, match=r"a\.png.*FIFO"):
+        list(open_frames(folder))  # fail mode: the first one stops the run, by name
