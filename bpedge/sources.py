@@ -220,8 +220,8 @@ def _read_image(path: Path) -> np.ndarray:
 def read_image_samples(path: Path, what: str = "") -> np.ndarray:
     """An image file's samples as OpenCV decodes them (one channel, its own depth). Read as bytes
     (non-ASCII paths work too) only if it is a regular file of at most ``MAX_IMAGE_FILE_BYTES``
-    (a FIFO named ``x.png`` hung the read), and decoded only if the size its header declares is
-    one a frame may have (a PNG of a few hundred KB declaring 20000x20000 pixels decoded into
+    (a FIFO named ``x.png`` hung the read), and decoded only if it is a PNG, JPEG, BMP or TIFF
+    whose header declares a size a frame may have (a PNG of a few hundred KB declaring 20000x20000 pixels decoded into
     gigabytes). ``what`` (e.g. ``"ground-truth mask "``) starts the messages' description."""
     import cv2
 
@@ -237,7 +237,12 @@ def read_image_samples(path: Path, what: str = "") -> np.ndarray:
         hw = declared_hw(data)
     except ValueError as exc:
         raise ValueError(f"{path}: {what}{exc}") from None
-    if hw is not None and not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
+    if hw is None:
+        # OpenCV decodes by content, not name: a WebP or JPEG 2000 file called x.png has a header
+        # declared_hw does not read, and a 10 KB one decoded into gigabytes before the size check.
+        raise ValueError(f"{path}: {what}not a readable image (its content is not PNG, JPEG, BMP "
+                         "or TIFF, or its header is cut short), so it is not decoded")
+    if not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
         raise ValueError(f"{path}: {what}declares a {hw[1]}x{hw[0]} (width x height) image; "
                          f"frames must be 2 to {MAX_SIDE} pixels per side, so it is not decoded")
     # IMREAD_ANYDEPTH keeps 16-bit and float samples as they are: IMREAD_GRAYSCALE alone shifts

@@ -188,3 +188,22 @@ def test_entries_named_like_images_that_are_not_files_are_reported_not_dropped(t
         and any("b.tif" in s for s in skipped)
     with pytest.raises(ValueError, match=r"a\.png.*FIFO"):
         list(open_frames(folder))  # fail mode: the first one stops the run, by name
+
+
+@pytest.mark.parametrize("ext", [".webp", ".jp2"])
+def test_other_formats_under_an_image_name_are_refused_before_they_are_decoded(
+        tmp_path: Path, monkeypatch, ext: str):
+    # OpenCV decodes by content: a 10 KB WebP of 16000x16000 named x.png took 1.1 GB to decode
+    # before the size check; only headers bpedge reads (PNG, JPEG, BMP, TIFF) are decoded.
+    ok, encoded = cv2.imencode(ext, frame())
+    if not ok:
+        pytest.skip(f"this OpenCV cannot write {ext}")
+    path = tmp_path / "x.png"
+    path.write_bytes(encoded.tobytes())
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a file whose header bpedge cannot read was decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ValueError, match=r"x\.png: not a readable image.*not PNG, JPEG, BMP or TIFF"):
+        list(open_frames(path))
