@@ -430,6 +430,9 @@ class Frames(Iterator[SourceFrame]):
                 if self._on_error == "fail":
                     raise
                 reason = str(exc)
+                done = getattr(exc, "frames_read", 0)
+                if done:  # its first frames went through: what is skipped is the rest
+                    reason = f"{reason}; its first {done} frame(s) were read and are kept"
                 self.skipped.append((item.label, reason))
                 _log.warning("bpedge: skipped %s: %s", item.label, reason)
                 if self._on_skip is not None:

@@ -109,6 +109,14 @@ def test_capture_object_that_vanishes_keeps_the_frames_it_gave():
     assert all(f.timestamp is not None and f.fps == 30.0 for f in got)
 
 
+def test_skipping_a_source_that_fails_mid_way_says_its_first_frames_are_kept():
+    reasons: list[str] = []
+    got = list(open_frames(FakeCapture(3), on_error="skip",
+                           on_skip=lambda label, why: reasons.append(why)))
+    assert len(got) == 3  # the frames it gave are results, so "skipped" alone misled
+    assert len(reasons) == 1 and "its first 3 frame(s) were read and are kept" in reasons[0]
+
+
 def test_device_index_opens_a_capture_and_releases_it(monkeypatch):
     opened = {}
 
