@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import struct
 from dataclasses import dataclass
 
 from bpedge._stages import MIN_BOX_SIDE
@@ -183,11 +184,20 @@ def paste_args(
         raise ValueError(f"box_stride must be at least 4 floats, got {box_stride}")
     if not (math.isfinite(threshold) and math.isfinite(score_threshold)):
         raise ValueError(f"thresholds must be finite, got {threshold} and {score_threshold}")
+    # The reference compares its float32 canvas with the threshold in float32 (NumPy 2 takes a
+    # Python float at the array's precision); the kernel compares in double, so it gets the
+    # float32-rounded value (0.7 in double lies above float32(0.7): equal pixels were dropped).
     return PasteArgs(
-        prob=prob, boxes=boxes, scores=scores, masks=masks, threshold=float(threshold),
+        prob=prob, boxes=boxes, scores=scores, masks=masks,
+        threshold=_as_float32(threshold),
         score_threshold=float(score_threshold), batch=batch, width=width, height=height,
         pitch=pitch, crop_w=crop_w, crop_h=crop_h, box_stride=box_stride, score_stride=score_stride,
     )
+
+
+def _as_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (without NumPy, which this module does not need)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def preprocess_launch(batch: int, out_w: int, out_h: int, per_crop: bool) -> LaunchShape:

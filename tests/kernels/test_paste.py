@@ -152,3 +152,17 @@ def test_probability_and_score_equal_to_their_thresholds_count_as_present():
     expected = _stages.paste_back(prob[0], tuple(map(float, box[0])), 30, 20, 0.5)
     assert expected.any()
     np.testing.assert_array_equal(masks[0], expected)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.3, 0.1])
+def test_a_threshold_not_exact_in_float32_counts_equal_probabilities_as_the_reference_does(
+        threshold):
+    """The reference compares float32 probabilities with the threshold in float32; the kernel
+    in double got 0.7 above float32(0.7), so a probability equal to it was dropped."""
+    prob = np.full((1, 96, 96), np.float32(threshold), np.float32)
+    box = np.array([[4.0, 3.0, 20.0, 15.0]], np.float32)
+    masks = emulated_paste(prob, box, np.array([0.9], np.float32), 30, 20, threshold=threshold,
+                           score_threshold=0.25)
+    expected = _stages.paste_back(prob[0], tuple(map(float, box[0])), 30, 20, threshold)
+    assert expected.any()
+    np.testing.assert_array_equal(masks[0], expected)
