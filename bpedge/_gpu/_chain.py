@@ -204,8 +204,10 @@ def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int]
             raise ValueError(f"a device-source chain needs one {h}x{w} DeviceSource, got {source}")
         upload = (Copy(device["frames"], w, source.ptr, source.pitch, w, h, "d2d"),)
     else:
-        upload = (Copy(device["frames"], n * h * w, host["frames"], n * h * w, n * h * w, 1,
-                       "h2d"),)
+        # Contiguous frames copied as n*h rows of w bytes, not one row of n*h*w: a 2D copy's
+        # pitch may not exceed cudaDeviceProp::memPitch (cudaMemcpy2DAsync), which 32 frames of
+        # 8192x8192 would.
+        upload = (Copy(device["frames"], w, host["frames"], w, w, n * h, "h2d"),)
     detector_input = Launch(
         PREPROCESS_ENTRY_POINTS[types.image],
         preprocess_args(frames=device["frames"], out=device["image"], batch=n, width=w, height=h,
@@ -233,7 +235,7 @@ def plan_chain(key: ChainKey, device: Mapping[str, int], host: Mapping[str, int]
         paste_launch(n, w, h),
     )
     download = (
-        Copy(host["masks"], n * h * w, device["masks"], n * h * w, n * h * w, 1, "d2h"),
+        Copy(host["masks"], w, device["masks"], w, w, n * h, "d2h"),
         Copy(host["score"], n * 4, device["score"], n * 4, n * 4, 1, "d2h"),
         Copy(host["boxes"], n * 16, device["boxes_out"], n * 16, n * 16, 1, "d2h"),
     )
