@@ -200,6 +200,11 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool,
             )
         return None
     if not last.is_file():
+        if best.is_file() and not (run_dir / "metrics.json").exists():
+            # A kill between the first epoch's two checkpoint writes (best.pt, then last.pt;
+            # metrics come after both): nothing to resume, that epoch starts again, and the
+            # plain command pointed here.
+            return None
         raise ValueError(f"--resume: {run_dir} has no last.pt to resume from; run without --resume")
     payload = load_checkpoint(last)
     diffs = config_differences(payload.get("config", {}), config, defaults)
@@ -367,6 +372,11 @@ def run_epochs(
                 with average.swapped_in(trainee.model) as raw_state:
                     val_loss, val_metric = _evaluate(trainee, val_loader, ctx)
                 saved = average.state
+            if not math.isfinite(val_loss):
+                # The last optimiser step can leave non-finite weights behind a finite training
+                # loss: nothing of this epoch is saved (best.pt must never hold them).
+                raise FloatingPointError(f"validation loss became {val_loss} in epoch {epoch}; "
+                                         "lower --lr or check the data")
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,

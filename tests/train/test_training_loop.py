@@ -208,6 +208,31 @@ def test_a_cosine_schedule_sets_each_epochs_rate_and_resumes_on_it(tmp_path: Pat
     assert not (tmp_path / "c").exists()
 
 
+def test_resume_after_a_kill_between_the_first_epochs_checkpoints_starts_that_epoch_again(
+        tmp_path: Path) -> None:
+    # best.pt is written before last.pt and the metrics: a kill in between left a folder that
+    # the plain command sent to --resume and --resume sent back (no last.pt).
+    config = {"kind": "toy", "model": {"lr": 0.05, "epochs": 2}}
+    (tmp_path / "best.pt").write_bytes(b"orphan of epoch 1")
+    with pytest.raises(ValueError, match="pass --resume"):
+        prepare_run_dir(tmp_path, config, resume=False)
+    assert prepare_run_dir(tmp_path, config, resume=True) is None  # epoch 1 starts again
+    (tmp_path / "metrics.json").write_text("{}")  # a run past epoch 1 without last.pt: refused
+    with pytest.raises(ValueError, match="no last.pt"):
+        prepare_run_dir(tmp_path, config, resume=True)
+
+
+def test_non_finite_weights_after_an_epoch_are_never_saved(tmp_path: Path) -> None:
+    trainee = ToyTrainee()
+    for group in trainee.optimizer.param_groups:
+        group["lr"] = float("inf")  # the first step makes the weights non-finite
+    # One batch an epoch: its loss is finite, the step after it is what breaks the weights.
+    settings = LoopSettings(run_dir=tmp_path, epochs=2, batch_size=48, seed=5, progress=False)
+    with pytest.raises(FloatingPointError, match="validation loss became (nan|inf)"):
+        run_epochs(trainee, settings, CPU)
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
 def test_run_folder_rules(tmp_path: Path) -> None:
     config = {"kind": "toy", "model": {"lr": 0.05, "epochs": 2}, "data": {"root": "/a"}}
     assert prepare_run_dir(tmp_path, config, resume=False) is None

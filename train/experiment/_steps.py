@@ -80,18 +80,22 @@ class StepRecord:
 
 def training_state(run_dir: Path, epochs: int) -> StepState:
     """State of a training run folder asked to reach ``epochs``: DONE when RUN/metrics.json lists
-    at least that many epochs and RUN/best.pt exists, UNFINISHED when RUN/last.pt exists, else TODO.
+    at least that many epochs and RUN/best.pt exists, UNFINISHED when RUN/last.pt exists, else TODO
+    (a ValueError when best.pt of an unfinished run lost its last.pt).
 
     A best.pt without last.pt is what a kill between the first epoch's two checkpoint writes
     leaves (the loop writes best.pt, then last.pt): that epoch is the interrupted one, so the
     orphan is removed and the run starts again (TODO) instead of the trainer refusing the folder."""
     metrics, best, last = run_dir / "metrics.json", run_dir / "best.pt", run_dir / "last.pt"
+    done = len(json.loads(metrics.read_text()).get("epochs", [])) if metrics.is_file() else 0
+    if best.is_file() and done >= epochs:
+        return StepState.DONE  # finished: its best.pt is the model, whatever became of last.pt
     if best.is_file() and not last.is_file():
-        best.unlink()
-    if metrics.is_file() and best.is_file() and last.is_file():
-        done = len(json.loads(metrics.read_text()).get("epochs", []))
-        if done >= epochs:
-            return StepState.DONE
+        if done:
+            # Trained for some epochs, then last.pt was removed: never delete the model.
+            raise ValueError(f"{run_dir} holds best.pt after {done} epoch(s) but no last.pt to "
+                             f"continue to {epochs}: move the folder away to train it again")
+        best.unlink()  # metrics come after both checkpoints: this is the orphan described above
     return StepState.UNFINISHED if last.is_file() else StepState.TODO
 
 
