@@ -10,6 +10,7 @@ last.pt (every epoch) and best.pt (best val mIoU).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,8 +68,8 @@ class DetectorOptions(RunOptions):
 
     def check(self) -> None:
         super().check()
-        if self.gamma is not None and self.gamma < 0:
-            raise ValueError(f"--gamma must be >= 0, got {self.gamma}")
+        if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma >= 0):
+            raise ValueError(f"--gamma must be finite and >= 0, got {self.gamma}")
         if self.alpha is not None and not (0.0 <= self.alpha <= 1.0 or self.alpha == -1):
             raise ValueError(f"--alpha must be in [0, 1] (or -1 to disable), got {self.alpha}")
         if self.weights is not None and not self.weights.is_file():

@@ -9,6 +9,7 @@ written into RUN/study.json and shown in the report.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ SPLIT_CHOICES: tuple[str, ...] = ("random", "subject", "both")
 _ON_ERROR = ("skip", "fail")
 _DEVICES = ("cpu", "cuda")
 
+
+#: Largest --epochs-scale: 100x the preset's epochs is already far past any study here.
+MAX_EPOCHS_SCALE = 100.0
 
 @dataclass(frozen=True)
 class ExperimentOptions:
@@ -75,8 +79,8 @@ class ExperimentOptions:
             raise ValueError("--gammas needs at least one value, e.g. --gammas 1,2,3,5")
         if len(set(self.gammas)) != len(self.gammas):
             raise ValueError(f"--gammas repeats a value: {list(self.gammas)}")
-        if any(g < 0 for g in self.gammas):
-            raise ValueError(f"--gammas must be >= 0, got {list(self.gammas)}")
+        if not all(math.isfinite(g) and g >= 0 for g in self.gammas):
+            raise ValueError(f"--gammas must be finite and >= 0, got {list(self.gammas)}")
         if self.split not in SPLIT_CHOICES:
             raise ValueError(f"--split must be one of {SPLIT_CHOICES}, got {self.split!r}")
         if not self.archs or any(a not in ARCHS for a in self.archs):
@@ -87,8 +91,10 @@ class ExperimentOptions:
             raise ValueError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
-        if self.epochs_scale is not None and not self.epochs_scale > 0:
-            raise ValueError(f"--epochs-scale must be positive, got {self.epochs_scale}")
+        if self.epochs_scale is not None and not 0 < self.epochs_scale <= MAX_EPOCHS_SCALE:
+            # inf failed after the folder was made; 1e300 began "epoch 1/2000...0"
+            raise ValueError(f"--epochs-scale must be in (0, {MAX_EPOCHS_SCALE:g}], got "
+                             f"{self.epochs_scale}")
         for name in ("detector_epochs", "segmenter_epochs", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
