@@ -36,6 +36,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -84,21 +86,37 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     ``ValueError``) naming the file if it cannot be unpickled safely (e.g. it holds code to run)
     or is not a bpedge checkpoint.
     """
-    import torch
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
-    try:
-        payload = torch.load(p, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{p} is not a loadable bpedge checkpoint (torch.load with weights_only=True "
-            f"refused it: {first_line})"
-        ) from exc
+    payload = torch_load_weights_only(p, "bpedge checkpoint", map_location)
     _check_payload(payload, p)
     return payload
+
+
+def torch_load_weights_only(path: Path, what: str, map_location: str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, or :class:`CheckpointError` naming ``path`` and
+    ``what`` it should be. A damaged file fails inside torch with almost any exception (flipped
+    bytes gave KeyError, UnicodeDecodeError and others, whose text named neither the file nor
+    the problem); a file that needs a pickled object is refused without torch's advice to load
+    it with ``weights_only=False``, which would run code from the file."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        need = f"it needs {found.group(1)}" if found else "it holds more than tensors"
+        raise CheckpointError(
+            f"{path} was refused as a {what}: {need}, a pickled Python object, and loading one "
+            "could run code from the file") from None
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        raise CheckpointError(f"{path} is not a loadable {what} (damaged or not a torch.save "
+                              f"file: {type(exc).__name__}{': ' + first if first else ''})"
+                              ) from exc
 
 
 def _check_payload(payload: Any, path: Path) -> None:
@@ -287,7 +305,13 @@ def load_model(
     to prepare inputs (see :mod:`bpedge._stages`).
     """
     payload = load_checkpoint(path)
-    model = build_model_from_payload(payload)
+    try:
+        model = build_model_from_payload(payload)
+    except (TypeError, ValueError, KeyError) as exc:  # a field of the wrong type or shape
+        raise CheckpointError(f"{path}: its stored config does not build a model ({exc})") from exc
+    if not isinstance(payload["model_state"], Mapping):
+        raise CheckpointError(f"{path}: its model_state is a {type(payload['model_state']).__name__}"
+                              ", not a state_dict")
     try:
         model.load_state_dict(payload["model_state"])
     except RuntimeError as exc:

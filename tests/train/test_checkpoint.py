@@ -136,3 +136,30 @@ def test_resolve_checkpoint_accepts_run_folder_or_file(tmp_path: Path) -> None:
     assert resolve_checkpoint(best) == best
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(tmp_path / "nope.pt")
+
+
+def test_every_damaged_copy_is_loaded_or_refused_with_the_file_named(tmp_path: Path) -> None:
+    """Bytes flipped anywhere: torch.load failed with KeyError, UnicodeDecodeError and others
+    whose text named neither the file nor the problem ("error: 671089708")."""
+    path = tmp_path / "good.pt"
+    save_checkpoint(path, _payload())
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for k, at in enumerate(rng.integers(0, len(data), 120)):
+        damaged = tmp_path / f"flip{k}.pt"
+        flipped = bytearray(data)
+        flipped[at] ^= 0xFF
+        damaged.write_bytes(bytes(flipped))
+        try:
+            load_checkpoint(damaged)
+        except CheckpointError as exc:
+            assert damaged.name in str(exc)
+
+
+def test_fields_of_the_wrong_type_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    from bpedge.train.checkpoint import load_model
+
+    path = tmp_path / "odd.pt"
+    save_checkpoint(path, {**_payload(), "model_state": "not weights"})
+    with pytest.raises(CheckpointError, match=r"odd\.pt: its model_state is a str"):
+        load_model(path)

@@ -370,24 +370,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A ``torch.save``'d state_dict file, read with ``weights_only=True`` (no pickled code runs).
     A file that needs more than tensors and plain types is refused with one line (ValueError),
     never loaded with ``weights_only=False``: that would run whatever code the file holds."""
-    import pickle
-    import re
+
+    from bpedge.train.checkpoint import torch_load_weights_only
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's text is several lines and suggests weights_only=False; keep what it refused.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f"it needs {found.group(1)}" if found else "it holds more than tensors"
-        raise ValueError(
-            f"{path} was refused: {what}, a pickled Python object, and loading one could run "
-            "code from the file; save a plain state_dict: torch.save(model.state_dict(), path)"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable torch.save file ({exc})") from None
+    state = torch_load_weights_only(path, "state_dict file")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
