@@ -219,6 +219,11 @@ def check_out_dir(folder: str | os.PathLike[str], command: str, *, flag: str = "
 def refuse_unless_new_or_empty(folder: str | os.PathLike[str], *, flag: str = "--out") -> None:
     """For commands that only ever create: ``folder`` must not exist or be an empty folder."""
     path = Path(folder)
+    if path.is_symlink():
+        # Such a command publishes by renaming a finished folder onto the path, which would
+        # replace the link itself: refused here, before the work, not after it.
+        raise OutDirRefused(f"{flag} {path} is a symbolic link: give a real folder path (the "
+                            "link's target, or a new name)")
     if path.exists() and not _is_empty_dir(path):
         raise OutDirRefused(f"{flag} {path} exists and is not an empty folder: choose a new "
                             "output folder")

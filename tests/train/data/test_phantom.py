@@ -133,3 +133,20 @@ def test_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
     assert len(list(generate_phantom(empty, SMALL).iterdir())) == 2 * 5 * 2
     with pytest.raises(ValueError, match="subject must be"):
         next(render_subject(SMALL, 3))
+
+
+@pytest.mark.parametrize("target", ["empty folder", "nothing"])
+def test_an_out_that_is_a_symbolic_link_is_refused_before_any_frame(tmp_path: Path,
+                                                                    target: str) -> None:
+    # It used to render every frame, then fail publishing with a raw "Not a directory".
+    from bpedge._out_dir import OutDirRefused
+
+    real = tmp_path / "real"
+    if target == "empty folder":
+        real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(OutDirRefused, match="symbolic link"):
+        generate_phantom(link, PhantomConfig(subjects=1, frames=1, height=96, width=96))
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["link", *(["real"] if target == "empty folder" else [])])
