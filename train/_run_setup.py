@@ -16,6 +16,7 @@ checking that the data fingerprint is the one the checkpoint recorded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -312,13 +313,17 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
     )
     from bpedge.train.distributed import init_distributed, shutdown
 
-    from bpedge._out_dir import claim_out_dir
+    from bpedge._out_dir import claim_out_dir, lock_out_dir
 
     ctx = init_distributed(opts.device)
+    held = contextlib.ExitStack()
     try:
         resume_from = prepare_run_dir(opts.out, config, opts.resume, defaults)
         if ctx.is_main:
             claim_out_dir(opts.out, "train", made_before_markers=made_before_markers)
+            # One run per folder: a second (a --resume started while the first still runs)
+            # would write the same checkpoints and remove the first's temporary files.
+            held.enter_context(lock_out_dir(opts.out, "train"))
             remove_stale_temporaries(opts.out)
         seed_everything(seed)
         data = prepare_data(opts, seed, ctx, resume_from)
@@ -332,6 +337,7 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
         )
         history = run_epochs(trainee, settings, ctx, resume_from)
     finally:
+        held.close()
         shutdown(ctx)
     return TrainResult(run_dir=opts.out, history=history, metric_name=metric_name)
 

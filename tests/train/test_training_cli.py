@@ -93,3 +93,19 @@ def test_run_folder_is_not_overwritten_and_resume_checks_options(
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+def test_a_second_run_into_a_folder_a_run_is_writing_is_refused(phantom_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """A --resume started while the first run still writes would write the same checkpoints
+    and remove the first run's temporary files."""
+    from bpedge._out_dir import claim_out_dir, lock_out_dir
+
+    out = tmp_path / "run"
+    claim_out_dir(out, "train")
+    with lock_out_dir(out, "train"):  # what the running first run holds
+        code, output = _train("detector", "--data", phantom_dir, "--out", out, "--epochs", "1",
+                              "--limit", "2", "--no-progress")
+    assert code == 2, output
+    assert "another `bpedge train` is writing into" in output
+    assert not (out / "best.pt").exists() and not (out / "config.json").exists()

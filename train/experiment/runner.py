@@ -33,7 +33,7 @@ from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions, split_of
 
 from bpedge._atomic import atomic_write_json
-from bpedge._out_dir import claim_out_dir
+from bpedge._out_dir import claim_out_dir, lock_out_dir
 
 __all__ = ["StudyOutcome", "plan_study", "run_study"]
 
@@ -456,8 +456,10 @@ def run_study(
     # Writes only into a study folder it made (or a new/empty one): never into the data folder or
     # anything else a user pointed --out at by mistake.
     claim_out_dir(opts.out, "experiment")
-    _write_study_json(opts, layout, command)
-    records = run_steps(plan_study(opts), layout.step_log, progress=opts.progress,
-                        on_step_done=on_step_done)
+    # One invocation per study folder: two would run the same steps into the same files.
+    with lock_out_dir(opts.out, "experiment"):
+        _write_study_json(opts, layout, command)
+        records = run_steps(plan_study(opts), layout.step_log, progress=opts.progress,
+                            on_step_done=on_step_done)
     return StudyOutcome(layout=layout, records=records)
 

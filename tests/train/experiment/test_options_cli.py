@@ -155,3 +155,16 @@ def test_backbone_weights_reach_every_detector_run(tmp_path: Path, monkeypatch) 
     with pytest.raises(RuntimeError, match="stop"):
         runner._train_detector(opts, StudyLayout(tmp_path / "run"), "subject-fold2", 2.0, False)
     assert seen == {"weights": weights, "fold": (3, 2)}
+
+
+def test_a_second_study_into_a_folder_a_study_is_running_in_is_refused(tmp_path: Path) -> None:
+    from bpedge.train.experiment.runner import run_study
+
+    from bpedge._out_dir import OutDirRefused, claim_out_dir, lock_out_dir
+
+    opts = _opts(tmp_path)
+    claim_out_dir(opts.out, "experiment")
+    with lock_out_dir(opts.out, "experiment"), \
+            pytest.raises(OutDirRefused, match="another `bpedge experiment` is writing"):
+        run_study(opts)
+    assert not (opts.out / "study.json").exists()
