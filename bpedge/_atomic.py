@@ -18,6 +18,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+#: Longest file name kept whole in a temporary name: the ".", ".XXXXXXXX.tmp" around it take 14
+#: bytes, and most file systems allow 255.
+_MAX_NAME_BYTES = 240
+
+
+def _short_name(target: Path) -> str:
+    """``target.name``, or (when the temporary name would pass 255 bytes: a frame named with
+    240 characters aborted a whole run) its stem cut short, its suffix kept."""
+    name = target.name
+    if len(os.fsencode(name)) <= _MAX_NAME_BYTES:
+        return name
+    keep = _MAX_NAME_BYTES - len(os.fsencode(target.suffix))
+    return os.fsdecode(os.fsencode(target.stem)[:keep]) + target.suffix
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
@@ -30,7 +44,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
         raise ValueError(f"atomic_open writes only; mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(target)}.", suffix=".tmp",
+                               dir=target.parent)
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask),
         # so a bundle or run written by one user can be read by another.

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from bpedge._atomic import atomic_write_bytes
+from bpedge._display_text import ascii_printable
 
 TRUTH_BGR = (80, 220, 60)
 PREDICTION_BGR = (255, 60, 255)
@@ -68,6 +69,8 @@ def draw_overlay(
                       max(round(y1) - 1, round(y0))),
                       BOX_PRESENT_BGR if present else BOX_ABSENT_BGR, 1, lineType=cv2.LINE_8)
     if label:
+        # Hershey fonts draw ASCII only, and a name with undecodable bytes crashed putText
+        label = ascii_printable(label)
         scale = max(frame.shape[1] / 900.0, 0.35)
         origin = (6, int(22 * scale) + 4)
         cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3,

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from bpedge._display_text import printable
+
 DEBUG_ENV = "BPEDGE_DEBUG"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,6 +51,8 @@ def command_errors(fn: F) -> F:
 def _fail(exc: BaseException, code: int) -> None:
     if os.environ.get(DEBUG_ENV) == "1":
         raise exc
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    # Messages name files and may quote their contents: escaped, never terminal controls.
+    typer.secho(f"error: {printable(str(exc), keep_newlines=True)}", err=True,
+                fg=typer.colors.RED)
     typer.echo("(run with --debug for the full traceback)", err=True)
     raise typer.Exit(code) from None

@@ -20,6 +20,7 @@ import numpy as np
 
 from bpedge._atomic import atomic_write_text
 from bpedge._cli._segment_output import own_entries
+from bpedge._display_text import spreadsheet_cell
 from bpedge._out_file import OutFile, OutFileRefused
 from bpedge._result import Result
 from bpedge.sources import SourceFrame
@@ -69,7 +70,8 @@ class _Accuracy:
             self.tp, self.fn = self.tp + int(correct), self.fn + int(not correct)
         else:
             self.tn, self.fp = self.tn + int(correct), self.fp + int(not correct)
-        self.rows.append((frame.source, frame.index, int(has_bp), int(result.present),
+        self.rows.append((spreadsheet_cell(frame.source), frame.index, int(has_bp),
+                          int(result.present),
                           int(correct), f"{d:.6f}", "" if h is None else f"{h:.3f}"))
 
     def summary(self) -> str:
@@ -139,7 +141,8 @@ class SegmentOutputs:
                                         replace=self._replace_video)
             self._video.write(picture)
         x0, y0, x1, y1 = result.box
-        self.rows.append((frame.source, frame.index, int(result.present), f"{result.score:.6f}",
+        self.rows.append((spreadsheet_cell(frame.source), frame.index, int(result.present),
+                          f"{result.score:.6f}",
                           f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}", f"{y1:.2f}",
                           f"{result.timings.get('total', float('nan')):.3f}"))
         self.jsonl.append(json.dumps({"file": frame.source, "frame": frame.index,

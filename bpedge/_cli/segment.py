@@ -135,6 +135,7 @@ def register(app: typer.Typer) -> None:
 
         from bpedge._cli import _segment_output as output
         from bpedge._cli._segment_outputs import SegmentOutputs
+        from bpedge._display_text import printable
         from bpedge._frames import as_grey_frame
         from bpedge.segmenter import Segmenter
         from bpedge.sources import SourceError, SourceFrame, open_frames
@@ -152,7 +153,8 @@ def register(app: typer.Typer) -> None:
 
         def report_skip(name: str, reason: str) -> None:
             skipped.append(name)
-            typer.echo(f"skipped {name}: {reason}", err=True)
+            # names come from the file system: shown escaped, never as terminal controls
+            typer.echo(f"skipped {printable(name)}: {printable(reason)}", err=True)
 
         source = open_frames(*inputs, on_error=on_error,  # type: ignore[arg-type]
                              on_skip=report_skip)
