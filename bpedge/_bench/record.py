@@ -68,6 +68,17 @@ class BenchRow:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> BenchRow:
+        if not isinstance(obj, dict):
+            raise ValueError(  # noqa: TRY004 - bad input: exit 2
+                f"not a bench row: a {type(obj).__name__}, not an object")
+        fps = obj.get("fps")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                                or not math.isfinite(fps) or fps < 0):
+            raise ValueError("not a bench row: \"fps\" must be a finite number >= 0")
+        for key in ("stages", "accuracy", "gflops", "speedup_vs_baseline"):
+            if not isinstance(obj.get(key) or {}, dict):
+                raise ValueError(  # noqa: TRY004 - bad input: exit 2
+                    f"not a bench row: \"{key}\" must be an object")
         try:
             e2e = obj.get("end_to_end")
             return cls(
@@ -81,7 +92,7 @@ class BenchRow:
                 gflops=dict(obj.get("gflops") or {}),
                 speedup=dict(obj.get("speedup_vs_baseline") or {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"not a bench row: {exc}") from exc
 
 
@@ -185,15 +196,31 @@ def write_record(path: str | os.PathLike[str], record: BenchRecord) -> None:
     atomic_write_text(path, record.dumps())
 
 
+#: Largest bench record read: a real one is tens of KB.
+MAX_RECORD_BYTES = 64 << 20
+
+
+def _refuse_constant(name: str) -> float:
+    # The writer emits strict JSON (allow_nan=False); NaN or Infinity shown as a time is nonsense.
+    raise ValueError(f"NaN and Infinity are not bench numbers (found {name})")
+
+
 def read_record(path: str | os.PathLike[str]) -> BenchRecord:
     """Read a ``--json`` file; ValueError naming the file if it is not a bench record."""
+    from bpedge._regular_file import NotARegularFile, read_regular_file
+
     p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        raise FileNotFoundError(f"bench record {p} does not exist")
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"bench record {p} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{p} is not JSON ({exc})") from None
+        # A FIFO hung the read and a link to /dev/zero read until memory ran out.
+        data = read_regular_file(p, MAX_RECORD_BYTES)
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except NotARegularFile as exc:
+        raise ValueError(f"{exc}: a bench record is a regular JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{p} is not JSON ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         raise ValueError(f"{p} is not a bpedge bench record (no \"schema\": \"{SCHEMA}\")")
     if obj.get("schema_version") != SCHEMA_VERSION:

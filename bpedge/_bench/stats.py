@@ -41,10 +41,15 @@ class TimingStats:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TimingStats:
+        need = f"timing statistics need n and {list(STAT_NAMES)} as finite numbers >= 0"
         try:
-            return cls(n=int(obj["n"]), **{k: float(obj[k]) for k in STAT_NAMES})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"timing statistics need n and {list(STAT_NAMES)}, got {obj!r}") from exc
+            stats = cls(n=int(obj["n"]), **{k: float(obj[k]) for k in STAT_NAMES})
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(need) from exc  # not the object itself: it may be huge
+        values = [getattr(stats, k) for k in STAT_NAMES]
+        if stats.n < 0 or not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(need)
+        return stats
 
 
 def summarize(samples_ms: Sequence[float]) -> TimingStats:

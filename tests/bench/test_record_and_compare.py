@@ -107,3 +107,52 @@ def test_parse_choices_puts_the_fp32_baseline_first_and_checks_names():
         parse_choices("cuda", "fp32")
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         parse_choices("onnxruntime", "int4")
+
+
+def _edited(tmp_path, name: str, edit) -> object:
+    path = tmp_path / "good.json"
+    write_record(path, _record())
+    obj = json.loads(path.read_text())
+    edit(obj)
+    out = tmp_path / name
+    out.write_text(json.dumps(obj))
+    return out
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda o: o["rows"].__setitem__(0, "a row"), "not a bench row: a str"),
+    (lambda o: o["rows"][0].__setitem__("accuracy", [1, 2]), '"accuracy" must be an object'),
+    (lambda o: o["rows"][0].__setitem__("stages", [1]), '"stages" must be an object'),
+    (lambda o: o["rows"][0].__setitem__("fps", "fast"), '"fps" must be a finite number'),
+    (lambda o: o["rows"][0].__setitem__("fps", -3.0), '"fps" must be a finite number'),
+    (lambda o: o["rows"][0]["end_to_end"].__setitem__("median", 10**400),
+     "finite numbers >= 0"),
+    (lambda o: o["rows"][0]["end_to_end"].__setitem__("median", -1.0), "finite numbers >= 0"),
+])
+def test_hostile_records_are_refused_with_the_file_named(tmp_path, edit, message):
+    path = _edited(tmp_path, "hostile.json", edit)
+    with pytest.raises(ValueError, match=message) as info:
+        read_record(path)
+    assert "hostile.json" in str(info.value) and len(str(info.value)) < 400
+
+
+def test_nan_infinity_deep_nesting_and_special_files_are_refused(tmp_path):
+    import os
+
+    (tmp_path / "nan.json").write_text('{"schema": "bpedge-bench", "x": NaN}')
+    with pytest.raises(ValueError, match="NaN and Infinity"):
+        read_record(tmp_path / "nan.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="not JSON"):
+        read_record(tmp_path / "deep.json")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ValueError, match="regular JSON file"):
+        read_record(tmp_path / "folder.json")
+    if hasattr(os, "mkfifo"):  # a FIFO hung the read
+        os.mkfifo(tmp_path / "fifo.json")
+        with pytest.raises(ValueError, match="regular JSON file"):
+            read_record(tmp_path / "fifo.json")
+    if os.path.exists("/dev/zero"):  # read until memory ran out
+        (tmp_path / "zero.json").symlink_to("/dev/zero")
+        with pytest.raises(ValueError, match="regular JSON file"):
+            read_record(tmp_path / "zero.json")
