@@ -61,6 +61,19 @@ def resolve_device(request: str) -> torch.device:
     raise ValueError(f"device must be 'cpu' or 'cuda', got {request!r}")
 
 
+def _env_int(name: str) -> int:
+    """A torchrun variable as a non-negative int, or a ValueError naming it."""
+    value = os.environ[name]
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ValueError(f"environment variable {name}={value!r} must be a whole number >= 0 "
+                         "(torchrun sets it; unset RANK, LOCAL_RANK and WORLD_SIZE outside it)")
+    return number
+
+
 def init_distributed(device_request: str) -> DistContext:
     """Join the torchrun process group if launched by torchrun, else a single-process context.
 
@@ -71,10 +84,9 @@ def init_distributed(device_request: str) -> DistContext:
     import torch.distributed as dist
 
     device = resolve_device(device_request)
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+    if not launched_by_torchrun() or _env_int("WORLD_SIZE") <= 1:
         return DistContext(0, 1, 0, device, initialized=False)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
+    rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -69,3 +69,16 @@ def test_not_under_torchrun_without_its_environment(monkeypatch: pytest.MonkeyPa
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(key, value)
     assert launched_by_torchrun()
+
+
+@pytest.mark.parametrize(("name", "value"), [("WORLD_SIZE", "abc"), ("RANK", "x"),
+                                             ("WORLD_SIZE", "1e3"), ("LOCAL_RANK", "-1")])
+def test_a_bad_torchrun_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: str,
+                                          value: str) -> None:
+    from bpedge.train.distributed import init_distributed
+
+    for key, good in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, good)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}="):
+        init_distributed("cpu")
