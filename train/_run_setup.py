@@ -28,7 +28,7 @@ import numpy as np
 from bpedge.train._loop import RUN_FILES
 from bpedge.train.distributed import DistContext
 
-from bpedge._out_dir import check_out_dir
+from bpedge._out_dir import LOCK_NAME, check_out_dir
 
 
 def made_before_markers(folder: Path) -> bool:
@@ -43,7 +43,8 @@ def made_before_markers(folder: Path) -> bool:
         return False
     temporaries = {n for n in names if n.startswith(".") and n.endswith(".tmp")
                    and any(n.startswith(f".{run_file}.") for run_file in RUN_FILES)}
-    if not names - temporaries <= set(RUN_FILES):
+    # LOCK_NAME: the lock a run holds (kept after it), bpedge's own file like the temporaries
+    if not names - temporaries - {LOCK_NAME} <= set(RUN_FILES):
         return False
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -254,7 +254,9 @@ def test_plan_passes_the_launch_contract_the_kernels_expect():
     assert det.shape == preprocess_launch(3, 32, 24, per_crop=False)
     assert crop.shape == preprocess_launch(3, 20, 16, per_crop=True)
     assert paste.shape == paste_launch(3, 120, 100)
-    assert plan.upload == (Copy(device["frames"], 36000, host["frames"], 36000, 36000, 1, "h2d"),)
+    # n*h rows of w bytes: a 2D copy's pitch stays a row's width (cudaDeviceProp::memPitch)
+    assert plan.upload == (Copy(device["frames"], 120, host["frames"], 120, 120, 300, "h2d"),)
+    assert all(c.dst_pitch <= 120 and c.src_pitch <= 120 for c in plan.download)
     assert {c.src for c in plan.download} == {device["masks"], device["score"], device["boxes_out"]}
     bindings = engine_bindings(device)
     assert bindings["detector"] == {"image": device["image"], "score": device["score"],
