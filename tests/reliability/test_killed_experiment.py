@@ -75,6 +75,39 @@ def run_until_killed(data: Path, out: Path, after_epochs: int, delay: float,
     return lines
 
 
+def _derived_steps(out: Path) -> set[str]:
+    """Steps recorded in ``out``'s step log that are not training (evaluations, tables,
+    figures, report); a line still being written is skipped."""
+    names = set()
+    log = out / "steps.jsonl"
+    for line in (log.read_text().splitlines() if log.is_file() else []):
+        try:
+            step = json.loads(line).get("step", "")
+        except ValueError:
+            continue
+        if not step.endswith("/train"):
+            names.add(step)
+    return names
+
+
+def run_until_a_derived_step(data: Path, out: Path, delay: float, log: Path) -> list[str]:
+    """Start the study and SIGKILL it ``delay`` s after it records a step that is not training
+    (so the kill lands among the evaluations, tables, figures or report, whatever the machine's
+    speed); returns the lines it printed."""
+    before = _derived_steps(out)
+    with log.open("a") as err:
+        proc = subprocess.Popen(command(data, out), stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=env())
+        try:
+            while proc.poll() is None and not _derived_steps(out) - before:
+                time.sleep(0.005)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            printed, _ = proc.communicate(timeout=300)
+    return printed.splitlines()
+
+
 def epochs_by_run(out: Path) -> dict[str, list[dict]]:
     found = {}
     for metrics in out.rglob("metrics.json"):
@@ -110,18 +143,17 @@ def test_a_study_killed_at_random_moments_finishes_losing_at_most_the_interrupte
         if round_ < 3:
             after, delay = rng.randint(1, 2), rng.uniform(0.0, 0.8)
         else:
-            after = RUNS * EPOCHS - sum(len(e) for e in recorded.values())
-            # Short delays: on an idle machine the whole reduced study takes about 7 s and the
-            # derived steps after the last epoch well under that, so a longer wait let the study
-            # finish before the kill landed. With every epoch already recorded the delay counts
-            # from the start, and interpreter start-up takes part of it.
-            delay = rng.uniform(0.1, 0.6) if after else rng.uniform(0.8, 2.0)
+            # The last kill lands among the derived steps: timed from the first of them this run
+            # records, since a delay timed from the last epoch line let a fast (or a slow but
+            # steady) machine finish the study first (three tries in a row, once in CI).
+            delay = rng.uniform(0.0, 0.2)
         if round_ == 3:
             snapshot = tmp_path / "before_last_kill"
             shutil.copytree(out, snapshot, symlinks=True)
         attempts = 3 if round_ == 3 else 1
         for attempt in range(attempts):
-            lines = run_until_killed(phantom_dir, out, after, delay, log)
+            lines = (run_until_killed(phantom_dir, out, after, delay, log) if round_ < 3
+                     else run_until_a_derived_step(phantom_dir, out, delay, log))
             if not any(line.startswith("done in") for line in lines) or attempt == attempts - 1:
                 break
             # The derived steps outran the delay (seen once in CI on a busy machine): the last
