@@ -113,6 +113,19 @@ def test_r3_an_async_copy_of_pageable_memory_cannot_be_captured(rt, machine):
     assert err(rt.cudaStreamEndCapture(stream)) == "cudaErrorStreamCaptureInvalidated"
 
 
+def test_r8_a_2d_copys_pitch_above_mem_pitch_is_refused_a_1d_copy_has_none(rt, machine):
+    stream = ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+    device = ok(rt.cudaMalloc(64))
+    pinned = ok(rt.cudaHostAlloc(64, rt.cudaHostAllocDefault))
+    h2d = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+    ok(rt.cudaMemcpy2DAsync(device, 64, pinned, 64, 64, 1, h2d, stream))
+    # one row whose pitch is its whole size: what a batch copied as one row used to send
+    assert err(rt.cudaMemcpy2DAsync(device, 2**31, pinned, 2**31, 64, 1, h2d, stream)) == \
+        "cudaErrorInvalidPitchValue"
+    ok(rt.cudaMemcpyAsync(device, pinned, 64, h2d, stream))
+    ok(rt.cudaStreamSynchronize(stream))
+
+
 # --- R4: events recorded in a capture --------------------------------------------------------------
 
 

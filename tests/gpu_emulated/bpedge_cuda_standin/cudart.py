@@ -38,6 +38,13 @@ R6 The current device is per host thread and defaults to device 0 (``cudaSetDevi
    the event and the stream belong to different devices; ``cudaEventElapsedTime`` fails for
    events of two devices; copies, ``cudaEventSynchronize`` and ``cudaStreamWaitEvent`` work
    across devices. Reported: ``cudaErrorInvalidResourceHandle`` / ``cudaErrorInvalidValue``.
+R8 A 2D copy's pitches are bounded: ``cudaMemcpy2DAsync`` "returns an error if dpitch or
+   spitch is greater than the maximum allowed" (CUDA runtime API, memory management,
+   https://developer.download.nvidia.com/compute/DevZone/docs/html/C/doc/html/group__CUDART__MEMORY_gedfe4cb63f692bde9dcbfc9a74d9a70c.html),
+   that maximum being ``cudaDeviceProp::memPitch``, "the maximum pitch in bytes allowed by the
+   memory copy functions". The documentation gives no number; the stand-in uses 2^31 - 1, what
+   deviceQuery reports on NVIDIA GPUs of the last generations. A 1D ``cudaMemcpyAsync`` has no
+   pitch. Reported: ``cudaErrorInvalidPitchValue``.
 R7 Every function returns a tuple ``(err, *outputs)``, as cuda-bindings does, and the handle
    types give their address through ``cuda.bindings.utils.get_cuda_native_handle``; ``int()`` on
    a handle warns (the maintainers are replacing it: NVIDIA/cuda-python#564, #773).
@@ -101,6 +108,7 @@ GLOBAL, THREAD_LOCAL, RELAXED = (cudaStreamCaptureMode.cudaStreamCaptureModeGlob
                                  cudaStreamCaptureMode.cudaStreamCaptureModeRelaxed)
 EVENT_BLOCKING_SYNC, EVENT_DISABLE_TIMING, EVENT_RECORD_EXTERNAL = 1, 2, 1
 LEGACY_STREAM_VALUES = (0, 1, 2)  # NULL, cudaStreamLegacy, cudaStreamPerThread
+MAX_PITCH = 2**31 - 1  # cudaDeviceProp::memPitch as modelled (R8)
 
 
 class Handle:
@@ -583,6 +591,12 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
     @api
     def cudaMemcpy2DAsync(dst: int, dpitch: int, src: int, spitch: int, width: int,
                           height: int, kind: Any, stream: Any) -> tuple[Any, ...]:
+        if max(dpitch, spitch) > MAX_PITCH:  # R8
+            return (E.cudaErrorInvalidPitchValue,)
+        return copy_async(dst, dpitch, src, spitch, width, height, kind, stream)
+
+    def copy_async(dst: int, dpitch: int, src: int, spitch: int, width: int, height: int,
+                   kind: Any, stream: Any) -> tuple[Any, ...]:
         s = stream_or_error(stream)
         if s is None:
             return (E.cudaErrorInvalidResourceHandle,)
@@ -607,7 +621,7 @@ def make_runtime_module(m: Machine) -> types.ModuleType:
     @api
     def cudaMemcpyAsync(dst: int, src: int, count: int, kind: Any,
                         stream: Any) -> tuple[Any, ...]:
-        return cudaMemcpy2DAsync(dst, count, src, count, count, 1, kind, stream)
+        return copy_async(dst, count, src, count, count, 1, kind, stream)  # no pitch: no R8
 
     @api
     def cudaMemcpy(dst: int, src: int, count: int, kind: Any) -> tuple[Any, ...]:
