@@ -77,3 +77,14 @@ def _tiff_hw(data: bytes) -> tuple[int, int] | None:
             return int(page.imagelength), int(page.imagewidth)  # type: ignore[union-attr]
     except Exception as exc:  # tifffile raises its own TiffFileError, struct.error, ValueError
         raise ValueError(f"not a readable TIFF ({exc})") from exc
+
+
+def refuse_frame_size(path: object, hw: tuple[int, int], what: str = "") -> None:
+    """ValueError naming ``path`` unless a declared ``(height, width)`` is one a frame may have
+    (2 to ``MAX_SIDE`` pixels per side): said before decoding, so the file is never decoded.
+    ``what`` (e.g. ``"ground-truth mask "``) starts the description."""
+    from bpedge._frames import MAX_SIDE
+
+    if not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
+        raise ValueError(f"{path}: {what}declares a {hw[1]}x{hw[0]} (width x height) image; "
+                         f"frames must be 2 to {MAX_SIDE} pixels per side, so it is not decoded")

@@ -37,10 +37,9 @@ and the crops grew frame after frame (the demo's tiny models on its held-out sub
 px wide within 9 tracked frames, Dice 0.93 down to 0.84). Measured with the demo bundles of two
 presets (the tiny preset with and without its presence head and grey-level augmentation) on
 phantom seeds 5-8 that no model saw (8 subjects of 16 frames each): tracked Dice on BP frames
-against per-frame
-detection -0.053 / -0.041 / -0.006 / -0.166 -> +0.006 / -0.024 / +0.004 / -0.103 with the
-current preset, +0.066 / +0.048 / -0.001 / -0.064 -> +0.095 / +0.056 / +0.012 / -0.042 with the
-earlier one (benchmarks/results/README.md, "Tracking: crops keep the detection's size").
+against per-frame detection -0.053 / -0.041 / -0.006 / -0.166 -> +0.006 / -0.024 / +0.004 /
+-0.103 with the current preset, +0.066 / +0.048 / -0.001 / -0.064 -> +0.095 / +0.056 / +0.012 /
+-0.042 with the earlier one (benchmarks/results/README.md, "Tracking: crops keep the detection's size").
 
 A tracked frame's :class:`~bpedge._result.Result` has ``present`` True, ``score`` the last
 detector score, ``box`` the crop box it used, and no ``preprocess``/``detector`` timings.

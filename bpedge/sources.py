@@ -225,8 +225,7 @@ def read_image_samples(path: Path, what: str = "") -> np.ndarray:
     gigabytes). ``what`` (e.g. ``"ground-truth mask "``) starts the messages' description."""
     import cv2
 
-    from bpedge._frames import MAX_SIDE
-    from bpedge._image_size import declared_hw
+    from bpedge._image_size import declared_hw, refuse_frame_size
     from bpedge._regular_file import NotARegularFile, read_regular_file
 
     try:
@@ -242,9 +241,7 @@ def read_image_samples(path: Path, what: str = "") -> np.ndarray:
         # declared_hw does not read, and a 10 KB one decoded into gigabytes before the size check.
         raise ValueError(f"{path}: {what}not a readable image (its content is not PNG, JPEG, BMP "
                          "or TIFF, or its header is cut short), so it is not decoded")
-    if not (2 <= hw[0] <= MAX_SIDE and 2 <= hw[1] <= MAX_SIDE):
-        raise ValueError(f"{path}: {what}declares a {hw[1]}x{hw[0]} (width x height) image; "
-                         f"frames must be 2 to {MAX_SIDE} pixels per side, so it is not decoded")
+    refuse_frame_size(path, hw, what)
     # IMREAD_ANYDEPTH keeps 16-bit and float samples as they are: IMREAD_GRAYSCALE alone shifts
     # 16-bit ones right by 8 bits without a word (a 16-bit file holding 8-bit values became an
     # all-black frame, a 16-bit mask of 0/255 an empty one).

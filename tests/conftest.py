@@ -106,28 +106,28 @@ def without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def read_fifo():
-    """``read_fifo(read, pipe)``: call ``read(pipe)`` in a daemon thread and return the exception
-    it raised (None if it returned); a read still blocked after 20 s fails the test, after the
-    pipe's write end is opened once to release it (so a hang cannot stall the run)."""
+    """``read_fifo(read, pipe)``: call ``read(pipe)`` in a daemon thread and return
+    ``(what it returned, what it raised)`` (one of them None); a read still blocked after 20 s
+    fails the test, after the pipe's write end is opened once to release it (so a hang cannot
+    stall the run)."""
     import os
     import threading
 
-    def call(read, pipe: Path) -> BaseException | None:
-        outcome: list[BaseException | None] = []
+    def call(read, pipe: Path) -> tuple[object, BaseException | None]:
+        outcome: list[tuple[object, BaseException | None]] = []
 
         def run() -> None:
             try:
-                read(pipe)
-                outcome.append(None)
+                outcome.append((read(pipe), None))
             except BaseException as exc:  # noqa: BLE001 - handed to the test
-                outcome.append(exc)
+                outcome.append((None, exc))
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         worker.join(20)
         if worker.is_alive():
-            with open(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK), "wb"):
-                pass
+            # opening the write end lets a reader blocked in open() go on
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
             pytest.fail(f"reading the FIFO {pipe} hung")
         return outcome[0]
 

@@ -348,4 +348,5 @@ __all__ = [
     "resolve_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "torch_load_weights_only",
 ]

@@ -80,7 +80,7 @@ def test_the_declared_size_is_the_decoded_size_for_every_still_format(tmp_path: 
 def test_a_fifo_named_like_an_image_is_refused_without_hanging(tmp_path: Path, read_fifo):
     pipe = tmp_path / "frame.png"
     os.mkfifo(pipe)
-    error = read_fifo(lambda p: list(open_frames(p)), pipe)
+    _, error = read_fifo(lambda p: list(open_frames(p)), pipe)
     assert isinstance(error, ValueError) and "FIFO" in str(error), error
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import tifffile
 
 from bpedge._frames import MAX_SIDE
-from bpedge._image_size import declared_hw
+from bpedge._image_size import declared_hw, refuse_frame_size
 from bpedge._metrics import box_from_mask
 from bpedge._regular_file import NotARegularFile, read_regular_file
 from bpedge.sources import MAX_IMAGE_FILE_BYTES
@@ -185,9 +185,8 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
         hw = declared_hw(data)
     except ValueError:
         hw = None  # a header tifffile cannot read: the decode below reports it in its own words
-    if hw is not None and max(hw) > MAX_SIDE:
-        raise ValueError(f"{path}: declares a {hw[1]}x{hw[0]} (width x height) image; frames must "
-                         f"be at most {MAX_SIDE} pixels per side, so it is not decoded")
+    if hw is not None:
+        refuse_frame_size(path, hw)
     samples = None
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,44 +34,15 @@ def _good_pair(root: Path, key: str = "1_1") -> None:
     _write(root / f"{key}_mask.tif", mask)
 
 
-def _in_thread(call, seconds: float = 20.0):
-    """``call()``'s result or exception, failing the test if it has not returned in ``seconds``
-    (the thread is a daemon, so a hung read cannot keep the run alive)."""
-    outcome: list[tuple[str, object]] = []
-
-    def run() -> None:
-        try:
-            outcome.append(("ok", call()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome.append(("raised", exc))
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    return outcome[0] if outcome else None
-
-
-def _release(pipe: Path) -> None:
-    # Opening the write end lets a reader blocked in open() go on (and see end of file).
-    try:
-        with open(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK), "wb"):
-            pass
-    except OSError:
-        pass
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
-def test_a_fifo_named_like_a_mask_is_reported_without_hanging(tmp_path: Path) -> None:
+def test_a_fifo_named_like_a_mask_is_reported_without_hanging(tmp_path: Path,
+                                                              read_fifo) -> None:
     _good_pair(tmp_path, "1_1")
     _write(tmp_path / "1_2.tif", np.zeros((32, 48), np.uint8))
     pipe = tmp_path / "1_2_mask.tif"
     os.mkfifo(pipe)
-    outcome = _in_thread(lambda: scan_dataset(tmp_path, on_error="skip"))
-    if outcome is None:
-        _release(pipe)
-        pytest.fail("scan_dataset hung on a FIFO named like a mask")
-    kind, index = outcome
-    assert kind == "ok", index
+    index, error = read_fifo(lambda _: scan_dataset(tmp_path, on_error="skip"), pipe)
+    assert error is None, error
     assert [f.key for f in index.frames] == ["1_1"]
     reasons = {p.path.name: p.reason for p in index.problems}
     assert "FIFO" in reasons["1_2_mask.tif"], reasons
@@ -80,15 +50,11 @@ def test_a_fifo_named_like_a_mask_is_reported_without_hanging(tmp_path: Path) ->
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 @pytest.mark.parametrize("reader", [read_image, read_mask])
-def test_read_image_and_mask_refuse_a_fifo_naming_it(tmp_path: Path, reader) -> None:
+def test_read_image_and_mask_refuse_a_fifo_naming_it(tmp_path: Path, reader, read_fifo) -> None:
     pipe = tmp_path / "1_1_mask.tif"
     os.mkfifo(pipe)
-    outcome = _in_thread(lambda: reader(pipe))
-    if outcome is None:
-        _release(pipe)
-        pytest.fail(f"{reader.__name__} hung on a FIFO")
-    kind, exc = outcome
-    assert kind == "raised" and isinstance(exc, ValueError), outcome
+    _, exc = read_fifo(reader, pipe)
+    assert isinstance(exc, ValueError), exc
     assert str(pipe) in str(exc) and "FIFO" in str(exc)
 
 
