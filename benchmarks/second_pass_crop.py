@@ -69,6 +69,13 @@ def _second_box(kind: str, first_mask: np.ndarray, detector_box: list[float],
     return crop_box("detector", hw, margin, detected=clamp_box(mask_box, w, h))
 
 
+def _masks(model: object, payload: dict, images: list[np.ndarray],
+           boxes: list) -> list[np.ndarray]:
+    probs = _predict_crops(model, payload, images, boxes)
+    return [paste_back(p, b, im.shape[1], im.shape[0], MASK_THRESHOLD)
+            for p, b, im in zip(probs, boxes, images)]
+
+
 def second_pass(study: Path) -> None:
     dices: dict[tuple[str, str], list[float]] = {}
     for fold in sorted(study.glob("subject-fold*")):
@@ -84,18 +91,14 @@ def second_pass(study: Path) -> None:
             truths = [read_mask(Path(f["mask"])) for f in frames]
             hws = [(int(im.shape[0]), int(im.shape[1])) for im in images]
 
-            def masks(boxes: list) -> list[np.ndarray]:
-                probs = _predict_crops(model, payload, images, boxes)
-                return [paste_back(p, b, w, h, MASK_THRESHOLD)
-                        for p, b, (h, w) in zip(probs, boxes, hws)]
-
             boxes = _condition_boxes("detector", frames, hws, det, margin)
-            first = masks(boxes)
+            first = _masks(model, payload, images, boxes)
             dices.setdefault((part, "first"), []).extend(map(dice, first, truths))
             for kind in ("bbox", "recentre"):
                 second = [_second_box(kind, m, det[f["key"]]["box"], hw, margin) or b
                           for f, m, b, hw in zip(frames, first, boxes, hws)]
-                dices.setdefault((part, kind), []).extend(map(dice, masks(second), truths))
+                dices.setdefault((part, kind), []).extend(
+                    map(dice, _masks(model, payload, images, second), truths))
     for part in ("val", "test"):
         print(f"  {part}: " + ", ".join(f"{kind} {np.mean(dices[(part, kind)]):.4f}"
                                        for kind in ("first", "bbox", "recentre")))
