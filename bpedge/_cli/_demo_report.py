@@ -77,9 +77,12 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def summary_lines(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs shown on the console and in both summaries."""
+    subjects = metrics["test_subjects"]
+    # "test subjects 4" read as four subjects when it named subject 4 alone.
+    named = ("test subject " if len(subjects) == 1 else "test subjects ") + ", ".join(
+        map(str, subjects))
     return [
-        ("held-out frames (test subjects " + ", ".join(map(str, metrics["test_subjects"])) + ")",
-         f"{metrics['frames']} ({metrics['bp_frames']} with BP)"),
+        (f"held-out frames ({named})", f"{metrics['frames']} ({metrics['bp_frames']} with BP)"),
         ("Dice, BP-positive frames, full frame after paste-back", _fmt(metrics["dice_positive"])),
         ("box IoU, BP-positive frames", _fmt(metrics["box_iou_positive"])),
         ("Dice, all frames (Kaggle: empty vs empty = 1)", _fmt(metrics["dice_all"])),

@@ -33,6 +33,7 @@ def test_summaries_show_failures_and_charts(tmp_path):
     for text in (page, md):
         assert "DemoConfig(" not in text and "{'" not in text  # no Python reprs
         assert "6 phantom subjects x 30 frames, seed 0" in text
+        assert "held-out frames (test subject 5)" in text  # one subject, named as one
     # Worst BP frames lowest Dice first; the miss and the false alarm each in their gallery.
     worst = page.index("Worst BP frames")
     fn, fp = page.index("False negatives"), page.index("False positives")
