@@ -94,11 +94,7 @@ def _normalize_inplace(out: np.ndarray, mean: float | None, std: float | None,
     cv2.addWeighted(out, scale, out, 0.0, -mean * scale, dst=out)
 
 
-def resize_frame_into(grey: np.ndarray, out: np.ndarray, mean: float | None,
-                      std: float | None) -> None:
-    """The whole ``grey`` (H, W) frame resized bilinearly into ``out`` (float32, (h, w),
-    contiguous) and normalised: :func:`bpedge._stages.crop_resize_normalize` with the box
-    ``(0, 0, W, H)``."""
+def _resize_into(grey: np.ndarray, out: np.ndarray) -> None:
     if grey.dtype != np.float32:
         grey = grey.astype(np.float32)
     if grey.shape == out.shape:
@@ -106,7 +102,46 @@ def resize_frame_into(grey: np.ndarray, out: np.ndarray, mean: float | None,
     else:
         _into(out, cv2.resize(grey, (out.shape[1], out.shape[0]), dst=out,
                               interpolation=cv2.INTER_LINEAR))
+
+
+def resize_frame_into(grey: np.ndarray, out: np.ndarray, mean: float | None,
+                      std: float | None) -> None:
+    """The whole ``grey`` (H, W) frame resized bilinearly into ``out`` (float32, (h, w),
+    contiguous) and normalised: :func:`bpedge._stages.crop_resize_normalize` with the box
+    ``(0, 0, W, H)``."""
+    _resize_into(grey, out)
     _normalize_inplace(out, mean, std)
+
+
+def normalize_resize_frame_into(grey: np.ndarray, frame_out: np.ndarray, out: np.ndarray,
+                                mean: float, std: float, eps: float = 1e-6) -> None:
+    """:func:`resize_frame_into` for fixed statistics, normalising first: ``grey`` (H, W) is
+    converted to float32 and normalised in one pass into ``frame_out`` (float32 (H, W),
+    contiguous), which is then resized into ``out``. Bilinear resampling is a weighted mean of
+    pixels (weights summing to 1), so normalising before it equals normalising after it up to
+    float32 rounding, and the pass over the smaller output is saved (measured 0.23 -> 0.19 ms per
+    420x580 frame into 320x448 with the caches evicted between calls, the cascade's case).
+
+    ``frame_out`` keeps the normalised frame for crops: :func:`crop_into` it with
+    :func:`stats_after_normalization`."""
+    scale = 1.0 / max(std, eps)
+    _into(frame_out, cv2.addWeighted(grey, scale, grey, 0.0, -mean * scale, dst=frame_out,
+                                     dtype=cv2.CV_32F))
+    _resize_into(frame_out, out)
+
+
+def stats_after_normalization(mean: float | None, std: float | None, frame_mean: float,
+                              frame_std: float, eps: float = 1e-6
+                              ) -> tuple[float | None, float | None, float]:
+    """The ``(mean, std, eps)`` that normalise a crop of a frame already normalised with
+    ``(frame_mean, frame_std)`` as ``(mean, std, eps)`` normalise a crop of the frame itself: a
+    pixel ``x`` is ``n * s + frame_mean`` there (``s = max(frame_std, eps)``, as the frame was
+    normalised), so ``(x - mean) / max(std, eps) == (n - (mean - frame_mean) / s) /
+    max(std / s, eps / s)``. ``None`` (the crop's own statistic) stays ``None``: a statistic of
+    the crop moves with its units, and the floor ``eps / s`` keeps a flat crop's result too."""
+    s = max(frame_std, eps)
+    return (None if mean is None else (mean - frame_mean) / s,
+            None if std is None else std / s, eps / s)
 
 
 def detector_crop_box(raw_box: np.ndarray, frame_hw: tuple[int, int],
@@ -141,7 +176,7 @@ def _tap_range(start: float, length: float, n_src: int) -> tuple[int, int]:
 
 
 def crop_into(grey: np.ndarray, box: Sequence[float], out: np.ndarray, mean: float | None,
-              std: float | None) -> None:
+              std: float | None, eps: float = 1e-6) -> None:
     """The ``box`` (x0, y0, x1, y1, frame pixels, subpixel) of ``grey`` resampled bilinearly into
     ``out`` (float32 (h, w), contiguous) and normalised: :func:`bpedge._stages.crop_resize_normalize`."""
     h_src, w_src = grey.shape
@@ -161,7 +196,7 @@ def crop_into(grey: np.ndarray, box: Sequence[float], out: np.ndarray, mean: flo
                        [0.0, sh, y0 + 0.5 * sh - 0.5 - ly]])
     _into(out, cv2.warpAffine(roi, matrix, (out_w, out_h), dst=out, flags=_WARP,
                               borderMode=cv2.BORDER_REPLICATE))
-    _normalize_inplace(out, mean, std)
+    _normalize_inplace(out, mean, std, eps)
 
 
 def paste_mask(prob: np.ndarray, box: Sequence[float], width: int, height: int,

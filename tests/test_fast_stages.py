@@ -15,8 +15,10 @@ from bpedge._fast_stages import (
     _tap_range,
     crop_into,
     detector_crop_box,
+    normalize_resize_frame_into,
     paste_mask,
     resize_frame_into,
+    stats_after_normalization,
 )
 from bpedge._preprocessing import box_found, crop_box, frame_box
 
@@ -49,6 +51,35 @@ def test_whole_frame_resize_matches_reference(hw, out_hw, mean, std):
     got = np.full(out_hw, np.nan, np.float32)
     resize_frame_into(grey, got, mean, std)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize(("hw", "out_hw"), [((420, 580), (320, 448)), ((1080, 1920), (416, 576)),
+                                            ((96, 96), (96, 96)), ((50, 70), (160, 224))])
+def test_normalizing_before_the_resize_matches_reference(hw, out_hw):
+    grey = _frame(3, *hw)
+    want = ref.crop_resize_normalize(grey, (0, 0, hw[1], hw[0]), out_hw[1], out_hw[0], 114.9, 46.0)
+    frame = np.full(hw, np.nan, np.float32)
+    got = np.full(out_hw, np.nan, np.float32)
+    normalize_resize_frame_into(grey, frame, got, 114.9, 46.0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(frame, (grey - 114.9) / 46.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("mean", "std"), [(129.5, 44.3), (None, 44.3), (129.5, None),
+                                           (None, None)])
+def test_crops_of_the_normalized_frame_are_the_crops_of_the_frame(mean, std):
+    """A crop read from the frame normalised with the detector's statistics, normalised with
+    stats_after_normalization, is the crop of the frame itself (what the one-frame cascade does)."""
+    grey = _frame(4)
+    frame = np.empty(grey.shape, np.float32)
+    normalize_resize_frame_into(grey, frame, np.empty((320, 448), np.float32), 114.9, 46.0)
+    c_mean, c_std, eps = stats_after_normalization(mean, std, 114.9, 46.0)
+    for box in _random_boxes(np.random.default_rng(5), 100, 580, 420):
+        want = ref.crop_resize_normalize(grey, box, 96, 96, mean, std)
+        got = np.empty((96, 96), np.float32)
+        crop_into(frame, box, got, c_mean, c_std, eps)
+        scale = 1.0 / max(float(std or ref.crop_resize(grey, box, 96, 96).std()), 1e-6)
+        np.testing.assert_allclose(got, want, atol=CROP_ATOL * scale + 1e-4, err_msg=str(box))
 
 
 @pytest.mark.parametrize(("mean", "std"), [(120.0, 40.0), (None, None)])
@@ -154,7 +185,9 @@ def test_paste_back_identical_for_small_blobs_at_the_crop_edges():
 SPEC = CascadeSpec((160, 224), 120.0, 40.0, (96, 96), None, None, 0.5, 0.5)
 
 
-def test_cascade_feeds_the_models_what_the_reference_makes():
+@pytest.mark.parametrize("spec", [SPEC, CascadeSpec((320, 448), 114.9, 46.0, (96, 96), 129.5,
+                                                  44.3, 0.5, 0.5, crop_margin=0.2)])
+def test_cascade_feeds_the_models_what_the_reference_makes(spec):
     grey = _frame(6)
     seen: dict[str, np.ndarray] = {}
 
@@ -166,9 +199,9 @@ def test_cascade_feeds_the_models_what_the_reference_makes():
         seen["segmenter"] = batch.copy()
         return np.full_like(batch, 0.7)
 
-    r = HostCascade(detector, segmenter, SPEC).run(grey)
-    np.testing.assert_allclose(seen["detector"][0], detector_input(grey, SPEC), atol=1e-4)
-    np.testing.assert_allclose(seen["segmenter"][0], segmenter_input(grey, r.box, SPEC), atol=1e-3)
+    r = HostCascade(detector, segmenter, spec).run(grey)
+    np.testing.assert_allclose(seen["detector"][0], detector_input(grey, spec), atol=1e-4)
+    np.testing.assert_allclose(seen["segmenter"][0], segmenter_input(grey, r.box, spec), atol=1e-3)
 
 
 def test_buffers_are_per_thread_and_reused():
