@@ -31,10 +31,11 @@ How each maps onto OpenCV:
   whose centre lies in the box, ``BORDER_REPLICATE`` on the crop (the reference clamps to the crop),
   then ``>= threshold`` into a zeroed uint8 mask.
 
-Normalisation is applied in place on the small output (never on the frame), in one
-``cv2.addWeighted`` pass (``x * (1/std) - mean/std``: float32 rounding away from the reference's
-subtract-then-divide); per-image statistics come from ``cv2.meanStdDev`` (float64 accumulators,
-population std, like the reference).
+Normalisation is one ``cv2.addWeighted`` pass (``x * (1/std) - mean/std``: float32 rounding away
+from the reference's subtract-then-divide): with the bundle's fixed statistics the whole frame is
+normalised as it is converted to float32, before the resize (:func:`normalize_resize_frame_into`);
+otherwise in place on the small output. Per-image statistics come from ``cv2.meanStdDev``
+(float64 accumulators, population std, like the reference).
 """
 
 from __future__ import annotations
