@@ -89,7 +89,9 @@ def _to_uint8(frame: np.ndarray) -> np.ndarray:
         raise ValueError("frame holds NaN or infinite values; expected finite values in [0, 255]")
     lo, hi = frame.min(), frame.max()
     if lo < 0 or hi > 255:
-        raise ValueError(f"frame values must lie in [0, 255], got range [{lo}, {hi}] ({frame.dtype})")
+        raise ValueError(f"frame values must lie in [0, 255], got range [{lo}, {hi}] ({frame.dtype}); "
+                         "bpedge reads 8-bit grey levels and does not guess how wider data "
+                         "maps to them: convert the frames to 8-bit first")
     if floating and 0 < hi <= 1:
         raise ValueError(f"float frame values all lie in [0, 1] (largest {hi}): bpedge takes "
                          "8-bit units [0, 255]; multiply a normalised frame by 255, or pass uint8")

@@ -83,7 +83,8 @@ class SourceFrame:
         fps: the input's frame rate (frames per second) when it declares one, else None.
         spacing_mm: ``(x, y)`` millimetres per pixel when the file is calibrated (DICOM), else None.
         truth_path: a ground-truth mask beside the image in the Kaggle layout
-            (``{stem}_mask{suffix}``), when there is one.
+            (``{stem}_mask{suffix}``, the suffix in either case, .tif and .tiff alike), when
+            there is one.
     """
 
     image: np.ndarray
@@ -150,8 +151,15 @@ def _folder_inputs(paths: list[Path], where: str) -> list[_Input]:
             # it by name (skipped or failed) instead of the scan dropping it without a word.
             inputs.append(_Input("image", str(path), path.stem, path))
     if not inputs:
+        # Folders are not searched (a Kaggle download holds train/ and test/, and which one to
+        # segment is the user's call), but a user pointing at such a folder is told where to look.
+        subfolders = sorted(p.name for p in paths if p.is_dir())
+        example = "train" if "train" in subfolders else subfolders[0] if subfolders else ""
+        hint = (f"; it has subfolder(s) {', '.join(subfolders[:5])}"
+                f"{' ...' if len(subfolders) > 5 else ''}: give the one holding the frames, "
+                f"e.g. {paths[0].parent / example}" if subfolders else "")
         raise ValueError(f"{where} holds no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM files "
-                         "(*_mask files are skipped)")
+                         f"(*_mask files are skipped){hint}")
     return inputs
 
 
@@ -217,8 +225,11 @@ def _read_image(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def read_image_samples(path: Path, what: str = "") -> np.ndarray:
-    """An image file's samples as OpenCV decodes them (one channel, its own depth). Read as bytes
+def read_image_samples(path: Path, what: str = "", *, labels: bool = False) -> np.ndarray:
+    """An image file's samples as OpenCV decodes them (one channel, its own depth). ``labels``: the
+    file is a mask, whose stored values are its labels: a colour one gives the largest of its
+    colour samples (alpha ignored), not a grey level, and a min-is-white TIFF page is not inverted
+    (OpenCV inverts 1- and 8-bit ones, as it should for grey levels). Read as bytes
     (non-ASCII paths work too) only if it is a regular file of at most ``MAX_IMAGE_FILE_BYTES``
     (a FIFO named ``x.png`` hung the read), and decoded only if it is a PNG, JPEG, BMP or TIFF
     whose header declares a size a frame may have (a PNG of a few hundred KB declaring 20000x20000 pixels decoded into
@@ -246,13 +257,46 @@ def read_image_samples(path: Path, what: str = "") -> np.ndarray:
     # 16-bit ones right by 8 bits without a word (a 16-bit file holding 8-bit values became an
     # all-black frame, a 16-bit mask of 0/255 an empty one).
     flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
+    if labels:
+        # A mask's pixel is BP when any colour sample is non-zero (as training reads it): the grey
+        # weights made red or blue 1 a 0, so a 0/1 mask in one colour read as empty.
+        flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
         raise ValueError(f"{path}: {what}OpenCV cannot decode it ({str(exc).strip()})") from None
     if image is None:
         raise ValueError(f"{path}: {what}not a readable image")
+    if image.ndim == 3:
+        image = image.max(axis=2)  # only with labels: OpenCV gives BGR without the alpha
+    if labels and image.dtype == np.uint8 and _min_is_white_page(path, data, what):
+        # tifffile writes a NumPy bool mask as 1-bit min-is-white with True stored as 1: inverted,
+        # every such mask was read inside out (an empty one as all BP). Training reads the
+        # stored values too (bpedge.train.data.read_mask).
+        image = 255 - image
     return image
+
+
+def _min_is_white_page(path: Path, data: bytes, what: str) -> bool:
+    try:
+        return _min_is_white_tiff(data)
+    except Exception as exc:  # tifffile raises its own TiffFileError, struct.error, ValueError
+        raise ValueError(f"{path}: {what}unreadable TIFF header ({exc})") from exc
+
+
+def _min_is_white_tiff(data: bytes) -> bool:
+    """Whether ``data`` is a TIFF whose first page is min-is-white (0 is white)."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return False
+    import io
+
+    import tifffile
+
+    # declared_hw has read this header already and OpenCV has decoded the page; a file tifffile
+    # still cannot open raises here, and the caller names it.
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]  # the first page is a TiffPage, never a TiffFrame
+        return bool(page.photometric == tifffile.PHOTOMETRIC.MINISWHITE)  # type: ignore[union-attr]
 
 
 def _grey(frame: Any, label: str) -> np.ndarray:
@@ -348,8 +392,17 @@ def _dicom_frames(item: _Input) -> Iterator[SourceFrame]:
 
 
 def _truth_beside(path: Path) -> Path | None:
-    candidate = path.with_name(f"{path.stem}_mask{path.suffix}")
-    return candidate if candidate.is_file() else None
+    # The mask's suffix may differ from its frame's in case or as .tif/.tiff (1_1.TIF beside
+    # 1_1_mask.tif): training pairs those (bpedge.train.data), so segment must score them too.
+    suffix = path.suffix
+    family = (".tif", ".tiff") if suffix.lower() in (".tif", ".tiff") else (suffix.lower(),)
+    suffixes = dict.fromkeys([suffix, *(s for f in family for s in (f, f.upper()))])
+    for tag in ("_mask", "_MASK"):
+        for other in suffixes:
+            candidate = path.with_name(f"{path.stem}{tag}{other}")
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 _FRAME_NAME = re.compile(r"^(?P<stem>.*)_f\d{6}$")

@@ -80,7 +80,7 @@ def broken(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = (root / "1_2.tif").read_bytes()
     (root / "1_2.tif").write_bytes(data[: len(data) // 3])
     (root / "1_4_mask.tif").write_bytes(b"GIF89a not a tiff")
-    tifffile.imwrite(root / "2_2.tif", np.zeros((420, 580), np.uint16), compression="lzw")
+    tifffile.imwrite(root / "2_2.tif", np.full((420, 580), 4095, np.uint16), compression="lzw")
     tifffile.imwrite(root / "2_3_mask.tif", np.zeros((100, 100), np.uint8), compression="lzw")
     (root / "3_2_mask.tif").unlink()
     (root / "3_4.tif").unlink()

@@ -10,6 +10,11 @@ Files are decoded with tifffile, not ``cv2.imread``: plain ``cv2.imread`` silent
 channels, and on a truncated TIFF OpenCV prints to stderr and returns ``None`` with no reason,
 while tifffile raises an error that says what is wrong.
 
+Pixels are read as ``bpedge segment`` reads its stills, so a model trains on the frames it is
+scored on: a frame goes through the frame rule of :func:`bpedge._frames.as_grey_frame` (any depth
+holding 8-bit values; 12/16-bit data and normalised floats are refused, never clipped or rescaled),
+and a mask pixel is BP when its stored value is non-zero, at any depth (0/255, 0/1, bool, 0/65535).
+
 Files are read with the guards ``bpedge segment`` uses for its stills: only regular files of at
 most ``MAX_IMAGE_FILE_BYTES`` (a FIFO named like a mask hung the scan, and a link to /dev/zero
 was read until memory ran out), and nothing whose header declares sides over ``MAX_SIDE`` is
@@ -30,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import tifffile
 
-from bpedge._frames import MAX_SIDE
+from bpedge._frames import MAX_SIDE, as_grey_frame
 from bpedge._image_size import declared_hw, refuse_frame_size
 from bpedge._metrics import box_from_mask
 from bpedge._regular_file import NotARegularFile, read_regular_file
@@ -61,6 +65,27 @@ IGNORED = "ignored"
 #: Most samples a page may decode to: a MAX_SIDE square of RGBA. The header check bounds only
 #: the sides, and a TIFF may declare thousands of samples per pixel.
 _MAX_SAMPLES = MAX_SIDE * MAX_SIDE * 4
+
+
+#: TIFF Orientation tag, and how each value turns the stored rows into the picture: OpenCV (what
+#: `bpedge segment` reads with) applies it, so training must too, or a frame tagged "rotated"
+#: would be a different picture, even a different size, in training and in segment.
+_ORIENTATION = 274
+
+
+def _as_stored(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+_ORIENTED = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 class DatasetError(ValueError):
@@ -154,16 +179,17 @@ class DatasetIndex:
 
 def read_image(path: Path) -> np.ndarray:
     """Read a frame as uint8 ``(H, W)`` grey levels. Colour TIFFs are converted to grey (what
-    ``cv2.IMREAD_GRAYSCALE`` does); raises ValueError naming the file if it is not a regular file,
-    is too large, cannot be decoded or is not 8-bit."""
+    ``cv2.IMREAD_GRAYSCALE`` does), and other depths by the frame rule (8-bit values only); raises
+    ValueError naming the file if it is not a regular file, is too large, cannot be decoded or
+    does not hold 8-bit values."""
     path = Path(path)
     return _decode_image(path, _read_file(path))
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a mask as uint8 ``(H, W)`` holding only 0 and 255 (any non-zero value, in any channel,
-    becomes 255); raises ValueError naming the file if it is not a regular file, is too large or
-    cannot be decoded."""
+    """Read a mask as uint8 ``(H, W)`` holding only 0 and 255 (any non-zero stored value, at any
+    depth and in any channel, becomes 255); raises ValueError naming the file if it is not a
+    regular file, is too large or cannot be decoded."""
     path = Path(path)
     return _decode_mask(path, _read_file(path))
 
@@ -180,7 +206,9 @@ def _not_regular_reason(exc: NotARegularFile, path: Path) -> str:
     return "not read: it " + str(exc).removeprefix(f"{path} ")
 
 
-def _decode(path: Path, data: bytes) -> np.ndarray:
+def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
+    """The first page's samples as stored, ``(H, W)`` or ``(H, W, 3|4)`` of any depth, and
+    whether the page is min-is-white (0 is white)."""
     try:
         hw = declared_hw(data)
     except ValueError:
@@ -192,36 +220,51 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if not tif.pages:
                 raise ValueError("no image in the file")
-            page = tif.pages[0]  # the first page: Kaggle files hold exactly one
+            # The first page (Kaggle files hold exactly one), always a TiffPage, not a TiffFrame.
+            page: tifffile.TiffPage = tif.pages[0]  # type: ignore[assignment]
             samples = math.prod(page.shape)
             if samples <= _MAX_SAMPLES:
                 array = page.asarray()
+                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
+                    # Planar RGB comes as (C, H, W); OpenCV (segment's reader) reads it too.
+                    array = np.moveaxis(array, 0, -1)
+                white_is_zero = page.photometric == tifffile.PHOTOMETRIC.MINISWHITE
+                orientation = page.tags.get(_ORIENTATION)
+                array = _ORIENTED.get(orientation.value if orientation else 1, _as_stored)(array)
     except Exception as exc:  # tifffile raises many types for damaged files; report them all alike
         raise ValueError(f"{path}: unreadable or truncated TIFF ({exc})") from exc
     if samples is not None and samples > _MAX_SAMPLES:
         raise ValueError(f"{path}: declares {samples} samples (shape {page.shape}), more than "
                          f"a {MAX_SIDE}x{MAX_SIDE} RGBA image holds, so it is not decoded")
-    if array.dtype != np.uint8:
-        raise ValueError(f"{path}: expected 8-bit pixels (uint8), got {array.dtype}")
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
+    if array.ndim == 3 and array.shape[2] in (1, 2):
+        array = array[:, :, 0]  # grey, or grey and alpha
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"{path}: expected a single-channel or RGB(A) image, got shape {array.shape}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"{path}: image is empty, shape {array.shape}")
-    return array
+    return array, white_is_zero
 
 
 def _decode_image(path: Path, data: bytes) -> np.ndarray:
-    array = _decode(path, data)
+    array, white_is_zero = _decode(path, data)
+    if white_is_zero and array.dtype == np.uint8:
+        # Min-is-white stores white as 0: OpenCV (what `bpedge segment` reads frames with) and
+        # every viewer invert 8-bit pages, and training must see the frames segment sees.
+        array = 255 - array
     if array.ndim == 3:
-        code = cv2.COLOR_RGB2GRAY if array.shape[2] == 3 else cv2.COLOR_RGBA2GRAY
-        array = cv2.cvtColor(array, code)
-    return np.ascontiguousarray(array)
+        array = array[:, :, 2::-1]  # RGB(A) to the BGR the frame rule converts; alpha dropped
+    try:
+        # The frame rule segment applies: 8-bit values in any depth, never clipped or rescaled.
+        return as_grey_frame(array)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _decode_mask(path: Path, data: bytes) -> np.ndarray:
-    array = _decode(path, data)
+    # The samples as stored, min-is-white or not: tifffile writes a NumPy bool mask as 1-bit
+    # min-is-white with True stored as 1, which inverting would turn inside out (segment's
+    # reader does the same: bpedge.sources.read_image_samples with labels).
+    array, _ = _decode(path, data)
     if array.ndim == 3:
         array = array[:, :, :3].max(axis=2)  # ignore alpha: a fully opaque mask is not all BP
     return np.where(array != 0, np.uint8(255), np.uint8(0))
@@ -372,8 +415,8 @@ def scan_dataset(
 
     ``root`` is the folder holding the ``.tif`` files, or a folder whose ``train/`` subfolder holds
     them (the Kaggle download). ``expected_hw`` = ``(H, W)``, e.g. ``(420, 580)``, also rejects
-    images of another size. Bad files (truncated or undecodable TIFF, not 8-bit, mask of another
-    size than its image, image without mask, mask without image, duplicate names, no read
+    images of another size. Bad files (truncated or undecodable TIFF, frame values not 8-bit, mask
+    of another size than its image, image without mask, mask without image, duplicate names, no read
     permission) are each reported with the file's path and reason: ``on_error="fail"`` raises
     :class:`DatasetError` listing all of them; ``"skip"`` logs a warning per file, leaves the frame
     out and keeps the reports in ``problems``. Files outside the layout (stray names, folders) are

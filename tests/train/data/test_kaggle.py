@@ -209,7 +209,7 @@ def test_mask_values_become_0_and_255(tmp_path: Path) -> None:
 
 
 def test_unreadable_files_raise_naming_the_file(tmp_path: Path) -> None:
-    _write(tmp_path / "deep.tif", np.zeros((10, 10), np.uint16))
+    _write(tmp_path / "deep.tif", np.full((10, 10), 4095, np.uint16))  # 12-bit: not rescaled
     with pytest.raises(ValueError, match=r"deep\.tif.*8-bit"):
         read_image(tmp_path / "deep.tif")
     (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")

@@ -1,0 +1,114 @@
+"""Plausible variants of the Kaggle layout that the training reader must read as ``bpedge segment``
+reads them: masks of any depth (a NumPy bool mask, 0/65535, float 0/1), frames that hold 8-bit
+values in a wider type, planar RGB, min-is-white and the TIFF orientation tag. A model is trained on
+what ``read_image``/``read_mask`` return and scored on what segment reads: the two must agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from bpedge.train.data.kaggle import read_image, read_mask, scan_dataset
+
+from bpedge._cli._segment_outputs import _read_truth
+from bpedge.sources import open_frames
+
+
+def picture() -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, (40, 60), dtype=np.uint8)
+
+
+def truth() -> np.ndarray:
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:25, 20:45] = 255
+    return mask
+
+
+def segment_reads(path: Path) -> np.ndarray:
+    (frame,) = list(open_frames(path))
+    return frame.image
+
+
+@pytest.mark.parametrize("stored", [
+    pytest.param(lambda m: m > 0, id="numpy-bool"),  # tifffile: 1-bit min-is-white, True as 1
+    pytest.param(lambda m: (m > 0).astype(np.uint8), id="0-1"),
+    pytest.param(lambda m: (m > 0).astype(np.uint16) * 65535, id="uint16-0-65535"),
+    pytest.param(lambda m: (m > 0).astype(np.float32), id="float32-0-1"),
+])
+def test_a_mask_of_any_depth_is_its_non_zero_pixels_in_training_and_in_segment(
+    tmp_path: Path, stored
+) -> None:
+    """bool, uint16 and float masks were refused as "not 8-bit"; segment read the bool one inside
+    out (every empty mask as all BP)."""
+    for key, mask in (("1_1", truth()), ("1_2", np.zeros_like(truth()))):
+        tifffile.imwrite(tmp_path / f"{key}.tif", picture(), compression="lzw")
+        tifffile.imwrite(tmp_path / f"{key}_mask.tif", stored(mask))
+        np.testing.assert_array_equal(read_mask(tmp_path / f"{key}_mask.tif"), mask)
+        np.testing.assert_array_equal(_read_truth(tmp_path / f"{key}_mask.tif"), mask)
+    index = scan_dataset(tmp_path)
+    assert [f.present for f in index.frames] == [True, False]
+    assert index.frames[0].box == (20.0, 10.0, 45.0, 25.0)
+
+
+def test_a_colour_mask_is_bp_wherever_any_colour_is_non_zero_in_segment_too(tmp_path: Path):
+    """The grey weights made a red 1 a 0: a 0/1 mask in the red channel was scored as empty."""
+    red = np.zeros((*truth().shape, 3), np.uint8)
+    red[..., 0] = truth() > 0
+    tifffile.imwrite(tmp_path / "1_1_mask.tif", red, photometric="rgb")
+    np.testing.assert_array_equal(read_mask(tmp_path / "1_1_mask.tif"), truth())
+    np.testing.assert_array_equal(_read_truth(tmp_path / "1_1_mask.tif"), truth())
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32])
+def test_a_frame_holding_8_bit_values_in_a_wider_type_is_read_as_segment_reads_it(
+    tmp_path: Path, dtype
+) -> None:
+    path = tmp_path / "1_1.tif"
+    tifffile.imwrite(path, picture().astype(dtype), compression="lzw")
+    np.testing.assert_array_equal(read_image(path), picture())
+    np.testing.assert_array_equal(read_image(path), segment_reads(path))
+
+
+def test_a_12_bit_frame_is_refused_with_advice_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "1_1.tif"
+    tifffile.imwrite(path, picture().astype(np.uint16) << 4, compression="lzw")
+    with pytest.raises(ValueError, match=r"1_1\.tif: .*\[0, 4080\].*convert the frames to 8-bit"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("kind", ["planar-rgb", "min-is-white", "grey-and-alpha"])
+def test_tiff_layouts_segment_reads_are_read_as_the_same_frame(tmp_path: Path, kind: str):
+    """Planar RGB was refused as shape (3, H, W); a min-is-white frame was read inverted, the
+    negative of the frame segment scores."""
+    path = tmp_path / "1_1.tif"
+    grey = picture()
+    if kind == "planar-rgb":
+        tifffile.imwrite(path, np.stack([grey, grey, grey]), photometric="rgb",
+                         planarconfig="separate", compression="lzw")
+    elif kind == "min-is-white":
+        tifffile.imwrite(path, 255 - grey, photometric="miniswhite", compression="lzw")
+    else:
+        tifffile.imwrite(path, np.dstack([grey, np.full_like(grey, 255)]),
+                         photometric="minisblack", extrasamples=[2])
+    np.testing.assert_array_equal(read_image(path), grey)
+    np.testing.assert_array_equal(read_image(path), segment_reads(path))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_tiff_orientation_tag_turns_frame_and_mask_as_segment_turns_them(
+    tmp_path: Path, orientation: int
+) -> None:
+    """OpenCV applies the tag and tifffile does not: a frame tagged "rotated 90" was 40x60 in
+    training and 60x40 in segment."""
+    tag = [(274, 3, 1, orientation, True)]
+    colour = np.dstack([picture(), picture() // 2, picture() // 3])
+    tifffile.imwrite(tmp_path / "1_1.tif", colour, photometric="rgb", extratags=tag)
+    tifffile.imwrite(tmp_path / "1_1_mask.tif", truth(), extratags=tag)
+    image = read_image(tmp_path / "1_1.tif")
+    assert image.shape == ((40, 60) if orientation <= 4 else (60, 40))
+    np.testing.assert_array_equal(image, segment_reads(tmp_path / "1_1.tif"))
+    np.testing.assert_array_equal(read_mask(tmp_path / "1_1_mask.tif"),
+                                  _read_truth(tmp_path / "1_1_mask.tif"))
+    assert scan_dataset(tmp_path).frames[0].present
