@@ -14,9 +14,12 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Self, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from bpedge._manifest_fields import reading
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; README and pyproject say 3.10
 
 #: Field metadata: the field may be missing from the JSON (then its default) and is written only
 #: when it differs from the default.
