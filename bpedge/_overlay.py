@@ -73,8 +73,12 @@ def draw_overlay(
         label = ascii_printable(label)
         scale = max(frame.shape[1] / 900.0, 0.35)
         origin = (6, int(22 * scale) + 4)
-        cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3,
-                    cv2.LINE_AA)
+        # A dark halo for reading on bright tissue: the label itself, thickness 1, at the eight
+        # one-pixel offsets. Not one thickness-3 copy: OpenCV 5 spaces thick text wider than
+        # thin text, so from the first letters on the halo drifted away from the label.
+        for dx, dy in ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)):
+            cv2.putText(canvas, label, (origin[0] + dx, origin[1] + dy), cv2.FONT_HERSHEY_SIMPLEX,
+                        scale, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return canvas

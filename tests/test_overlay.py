@@ -39,6 +39,18 @@ def test_outlines_and_box_land_where_they_belong(tmp_path):
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o.png")), img)
 
 
+@pytest.mark.parametrize("label", ["4_22 score 1.00 Dice 0.86", "subject 12 frame 104 score 0.97"])
+def test_label_halo_stays_with_the_label(label):
+    """The label's dark halo covers the same columns as the light text (give or take the halo's
+    pixel): under OpenCV 5 a thickness-3 halo ran tens of pixels past the text's end."""
+    img = draw_overlay(np.full((420, 580), 128, np.uint8), label=label)
+    grey = img[:40].max(axis=2).astype(int)
+    light = np.nonzero((grey > 200).any(axis=0))[0]
+    dark = np.nonzero((grey < 50).any(axis=0))[0]
+    assert light.size and dark.size
+    assert abs(int(dark.max()) - int(light.max())) <= 2 and abs(int(dark.min()) - int(light.min())) <= 2
+
+
 def test_shapes_are_checked():
     frame = np.zeros((100, 120), np.uint8)
     with pytest.raises(ValueError, match="prediction mask shape"):
