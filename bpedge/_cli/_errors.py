@@ -20,6 +20,28 @@ DEBUG_ENV = "BPEDGE_DEBUG"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Optional modules and the extra that installs each (pyproject.toml's optional-dependencies):
+#: a command that needs one and finds it missing says which ``pip install`` adds it.
+EXTRA_FOR_MODULE = {
+    "torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train",
+    "matplotlib": "train", "PIL": "train",
+    "pydicom": "dicom", "pylibjpeg": "dicom",
+    "openvino": "openvino",
+    "tensorrt": "tensorrt", "tensorrt_bindings": "tensorrt",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The advice for a missing optional module (None for any other missing module: that is a
+    broken install or a bug, and its own message is the clearest)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_FOR_MODULE.get(top)
+    if extra is None:
+        return None
+    return (f"{top} is not installed, and this command needs it: pip install 'bpedge[{extra}]' "
+            f"(or, in a checkout, pip install -e '.[{extra}]')")
+
+
 class UsageError(Exception):
     """Bad input or usage: the CLI prints the message and exits with code 2."""
 
@@ -42,6 +64,9 @@ def command_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.secho("error: interrupted", err=True, fg=typer.colors.RED)
             raise typer.Exit(130) from None
+        except ModuleNotFoundError as exc:
+            advice = missing_extra(exc)
+            _fail(exc if advice is None else CommandFailed(advice), 1)
         except Exception as exc:  # noqa: BLE001 - the CLI boundary: any other failure is exit 1
             _fail(exc, 1)
 

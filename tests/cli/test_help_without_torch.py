@@ -68,3 +68,31 @@ def test_every_command_has_help_with_a_description():
         assert "Examples" in result.output, name
     for name, command in group.commands.items():  # type: ignore[attr-defined]
         assert (command.help or "").strip(), f"bpedge {name} has no help text"
+
+
+def test_a_command_that_needs_torch_names_the_extra(tmp_path):
+    """Without PyTorch (``None`` in ``sys.modules`` is what an uninstalled module raises:
+    ModuleNotFoundError with its name), `export` says which install adds it, not only
+    "No module named 'torch'"."""
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"not read: torch is missing first")
+    script = ("import sys; sys.modules['torch'] = None\n"
+              "from bpedge._cli.app import main\n"
+              "main()\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "export", "--detector", str(checkpoint), "--segmenter",
+         str(checkpoint), "--out", str(tmp_path / "bundle")],
+        check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "torch is not installed" in proc.stderr
+    assert "pip install 'bpedge[train]'" in proc.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_missing_module_that_no_extra_installs_keeps_its_own_message():
+    from bpedge._cli._errors import missing_extra
+
+    assert missing_extra(ModuleNotFoundError("No module named 'bpedge.nope'",
+                                             name="bpedge.nope")) is None
+    advice = missing_extra(ModuleNotFoundError("No module named 'pydicom'", name="pydicom"))
+    assert advice is not None and "bpedge[dicom]" in advice
