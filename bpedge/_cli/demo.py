@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
                                      "--fast: 4).")
         ] = None,
         frames: Annotated[
-            int | None, typer.Option("--frames", help="Frames per subject (default 30; --fast: 8).")
+            int | None,
+            typer.Option("--frames", help="Frames per subject, >= 4 (default 30; --fast: 8)."),
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the phantom, split and "
                                           "training.")] = 0,
