@@ -34,3 +34,56 @@ def spreadsheet_cell(text: str) -> str:
     leading ``'`` is added where the cell would start with ``= + - @``, a tab or a CR."""
     text = printable(text)
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+#: ASCII punctuation that Markdown (CommonMark and GitHub's extensions) or the HTML inside it
+#: gives a meaning in a line: emphasis, code, links, images, raw HTML, entities, headings, lists,
+#: strikethrough, math. ``|`` only splits table cells: :func:`markdown_table_cell` escapes it
+#: (escaping it twice would leave ``\\|``, an escaped backslash and then a live ``|``).
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!~&$")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` as literal Markdown on one line: :func:`printable` (so a line break shows as
+    ``\\n`` and cannot start a heading or a raw HTML block), then every character Markdown could
+    read as syntax backslash-escaped, so a path such as ``[x](javascript:...)`` or
+    ``<script>`` shows as those characters."""
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in printable(text))
+
+
+def markdown_code(text: str) -> str:
+    """``text`` as a Markdown code span on one line (:func:`printable`), fenced with more
+    backticks than any run inside it and padded where it starts or ends with a backtick or a
+    space, so the span can neither end early nor lose a character (CommonMark 6.1). Nothing in a
+    code span is read as a link, emphasis or HTML. In a table cell, ``|`` still needs
+    :func:`markdown_table_cell`."""
+    text = printable(text)
+    if not text:
+        return ""
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown_code_block(text: str) -> str:
+    """``text`` as a fenced Markdown code block whose fence (at least three backticks) is longer
+    than any backtick run inside, so no line of ``text`` can close it; control characters other
+    than line breaks are shown escaped (:func:`printable`)."""
+    text = printable(text, keep_newlines=True).rstrip("\n")
+    fence = "`" * max(3, _longest_backtick_run(text) + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def markdown_table_cell(markdown: str) -> str:
+    """Markdown (bpedge's own, or user text through :func:`markdown_text` or
+    :func:`markdown_code`) made one table cell: every ``|`` escaped, even inside a code span,
+    where GitHub's tables still split on it, and line breaks replaced by spaces."""
+    return markdown.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _longest_backtick_run(text: str) -> int:
+    run = longest = 0
+    for c in text:
+        run = run + 1 if c == "`" else 0
+        longest = max(longest, run)
+    return longest

@@ -12,12 +12,14 @@ from __future__ import annotations
 import html
 import os
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from bpedge._atomic import atomic_write_json, atomic_write_text
 from bpedge._bench.stats import summarize
 from bpedge._cli._demo_steps import DemoPaths, DemoState, test_subjects
+from bpedge._display_text import markdown_code_block, markdown_text
 
 STAGES = ("preprocess", "detector", "crop", "segmenter", "paste", "total")
 
@@ -126,9 +128,11 @@ def write_summaries(paths: DemoPaths, state: DemoState, metrics: dict[str, Any],
            "prediction magenta, box yellow (grey when the detector says no BP)."), ""]
     for title, why, frames in shown_sets:
         md += [f"### {title} ({why}): {len(frames)} shown", ""]
-        md += [f"![{parts.caption(f)}](overlays/{f['frame']}.png)" for f in frames] or ["none"]
+        md += [f"![{markdown_text(parts.caption(f))}]({quote('overlays/' + f['frame'])}.png)"
+               for f in frames] or ["none"]
         md += [""]
-    md += ["", "Next:", "", *[f"    {c}" for c in next_steps], ""]
+    # The commands hold --out, which may hold any character: a fence no line can close.
+    md += ["", "Next:", "", markdown_code_block("\n".join(next_steps)), ""]
     atomic_write_text(paths.out / "summary.md", "\n".join(md))
 
     e = html.escape

@@ -6,7 +6,10 @@ sequences (printed as they were, they recolour or retitle the terminal), spreads
 from __future__ import annotations
 
 import csv
+import html
 import os
+import re
+import shlex
 import shutil
 
 import numpy as np
@@ -60,3 +63,85 @@ def test_segment_writes_every_table_for_hostile_names(tiny_bundle, phantom_dir, 
     assert not any("\x1b" in c for c in cells)
     assert len(list((out / "masks").iterdir())) == len(names)
     assert len(list((out / "overlays").iterdir())) == len(names)
+
+
+# --- Markdown reports (experiment's report.md, demo's summary.md) --------------------------------
+
+#: A path that, written into Markdown as it is, ends a code span or block, adds a table row, a
+#: javascript: link, a heading and raw HTML.
+HOSTILE_PATH = ("data` <script>alert(1)</script>\n# title\n```\n| x | y |\n"
+                "[click](javascript:alert(1)) <img src=x onerror=alert(1)>")
+
+
+def _prose(markdown: str) -> str:
+    """The Markdown outside fenced code blocks and code spans (CommonMark 4.5, 6.1), where a
+    link, raw HTML, a heading or a table row would be read as such."""
+    kept, fence = [], None
+    for line in markdown.split("\n"):
+        if fence is not None:
+            if re.fullmatch(rf"{fence}`*\s*", line):
+                fence = None
+            continue
+        if opening := re.match(r"`{3,}", line):
+            fence = opening.group()
+            continue
+        kept.append(line)
+    return re.sub(r"(?<![`\\])(`+)(?!`).*?(?<!`)\1(?!`)", "", "\n".join(kept))
+
+
+def assert_inert(markdown: str) -> None:
+    prose = _prose(markdown)
+    assert not re.search(r"(?<!\\)<[A-Za-z/!?]", prose), prose  # no raw HTML
+    assert "](javascript" not in prose and "# title" not in prose and "| x | y |" not in prose
+
+
+def test_report_keeps_a_hostile_data_path_and_subject_as_text() -> None:
+    from bpedge.train.experiment._document import to_html, to_markdown
+    from bpedge.train.experiment.report import _setup
+    from bpedge.train.experiment.report_crossval import _per_subject
+
+    study = {"commands": [f"bpedge experiment --data {shlex.quote(HOSTILE_PATH)}"],
+             "device": "cpu`x", "options": {
+                 "preset": "tiny", "seed": 0, "limit": None, "archs": ["unet"],
+                 "resolved_epochs": {"detector": 1, "unet": 1}, "epochs_scale": None,
+                 "detector_epochs": None, "segmenter_epochs": None}}
+    data = {"root": HOSTILE_PATH, "fingerprint": "f00", "frames": 2, "positive": 1, "empty": 1,
+            "subjects": 1, "problems": [], "dedup": False, "dedup_removed": []}
+    summary = {"split_sizes": {"random": {"train": 1, "val": 1, "test": 1, "test_empty": 0}}}
+    cv = {"per_subject": [{"subject": "7|<b>x</b>`", "fold": "fold1", "frames": 1,
+                           "detector_miou": 0.5, "dice": {"unet": {"gt": 0.25}}}]}
+    blocks = [*_setup(study, data, summary, {"total_seconds": 60.0, "invocations": [{}]}),
+              *_per_subject(cv, ["unet"], ["gt"])]
+    markdown = to_markdown(blocks)
+    assert_inert(markdown)
+    data_line = next(line for line in markdown.splitlines() if line.startswith("- Data: "))
+    assert data_line.endswith("fingerprint `f00`")  # the whole path stayed on its line
+    row = markdown.splitlines()[-1]
+    assert row.startswith("| ") and len(re.split(r"(?<!\\)\|", row)) == 5 + 2  # 5 cells
+    page = to_html(blocks, "t")
+    shown = html.escape(printable(HOSTILE_PATH), quote=False)
+    assert f"<li>Data: <code>{shown}</code>, fingerprint <code>f00</code></li>" in page
+    assert "<td>7|&lt;b&gt;x&lt;/b&gt;`</td>" in page and "<script>" not in page
+    assert f"<pre><code>bpedge experiment --data {html.escape(shlex.quote(HOSTILE_PATH))}" in page
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a folder name with a line break needs POSIX")
+def test_demo_summary_keeps_a_hostile_out_folder_as_text(tmp_path) -> None:
+    from bpedge._bench.stats import summarize
+    from bpedge._cli._demo_report import STAGES, write_summaries
+    from bpedge._cli._demo_steps import DemoConfig, DemoPaths, DemoState
+
+    out = tmp_path / HOSTILE_PATH.replace("/", "%")
+    out.mkdir()
+    frame = {"frame": "5_1", "bp": True, "present": True, "score": 0.9, "dice": 0.9,
+             "box_iou": 0.8}
+    metrics = {"frames": 1, "bp_frames": 1, "test_subjects": [5], "dice_positive": 0.9,
+               "box_iou_positive": 0.8, "dice_all": 0.9, "presence_accuracy": 1.0,
+               "latency_ms": {s: summarize([1.0, 2.0]).to_json() for s in STAGES},
+               "per_frame": [frame]}
+    write_summaries(DemoPaths(out), DemoState(DemoConfig()), metrics, 1.0)
+    markdown = (out / "summary.md").read_text()
+    assert_inert(markdown)
+    assert f"bpedge bench {printable(str(out / 'bundle'))}" not in markdown  # a line break
+    assert f"bpedge bench {out / 'bundle'} --data {out / 'heldout'}" in markdown
+    assert "<script>" not in (out / "summary.html").read_text()

@@ -1,15 +1,21 @@
 """A report as a list of blocks, rendered both to Markdown and to a standalone HTML page.
 
 Writing the report once as data and rendering it twice keeps report.md and report.html the same
-document, with no Markdown dependency. Inline text may hold `code spans` only.
+document, with no Markdown dependency. Inline text (headings, paragraphs, items, table cells,
+captions) is Markdown that may hold code spans and backslash escapes only; text from outside
+bpedge (a path, a file name) enters it through :func:`bpedge._display_text.markdown_code` or
+:func:`~bpedge._display_text.markdown_text`, which both renderers read back as that text.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from bpedge._display_text import markdown_code_block, markdown_table_cell
 
 __all__ = ["Block", "Code", "Heading", "Image", "Items", "Paragraph", "Table", "to_html",
            "to_markdown"]
@@ -56,10 +62,6 @@ class Table:
 Block = Heading | Paragraph | Items | Code | Image | Table
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(blocks: Sequence[Block]) -> str:
     """GitHub-flavoured Markdown: one blank line between blocks."""
     out: list[str] = []
@@ -71,13 +73,14 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(b, Items):
             out.append("\n".join(f"- {item}" for item in b.items))
         elif isinstance(b, Code):
-            out.append("```\n" + b.text.rstrip("\n") + "\n```")
+            out.append(markdown_code_block(b.text))
         elif isinstance(b, Image):
             out.append(f"![{b.caption}]({b.path})\n\n*{b.caption}*")
         elif isinstance(b, Table):
-            lines = ["| " + " | ".join(_md_cell(h) for h in b.headers) + " |",
+            lines = ["| " + " | ".join(markdown_table_cell(h) for h in b.headers) + " |",
                      "|" + "|".join("---" for _ in b.headers) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            lines += ["| " + " | ".join(markdown_table_cell(c) for c in row) + " |"
+                      for row in b.rows]
             out.append("\n".join(lines))
         else:
             raise TypeError(f"unknown block {type(b).__name__}")
@@ -85,7 +88,40 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 
 
 def _inline(text: str) -> str:
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+    """Inline Markdown as HTML: code spans (a run of N backticks up to the next run of exactly
+    N, CommonMark 6.1) and backslash escapes; everything else is text."""
+    out: list[str] = []
+    plain: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in string.punctuation:
+            plain.append(text[i + 1])
+            i += 2
+            continue
+        if text[i] != "`":
+            plain.append(text[i])
+            i += 1
+            continue
+        fence = re.match(r"`+", text[i:]).group()  # type: ignore[union-attr]
+        close = re.compile(rf"(?<!`){fence}(?!`)").search(text, i + len(fence))
+        if close is None:  # no closing run: the backticks are text
+            plain.append(fence)
+            i += len(fence)
+            continue
+        out.append(html.escape("".join(plain), quote=False))
+        plain = []
+        out.append(f"<code>{html.escape(_code_content(text[i + len(fence):close.start()]))}"
+                   "</code>")
+        i = close.end()
+    out.append(html.escape("".join(plain), quote=False))
+    return "".join(out)
+
+
+def _code_content(raw: str) -> str:
+    # One space each side is padding when both are there (so a span may start with a backtick).
+    if len(raw) >= 2 and raw[0] == raw[-1] == " " and raw.strip(" "):
+        return raw[1:-1]
+    return raw
 
 
 _CSS = """

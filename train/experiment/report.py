@@ -31,6 +31,7 @@ from bpedge.train.experiment.report_crossval import crossval_blocks
 from bpedge.train.experiment.tables import DETECTOR_METRIC_LABELS
 
 from bpedge._atomic import atomic_write_text
+from bpedge._display_text import markdown_code
 
 __all__ = ["build_report", "fmt", "write_report"]
 
@@ -71,15 +72,17 @@ def _setup(study: dict[str, Any], data: dict[str, Any], summary: dict[str, Any],
         Paragraph("Command(s) that made this study, in order (a re-run skips finished steps):"),
         Code("\n".join(study["commands"]) or "(run from Python; options below)"),
         Items((
-            f"Data: `{data['root']}`, fingerprint `{data['fingerprint']}`",
+            # The data path is the user's: any character may be in it.
+            (f"Data: {markdown_code(data['root'])}, fingerprint "
+             f"{markdown_code(data['fingerprint'])}"),
             (f"Frames: {data['frames']} ({data['positive']} with BP, {data['empty']} empty) "
              f"from {data['subjects']} subjects; {len(data['problems'])} file problem(s) "
              "reported"),
             (f"De-duplication (--dedup): {'on' if data['dedup'] else 'off'}; "
              f"{len(data['dedup_removed'])} empty near-copies of BP frames removed"),
-            (f"Preset `{opts['preset']}`; seed {opts['seed']} (split, initialisation, "
-             f"shuffling, choice of empty test frames); --limit {_opt(opts['limit'])}; "
-             f"device `{study['device']}`"),
+            (f"Preset {markdown_code(opts['preset'])}; seed {opts['seed']} (split, "
+             f"initialisation, shuffling, choice of empty test frames); --limit "
+             f"{_opt(opts['limit'])}; device {markdown_code(study['device'])}"),
             (f"Epochs: detector {opts['resolved_epochs']['detector']}, "
              + ", ".join(f"{_ARCH[a]} {opts['resolved_epochs'][a]}" for a in opts["archs"])
              + f" (--epochs-scale {_opt(opts['epochs_scale'])}, --detector-epochs "

@@ -8,6 +8,8 @@ from typing import Any
 from bpedge.train.experiment._document import Block, Heading, Image, Paragraph, Table
 from bpedge.train.experiment.figures import CONDITION_LABELS
 
+from bpedge._display_text import markdown_text
+
 __all__ = ["ARCH_LABELS", "crossval_blocks", "with_ci"]
 
 ARCH_LABELS = {"unet": "U-Net", "mnet": "M-Net"}
@@ -140,7 +142,8 @@ def _per_subject(cv: dict[str, Any], archs: list[str], conds: list[str]) -> list
     headers = ["subject", "fold", "BP frames", "detector mIoU"]
     headers += [f"{ARCH_LABELS[a]}: {CONDITION_LABELS[c]}" for a in archs for c in conds]
     rows = tuple(
-        (s["subject"], s["fold"], str(s["frames"]), fmt(s["detector_miou"]),
+        # A subject's name comes from the data's file names.
+        (markdown_text(s["subject"]), s["fold"], str(s["frames"]), fmt(s["detector_miou"]),
          *(fmt(s["dice"][a][c]) for a in archs for c in conds))
         for s in cv["per_subject"])
     return [Heading(3, "Per subject (Dice over the subject's BP-positive test frames)"),
