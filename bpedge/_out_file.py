@@ -22,6 +22,13 @@ ever replacing, so one that appears while the content is written is kept.
 With a record, a replacement is kill-safe too: the record is written first, listing the new
 sha256 and the one being replaced, then the file is renamed into place, so whichever of the two
 the name holds after a kill is still recognised as the command's.
+
+The content is written to a hidden partial file beside the path first
+(:meth:`OutFile.new_temporary`; a video takes as long as the run). A run killed outright cannot
+remove it, so the record also lists each partial (its name and inode) before anything is written
+into it, and the writer locks it (:mod:`bpedge._partials`). The next write to the same path removes a listed partial that
+still is that file and that nobody holds: never a file of anyone else's, never one a run is
+writing now.
 """
 
 from __future__ import annotations
@@ -30,15 +37,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from bpedge._atomic import atomic_write_json, publish
 from bpedge._out_dir import OutDirRefused
+from bpedge._partials import Held, hold, remove_if_abandoned
 from bpedge._version import __version__
 
 __all__ = ["OutFile", "OutFileRefused", "record_path"]
@@ -89,6 +98,8 @@ class OutFile:
     command: str
     flag: str
     recognise: Callable[[Path], bool] | None = None
+    #: The locks on this process's partials, released once each is published or discarded.
+    _held: dict[Path, Held] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- what is there ---------------------------------------------------------------------
 
@@ -150,16 +161,36 @@ class OutFile:
     def new_temporary(self) -> Path:
         """A new, empty hidden file beside the path, ``.STEM.RANDOM.partialSUFFIX`` (the suffix
         kept for writers that choose the format by it, such as OpenCV's VideoWriter): a fresh
-        name, so never a file of anyone's. The caller publishes or removes it."""
+        name, so never a file of anyone's. The caller publishes it (:meth:`publish`) or removes
+        it (:meth:`discard`). Where the command's files are known by their record, partials that
+        killed runs left are removed first and this one is listed (see the module docstring)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.recognise is None:
+            self._remove_abandoned_partials()
         fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial"
                                     f"{self.path.suffix}", dir=self.path.parent)
         os.close(fd)
-        # mkstemp makes the file 0600; give it the mode a plain open() would.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(name, 0o666 & ~mask)
-        return Path(name)
+        tmp = Path(name)
+        try:
+            self._held[tmp] = hold(tmp)  # before it is listed: a listed partial is always locked
+            # mkstemp makes the file 0600; give it the mode a plain open() would.
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+            if self.recognise is None:
+                self._list_partial(tmp)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return tmp
+
+    def discard(self, tmp: Path) -> None:
+        """Remove the partial ``tmp`` (from :meth:`new_temporary`) unless it was published, and
+        drop its lock."""
+        tmp.unlink(missing_ok=True)
+        held = self._held.pop(tmp, None)
+        if held is not None:
+            held.release()
 
     @contextlib.contextmanager
     def temporary(self) -> Iterator[Path]:
@@ -168,7 +199,7 @@ class OutFile:
         try:
             yield tmp
         finally:
-            tmp.unlink(missing_ok=True)
+            self.discard(tmp)
 
     def publish(self, tmp: Path, *, replace: bool = True, replace_flag: str | None = None) -> None:
         """Rename the finished file ``tmp`` (from :meth:`temporary`) to the path, checked again
@@ -176,12 +207,66 @@ class OutFile:
         state = self.check(replace=replace, replace_flag=replace_flag)
         if self.recognise is None:
             current = _sha256(self.path) if state == "ours" else None
-            self._write_record([_sha256(tmp), *([current] if current else [])])
+            # tmp stays listed: killed before the rename, it is still found and removed later.
+            self._write_record([_sha256(tmp), *([current] if current else [])],
+                               self._listed_partials(self._own_record()))
         try:
             publish(tmp, self.path, replace=state == "ours")
         except FileExistsError:
             raise OutFileRefused(f"{self.flag} {self.path} appeared while bpedge was writing it; "
                                  "it was left as it is: choose another file name") from None
+        self.discard(tmp)  # its name is gone; this drops the lock
+
+    # --- partials that killed runs left ----------------------------------------------------
+
+    def _is_partial_name(self, name: str) -> bool:
+        """Whether ``name`` is one :meth:`new_temporary` makes for this path (mkstemp's eight
+        characters between the stem and ``.partialSUFFIX``)."""
+        return re.fullmatch(re.escape(f".{self.path.stem}.") + r"[a-z0-9_]{8}"
+                            + re.escape(f".partial{self.path.suffix}"), name) is not None
+
+    def _listed_partials(self, record: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The partials ``record`` lists that are well formed and still there."""
+        listed = record.get("partials") if record is not None else None
+        if not isinstance(listed, list):
+            return []
+        return [p for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)
+                and self._is_partial_name(p["name"]) and isinstance(p.get("dev"), int)
+                and isinstance(p.get("ino"), int)
+                and os.path.lexists(self.path.with_name(p["name"]))]
+
+    def _is_listed_file(self, entry: dict[str, Any]) -> bool:
+        # The same inode as when it was made: a file put under that name since is someone else's.
+        try:
+            info = os.lstat(self.path.with_name(entry["name"]))
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == (entry["dev"],
+                                                                             entry["ino"])
+
+    def _remove_abandoned_partials(self) -> None:
+        """Remove the partials the record lists that a killed run left (still the file it made,
+        and unlocked), and forget those that are gone or are no longer that file."""
+        record = self._own_record()
+        listed = self._listed_partials(record)
+        if record is None or not listed:
+            return
+        kept = [entry for entry in listed if self._is_listed_file(entry)
+                and not remove_if_abandoned(self.path.with_name(entry["name"]), Path.unlink)]
+        if kept != record.get("partials"):
+            self._write_record(list(record["sha256"]), kept)
+
+    def _list_partial(self, tmp: Path) -> None:
+        """List ``tmp`` in the record, beside a file that is absent or is the record's; beside
+        any other file nothing is written (publishing refuses to replace it anyway)."""
+        record = self._own_record()
+        if record is None and os.path.lexists(self.path):
+            return
+        self._check_record_slot()
+        info = os.lstat(tmp)
+        self._write_record(list(record["sha256"]) if record else [], [
+            *self._listed_partials(record),
+            {"name": tmp.name, "dev": info.st_dev, "ino": info.st_ino}])
 
     # --- the record --------------------------------------------------------------------------
 
@@ -204,12 +289,17 @@ class OutFile:
             return None
         return obj
 
-    def _recorded_hashes(self) -> set[str]:
+    def _own_record(self) -> dict[str, Any] | None:
+        """The record beside the path when it is this command's record of this file."""
         record = self._read_record()
         if record is None or record.get("command") != self.command \
                 or record.get("file") != self.path.name:
-            return set()
-        return set(record["sha256"])
+            return None
+        return record
+
+    def _recorded_hashes(self) -> set[str]:
+        record = self._own_record()
+        return set(record["sha256"]) if record is not None else set()
 
     def _check_record_slot(self) -> None:
         # The record's own name must be free or hold a record of ours: a file of the user's
@@ -220,13 +310,15 @@ class OutFile:
                                  "record of it, so it is never overwritten: choose another file "
                                  "name")
 
-    def _write_record(self, hashes: list[str]) -> None:
+    def _write_record(self, hashes: list[str], partials: list[dict[str, Any]]) -> None:
         atomic_write_json(record_path(self.path), {
             "format": _RECORD_FORMAT,
             "command": self.command,
             "file": self.path.name,
             "sha256": hashes,
+            "partials": partials,
             "bpedge_version": __version__,
             "note": f"{self.path.name} was written by `bpedge {self.command}`, which replaces it "
-                    "only while it holds these bytes",
+                    "only while it holds these bytes; partials: its unfinished writes, removed "
+                    "by the next write once no run holds them",
         })

@@ -29,7 +29,9 @@ Steps (each announced through ``log``):
    bundle into place. (Without ``int8`` the steps are numbered 1-8.)
 
 Everything is built in a temporary directory beside ``out`` and renamed to ``out`` only at the
-end, so a failed or killed export leaves no ``out``. An existing ``out`` is replaced only with
+end, so a failed or killed export leaves no ``out``. That directory carries export's marker from
+the start and is locked while the export runs, so the next export into ``out`` removes one that a
+killed export left (:func:`_remove_abandoned_work_dirs`) and never one in use. An existing ``out`` is replaced only with
 ``force``, only by a complete bundle, and only when it is itself a bundle that export made and
 holds nothing else (:func:`bpedge._out_dir.is_replaceable_bundle`): any other non-empty folder,
 or a bundle the user has put a file of their own into, is refused before any
@@ -40,7 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -87,8 +91,10 @@ from bpedge._out_dir import (
     OutDirRefused,
     foreign_bundle_entry,
     is_replaceable_bundle,
+    made_by,
     mark_made_by,
 )
+from bpedge._partials import hold, remove_if_abandoned
 from bpedge.bundle import Bundle, file_ref
 
 if TYPE_CHECKING:
@@ -316,7 +322,6 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Bu
                                 how_chosen={"score": score.how, "mask": mask.how})
         _write_bundle(tmp, det, seg, thresholds, parity,
                       include_checkpoints=opts.include_checkpoints)
-        mark_made_by(tmp, "export")
         _publish(tmp, out, opts.force)
     log(f"done: {out}")
     return Bundle.open(out)
@@ -636,18 +641,63 @@ def _training(det: LoadedCheckpoint, seg: LoadedCheckpoint) -> Training:
 @contextlib.contextmanager
 def _staging_dir(out: Path) -> Iterator[Path]:
     """A fresh directory beside ``out`` (same filesystem, so the final rename is atomic),
-    removed on any failure."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    # mkdtemp makes the directory private (0700); a bundle is read by other users (device
-    # services, build-engines run by another account), like the files in it.
-    os.chmod(tmp, 0o755)
+    removed on any failure; locked, and marked as export's, from the start (see the module
+    docstring)."""
+    _remove_abandoned_work_dirs(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING}", dir=out.parent))
+    held = None
     try:
+        held = hold(tmp)  # before the marker: a marked staging directory is always locked
+        # mkdtemp makes the directory private (0700); a bundle is read by other users (device
+        # services, build-engines run by another account), like the files in it.
+        os.chmod(tmp, 0o755)
+        mark_made_by(tmp, "export")
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if held is not None:
+            held.release()
     if tmp.exists():  # not published (an early return); nothing to keep
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: What follows ``.OUT`` in the names of export's working folders beside ``out`` (then mkdtemp's
+#: eight characters): the bundle being built, and the old bundle while the new one replaces it.
+_STAGING = ".export-"
+_REPLACED = ".replaced-"
+
+
+def _work_dir(out: Path, kind: str, entry: Path) -> bool:
+    """Whether ``entry`` is a real folder named as export names its ``kind`` of working folder
+    for ``out``."""
+    if re.fullmatch(re.escape(f".{out.name}{kind}") + "[a-z0-9_]{8}", entry.name) is None:
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(entry).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove_abandoned_work_dirs(out: Path) -> None:
+    """Remove the working folders that exports into ``out`` killed outright left beside it: a
+    staging folder with export's marker, and a folder holding only the old bundle once ``out``
+    holds the new one, each only while no running export holds it."""
+    if not out.parent.is_dir():
+        return
+    for entry in sorted(out.parent.iterdir()):
+        staging = _work_dir(out, _STAGING, entry) and made_by(entry, "export")
+        replaced = _work_dir(out, _REPLACED, entry) and _holds_only_a_replaced_bundle(entry, out)
+        if staging or replaced:
+            remove_if_abandoned(entry, shutil.rmtree)
+
+
+def _holds_only_a_replaced_bundle(folder: Path, out: Path) -> bool:
+    # Without a bundle at out, the old one in there may be the only copy: it is kept.
+    names = [p.name for p in folder.iterdir()]
+    return out.is_dir() and (names == [] or (names == [out.name]
+                                             and is_replaceable_bundle(folder / out.name)))
 
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:
@@ -664,7 +714,15 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
     if not is_replaceable_bundle(out):
         raise OutDirRefused(f"--out {out} changed during the export and is no longer a bundle "
                             "made by `bpedge export`; nothing was replaced")
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}{_REPLACED}", dir=out.parent))
+    held = hold(old)
+    try:
+        os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / out.name, out)  # the old bundle back where it was
+            raise
+    finally:
+        held.release()
     shutil.rmtree(old, ignore_errors=True)

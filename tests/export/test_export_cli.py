@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,66 @@ def test_a_file_that_is_no_checkpoint_exits_2(runner: CliRunner,
                                     "--segmenter", str(junk), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2
     assert "junk.pt" in result.output
+
+
+#: ``bpedge export`` that stops for good once its staging folder holds the ONNX files, so a test
+#: can SIGKILL it mid-export (a kill cannot clean anything up).
+EXPORT_THEN_STALL = """
+import sys, time
+from bpedge.export import bundle_export
+
+real_write = bundle_export._write_onnx_files
+
+def write_then_stall(*args, **kwargs):
+    real_write(*args, **kwargs)
+    print("staging written", flush=True)
+    time.sleep(600)
+
+bundle_export._write_onnx_files = write_then_stall
+from bpedge._cli.app import main
+main(sys.argv[1:])
+"""
+
+
+def _start_stalled_export(args: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", EXPORT_THEN_STALL, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        if line.startswith("staging written"):
+            return proc
+        lines.append(line)
+    proc.wait()
+    raise AssertionError(f"export ended before it stalled (exit {proc.returncode}): "
+                         + "".join(lines))
+
+
+def test_the_next_export_removes_the_staging_folder_a_killed_export_left(
+        runner: CliRunner, tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
+        tmp_path: Path) -> None:
+    """SIGKILL mid-export left ``.bundle.export-RANDOM/`` (ONNX files and all) beside --out, and
+    nothing removed it. The next export into that --out does; never the staging folder of an
+    export still running, nor a folder of that name without export's marker."""
+    out = tmp_path / "bundle"
+    args = ["export", "--detector", str(tiny_checkpoints[0]), "--segmenter",
+            str(tiny_checkpoints[1]), "--out", str(out), "--data", str(phantom_dir),
+            "--max-val", "2"]
+    killed = _start_stalled_export(args)
+    killed.kill()
+    killed.wait()
+    (left,) = tmp_path.glob(".bundle.export-*")
+    assert any(left.glob("*.onnx"))  # what the kill left
+    lookalike = tmp_path / ".bundle.export-ab12cd34"  # not export's: no marker in it
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("mine")
+    live = _start_stalled_export(args)
+    try:
+        (running,) = set(tmp_path.glob(".bundle.export-*")) - {left, lookalike}
+        result = runner.invoke(_app(), args)
+        assert result.exit_code == 0, result.output
+        assert sorted(tmp_path.iterdir()) == sorted([out, running, lookalike])
+        assert (lookalike / "notes.txt").read_text() == "mine"
+    finally:
+        live.kill()
+        live.wait()

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -190,6 +192,78 @@ def test_save_video_never_writes_over_a_file_at_its_temporary_name(
     capture.release()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
         ".probe_seg.avi.bpedge-out.json", ".probe_seg.partial.avi"]
+
+
+#: ``bpedge segment`` that stops for good after the first frame of its video is written, so a
+#: test can SIGKILL it while its partial video exists (a kill cannot clean anything up).
+SEGMENT_THEN_STALL = """
+import sys, time
+from bpedge._cli import _segment_outputs
+
+real_write = _segment_outputs._VideoOut.write
+
+def write_then_stall(self, picture):
+    real_write(self, picture)
+    print("video started", flush=True)
+    time.sleep(600)
+
+_segment_outputs._VideoOut.write = write_then_stall
+from bpedge._cli.app import main
+main(sys.argv[1:])
+"""
+
+
+def start_stalled_segment(args: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", SEGMENT_THEN_STALL, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        if line.startswith("video started"):
+            return proc
+        lines.append(line)
+    proc.wait()
+    raise AssertionError(f"segment ended before its video started (exit {proc.returncode}): "
+                         + "".join(lines))
+
+
+def partials(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(".probe_seg.*.partial.avi"))
+
+
+def test_a_later_run_removes_the_partial_video_a_killed_run_left_and_nothing_else(
+    tiny_bundle: Path, probe_video: Path, tmp_path: Path,
+) -> None:
+    """SIGKILL leaves the hidden partial video (``.probe_seg.RANDOM.partial.avi``) beside
+    --save-video; nothing removed it, and every killed run added one. The next run to that
+    video removes it; never a partial a live run is writing, nor a file of the same pattern that
+    bpedge's record does not list."""
+    video = tmp_path / "probe_seg.avi"
+    killed = start_stalled_segment(segment_args(tiny_bundle, probe_video, tmp_path / "a", video))
+    killed.kill()
+    killed.wait()
+    left = partials(tmp_path)
+    assert len(left) == 1  # what the kill left
+    lookalike = tmp_path / ".probe_seg.ab12cd34.partial.avi"  # not bpedge's: not listed
+    lookalike.write_bytes(USER_BYTES)
+    live = start_stalled_segment(segment_args(tiny_bundle, probe_video, tmp_path / "b", video))
+    try:
+        (live_partial,) = set(partials(tmp_path)) - {*left, lookalike.name}
+        rerun = runner.invoke(build_app(), segment_args(tiny_bundle, probe_video, tmp_path / "c",
+                                                        video))
+        assert rerun.exit_code == 0, rerun.output
+        # The killed run's partial is gone; the live run's and the look-alike are kept.
+        assert partials(tmp_path) == sorted([live_partial, lookalike.name])
+    finally:
+        live.kill()
+        live.wait()
+    again = runner.invoke(build_app(), segment_args(tiny_bundle, probe_video, tmp_path / "d",
+                                                    video, "--force"))
+    assert again.exit_code == 0, again.output
+    assert partials(tmp_path) == [lookalike.name] and lookalike.read_bytes() == USER_BYTES
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    capture.release()
 
 
 # --- Result.save -----------------------------------------------------------------------------------
