@@ -12,7 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,57 +35,76 @@ def _read_truth(path: Path) -> np.ndarray:
     reader's guards (:func:`bpedge.sources.read_image_samples`)."""
     from bpedge.sources import read_image_samples
 
-    mask = read_image_samples(path, "ground-truth mask ")
+    mask = read_image_samples(path, "ground-truth mask ", labels=True)
     return np.where(mask != 0, 255, 0).astype(np.uint8)
 
 
-@dataclass
-class _Accuracy:
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    dice_positive: list[float] = field(default_factory=list)
-    dice_all: list[float] = field(default_factory=list)
-    hd95: list[float] = field(default_factory=list)
-    tp: int = 0
-    fn: int = 0
-    tn: int = 0
-    fp: int = 0
+@dataclass(frozen=True)
+class _FrameAccuracy:
+    """One frame's prediction against its ground-truth mask: its accuracy.csv row and what the
+    summary line counts."""
 
-    def add(self, frame: SourceFrame, result: Result, truth: np.ndarray) -> None:
-        from bpedge._metrics import dice
-        from bpedge._surface import hd95
+    row: tuple[Any, ...]
+    has_bp: bool
+    dice: float
+    hd95: float | None
+    correct: bool
 
-        if truth.shape != result.mask.shape:
-            raise ValueError(f"{frame.truth_path}: mask is {truth.shape[1]}x{truth.shape[0]}, "
-                             f"the frame {result.mask.shape[1]}x{result.mask.shape[0]}")
-        has_bp = bool(truth.any())
-        d = dice(result.mask, truth, empty=1.0)
-        h = hd95(result.mask, truth)
-        self.dice_all.append(d)
-        if has_bp:
-            self.dice_positive.append(d)
-        if h is not None and has_bp:
-            self.hd95.append(h)
-        correct = has_bp == bool(result.present)
-        if has_bp:
-            self.tp, self.fn = self.tp + int(correct), self.fn + int(not correct)
-        else:
-            self.tn, self.fp = self.tn + int(correct), self.fp + int(not correct)
-        self.rows.append((spreadsheet_cell(frame.source), frame.index, int(has_bp),
-                          int(result.present),
-                          int(correct), f"{d:.6f}", "" if h is None else f"{h:.3f}"))
 
-    def summary(self) -> str:
-        n = len(self.rows)
-        parts: list[str] = []
-        if self.dice_positive:
-            parts.append(f"Dice over BP frames {np.mean(self.dice_positive):.4f} "
-                         f"({len(self.dice_positive)} frames)")
-        parts.append(f"Dice over all frames (empty vs empty = 1) {np.mean(self.dice_all):.4f}")
-        if self.hd95:
-            parts.append(f"HD95 median {np.median(self.hd95):.1f} px")
-        parts.append(f"presence correct {self.tp + self.tn}/{n} (sensitivity {self.tp}/"
-                     f"{self.tp + self.fn}, specificity {self.tn}/{self.tn + self.fp})")
-        return f"accuracy against {n} ground-truth mask(s): " + "; ".join(parts)
+def _measure(frame: SourceFrame, result: Result, truth: np.ndarray) -> _FrameAccuracy:
+    from bpedge._metrics import dice
+    from bpedge._surface import hd95
+
+    if truth.shape != result.mask.shape:
+        raise ValueError(f"{frame.truth_path}: mask is {truth.shape[1]}x{truth.shape[0]}, "
+                         f"the frame {result.mask.shape[1]}x{result.mask.shape[0]}")
+    has_bp = bool(truth.any())
+    d = dice(result.mask, truth, empty=1.0)
+    h = hd95(result.mask, truth)
+    correct = has_bp == bool(result.present)
+    row = (spreadsheet_cell(frame.source), frame.index, int(has_bp), int(result.present),
+           int(correct), f"{d:.6f}", "" if h is None else f"{h:.3f}")
+    return _FrameAccuracy(row, has_bp, d, h, correct)
+
+
+def _accuracy_summary(frames: list[_FrameAccuracy]) -> str:
+    n = len(frames)
+    dice_positive = [f.dice for f in frames if f.has_bp]
+    hd95 = [f.hd95 for f in frames if f.has_bp and f.hd95 is not None]
+    tp = sum(f.has_bp and f.correct for f in frames)
+    fn = sum(f.has_bp and not f.correct for f in frames)
+    tn = sum(not f.has_bp and f.correct for f in frames)
+    fp = sum(not f.has_bp and not f.correct for f in frames)
+    parts: list[str] = []
+    if dice_positive:
+        parts.append(f"Dice over BP frames {np.mean(dice_positive):.4f} "
+                     f"({len(dice_positive)} frames)")
+    parts.append(f"Dice over all frames (empty vs empty = 1) "
+                 f"{np.mean([f.dice for f in frames]):.4f}")
+    if hd95:
+        parts.append(f"HD95 median {np.median(hd95):.1f} px")
+    parts.append(f"presence correct {tp + tn}/{n} (sensitivity {tp}/{tp + fn}, specificity "
+                 f"{tn}/{tn + fp})")
+    return f"accuracy against {n} ground-truth mask(s): " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A frame's lines in the tables, recorded in one step once its files are written."""
+
+    row: tuple[Any, ...]
+    jsonl: str
+    accuracy: _FrameAccuracy | None
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """The frame being written: its record and the files written for it so far (each listed
+    once its write has returned: a file that failed to be written is not this run's to remove,
+    whoever holds that name)."""
+
+    done: _Done
+    files: list[Path]
 
 
 class SegmentOutputs:
@@ -101,9 +120,8 @@ class SegmentOutputs:
         self.out = out
         self._skip_truth = skip_truth
         self.masks, self.overlays = masks, overlays
-        self.rows: list[tuple[Any, ...]] = []
-        self.jsonl: list[str] = []
-        self.accuracy = _Accuracy()
+        self.done: list[_Done] = []
+        self._in_flight: _InFlight | None = None
         self._video_path = video
         self._replace_video = replace_video
         self._video_fps = video_fps
@@ -113,40 +131,75 @@ class SegmentOutputs:
                 (out / sub).mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The results.csv rows of the frames done, in order."""
+        return [d.row for d in self.done]
+
     def add(self, frame: SourceFrame, result: Result) -> None:
+        """Write the frame's mask and overlay, then record its rows, then add it to the video.
+
+        The record is one list append after the files: a run stopped (Ctrl-C) before it leaves
+        files whose frame has no row, which :meth:`remove_unrecorded_frame` removes; the video
+        gets the frame only once it is recorded."""
         from bpedge._overlay import write_png
 
-        truth = None
-        if frame.truth_path is not None:
-            try:
-                truth = _read_truth(frame.truth_path)
-                self.accuracy.add(frame, result, truth)  # checks the size before it adds
-            except ValueError as exc:
-                if self._skip_truth is None:
-                    raise
-                self._skip_truth(str(frame.truth_path),
-                                 f"{exc} ({frame.name} is written without accuracy)")
-                truth = None
-        if self.masks:
-            write_png(self.out / "masks" / f"{frame.name}.png", result.mask)
+        truth, accuracy = self._accuracy(frame, result)
         picture = None
         if self.overlays or self._video_path is not None:
             picture = result.plot(truth=truth)
-        if self.overlays and picture is not None:
-            write_png(self.out / "overlays" / f"{frame.name}.png", picture)
-        if self._video_path is not None and picture is not None:
-            if self._video is None:
-                fps = self._video_fps or frame.fps or 10.0
-                self._video = _VideoOut(self._video_path, fps, picture.shape[1], picture.shape[0],
-                                        replace=self._replace_video)
-            self._video.write(picture)
         x0, y0, x1, y1 = result.box
-        self.rows.append((spreadsheet_cell(frame.source), frame.index, int(result.present),
-                          f"{result.score:.6f}",
-                          f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}", f"{y1:.2f}",
-                          f"{result.timings.get('total', float('nan')):.3f}"))
-        self.jsonl.append(json.dumps({"file": frame.source, "frame": frame.index,
-                                      **result.to_dict()}))
+        done = _Done(
+            row=(spreadsheet_cell(frame.source), frame.index, int(result.present),
+                 f"{result.score:.6f}", f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}", f"{y1:.2f}",
+                 f"{result.timings.get('total', float('nan')):.3f}"),
+            jsonl=json.dumps({"file": frame.source, "frame": frame.index, **result.to_dict()}),
+            accuracy=accuracy)
+        mask_path = self.out / "masks" / f"{frame.name}.png" if self.masks else None
+        overlay_path = self.out / "overlays" / f"{frame.name}.png" if self.overlays else None
+        flight = self._in_flight = _InFlight(done, [])
+        if mask_path is not None:
+            write_png(mask_path, result.mask)
+            flight.files.append(mask_path)
+        if overlay_path is not None and picture is not None:
+            write_png(overlay_path, picture)
+            flight.files.append(overlay_path)
+        self.done.append(done)
+        if self._video_path is not None and picture is not None:
+            self._add_to_video(self._video_path, frame, picture)
+
+    def _accuracy(self, frame: SourceFrame,
+                  result: Result) -> tuple[np.ndarray | None, _FrameAccuracy | None]:
+        """The frame's ground truth and accuracy, (None, None) without a usable mask."""
+        if frame.truth_path is None:
+            return None, None
+        try:
+            truth = _read_truth(frame.truth_path)
+            return truth, _measure(frame, result, truth)  # checks the size first
+        except ValueError as exc:
+            if self._skip_truth is None:
+                raise
+            self._skip_truth(str(frame.truth_path),
+                             f"{exc} ({frame.name} is written without accuracy)")
+            return None, None
+
+    def _add_to_video(self, target: OutFile, frame: SourceFrame, picture: np.ndarray) -> None:
+        if self._video is None:
+            fps = self._video_fps or frame.fps or 10.0
+            self._video = _VideoOut(target, fps, picture.shape[1], picture.shape[0],
+                                    replace=self._replace_video)
+        self._video.write(picture)
+
+    def remove_unrecorded_frame(self) -> None:
+        """Remove the mask and overlay of a frame whose rows were not recorded (the run stopped
+        while :meth:`add` wrote it), so every file in masks/ and overlays/ has its row. Only
+        files whose write returned are removed: this run wrote them."""
+        flight = self._in_flight
+        if flight is None or (self.done and self.done[-1] is flight.done):
+            return
+        for path in flight.files:
+            path.unlink(missing_ok=True)
+        self._in_flight = None
 
     def finish(self, complete: bool = True) -> list[str]:
         """Write the tables (and close the video); the lines to show the user. A run that did
@@ -159,16 +212,17 @@ class SegmentOutputs:
             except OutFileRefused as exc:  # a file appeared at --save-video: the tables still go
                 refused = exc
         tag = "" if complete else ".partial"
+        accuracy = [d.accuracy for d in self.done if d.accuracy is not None]
         # Recorded as segment's before they are written (a folder it adds to; see own_entries).
         own_entries(self.out, [f"results{tag}.csv", f"results{tag}.jsonl",
-                               *([f"accuracy{tag}.csv"] if self.accuracy.rows else [])])
+                               *([f"accuracy{tag}.csv"] if accuracy else [])])
         _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows)
         atomic_write_text(self.out / f"results{tag}.jsonl",
-                          "".join(f"{j}\n" for j in self.jsonl))
-        if self.accuracy.rows:
+                          "".join(f"{d.jsonl}\n" for d in self.done))
+        if accuracy:
             path = self.out / f"accuracy{tag}.csv"
-            _write_csv(path, ACCURACY_COLUMNS, self.accuracy.rows)
-            lines.append(self.accuracy.summary() + f"; per frame in {path}")
+            _write_csv(path, ACCURACY_COLUMNS, [a.row for a in accuracy])
+            lines.append(_accuracy_summary(accuracy) + f"; per frame in {path}")
         if refused is not None:
             raise refused
         return lines
@@ -200,7 +254,7 @@ class _VideoOut:
                                                                             ".mov") else "MJPG"))
         self._writer = cv2.VideoWriter(str(self.partial), fourcc, fps, self.size)
         if not self._writer.isOpened():
-            self.partial.unlink(missing_ok=True)
+            target.discard(self.partial)
             raise RuntimeError(f"--save-video {path}: OpenCV cannot write this container here "
                                "(try .mp4 or .avi)")
         self.resized = False
@@ -220,7 +274,7 @@ class _VideoOut:
         try:
             self.target.publish(self.partial, replace=self.replace, replace_flag="--force")
         finally:
-            self.partial.unlink(missing_ok=True)  # gone once published; else not left behind
+            self.target.discard(self.partial)  # gone once published; else not left behind
         note = "; frames of other sizes were scaled to the first's" if self.resized else ""
         return (f"wrote {self.path}: {self.frames} frame(s) at {self.fps:g} fps, "
                 f"{self.size[0]}x{self.size[1]}{note}")

@@ -218,6 +218,7 @@ def register(app: typer.Typer) -> None:
                 failure = exc
             finally:
                 bar.close()
+                outputs.remove_unrecorded_frame()  # a frame stopped mid-write: no file without row
                 # Any other exception passes through here too: its run is not complete either,
                 # so its tables take the .partial names (results.csv means a finished run).
                 complete = finished and failure is None

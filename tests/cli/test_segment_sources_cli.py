@@ -271,3 +271,43 @@ def test_force_replaces_a_run_killed_while_it_wrote_a_png(tiny_bundle, kaggle, t
     refused = runner.invoke(build_app(), [*args, "--force"])
     assert refused.exit_code == 2 and "notes.txt" in refused.output
     assert (out / "masks" / "notes.txt").read_text() == "mine"
+
+
+def _stems(folder):
+    return sorted(p.stem for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("interrupted_write", [2, 4, 5])
+def test_ctrl_c_while_a_frame_is_written_leaves_no_file_without_its_row(
+        tiny_bundle, kaggle, tmp_path, monkeypatch, interrupted_write):
+    """Ctrl-C between a frame's mask and its overlay (write 2: the first frame, 4: the second)
+    or at the third frame's mask (5) left that frame's mask in masks/ with no row in
+    results.partial.csv: a file that belonged to no result."""
+    from bpedge import _overlay
+
+    real_write, writes = _overlay.write_png, []
+
+    def write_then_ctrl_c(path, image):
+        writes.append(path)
+        if len(writes) == interrupted_write:
+            raise KeyboardInterrupt
+        real_write(path, image)
+
+    monkeypatch.setattr(_overlay, "write_png", write_then_ctrl_c)
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(kaggle), "--out",
+                                         str(out), "--save-video", str(tmp_path / "v.avi"),
+                                         *BASE])
+    assert result.exit_code != 0 and (out / "INCOMPLETE.txt").exists()
+    table = out / "results.partial.csv"
+    rows = [r["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0] for r in _rows(table)] \
+        if table.exists() else []
+    assert len(rows) == (interrupted_write - 1) // 2
+    assert _stems(out / "masks") == _stems(out / "overlays") == sorted(rows)
+    if rows:
+        accuracy = [r["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+                    for r in _rows(out / "accuracy.partial.csv")]
+        assert accuracy == rows
+        capture = cv2.VideoCapture(str(tmp_path / "v.avi"))
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(rows)
+        capture.release()
