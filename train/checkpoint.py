@@ -37,6 +37,7 @@ import os
 import pickle
 import random
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ def torch_load_weights_only(path: Path, what: str, map_location: str = "cpu") ->
     it with ``weights_only=False``, which would run code from the file."""
     import torch
 
+    _check_stored_checksums(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -117,6 +119,47 @@ def torch_load_weights_only(path: Path, what: str, map_location: str = "cpu") ->
         raise CheckpointError(f"{path} is not a loadable {what} (damaged or not a torch.save "
                               f"file: {type(exc).__name__}{': ' + first if first else ''})"
                               ) from exc
+
+
+#: Bytes read at a time when checking a record's checksum.
+_CHUNK = 1 << 20
+
+
+def _check_stored_checksums(path: Path, what: str) -> None:
+    """:class:`CheckpointError` naming ``path`` when a record of its ``torch.save`` archive no
+    longer has the CRC-32 stored for it.
+
+    torch stores a CRC-32 per record when it saves but never checks one when it loads, so bytes
+    flipped inside tensor data loaded silently as other weights. Checking costs one read of the
+    file on load and nothing on save. A record stored without a checksum (CRC 0, as
+    ``torch.serialization.set_crc32_options(False)`` writes) is not checked; a file that is not a
+    zip archive is left to ``torch.load``, which names what is wrong with it."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        return  # not a zip archive (torch's legacy format, or no checkpoint): torch.load judges
+    except OSError:
+        raise
+    except Exception as exc:  # a damaged directory fails with almost any exception
+        raise _damaged(path, what, "its zip directory is unreadable", exc) from exc
+    with archive:
+        for info in archive.infolist():
+            if info.CRC == 0:
+                continue
+            try:
+                with archive.open(info) as record:
+                    while record.read(_CHUNK):
+                        pass  # zipfile compares the CRC-32 when the record's end is read
+            except OSError:
+                raise
+            except Exception as exc:  # a bad checksum, or a damaged header of the record
+                raise _damaged(path, what, f"its record {info.filename} does not match what "
+                               "was stored when it was written", exc) from exc
+
+
+def _damaged(path: Path, what: str, why: str, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged: {why} ({type(exc).__name__}: {exc}); it cannot "
+                           f"be used as a {what}: restore it from a copy, or train again")
 
 
 def _check_payload(payload: Any, path: Path) -> None:

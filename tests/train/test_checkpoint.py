@@ -163,3 +163,51 @@ def test_fields_of_the_wrong_type_are_refused_with_the_file_named(tmp_path: Path
     save_checkpoint(path, {**_payload(), "model_state": "not weights"})
     with pytest.raises(CheckpointError, match=r"odd\.pt: its model_state is a str"):
         load_model(path)
+
+
+def _flip_inside_tensor_data(path: Path, damaged: Path) -> None:
+    """``damaged``: ``path`` with one byte flipped in the middle of a tensor's stored bytes (a
+    record under ``data/``), where torch.load itself notices nothing."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename),
+                     key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    # The record's bytes follow its 30-byte local header, file name and extra field.
+    name_len = int.from_bytes(data[record.header_offset + 26:record.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[record.header_offset + 28:record.header_offset + 30], "little")
+    start = record.header_offset + 30 + name_len + extra_len
+    data[start + record.file_size // 2] ^= 0x40
+    damaged.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_inside_tensor_data_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    """torch stores a CRC-32 per record but never checks it on load: a flipped bit in the weights
+    loaded silently as other weights (training --resume and export used them)."""
+    from bpedge.train.checkpoint import load_model
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, _payload())
+    damaged = tmp_path / "last.pt"
+    _flip_inside_tensor_data(good, damaged)
+    with pytest.raises(CheckpointError, match=r"last\.pt is damaged: its record \S+/data/\d+ "
+                                              r"does not match what was stored.*Bad CRC-32"):
+        load_checkpoint(damaged)
+    with pytest.raises(CheckpointError, match=r"last\.pt is damaged"):
+        load_model(damaged)
+    load_checkpoint(good)
+
+
+def test_a_checkpoint_saved_without_checksums_still_loads(tmp_path: Path) -> None:
+    """CRC 0 (``set_crc32_options(False)``) means none was stored: nothing to check against."""
+    serialization = pytest.importorskip("torch.serialization")
+    if not hasattr(serialization, "set_crc32_options"):
+        pytest.skip("this torch always stores checksums")
+    path = tmp_path / "old.pt"
+    serialization.set_crc32_options(False)
+    try:
+        save_checkpoint(path, _payload())
+    finally:
+        serialization.set_crc32_options(True)
+    assert load_checkpoint(path)["epoch"] == 3
