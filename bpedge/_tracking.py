@@ -127,8 +127,8 @@ def next_box(mask: np.ndarray, margin: float,
     if w == 0 or h == 0:
         return None
     cx, cy = x + w / 2, y + h / 2
-    w, h = size if size is not None else (w, h)
-    half_w, half_h = (0.5 + margin) * w, (0.5 + margin) * h
+    width, height = size if size is not None else (float(w), float(h))
+    half_w, half_h = (0.5 + margin) * width, (0.5 + margin) * height
     return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
 
