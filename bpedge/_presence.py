@@ -170,19 +170,20 @@ def choose_presence_threshold(
     if n_pos == 0 or n_neg == 0:
         sens, spec = _rates(s, p, np.array([default]))
         missing = "without" if n_neg == 0 else "with"
+        sensitivity = None if n_pos == 0 else float(sens[0])
+        specificity = None if n_neg == 0 else float(spec[0])
         how = {
             "method": METHOD_DEFAULT,
             "reason": f"the validation data has no frame {missing} BP, so balanced accuracy "
                       "(sensitivity and specificity) cannot be measured; a low default only "
                       "drops frames the detector is sure are empty",
             "default": default,
-            "sensitivity": None if n_pos == 0 else float(sens[0]),
-            "specificity": None if n_neg == 0 else float(spec[0]),
+            "sensitivity": sensitivity,
+            "specificity": specificity,
             "nonfinite_scores": nonfinite,
         }
         return PresenceChoice(value=default, method=METHOD_DEFAULT, balanced_accuracy=None,
-                              sensitivity=how["sensitivity"], specificity=how["specificity"],
-                              how=how)
+                              sensitivity=sensitivity, specificity=specificity, how=how)
     sens, spec = _rates(s, p, np.array(values))
     balanced = (sens + spec) / 2
     i = middle_of_best(balanced.tolist())
