@@ -134,12 +134,19 @@ class HostCascade:
         # One frame: its float32 form (still in the buffer) is the crop's source, so the box's
         # pixels are not converted again (crop_into 0.032 -> 0.018 ms); normalised with the
         # detector's statistics, the crop's are expressed in those units.
+        # Not with the crop's own statistics: on a flat crop of the normalised frame they are
+        # float32 rounding noise instead of exactly the pixel value and 0, and dividing by the
+        # eps floor (or a tiny fixed std) magnifies that into a crop of noise; from the uint8
+        # frame, as the batch path and the reference read it, such a crop is exactly 0.
         crop_stats = [(spec.crop_mean, spec.crop_std, 1e-6)] * len(greys)
         sources = greys
-        if len(greys) == 1:
-            sources = [frame_f32]
-            if mean is not None and std is not None:
+        own_stats = spec.crop_mean is None or spec.crop_std is None
+        if len(greys) == 1 and mean is not None and std is not None:
+            if not own_stats:
+                sources = [frame_f32]
                 crop_stats = [stats_after_normalization(spec.crop_mean, spec.crop_std, mean, std)]
+        elif len(greys) == 1:
+            sources = [frame_f32]  # the exact float32 copy of the uint8 frame
         for i, (g, b, (c_mean, c_std, eps)) in enumerate(zip(sources, boxes, crop_stats)):
             crop_into(g, b, crops[i, 0], c_mean, c_std, eps)
         t.append(time.perf_counter())

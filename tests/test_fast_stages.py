@@ -204,6 +204,33 @@ def test_cascade_feeds_the_models_what_the_reference_makes(spec):
     np.testing.assert_allclose(seen["segmenter"][0], segmenter_input(grey, r.box, spec), atol=1e-3)
 
 
+@pytest.mark.parametrize(("crop_mean", "crop_std"), [(None, None), (None, 1e-3), (129.5, None)])
+def test_a_flat_crop_with_its_own_statistics_is_the_same_alone_and_in_a_batch(crop_mean, crop_std):
+    """A crop in a flat region (an ultrasound frame's black border) normalised with its own
+    statistics: read from the detector-normalised frame, those statistics are float32 rounding
+    noise, which the eps floor magnified into crop values of +-4 where the reference and the batch
+    path give exactly 0."""
+    spec = CascadeSpec((160, 224), 121.7, 40.1, (16, 16), crop_mean, crop_std, 0.5, 0.5,
+                       crop_margin=0.2)
+    grey = np.full((420, 580), 7, np.uint8)
+    seen: list[np.ndarray] = []
+
+    def detector(batch):
+        return (np.full(len(batch), 0.9, np.float32),
+                np.tile(np.array([5.0, 4.0, 40.0, 30.0], np.float32), (len(batch), 1)))
+
+    def segmenter(batch):
+        seen.append(batch.copy())
+        return np.full_like(batch, 0.7)
+
+    cascade = HostCascade(detector, segmenter, spec)
+    alone = cascade.run(grey)
+    cascade.run_batch([grey, grey])
+    want = segmenter_input(grey, alone.box, spec)
+    np.testing.assert_allclose(seen[0][0], want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(seen[0][0], seen[1][1], rtol=1e-5, atol=1e-4)
+
+
 def test_buffers_are_per_thread_and_reused():
     """The models get the same buffer frame after frame on one thread, and different buffers on
     different threads (stream() workers never share one)."""
