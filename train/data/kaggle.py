@@ -206,9 +206,10 @@ def _not_regular_reason(exc: NotARegularFile, path: Path) -> str:
     return "not read: it " + str(exc).removeprefix(f"{path} ")
 
 
-def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
-    """The first page's samples as stored, ``(H, W)`` or ``(H, W, 3|4)`` of any depth, and
-    whether the page is min-is-white (0 is white)."""
+def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """The first page's samples as stored, ``(H, W)`` or ``(H, W, 3|4)`` of any depth, whether
+    the page is min-is-white (0 is white), and its colormap ((3, N) RGB) when it is a palette
+    page, whose samples are indices into it."""
     try:
         hw = declared_hw(data)
     except ValueError:
@@ -216,6 +217,7 @@ def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
     if hw is not None:
         refuse_frame_size(path, hw)
     samples = None
+    colormap = None
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if not tif.pages:
@@ -229,6 +231,8 @@ def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
                     # Planar RGB comes as (C, H, W); OpenCV (segment's reader) reads it too.
                     array = np.moveaxis(array, 0, -1)
                 white_is_zero = page.photometric == tifffile.PHOTOMETRIC.MINISWHITE
+                if page.photometric == tifffile.PHOTOMETRIC.PALETTE:
+                    colormap = page.colormap
                 orientation = page.tags.get(_ORIENTATION)
                 array = _ORIENTED.get(orientation.value if orientation else 1, _as_stored)(array)
     except Exception as exc:  # tifffile raises many types for damaged files; report them all alike
@@ -242,11 +246,32 @@ def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
         raise ValueError(f"{path}: expected a single-channel or RGB(A) image, got shape {array.shape}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"{path}: image is empty, shape {array.shape}")
-    return array, white_is_zero
+    return array, white_is_zero, colormap
+
+
+def _palette_colours(path: Path, indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """The RGB picture of a palette page, as OpenCV (libtiff's RGBA reader) decodes it: a colormap
+    whose entries all fit in 8 bits is used as it is, any other keeps the high byte of each."""
+    cmap = np.asarray(colormap)
+    if cmap.ndim != 2 or cmap.shape[0] != 3 or indices.ndim != 2:
+        raise ValueError(f"{path}: palette TIFF with an unreadable colormap (shape {cmap.shape}) "
+                         f"or samples of shape {indices.shape}; save the frame as 8-bit grey")
+    if int(indices.max()) >= cmap.shape[1]:
+        raise ValueError(f"{path}: palette TIFF whose samples index past its {cmap.shape[1]}-entry "
+                         "colormap; save the frame as 8-bit grey")
+    cmap = (cmap if int(cmap.max()) < 256 else cmap >> 8).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(cmap[:, indices], 0, -1))
 
 
 def _decode_image(path: Path, data: bytes) -> np.ndarray:
-    array, white_is_zero = _decode(path, data)
+    array, white_is_zero, colormap = _decode(path, data)
+    if colormap is not None:
+        # A palette page's samples are indices, not grey levels (ImageJ saves an 8-bit frame
+        # shown with a lookup table this way): segment's OpenCV reads the colours they pick.
+        array = _palette_colours(path, array, colormap)
+    elif array.dtype == np.bool_:
+        # A 1-bit page: OpenCV reads its samples as 0 and 255 (and inverts a min-is-white one).
+        array = np.where(array, np.uint8(255), np.uint8(0))
     if white_is_zero and array.dtype == np.uint8:
         # Min-is-white stores white as 0: OpenCV (what `bpedge segment` reads frames with) and
         # every viewer invert 8-bit pages, and training must see the frames segment sees.
@@ -264,7 +289,7 @@ def _decode_mask(path: Path, data: bytes) -> np.ndarray:
     # The samples as stored, min-is-white or not: tifffile writes a NumPy bool mask as 1-bit
     # min-is-white with True stored as 1, which inverting would turn inside out (segment's
     # reader does the same: bpedge.sources.read_image_samples with labels).
-    array, _ = _decode(path, data)
+    array, _, _ = _decode(path, data)
     if array.ndim == 3:
         array = array[:, :, :3].max(axis=2)  # ignore alpha: a fully opaque mask is not all BP
     return np.where(array != 0, np.uint8(255), np.uint8(0))

@@ -96,6 +96,34 @@ def test_tiff_layouts_segment_reads_are_read_as_the_same_frame(tmp_path: Path, k
     np.testing.assert_array_equal(read_image(path), segment_reads(path))
 
 
+def _colour_lookup_table(bits: int) -> np.ndarray:
+    i = np.arange(256, dtype=np.uint16)
+    return (np.stack([255 - i, i, (i * 7) % 256]) << (bits - 8)).astype(np.uint16)
+
+
+@pytest.mark.parametrize("bits", [16, 8], ids=["16-bit-colormap", "8-bit-colormap"])
+def test_a_palette_frame_is_the_colours_its_indices_pick_as_segment_reads_it(
+    tmp_path: Path, bits: int
+) -> None:
+    """ImageJ saves a frame shown with a lookup table as a palette TIFF: training read the
+    indices as grey levels, segment (OpenCV) the colours they pick, two different pictures."""
+    path = tmp_path / "1_1.tif"
+    tifffile.imwrite(path, picture(), photometric="palette", colormap=_colour_lookup_table(bits))
+    assert not np.array_equal(read_image(path), picture())
+    # Within one grey level: OpenCV's decoder rounds its colour-to-grey step differently from
+    # cv2.cvtColor (the frame rule's), in a few pixels of any colour TIFF, palette or RGB.
+    np.testing.assert_allclose(read_image(path), segment_reads(path), atol=1, rtol=0)
+
+
+@pytest.mark.parametrize("photometric", ["minisblack", "miniswhite"])
+def test_a_1_bit_frame_is_read_as_segment_reads_it(tmp_path: Path, photometric: str) -> None:
+    """Segment reads a 1-bit frame as 0 and 255; training refused it as a frame of dtype bool."""
+    path = tmp_path / "1_1.tif"
+    tifffile.imwrite(path, picture() > 128, photometric=photometric)
+    np.testing.assert_array_equal(read_image(path), segment_reads(path))
+    assert set(np.unique(read_image(path))) == {0, 255}
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_the_tiff_orientation_tag_turns_frame_and_mask_as_segment_turns_them(
     tmp_path: Path, orientation: int
