@@ -694,10 +694,12 @@ def _remove_abandoned_work_dirs(out: Path) -> None:
 
 
 def _holds_only_a_replaced_bundle(folder: Path, out: Path) -> bool:
-    # Without a bundle at out, the old one in there may be the only copy: it is kept.
+    # Without a bundle at out, the old one in there may be the only copy: it is kept. A folder
+    # is not enough: a script's `mkdir -p OUT` after a kill between the two renames made an empty
+    # out, and the next export deleted the old bundle before building the new one.
     names = [p.name for p in folder.iterdir()]
-    return out.is_dir() and (names == [] or (names == [out.name]
-                                             and is_replaceable_bundle(folder / out.name)))
+    return out.is_dir() and is_replaceable_bundle(out) and (
+        names == [] or (names == [out.name] and is_replaceable_bundle(folder / out.name)))
 
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:

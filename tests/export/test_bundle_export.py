@@ -216,6 +216,41 @@ def test_fp32_drift_fails_the_export_and_leaves_nothing(
     assert list(out.parent.iterdir()) == []  # no staging directory left behind
 
 
+@pytest.mark.parametrize("at_out", ["empty folder", "new bundle"])
+def test_the_old_bundle_a_kill_left_mid_replace_is_kept_until_out_holds_a_bundle(
+    tiny_bundle: Path, tiny_checkpoints: tuple[Path, Path], phantom_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, at_out: str,
+) -> None:
+    """Killed between its two renames, a --force export leaves the old bundle, the only copy,
+    in ``.OUT.replaced-RANDOM/``. A script's ``mkdir -p OUT`` then made out a folder, and the
+    next export deleted the old bundle before any work, so an export that then failed left the
+    user with no bundle at all."""
+    import shutil
+
+    from bpedge.export import bundle_export
+
+    out = tmp_path / "bundle"
+    old = tmp_path / ".bundle.replaced-ab12cd34" / "bundle"
+    shutil.copytree(tiny_bundle, old)
+    if at_out == "new bundle":
+        shutil.copytree(tiny_bundle, out)
+    else:
+        out.mkdir()
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the export failed")
+
+    monkeypatch.setattr(bundle_export, "_write_onnx_files", failing)
+    detector, segmenter = tiny_checkpoints
+    with pytest.raises(RuntimeError, match="the export failed"):
+        export_bundle(ExportOptions(detector=detector, segmenter=segmenter, out=out,
+                                    data=phantom_dir, max_val=2, force=True),
+                      log=lambda line: None)
+    assert old.parent.exists() == (at_out == "empty folder")
+    if at_out == "empty folder":
+        assert Bundle.open(old).manifest == Bundle.open(tiny_bundle).manifest
+
+
 def test_a_non_empty_out_is_refused_before_any_work(tiny_checkpoints: tuple[Path, Path],
                                                     tmp_path: Path) -> None:
     out = tmp_path / "taken"
