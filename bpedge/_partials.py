@@ -11,13 +11,15 @@ when the process ends, however it ends. A later run removes a partial only when
 * nobody holds its lock (:func:`remove_if_abandoned`): a partial another run is writing now is
   left alone.
 
-Without ``fcntl`` (not POSIX) no lock can be taken or tested, so nothing is ever removed.
+Without ``fcntl`` (not POSIX), or on a filesystem that refuses ``flock`` (NFS, for a file open
+read-only or a folder), no lock can be taken or tested, so nothing is ever removed.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,8 +44,10 @@ class Held:
 
 
 def _open(path: Path) -> int:
-    # O_NOFOLLOW: a symbolic link put at the name is never followed to someone else's file.
-    return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    # O_NOFOLLOW: a symbolic link put at the name is never followed to someone else's file;
+    # O_NONBLOCK: a FIFO put at the name is not waited on (opening one for reading blocks until
+    # a writer comes); for files and folders it changes nothing.
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
 
 
 def hold(path: str | os.PathLike[str]) -> Held:
@@ -54,6 +58,14 @@ def hold(path: str | os.PathLike[str]) -> Held:
     fd = _open(Path(path))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in _NO_LOCKS and not isinstance(exc, BlockingIOError):
+            # Such a filesystem (NFS) refuses every lock test as well, so the partial is never
+            # taken for abandoned (:func:`remove_if_abandoned`); the write goes on unlocked
+            # instead of failing with a bare "Bad file descriptor".
+            return Held(None)
+        raise
     except BaseException:
         os.close(fd)
         raise
@@ -79,7 +91,34 @@ def remove_if_abandoned(path: str | os.PathLike[str], remove: Callable[[Path], N
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # a run is writing it now
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:
+                return False  # no lock can be tested here, so nothing is proven abandoned
+            raise
+        if not _still_named(fd, Path(path)):
+            # The name changed hands between the open and the lock: another run removed the
+            # partial (and removing it again failed with FileNotFoundError), or someone put a
+            # file of their own there, which the lock just taken says nothing about.
+            return False
         remove(Path(path))
         return True
     finally:
         os.close(fd)
+
+
+#: What flock fails with where no lock can be taken at all (NFS emulates flock with byte-range
+#: locks, which need a file open for writing; a folder never is), rather than being held.
+_NO_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP,
+                       getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``, and that is a file or a folder (what
+    bpedge writes partials as; a FIFO or device at the name is someone else's)."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return ((named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+            and (stat.S_ISREG(held.st_mode) or stat.S_ISDIR(held.st_mode)))
