@@ -94,6 +94,12 @@ def _current_umask() -> int:
     return mask
 
 
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make the names created in or renamed into ``directory`` survive a power loss, where the
+    filesystem allows it (a file's own fsync does not cover its directory entry)."""
+    _fsync_dir(Path(directory))
+
+
 def _fsync_dir(directory: Path) -> None:
     # Directory fsync makes the rename itself durable; not every filesystem allows it.
     try:

@@ -2,8 +2,10 @@
 
 ``OUT`` is claimed through :mod:`bpedge._out_dir`: a new or empty folder, or one segment made; a
 non-empty folder it did not make only with ``--add-to-existing``, and then only new entries are
-added. The entries of a run are ``masks/``, ``overlays/``, ``results.csv`` and, while it runs,
-``INCOMPLETE.txt``:
+added. The entries of a run are ``masks/``, ``overlays/``, ``results.csv`` (with
+``results.jsonl`` and ``accuracy.csv``) and, while it runs, ``INCOMPLETE.txt`` and the partial
+tables its rows are appended to (``results.partial.csv``, ``results.partial.jsonl``,
+``accuracy.partial.csv``), which a killed run leaves:
 
 * ``INCOMPLETE.txt`` is written before the first mask and removed after ``results.csv``, which is
   written last (atomically), so a folder is a complete result set exactly when it has
@@ -117,6 +119,15 @@ def own_entries(out: Path, names: Iterable[str]) -> None:
         set_owned_entries(out, COMMAND, present | set(names))
 
 
+def disown_entries(out: Path, names: Iterable[str]) -> None:
+    """Forget ``names`` as segment's in a folder it adds to: a name recorded just before it was
+    to be created, but found taken by a file that appeared meanwhile, is that file's owner's,
+    and a later ``--force`` must never delete it."""
+    owned = owned_entries(out, COMMAND)
+    if owned is not None and owned & set(names):
+        set_owned_entries(out, COMMAND, owned - set(names))
+
+
 #: A PNG's temporary name while bpedge._atomic writes it (``tempfile.mkstemp``'s 8 random
 #: characters): a run killed mid-write leaves one, and the rerun that replaces the folder must not
 #: take it for the user's.
@@ -152,7 +163,9 @@ def run_in(out: Path, *, force: bool, add_to_existing: bool, masks: bool,
                                         if wanted)])
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(out / INCOMPLETE, f"bpedge segment started at {started} and has not "
-                          f"finished: {RESULTS} is written when every frame is done. Re-run "
+                          f"finished: {RESULTS} is written when every frame is done; until "
+                          "then each frame's rows are in results.partial.csv (a last line "
+                          "without its line break was cut short and is not a row). Re-run "
                           "with --force to replace these partial results.\n")
         for sub, wanted in zip(SUBFOLDERS, (masks, overlays)):
             if wanted:

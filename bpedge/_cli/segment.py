@@ -43,9 +43,11 @@ calibrated DICOM, in mm, timings). When NAME_mask files sit beside the
 images: accuracy.csv (Dice, 1 when both masks are empty; HD95 in px, empty
 when one mask is; presence correct) and a summary line (Dice over BP frames
 and over all frames, HD95 median, presence sensitivity and specificity).
-Frames of a video or multi-frame DICOM are named STEM_fNNNNNN. If a source
-fails or vanishes mid-way, what was done is written (results.partial.csv,
-results.partial.jsonl) before the error.
+Frames of a video or multi-frame DICOM are named STEM_fNNNNNN. While the run
+goes on, each frame's rows are appended to results.partial.csv,
+results.partial.jsonl (and accuracy.partial.csv) as it is done, so a run that
+fails, is interrupted or is killed keeps them; a finished run replaces them
+with results.csv, results.jsonl and accuracy.csv.
 
 results.csv is written last: while a run goes on (or after one failed)
 DIR/INCOMPLETE.txt says so. A non-empty DIR that segment did not make is
@@ -222,7 +224,7 @@ def register(app: typer.Typer) -> None:
                 # Any other exception passes through here too: its run is not complete either,
                 # so its tables take the .partial names (results.csv means a finished run).
                 complete = finished and failure is None
-                lines = outputs.finish(complete=complete) if outputs.rows or complete else []
+                lines = outputs.finish(complete=complete)
             done = len(outputs.rows)
             for line in lines:
                 typer.echo(line)
