@@ -132,3 +132,35 @@ def read_fifo():
         return outcome[0]
 
     return call
+
+
+@pytest.fixture
+def start_paused():
+    """``start_paused(script, args, marker)``: ``python -c script *args`` started and returned
+    once it prints a line starting with ``marker`` (the script then waits to be killed, which
+    is what the test does to it); AssertionError with its output if it ends first. Whatever is
+    still running when the test ends is killed."""
+    import subprocess
+    import sys
+
+    started: list[subprocess.Popen[str]] = []
+
+    def start(script: str, args: list[str], marker: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        started.append(proc)
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            if line.startswith(marker):
+                return proc
+            lines.append(line)
+        proc.wait()
+        raise AssertionError(f"ended before {marker!r} (exit {proc.returncode}): "
+                             + "".join(lines))
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -129,23 +127,9 @@ main(sys.argv[1:])
 """
 
 
-def _start_stalled_export(args: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", EXPORT_THEN_STALL, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        if line.startswith("staging written"):
-            return proc
-        lines.append(line)
-    proc.wait()
-    raise AssertionError(f"export ended before it stalled (exit {proc.returncode}): "
-                         + "".join(lines))
-
-
 def test_the_next_export_removes_the_staging_folder_a_killed_export_left(
         runner: CliRunner, tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, start_paused) -> None:
     """SIGKILL mid-export left ``.bundle.export-RANDOM/`` (ONNX files and all) beside --out, and
     nothing removed it. The next export into that --out does; never the staging folder of an
     export still running, nor a folder of that name without export's marker."""
@@ -153,7 +137,7 @@ def test_the_next_export_removes_the_staging_folder_a_killed_export_left(
     args = ["export", "--detector", str(tiny_checkpoints[0]), "--segmenter",
             str(tiny_checkpoints[1]), "--out", str(out), "--data", str(phantom_dir),
             "--max-val", "2"]
-    killed = _start_stalled_export(args)
+    killed = start_paused(EXPORT_THEN_STALL, args, "staging written")
     killed.kill()
     killed.wait()
     (left,) = tmp_path.glob(".bundle.export-*")
@@ -161,7 +145,7 @@ def test_the_next_export_removes_the_staging_folder_a_killed_export_left(
     lookalike = tmp_path / ".bundle.export-ab12cd34"  # not export's: no marker in it
     lookalike.mkdir()
     (lookalike / "notes.txt").write_text("mine")
-    live = _start_stalled_export(args)
+    live = start_paused(EXPORT_THEN_STALL, args, "staging written")
     try:
         (running,) = set(tmp_path.glob(".bundle.export-*")) - {left, lookalike}
         result = runner.invoke(_app(), args)

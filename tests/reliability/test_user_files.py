@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -213,40 +211,30 @@ main(sys.argv[1:])
 """
 
 
-def start_stalled_segment(args: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", SEGMENT_THEN_STALL, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        if line.startswith("video started"):
-            return proc
-        lines.append(line)
-    proc.wait()
-    raise AssertionError(f"segment ended before its video started (exit {proc.returncode}): "
-                         + "".join(lines))
-
-
 def partials(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob(".probe_seg.*.partial.avi"))
 
 
 def test_a_later_run_removes_the_partial_video_a_killed_run_left_and_nothing_else(
-    tiny_bundle: Path, probe_video: Path, tmp_path: Path,
+    tiny_bundle: Path, probe_video: Path, tmp_path: Path, start_paused,
 ) -> None:
     """SIGKILL leaves the hidden partial video (``.probe_seg.RANDOM.partial.avi``) beside
     --save-video; nothing removed it, and every killed run added one. The next run to that
     video removes it; never a partial a live run is writing, nor a file of the same pattern that
     bpedge's record does not list."""
     video = tmp_path / "probe_seg.avi"
-    killed = start_stalled_segment(segment_args(tiny_bundle, probe_video, tmp_path / "a", video))
+    killed = start_paused(SEGMENT_THEN_STALL,
+                          segment_args(tiny_bundle, probe_video, tmp_path / "a", video),
+                          "video started")
     killed.kill()
     killed.wait()
     left = partials(tmp_path)
     assert len(left) == 1  # what the kill left
     lookalike = tmp_path / ".probe_seg.ab12cd34.partial.avi"  # not bpedge's: not listed
     lookalike.write_bytes(USER_BYTES)
-    live = start_stalled_segment(segment_args(tiny_bundle, probe_video, tmp_path / "b", video))
+    live = start_paused(SEGMENT_THEN_STALL,
+                        segment_args(tiny_bundle, probe_video, tmp_path / "b", video),
+                        "video started")
     try:
         (live_partial,) = set(partials(tmp_path)) - {*left, lookalike.name}
         rerun = runner.invoke(build_app(), segment_args(tiny_bundle, probe_video, tmp_path / "c",
