@@ -12,7 +12,7 @@ from bpedge._cli._errors import command_errors
 
 _EPILOG = """Examples:
 
-  bpedge demo --out demo_out                 # ~2 min on 2 idle cores (longer if shared)
+  bpedge demo --out demo_out                 # ~2.5 min on 2 idle cores, 4-10 if shared
 
   bpedge demo --out demo_fast --fast         # a smoke test: tiny data, 2 epochs, under a minute
 
