@@ -96,8 +96,9 @@ class Result:
         mm values are None when the frame carries no spacing."""
         size = self.box_size_mm
         return {
-            "name": self.name,
-            "timestamp": self.timestamp,
+            # str/float: a SourceFrame built by hand may carry NumPy values, which json refuses.
+            "name": None if self.name is None else str(self.name),
+            "timestamp": None if self.timestamp is None else float(self.timestamp),
             "present": bool(self.present),
             "score": float(self.score),
             "box": [float(v) for v in self.box],
@@ -140,8 +141,12 @@ class Result:
             data = encoded.tobytes()
         try:
             atomic_write_bytes(path, data, replace=overwrite)
-        except FileExistsError:  # it appeared meanwhile: still never replaced
-            raise FileExistsError(refusal) from None
+        except FileExistsError as exc:
+            if exc.filename != str(path):
+                # Not the file: a file where a folder of the path should be (mkdir's refusal).
+                raise FileExistsError(f"{path} cannot be written: {exc.filename} is not a "
+                                      "folder") from None
+            raise FileExistsError(refusal) from None  # it appeared meanwhile: still not replaced
         return path
 
 

@@ -109,3 +109,22 @@ def test_a_vanishing_source_gets_its_frames_in_flight_answered_first(seg, frame)
     with pytest.raises(SourceError, match="camera gone"):
         names.extend(r.name for r in seg.stream(camera(), depth=3))
     assert names == ["cam_f000000", "cam_f000001", "cam_f000002"]
+
+
+def test_to_dict_is_plain_json_for_a_hand_made_source_frames_numpy_values(seg, frame):
+    # A capture wrapper's own SourceFrame: numpy.float64/float32 time stamps are common there.
+    source = SourceFrame(frame, np.str_("cart_f000007"), 7, np.float32(0.28))
+    [r] = list(seg.stream([source]))
+    d = json.loads(r.to_json())
+    assert d["timestamp"] == pytest.approx(0.28) and d["name"] == "cart_f000007"
+    assert type(r.to_dict()["timestamp"]) is float
+
+
+def test_save_under_a_file_used_as_a_folder_names_that_file(seg, frame, tmp_path):
+    # "out/notes.txt/r.png": nothing is at the path, so "r.png exists" would send the user
+    # looking for a file that is not there.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes\.txt is not a folder"):
+        seg(frame).save(notes / "r.png")
+    assert notes.read_text() == "mine"
