@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 _LOCK_NAME = ".bpedge.lock"
+#: Reads of one bundle :meth:`Bundle.open` (and ``Segmenter.from_bundle``) start again from the
+#: manifest when the bundle folder was replaced meanwhile (``bpedge export --force``).
+OPEN_ATTEMPTS = 3
 
 
 class Bundle:
@@ -75,6 +79,8 @@ class Bundle:
         # Use open()/create(): they validate; this constructor trusts its arguments.
         self._root = root
         self._manifest = manifest
+        # The folder the manifest was read from: (st_dev, st_ino), None when not opened.
+        self._opened_folder: tuple[int, int] | None = None
 
     # --- opening and creating ------------------------------------------------------------------
 
@@ -82,9 +88,24 @@ class Bundle:
     def open(cls, path: str | os.PathLike[str]) -> Bundle:
         """Read and validate ``path/manifest.json`` and check that every ONNX and checkpoint file
         it lists exists and matches its sha256. Raises :class:`BundleError` naming the field or
-        file and the fix."""
+        file and the fix.
+
+        ``bpedge export --force`` publishes a new bundle by renaming a folder onto ``path``: an
+        open that straddles the rename (the old manifest, the new files) starts again on the new
+        bundle, up to :data:`OPEN_ATTEMPTS` times, instead of calling its files corrupted."""
         root = Path(path)
-        return cls(root, _check_model_files(root, _read_manifest(root)))
+        attempt = 1
+        while True:
+            folder = _folder_identity(root)
+            try:
+                bundle = cls(root, _check_model_files(root, _read_manifest(root)))
+            except BundleError:
+                if attempt == OPEN_ATTEMPTS or not _folder_replaced(root, folder):
+                    raise
+                attempt += 1
+                continue
+            bundle._opened_folder = folder
+            return bundle
 
     @classmethod
     def write(cls, path: str | os.PathLike[str], manifest: Manifest) -> Bundle:
@@ -126,6 +147,13 @@ class Bundle:
     @property
     def manifest(self) -> Manifest:
         return self._manifest
+
+    def replaced_since_open(self) -> bool:
+        """Whether the folder at :attr:`root` is no longer the one :meth:`open` read (a new bundle
+        was published there, e.g. by ``bpedge export --force``): a file check that failed since
+        may be the new bundle's file against this manifest, not a damaged file."""
+        return self._opened_folder is not None and _folder_replaced(self._root,
+                                                                    self._opened_folder)
 
     def verified_path(self, file: str) -> Path:
         """The path of a file the manifest lists, after checking (now) that it exists and its
@@ -345,6 +373,34 @@ def _read_manifest(root: Path) -> Manifest:
         return Manifest.loads(text)
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
+
+
+def _folder_identity(root: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+#: How long a bundle folder that vanished is waited for: export publishes with two renames (the
+#: old bundle out, the new one in), so for a moment there is no folder at all.
+_REAPPEAR_WAIT_S, _REAPPEAR_POLL_S = 0.5, 0.01
+
+
+def _folder_replaced(root: Path, before: tuple[int, int] | None) -> bool:
+    """Whether another folder is at ``root`` now than ``before`` (its identity then); a folder
+    that is gone is waited for briefly (the moment between export's two renames)."""
+    if before is None:
+        return False
+    deadline = time.monotonic() + _REAPPEAR_WAIT_S
+    while True:
+        now = _folder_identity(root)
+        if now is not None:
+            return now != before
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_REAPPEAR_POLL_S)
 
 
 def _write_manifest(root: Path, manifest: Manifest) -> None:

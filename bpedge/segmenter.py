@@ -24,7 +24,7 @@ from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame, host_array
 from bpedge._result import Result, with_valid_score
 from bpedge._tracking import TrackOptions
-from bpedge.bundle import Bundle
+from bpedge.bundle import OPEN_ATTEMPTS, Bundle, BundleError
 from bpedge.sources import SourceFrame
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ class Segmenter:
         device: int = 0,
     ) -> Segmenter:
         """Open a bundle (every file's sha256 is checked before it is loaded) and build a cascade.
+        A bundle that ``bpedge export --force`` replaces meanwhile is read again from the start
+        (the new one), up to ``bpedge.bundle.OPEN_ATTEMPTS`` times.
 
         Args:
             path: bundle directory (or an opened :class:`Bundle`).
@@ -124,7 +126,24 @@ class Segmenter:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, *_PRECISIONS):
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        bundle = path if isinstance(path, Bundle) else Bundle.open(path)
+        if isinstance(path, Bundle):
+            return cls._from_opened(path, backend, precision, threads, max_batch, device)
+        attempt = 1
+        while True:
+            bundle = Bundle.open(path)
+            try:
+                return cls._from_opened(bundle, backend, precision, threads, max_batch, device)
+            except BundleError:
+                # The models are read (and hash-checked) again as they are loaded: a bundle that
+                # `bpedge export --force` replaced since the open fails that check although both
+                # bundles are whole. Start again on the new one.
+                if attempt == OPEN_ATTEMPTS or not bundle.replaced_since_open():
+                    raise
+                attempt += 1
+
+    @classmethod
+    def _from_opened(cls, bundle: Bundle, backend: Backend, precision: Precision | None,
+                     threads: int | None, max_batch: int, device: int) -> Segmenter:
         spec = CascadeSpec.from_manifest(bundle.manifest)
         reason: str | None = None
         if backend in ("auto", "tensorrt"):
@@ -191,23 +210,21 @@ class Segmenter:
         cascade = self._live()
         if hasattr(frame, "__cuda_array_interface__") and not isinstance(frame, np.ndarray):
             return with_valid_score(cascade.run_device(frame))
-        image, meta = _split(frame)
-        array = host_array(image)
-        grey = as_grey_frame(array)
-        return _attach(with_valid_score(cascade.run(grey)), _own(grey, array), meta)
+        grey, meta = _take(frame)
+        return _attach(with_valid_score(cascade.run(grey)), grey, meta)
 
-    def segment_batch(self, frames: Sequence[Any]) -> list[Result]:
+    def segment_batch(self, frames: Iterable[Any]) -> list[Result]:
         """Segment several host frames (sizes may differ) with one model call per stage (for every
         32 frames on the CPU backends, so memory stays bounded).
-        ``frames``: a list (or tuple) of frames, or an (N, H, W) / (N, H, W, C) array; a single
-        (H, W) or (H, W, 1|3) array is refused (it is one frame: call ``seg(frame)``)."""
+        ``frames``: a list (or tuple) of frames, or an (N, H, W) / (N, H, W, C) array, or any
+        iterable of frames (each is copied as it is taken, so an iterator may refill one capture
+        buffer for every frame, as with :meth:`stream`); a single (H, W) or (H, W, C) array with
+        C <= 4 is refused (it is one frame: call ``seg(frame)``)."""
         cascade = self._live()
         _refuse_one_frame("segment_batch", frames)
-        split = [_split(f) for f in frames]
-        arrays = [host_array(image) for image, _ in split]
-        greys = [as_grey_frame(array) for array in arrays]
-        return [_attach(with_valid_score(r), _own(g, array), meta)
-                for r, g, array, (_, meta) in zip(cascade.run_batch(greys), greys, arrays, split)]
+        taken = [_take(f) for f in frames]
+        results = cascade.run_batch([grey for grey, _ in taken])
+        return [_attach(with_valid_score(r), grey, meta) for r, (grey, meta) in zip(results, taken)]
 
     def stream(self, frames: Iterable[Any], depth: int = 3,
                track: bool | TrackOptions = False) -> Iterator[Result]:
@@ -230,6 +247,12 @@ class Segmenter:
         cascade = self._live()
         _refuse_one_frame("stream", frames)
         _check_bounded("depth", depth, MAX_DEPTH)
+        try:
+            # Here, not at the first step: a generator would only report it when iterated.
+            source = iter(frames)
+        except TypeError:
+            raise TypeError(f"stream takes an iterable of frames, got "
+                            f"{type(frames).__name__}") from None
         options: TrackOptions | None = None
         if track is not False:
             options = TrackOptions() if track is True else track
@@ -238,7 +261,7 @@ class Segmenter:
             if self.backend == "tensorrt":
                 raise ValueError("tracking runs on the CPU backends (onnxruntime, openvino); on "
                                  "TensorRT use stream(frames) without track")
-        return self._stream(cascade, frames, depth, options)
+        return self._stream(cascade, source, depth, options)
 
     def _stream(self, cascade: _Cascade, frames: Iterable[Any], depth: int,
                 track: TrackOptions | None = None) -> Iterator[Result]:
@@ -256,8 +279,7 @@ class Segmenter:
                         # (returning alone would end the stream as if the frames had run out).
                         failure.append(RuntimeError(_CLOSED_DURING_STREAM))
                         return
-                    image, meta = _split(frame)
-                    grey = _owned_grey(image)
+                    grey, meta = _take(frame)
                     held.append((grey, meta))
                     yield grey
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the drained results
@@ -319,9 +341,11 @@ _CLOSED_DURING_STREAM = ("this Segmenter was closed during stream(); its remaini
 
 
 def _refuse_one_frame(method: str, frames: Any) -> None:
-    # A single (H, W) or (H, W, 1|3) array would iterate as its rows, each taken for a frame.
+    # A single (H, W) or (H, W, C) array would iterate as its rows, each taken for a frame. An
+    # (H, W, 2) or BGRA (H, W, 4) frame counts too: as a stack it would be H frames 2 or 4 pixels
+    # wide, which no probe makes, and seg(frame) names its channels as the problem.
     if isinstance(frames, np.ndarray) and (
-        frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] in (1, 3))
+        frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] <= 4)
     ):
         raise ValueError(f"{method} takes a sequence of frames, got one array of shape "
                          f"{frames.shape} (one frame): call seg(frame), or pass [frame]")
@@ -334,6 +358,14 @@ def _owned_grey(frame: Any) -> np.ndarray:
     frame: 240 KB)."""
     array = host_array(frame)
     return _own(as_grey_frame(array), array)
+
+
+def _take(frame: Any) -> tuple[np.ndarray, SourceFrame | None]:
+    """A frame handed to the Segmenter as its grey frame in memory of our own (taken before
+    anything runs: the caller's buffer may be refilled at once, by the iterator that handed it
+    over or by a capture thread) and its SourceFrame metadata."""
+    image, meta = _split(frame)
+    return _owned_grey(image), meta
 
 
 def _split(frame: Any) -> tuple[Any, SourceFrame | None]:

@@ -216,3 +216,82 @@ def test_engines_for_another_gpu_or_tensorrt_version_are_refused_with_the_reason
         assert seg.backend == "onnxruntime"
         assert seg.fallback_reason is not None and orin.file_name("detector") in seg.fallback_reason
         assert seg(np.zeros((40, 60), np.uint8)).mask.shape == (40, 60)
+
+
+@pytest.fixture
+def republished(copy: Path, tmp_path: Path) -> tuple[Path, Callable[[], None]]:
+    """``copy`` and a function that does what ``bpedge export --force`` does to it: another whole
+    bundle (its detector file differs, its manifest matches it) renamed onto it, the old one
+    renamed away first."""
+    other = tmp_path / "other"
+    shutil.copytree(copy, other)
+    (other / "detector.fp32.onnx").write_bytes((other / "detector.fp16.onnx").read_bytes())
+    rehash(other, "detector.fp32.onnx")
+    Bundle.open(other)
+
+    def publish() -> None:
+        copy.rename(tmp_path / "old")
+        other.rename(copy)
+
+    return copy, publish
+
+
+def test_open_straddling_a_re_export_reads_the_new_bundle_not_a_corrupt_one(
+    republished: tuple[Path, Callable[[], None]], monkeypatch: pytest.MonkeyPatch
+):
+    # The old manifest read, then export --force publishes: the files checked are the new
+    # bundle's. Both bundles are whole, so "does not match its sha256 ... corrupted" was wrong.
+    import bpedge.bundle as bundle_module
+
+    root, publish = republished
+    real = bundle_module._check_model_files
+    calls = []
+
+    def published_meanwhile(folder: Path, manifest):
+        if not calls:
+            publish()
+        calls.append(folder)
+        return real(folder, manifest)
+
+    monkeypatch.setattr(bundle_module, "_check_model_files", published_meanwhile)
+    opened = Bundle.open(root)
+    assert len(calls) == 2
+    assert opened.manifest.hash_of("detector.fp32.onnx") == sha256(
+        (root / "detector.fp32.onnx").read_bytes())
+
+
+def test_a_segmenter_built_while_the_bundle_is_re_exported_runs_the_new_bundle(
+    republished: tuple[Path, Callable[[], None]], monkeypatch: pytest.MonkeyPatch,
+    sessions: list[bytes]
+):
+    root, publish = republished
+    real = Bundle.read_verified
+    published = []
+
+    def published_meanwhile(self: Bundle, file: str) -> bytes:
+        if not published:  # after the open, before the first model is read
+            publish()
+            published.append(file)
+        return real(self, file)
+
+    monkeypatch.setattr(Bundle, "read_verified", published_meanwhile)
+    with Segmenter.from_bundle(root, backend="onnxruntime") as seg:
+        seg(np.zeros((64, 80), np.uint8))
+    assert published
+    assert sessions[-2:] == [(root / "detector.fp32.onnx").read_bytes(),
+                             (root / "segmenter.fp32.onnx").read_bytes()]
+
+
+def test_a_bundle_damaged_in_place_is_still_refused_at_once(copy: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    # Only a replaced folder is read again: the same folder with a bad file is refused.
+    import bpedge.bundle as bundle_module
+
+    real = bundle_module._check_model_files
+    calls = []
+    monkeypatch.setattr(bundle_module, "_check_model_files",
+                        lambda folder, manifest: calls.append(folder) or real(folder, manifest))
+    truncate(copy / "segmenter.fp32.onnx")
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        Bundle.open(copy)
+    assert len(calls) == 1

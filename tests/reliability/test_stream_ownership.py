@@ -148,6 +148,59 @@ def test_single_calls_keep_their_own_copy_of_an_array_object_or_tensor(seg, dist
         assert np.array_equal(result.frame, distinct[0])
 
 
+def test_a_batch_from_an_iterator_refilling_one_buffer_gives_each_frame_its_own_answer(
+        seg, distinct):
+    """``segment_batch(itertools.islice(capture, 8))``: every frame is the same refilled array,
+    so each must be taken as it is handed over, as stream() takes it (all results were the last
+    frame's)."""
+    expected = [seg(f) for f in distinct[:6]]
+    buffer = np.empty_like(distinct[0])
+
+    def capture():
+        for f in distinct[:6]:
+            buffer[...] = f
+            yield buffer
+
+    results = seg.segment_batch(capture())
+    assert len(results) == 6
+    for result, want, original in zip(results, expected, distinct):
+        assert result.box == want.box and np.array_equal(result.mask, want.mask)
+        np.testing.assert_array_equal(result.frame, original)
+
+
+def test_a_single_call_keeps_the_frame_it_computed_on_when_the_buffer_is_refilled_meanwhile(
+        seg, distinct, monkeypatch):
+    # A capture thread refilling the buffer while seg(buffer) runs: the result's frame must be
+    # the pixels the masks came from (it was copied only after the models ran: all zeros here).
+    buffer = distinct[0].copy()
+    real = seg._cascade.run
+
+    def refilled_during_the_call(grey):
+        result = real(grey)
+        buffer[...] = 0
+        return result
+
+    monkeypatch.setattr(seg._cascade, "run", refilled_during_the_call)
+    result = seg(buffer)
+    np.testing.assert_array_equal(result.frame, distinct[0])
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_segment_batch_and_stream_refuse_one_frame_of_2_or_4_channels(seg, distinct, channels):
+    # (H, W, 4) BGRA taken as a stack was H frames 4 pixels wide: 105 results, no error.
+    frame = np.dstack([distinct[0]] * channels)
+    with pytest.raises(ValueError, match="one frame"):
+        seg.segment_batch(frame)
+    with pytest.raises(ValueError, match="one frame"):
+        seg.stream(frame)
+
+
+@pytest.mark.parametrize("frames", [None, 5])
+def test_stream_refuses_what_is_not_iterable_when_called(seg, frames):
+    with pytest.raises(TypeError, match="iterable of frames"):
+        seg.stream(frames)
+
+
 @pytest.mark.parametrize("depth", [1, 3])
 @pytest.mark.parametrize("track", [False, True])
 def test_close_before_a_streams_next_step_raises_even_with_nothing_in_flight(
