@@ -272,6 +272,14 @@ def build_crossval(
                                                  for k in ks])) for cond in conditions}
                      for arch in archs},
         })
+    # A subject without any BP frame is in no fold (see the data step), so nothing of it is
+    # tested; it is listed so that the table accounts for every subject of the data.
+    no_bp = [str(s) for s in _read(layout.data_json).get("subjects_without_bp", [])]
+    out["subjects_without_bp"] = no_bp
+    per_subject += [{"subject": s, "fold": None, "frames": 0, "detector_miou": None,
+                     "dice": {arch: dict.fromkeys(conditions) for arch in archs}}
+                    for s in no_bp]
+    per_subject.sort(key=lambda r: (len(r["subject"]), r["subject"]))
     out["per_subject"] = per_subject
     out["presence"] = _presence(layout, folds, chosen, seed)
     out["margin_sweep"] = {arch: _margin_sweep(layout, folds, arch, seed) for arch in archs

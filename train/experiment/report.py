@@ -31,7 +31,7 @@ from bpedge.train.experiment.report_crossval import crossval_blocks
 from bpedge.train.experiment.tables import DETECTOR_METRIC_LABELS
 
 from bpedge._atomic import atomic_write_text
-from bpedge._display_text import markdown_code
+from bpedge._display_text import markdown_code, markdown_text
 
 __all__ = ["build_report", "fmt", "write_report"]
 
@@ -64,6 +64,16 @@ def _condition(cond: str, chosen: dict[str, float]) -> str:
     return f"{CONDITION_LABELS[cond]} (gamma: {gammas})"
 
 
+def _without_bp(data: dict[str, Any]) -> str:
+    """The subjects no subject split uses, as the Setup line names them ("" when none)."""
+    no_bp = data.get("subjects_without_bp") or []  # absent from studies made before it was kept
+    if not no_bp:
+        return ""
+    # Subject names come from the data's file names.
+    return (f" ({len(no_bp)} with no BP frame, in no subject split or fold: "
+            f"{markdown_text(', '.join(no_bp))})")
+
+
 def _setup(study: dict[str, Any], data: dict[str, Any], summary: dict[str, Any],
            timings: dict[str, Any]) -> list[Block]:
     opts = study["options"]
@@ -76,8 +86,8 @@ def _setup(study: dict[str, Any], data: dict[str, Any], summary: dict[str, Any],
             (f"Data: {markdown_code(data['root'])}, fingerprint "
              f"{markdown_code(data['fingerprint'])}"),
             (f"Frames: {data['frames']} ({data['positive']} with BP, {data['empty']} empty) "
-             f"from {data['subjects']} subjects; {len(data['problems'])} file problem(s) "
-             "reported"),
+             f"from {data['subjects']} subjects{_without_bp(data)}; {len(data['problems'])} "
+             "file problem(s) reported"),
             (f"De-duplication (--dedup): {'on' if data['dedup'] else 'off'}; "
              f"{len(data['dedup_removed'])} empty near-copies of BP frames removed"),
             (f"Preset {markdown_code(opts['preset'])}; seed {opts['seed']} (split, "

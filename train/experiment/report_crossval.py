@@ -143,11 +143,19 @@ def _per_subject(cv: dict[str, Any], archs: list[str], conds: list[str]) -> list
     headers += [f"{ARCH_LABELS[a]}: {CONDITION_LABELS[c]}" for a in archs for c in conds]
     rows = tuple(
         # A subject's name comes from the data's file names.
-        (markdown_text(s["subject"]), s["fold"], str(s["frames"]), fmt(s["detector_miou"]),
-         *(fmt(s["dice"][a][c]) for a in archs for c in conds))
+        (markdown_text(s["subject"]), s["fold"] or "none (no BP frame)", str(s["frames"]),
+         fmt(s["detector_miou"]), *(fmt(s["dice"][a][c]) for a in archs for c in conds))
         for s in cv["per_subject"])
-    return [Heading(3, "Per subject (Dice over the subject's BP-positive test frames)"),
-            Table(tuple(headers), rows)]
+    blocks: list[Block] = [Heading(3, "Per subject (Dice over the subject's BP-positive test "
+                                      "frames)")]
+    no_bp = cv.get("subjects_without_bp") or []
+    if no_bp:
+        blocks.append(Paragraph(
+            f"{len(no_bp)} subject(s) have no BP frame at all "
+            f"({markdown_text(', '.join(no_bp))}): the folds deal the subjects with BP frames, "
+            "so these are in no fold and none of their (empty) frames is tested; they count in "
+            "no number above."))
+    return [*blocks, Table(tuple(headers), rows)]
 
 
 def crossval_blocks(summary: dict[str, Any]) -> list[Block]:

@@ -79,6 +79,10 @@ def _write_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
         "positive": len(index.positive()),
         "empty": len(index.frames) - len(index.positive()),
         "subjects": len(index.subjects()),
+        # The subject split and its folds deal only subjects with a BP frame (what the models
+        # train and are scored on): these are in none of them, and the report says so.
+        "subjects_without_bp": [str(s) for s in sorted(
+            set(index.subjects()) - {f.subject for f in index.positive()})],
         "problems": [{"path": str(p.path), "reason": p.reason} for p in index.problems],
         "dedup": opts.dedup,
         "dedup_removed": removed,  # [kept positive key, removed empty key, similarity]
@@ -306,17 +310,22 @@ def _write_timings(layout: StudyLayout) -> None:
 # --- The plan -------------------------------------------------------------------------------
 
 
+def _split_step(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> Step:
+    return Step(
+        f"{mode}/split", lambda _r: _write_split(opts, layout, mode), weight=_LIGHT,
+        inputs=lambda: [layout.data_json, layout.root / "eval_settings.json"],
+        outputs=lambda: [layout.split_json(mode), layout.testset_json(mode),
+                         layout.valset_json(mode)],
+    )
+
+
 def _mode_steps(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> list[Step]:
+    """The steps of one split mode after its split (see :func:`_split_step`)."""
     from bpedge.train.experiment.evaluate import evaluate_detector
     from bpedge.train.experiment.tables import choose_gamma
 
     settings = layout.root / "eval_settings.json"
-    steps = [Step(
-        f"{mode}/split", lambda _r: _write_split(opts, layout, mode), weight=_LIGHT,
-        inputs=lambda: [layout.data_json, settings],
-        outputs=lambda: [layout.split_json(mode), layout.testset_json(mode),
-                         layout.valset_json(mode)],
-    )]
+    steps: list[Step] = []
     det_epochs = opts.detector_epoch_count()
     for g in opts.gammas:
         run = layout.detector_run(mode, g)
@@ -416,6 +425,10 @@ def plan_study(opts: ExperimentOptions) -> list[Step]:
                   outputs=lambda: [layout.data_json]),
              Step("models", lambda _r: _write_models(opts, layout), weight=_LIGHT,
                   outputs=lambda: [layout.models_json])]
+    # Every split before any training: a split the data cannot make (too few subjects for
+    # --folds, or for the subject split of --split both) refuses at once, not after the models
+    # of the modes before it have trained.
+    steps += [_split_step(opts, layout, mode) for mode in opts.split_modes]
     for mode in opts.split_modes:
         steps += _mode_steps(opts, layout, mode)
     steps.append(Step(
