@@ -1,9 +1,10 @@
 """Per-test-image metrics of the study's models, written as JSON beside the runs.
 
 The test set of a split mode (:func:`build_testset`) is the split's BP-positive test frames plus,
-when the data holds empty frames, empty frames the models never trained on (the trainers use
-BP-positive frames only): in a ``subject`` split, empty frames of the test subjects; in a
-``random`` split, any. Their number keeps the data's ratio of empty to BP-positive frames; they
+when the data holds empty frames, empty frames the models never trained on (the segmenters use
+BP-positive frames only; the detector also the empty frames of subjects wholly in train): in a
+``subject`` split, empty frames of the test subjects; in a ``random`` split, any but those of
+subjects wholly in train. Their number keeps the data's ratio of empty to BP-positive frames; they
 are drawn with the study seed.
 
 Detector (:func:`evaluate_detector`): the top box of each test frame and, on BP-positive frames,
@@ -78,7 +79,14 @@ def build_testset(
     positives = [f for f in frames if f.present]
     empties = [f for f in frames if not f.present]
     test_subjects = {by_key[k].subject for k in split.test}
-    pool = [f for f in empties if mode == "random" or f.subject in test_subjects]
+    # The detector trains on the empty frames of train-only subjects (a random split has them
+    # too when every BP frame of a subject landed in train): never test on those.
+    def subjects_of(keys: Sequence[str]) -> set[int]:
+        return {by_key[k].subject for k in keys if k in by_key}
+
+    train_only = subjects_of(split.train) - subjects_of((*split.val, *split.test))
+    pool = [f for f in empties if f.subject in test_subjects
+            or (mode == "random" and f.subject not in train_only)]
     want = round(len(split.test) * len(empties) / max(len(positives), 1))
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(pool), min(want, len(pool)), replace=False).tolist())

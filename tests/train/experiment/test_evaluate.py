@@ -201,3 +201,18 @@ def test_the_study_can_label_every_metric_a_detector_validates_on() -> None:
     from bpedge.train.train_detector import VALIDATION_METRICS
 
     assert set(VALIDATION_METRICS.values()) == set(DETECTOR_METRIC_LABELS)
+
+
+def test_random_testset_never_takes_empty_frames_the_detector_trained_on(frames) -> None:
+    from bpedge.train.data import Split
+
+    # Every BP frame of subject 1 in train: the detector trains on its empty frames too (those of
+    # train-only subjects), so none of them may be an empty test frame.
+    positives = [f.key for f in frames if f.present]
+    rest = [k for k in positives if not k.startswith("1_")]
+    split = Split(mode="random", seed=0, train=tuple(k for k in positives if k.startswith("1_")),
+                  val=tuple(rest[:2]), test=tuple(rest[2:]))
+    for seed in range(10):
+        ts = build_testset(split, frames, "random", seed=seed, figure_images=1)
+        assert ts["empty"]
+        assert not [f["key"] for f in ts["empty"] if f["key"].startswith("1_")]
