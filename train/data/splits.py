@@ -184,6 +184,11 @@ def make_split(
     return Split(mode=mode, seed=seed, train=_sorted(train), val=_sorted(val), test=_sorted(test))
 
 
+#: Said with a count of subjects: train and experiment split the BP frames, so a subject whose
+#: frames are all empty is not counted (a user counting the data's subjects finds one more).
+_COUNTED = " (subjects with a BP frame: only those are split)"
+
+
 def _subject_parts(
     frames: Sequence[Frame], rng: np.random.Generator, test_fraction: float, val_fraction: float
 ) -> tuple[list[str], list[str], list[str]]:
@@ -194,7 +199,8 @@ def _subject_parts(
     if len(subjects) < 3:
         raise ValueError(
             f"a subject split needs at least 3 subjects (one each for train, validation and "
-            f"test), got {len(subjects)}: {subjects}"
+            f"test), got {len(subjects)}: {subjects}{_COUNTED}; use --split random, or more "
+            "subjects"
         )
     order = [subjects[i] for i in rng.permutation(len(subjects))]
     total = len(frames)
@@ -235,7 +241,8 @@ def kfold_groups(frames: Sequence[Frame], folds: int, seed: int) -> list[list[in
     if len(subjects) < folds + 2:
         raise ValueError(
             f"{folds} folds need at least {folds + 2} subjects (a test group per fold plus one "
-            f"validation and one training subject), got {len(subjects)}; use fewer folds"
+            f"validation and one training subject), got {len(subjects)}{_COUNTED}; use fewer "
+            "folds"
         )
     order = [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
     groups: list[list[int]] = [[] for _ in range(folds)]
