@@ -21,8 +21,10 @@ class Result:
 
     Attributes:
         mask: ``uint8`` array ``(H, W)`` of 0/255, the frame's size; all 0 when ``present`` is False.
-        box: ``(x0, y0, x1, y1)`` float, frame pixels (pixel-edge coordinates), the detector's top box
-            clamped to the frame; reported even when ``present`` is False.
+        box: ``(x0, y0, x1, y1)`` float, frame pixels (pixel-edge coordinates): the crop box, i.e.
+            the detector's top box clamped to the frame, grown by the bundle's crop margin and
+            clamped again (the box the mask is pasted into; on a tracked frame, the crop box it
+            used); reported even when ``present`` is False.
         score: detector confidence in [0, 1] for ``box``. A model output outside [0, 1] is
             clamped into it; a NaN output is reported as 0.0 with ``present`` False and an empty
             mask (a diverged model never claims the BP).

@@ -195,7 +195,8 @@ class Bundle:
         return None
 
     def onnx_path(self, model: str, precision: str = "fp32") -> Path:
-        """Verified path of ``model``'s ONNX file for ``precision`` (``"fp32"`` or ``"fp16"``):
+        """Verified path of ``model``'s ONNX file for ``precision`` (``"fp32"``, ``"fp16"``,
+        ``"int8"`` or ``"int8_symmetric"``):
         its sha256 matches and it refers to no external data (see :meth:`read_verified`)."""
         file = self.onnx_ref(model, precision).file
         self.read_verified(file)

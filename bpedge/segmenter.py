@@ -70,9 +70,10 @@ class Segmenter:
             r = seg(frame)                 # frame: (H, W) uint8, or (H, W, 1) / (H, W, 3) BGR
             r.mask, r.box, r.score, r.present, r.timings
 
-    ``backend`` is what actually runs (``"onnxruntime"`` or ``"tensorrt"``), ``precision`` the
-    model precision (``"fp32"``/``"fp16"``), and ``fallback_reason`` why ``"auto"`` did not take
-    TensorRT (``None`` when it did, or when a backend was asked for by name).
+    ``backend`` is what actually runs (``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``),
+    ``precision`` the model precision (``"fp32"``/``"fp16"``/``"bf16"``/``"int8"``), and
+    ``fallback_reason`` why ``"auto"`` did not take TensorRT (``None`` when it did, or when a
+    backend was asked for by name).
     """
 
     def __init__(self, cascade: _Cascade, spec: CascadeSpec, backend: str, precision: str,
@@ -239,7 +240,8 @@ class Segmenter:
         yields); their name, timestamp and mm spacing go into the results.
 
         ``track`` (CPU backends; frames of one video, in order): while the segmentation stays
-        confident and inside its crop, the next frame is cropped where the last mask was and
+        confident, inside its crop and where the last mask was (IoU at least
+        ``TrackOptions.min_overlap``), the next frame is cropped where the last mask was and
         the detector is skipped; it runs every ``detect_every`` frames and whenever confidence
         drops, and a frame it finds no BP in is not segmented (``True``: default
         :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one

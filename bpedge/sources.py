@@ -2,7 +2,8 @@
 
 A source is what people type into other vision tools: an image file, a folder of images (the
 Kaggle layout or plain; ``*_mask`` files are skipped), a glob (``"scans/*.png"``), a video file,
-an ultrasound DICOM file (``.dcm``, or any file with the DICOM magic; needs ``bpedge[dicom]``), a
+an ultrasound DICOM file (``.dcm``, ``.dicom``, or a file without a suffix that has the DICOM
+magic; needs ``bpedge[dicom]``), a
 capture device index (``0``), a stream URL (``rtsp://...``, ``http://...``), a GStreamer pipeline
 (``"v4l2src ! videoconvert ! appsink"``, when OpenCV was built with GStreamer), or in Python any
 object with OpenCV's ``read() -> (ok, frame)`` (a frame grabber's wrapper)::

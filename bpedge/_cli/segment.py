@@ -31,7 +31,8 @@ _EPILOG = """Examples:
 
 SOURCE: an image (tif, png, jpg, bmp), a folder of them (Kaggle layout or
 plain; *_mask files are skipped), a quoted glob, a video, a DICOM file (.dcm,
-or any file with the DICOM magic; needs pip install 'bpedge\\[dicom]'), a
+.dicom, or a file without a suffix that has the DICOM magic; needs pip install
+'bpedge\\[dicom]'), a
 capture device index, a stream URL, or a GStreamer pipeline (when OpenCV was
 built with GStreamer).
 
