@@ -138,8 +138,10 @@ def stats_after_normalization(mean: float | None, std: float | None, frame_mean:
     ``(frame_mean, frame_std)`` as ``(mean, std, eps)`` normalise a crop of the frame itself: a
     pixel ``x`` is ``n * s + frame_mean`` there (``s = max(frame_std, eps)``, as the frame was
     normalised), so ``(x - mean) / max(std, eps) == (n - (mean - frame_mean) / s) /
-    max(std / s, eps / s)``. ``None`` (the crop's own statistic) stays ``None``: a statistic of
-    the crop moves with its units, and the floor ``eps / s`` keeps a flat crop's result too."""
+    max(std / s, eps / s)``. ``None`` (the crop's own statistic) stays ``None``, which is exact
+    in real arithmetic but not in float32: on a flat crop of the normalised frame the crop's own
+    std is rounding noise instead of 0, and dividing by it magnifies the noise; so the cascade
+    crops the normalised frame only when both crop statistics are fixed."""
     s = max(frame_std, eps)
     return (None if mean is None else (mean - frame_mean) / s,
             None if std is None else std / s, eps / s)
