@@ -78,6 +78,13 @@ def host_array(frame: Any) -> np.ndarray:
                              "first: image.convert('L')")
     if hasattr(frame, "__array_interface__") or hasattr(frame, "__array__"):
         return np.asarray(frame)
+    if hasattr(frame, "__cuda_array_interface__"):
+        # Reached from segment_batch/stream (seg(frame) sends GPU arrays to the TensorRT path
+        # first): the generic message below did not say what to do with one.
+        raise ValueError(
+            f"frame is a GPU array ({type(frame).__name__}): segment_batch and stream take host "
+            "frames; pass it to seg(frame) on the TensorRT backend, or copy it to the host first "
+            "(e.g. tensor.cpu().numpy(), cupy.asnumpy(array))")
     raise ValueError(
         f"frame must be a numpy array of shape (H, W) uint8, got {type(frame).__name__}"
     )

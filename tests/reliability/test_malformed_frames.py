@@ -110,7 +110,8 @@ def test_a_malformed_frame_is_refused_and_the_next_frame_is_unaffected(seg, good
     assert_same(seg(good), expected)
 
 
-@pytest.mark.parametrize("kind", ["NaN float32", "4 channels (BGRA)", "1x1", "too wide"])
+@pytest.mark.parametrize("kind", ["NaN float32", "4 channels (BGRA)", "1x1", "too wide",
+                                  "GPU array on the CPU backend"])
 def test_a_malformed_frame_in_a_batch_refuses_the_batch_and_the_next_batch_works(
     seg, good, expected, kind
 ):
@@ -121,7 +122,7 @@ def test_a_malformed_frame_in_a_batch_refuses_the_batch_and_the_next_batch_works
         assert_same(result, expected)
 
 
-@pytest.mark.parametrize("kind", ["all NaN", "0 rows", "string"])
+@pytest.mark.parametrize("kind", ["all NaN", "0 rows", "string", "GPU array on the CPU backend"])
 def test_a_malformed_frame_in_a_stream_stops_it_with_the_reason_and_leaks_no_thread(
     seg, good, expected, kind
 ):
