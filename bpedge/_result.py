@@ -121,7 +121,8 @@ class Result:
         JSON (``.json``: :meth:`to_dict`) to ``path``, atomically. Nothing at ``path`` (a file, a
         symbolic link, even a dangling one, also one that appears while the picture is encoded)
         is ever replaced unless ``overwrite=True`` (FileExistsError naming it); a killed process
-        leaves no partial file under the name. Returns the path."""
+        leaves no partial file under the name. Folders of ``path`` that do not exist are made.
+        Returns the path."""
         from bpedge._atomic import atomic_write_bytes
 
         path = Path(path)
