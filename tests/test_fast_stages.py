@@ -182,6 +182,22 @@ def test_paste_back_identical_for_small_blobs_at_the_crop_edges():
     assert paste_mask(flat, (10.3, 20.6, 90.2, 70.9), 120, 100, 0.7).any()
 
 
+@pytest.mark.parametrize("threshold", [0.0, 1e-50, 0.5, 0.7, 1.0])
+def test_paste_back_identical_with_probabilities_at_the_threshold(threshold):
+    """Many probabilities equal to the threshold or one float32 step either side of it, on a box
+    the crop maps onto pixel for pixel (so no interpolation rounding stands between the two
+    paths, as it may elsewhere): the mask is the reference's, float32 ``>=`` on both."""
+    rng = np.random.default_rng(11)
+    t32 = np.float32(threshold)
+    special = [t32, np.nextafter(t32, np.float32(-1)), np.nextafter(t32, np.float32(2))]
+    for box in [(10.0, 20.0, 106.0, 116.0), (400.0, 300.0, 496.0, 396.0)]:
+        prob = rng.random((96, 96)).astype(np.float32)
+        prob.flat[rng.choice(prob.size, 2000, replace=False)] = rng.choice(special, 2000)
+        np.testing.assert_array_equal(paste_mask(prob, box, 580, 420, threshold),
+                                      ref.paste_back(prob, box, 580, 420, threshold),
+                                      err_msg=str(box))
+
+
 SPEC = CascadeSpec((160, 224), 120.0, 40.0, (96, 96), None, None, 0.5, 0.5)
 
 
