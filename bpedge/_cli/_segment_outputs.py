@@ -145,6 +145,7 @@ class _AppendedTable:
     def __init__(self, path: Path, header: str) -> None:
         self.path, self._header = path, header
         self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
         self.created = False
 
     def create(self) -> None:
@@ -156,6 +157,8 @@ class _AppendedTable:
             raise FileExistsError(errno.EEXIST, "appeared while segment ran and is not "
                                   "overwritten: move it away and run again with --force, or "
                                   "choose another --out", str(self.path)) from None
+        made = os.fstat(self._fd)
+        self._identity = (made.st_dev, made.st_ino)
         self.created = True
         if self._header:
             self.append(self._header)
@@ -178,12 +181,24 @@ class _AppendedTable:
             fd, self._fd = self._fd, None
             os.close(fd)
 
+    def still_ours(self) -> bool:
+        """Whether the name still holds the file this run created: while the run went on, the
+        user may have moved it away and put a file of their own at the name."""
+        if not self.created:
+            return False
+        try:
+            named = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (named.st_dev, named.st_ino) == self._identity
+
     def remove(self) -> None:
-        """Close and delete the file, if this run created it (only then is it this run's)."""
+        """Close and delete the file, if this run created it and it is still at its name (only
+        then is it this run's)."""
         self.close()
-        if self.created:
+        if self.still_ours():
             self.path.unlink(missing_ok=True)
-            self.created = False
+        self.created = False
 
 
 def _as_text_file_bytes(text: str) -> bytes:
@@ -246,13 +261,23 @@ class _PartialTables:
         for table in (self.results, self.jsonl, self.accuracy):
             table.close()
 
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` is one of these tables and still the file this run created."""
+        return any(t.path.name == name and t.still_ours()
+                   for t in (self.results, self.jsonl, self.accuracy))
+
     def remove_all_but(self, kept: set[str]) -> None:
         """Delete the tables this run created, but those named in ``kept``."""
+        taken = []
         for table in (self.results, self.jsonl, self.accuracy):
             if table.path.name in kept:
                 table.close()
-            else:
-                table.remove()
+                continue
+            if table.created and not table.still_ours() and os.path.lexists(table.path):
+                taken.append(table.path.name)  # a file put there during the run: its owner's
+            table.remove()
+        if taken:
+            disown_entries(self.out, taken)
 
 
 class SegmentOutputs:
@@ -384,24 +409,51 @@ class SegmentOutputs:
         accuracy = [d.accuracy for d in self.done if d.accuracy is not None]
         names = [f"results{tag}.csv", f"results{tag}.jsonl",
                  *([f"accuracy{tag}.csv"] if accuracy else [])]
+        # Only this run's own partial tables are replaced: the start of the run cleared (with
+        # --force) or refused every other name, so a file there now was put there during the run
+        # by someone else and is kept (FileExistsError; the rows stay in the partial tables).
+        replace = {name: self._partial.holds(name) for name in names}
+        taken = [n for n in names if not replace[n] and os.path.lexists(self.out / n)]
+        if taken:
+            disown_entries(self.out, taken)  # its owner's: a later --force must not delete it
+            raise _appeared(self.out / taken[0])
         # Recorded as segment's before they are written (a folder it adds to; see own_entries).
         own_entries(self.out, names)
-        _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows)
-        atomic_write_text(self.out / f"results{tag}.jsonl",
-                          "".join(f"{d.jsonl}\n" for d in self.done))
+        _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows,
+                   replace=replace[f"results{tag}.csv"])
+        _write_table(self.out / f"results{tag}.jsonl", "".join(f"{d.jsonl}\n" for d in self.done),
+                     replace=replace[f"results{tag}.jsonl"])
         if accuracy:
             path = self.out / f"accuracy{tag}.csv"
-            _write_csv(path, ACCURACY_COLUMNS, [a.row for a in accuracy])
+            _write_csv(path, ACCURACY_COLUMNS, [a.row for a in accuracy],
+                       replace=replace[path.name])
             lines.append(_accuracy_summary(accuracy) + f"; per frame in {path}")
         return set(names)
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]], *,
+               replace: bool) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    _write_table(path, buffer.getvalue(), replace=replace)
+
+
+def _write_table(path: Path, text: str, *, replace: bool) -> None:
+    try:
+        atomic_write_text(path, text, replace=replace)
+    except FileExistsError:
+        # Taken between the check and the write: its owner's, never to be deleted by --force.
+        disown_entries(path.parent, [path.name])
+        raise _appeared(path) from None
+
+
+def _appeared(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "appeared while segment ran and is not overwritten (the "
+                           "rows of the frames done stay in the partial tables they were "
+                           "appended to): move it away and run again with --force, or choose "
+                           "another --out", str(path))
 
 
 class _VideoOut:

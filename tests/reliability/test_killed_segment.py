@@ -264,3 +264,55 @@ def test_a_finished_run_leaves_no_partial_tables(tiny_bundle, frames, tmp_path):
     assert not [name for name in PARTIAL if (out / name).exists()]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "accuracy.csv", "masks", "overlays", "results.csv", "results.jsonl"]
+
+
+def swap_in_users_table(study: Path, name: str, when: int, monkeypatch) -> None:
+    """Once ``when`` frames are recorded, the user moves ``name`` away and puts their own file
+    there (the run goes on appending to the file it made, now under the user's name)."""
+    from bpedge._cli import _segment_outputs
+
+    real_add = _segment_outputs.SegmentOutputs.add
+
+    def add(self, frame, result):
+        real_add(self, frame, result)
+        if len(self.done) == when:
+            if (study / name).exists():
+                os.replace(study / name, study.parent / f"moved-{name}")
+            (study / name).write_text("mine\n")
+
+    monkeypatch.setattr(_segment_outputs.SegmentOutputs, "add", add)
+
+
+@pytest.mark.parametrize("name", ["results.partial.csv", "results.csv"])
+def test_a_users_file_put_at_a_tables_name_mid_run_is_kept_by_a_finished_run(
+        tiny_bundle, frames, tmp_path, monkeypatch, name):
+    """A finished run used to delete its partial tables by name, and write its final tables over
+    whatever was at theirs: the user's file that took the name during the run was gone."""
+    study = tmp_path / "study"
+    shutil.copytree(frames, study)
+    swap_in_users_table(study, name, 2, monkeypatch)
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(study), "--out",
+                                         str(study), *BASE, "--add-to-existing"])
+    assert (study / name).read_text() == "mine\n"
+    assert name not in owned_entries(study, "segment")  # so --force never deletes it
+    if name == "results.csv":
+        assert result.exit_code == 1 and "not overwritten" in result.output, result.output
+        assert (study / "INCOMPLETE.txt").exists()  # and every row is still on disk
+        rows = list(csv.DictReader((study / "results.partial.csv").open()))
+        assert len(rows) == len(order(frames))
+    else:
+        assert result.exit_code == 0, result.output
+
+
+def test_a_users_file_put_at_a_partial_tables_name_mid_run_is_kept_by_a_failed_run(
+        tiny_bundle, frames, tmp_path, monkeypatch):
+    """A failed run rewrites its partial tables whole: never over a file the user put there."""
+    study = tmp_path / "study"
+    shutil.copytree(frames, study)
+    (study / "zz_broken.png").write_bytes(b"not an image")  # the last frame: the run fails there
+    swap_in_users_table(study, "results.partial.csv", 2, monkeypatch)
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(study), "--out",
+                                         str(study), *BASE, "--add-to-existing"])
+    assert result.exit_code != 0
+    assert (study / "results.partial.csv").read_text() == "mine\n"
+    assert "results.partial.csv" not in owned_entries(study, "segment")
