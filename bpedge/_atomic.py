@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-#: Longest file name kept whole in a temporary name: the ".", ".XXXXXXXX.tmp" around it take 14
-#: bytes, and most file systems allow 255.
+#: Longest file name kept whole in a temporary name: the "." before it and the ".RANDOM.tmp" after
+#: it (RANDOM: mkstemp's 8 characters) take 14 bytes, and most file systems allow 255.
 _MAX_NAME_BYTES = 240
 
 

@@ -53,8 +53,8 @@ def test_replace_false_never_replaces_what_is_there(tmp_path, kind):
 @pytest.mark.parametrize("stem_length", [238, 245, 251])
 def test_a_long_name_is_written_though_its_temporary_name_would_be_too_long(tmp_path,
                                                                           stem_length):
-    # ".NAME.XXXXXXXX.tmp" passed 255 bytes for names a file system allows: a frame named
-    # with 240 characters aborted a whole segment run.
+    # ".NAME.RANDOM.tmp" (8 random characters) passed 255 bytes for names a file system
+    # allows: a frame named with 240 characters aborted a whole segment run.
     target = tmp_path / ("x" * stem_length + ".png")
     atomic_write_bytes(target, b"png")
     assert target.read_bytes() == b"png"

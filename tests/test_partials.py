@@ -4,7 +4,6 @@ tested, and never where locks cannot be tested at all."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +13,14 @@ import pytest
 from bpedge import _partials
 from bpedge._partials import hold, remove_if_abandoned
 
-pytestmark = pytest.mark.skipif(_partials.fcntl is None, reason="no flock here")
+try:
+    import fcntl
+except ImportError:  # not POSIX: the module's whole subject is missing
+    fcntl = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.skipif(
+    fcntl is None or _partials.fcntl is None,
+    reason="needs POSIX file locks (fcntl.flock), which this platform does not have")
 
 
 def _flock_that_first(monkeypatch: pytest.MonkeyPatch, meanwhile) -> None:
