@@ -131,7 +131,7 @@ _SYNC_EVERY_S = 1.0
 
 
 def _csv_line(row: tuple[Any, ...]) -> str:
-    """``row`` as one CSV line, formatted as :func:`_write_csv` writes it."""
+    """``row`` as one CSV line: the format of every segment table, partial or final."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(row)
     return buffer.getvalue()
@@ -154,9 +154,7 @@ class _AppendedTable:
         try:
             self._fd = os.open(self.path, _APPEND_FLAGS, 0o666)
         except FileExistsError:
-            raise FileExistsError(errno.EEXIST, "appeared while segment ran and is not "
-                                  "overwritten: move it away and run again with --force, or "
-                                  "choose another --out", str(self.path)) from None
+            raise _appeared(self.path) from None
         made = os.fstat(self._fd)
         self._identity = (made.st_dev, made.st_ino)
         self.created = True
@@ -433,11 +431,8 @@ class SegmentOutputs:
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]], *,
                replace: bool) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    _write_table(path, buffer.getvalue(), replace=replace)
+    # Line by line as the partial tables append them: one CSV format for both.
+    _write_table(path, "".join(map(_csv_line, [columns, *rows])), replace=replace)
 
 
 def _write_table(path: Path, text: str, *, replace: bool) -> None:
@@ -450,10 +445,12 @@ def _write_table(path: Path, text: str, *, replace: bool) -> None:
 
 
 def _appeared(path: Path) -> FileExistsError:
-    return FileExistsError(errno.EEXIST, "appeared while segment ran and is not overwritten (the "
-                           "rows of the frames done stay in the partial tables they were "
-                           "appended to): move it away and run again with --force, or choose "
-                           "another --out", str(path))
+    """A file at one of segment's table names that the start of the run had cleared or refused:
+    put there during the run, so its owner's. The rows of the frames done stay in the partial
+    tables (or, while those are being created, in nothing written yet)."""
+    return FileExistsError(errno.EEXIST, "appeared while segment ran and is not overwritten: "
+                           "move it away and run again with --force, or choose another --out",
+                           str(path))
 
 
 class _VideoOut:
