@@ -33,7 +33,7 @@ from bpedge._fast_stages import (
 )
 from bpedge._preprocessing import crop_box, detector_input, frame_box, segmenter_input
 from bpedge._result import Result
-from bpedge._stages import clamp_box
+from bpedge._stages import NORMALIZE_EPS, clamp_box
 from bpedge._tracking import Tracker, TrackOptions
 
 __all__ = ["DetectorRunner", "HostCascade", "SegmenterRunner", "detector_input", "frame_box",
@@ -131,24 +131,12 @@ class HostCascade:
                        "total": (time.perf_counter() - t[0]) * 1e3}
             return [Result(np.zeros((h, w), np.uint8), boxes[0], float(scores[0]), False,
                            timings)], None
-        # One frame: its float32 form (still in the buffer) is the crop's source, so the box's
-        # pixels are not converted again (crop_into 0.032 -> 0.018 ms); normalised with the
-        # detector's statistics, the crop's are expressed in those units.
-        # Not with the crop's own statistics: on a flat crop of the normalised frame they are
-        # float32 rounding noise instead of exactly the pixel value and 0, and dividing by the
-        # eps floor (or a tiny fixed std) magnifies that into a crop of noise; from the uint8
-        # frame, as the batch path and the reference read it, such a crop is exactly 0.
-        crop_stats = [(spec.crop_mean, spec.crop_std, 1e-6)] * len(greys)
-        sources = greys
-        own_stats = spec.crop_mean is None or spec.crop_std is None
-        if len(greys) == 1 and mean is not None and std is not None:
-            if not own_stats:
-                sources = [frame_f32]
-                crop_stats = [stats_after_normalization(spec.crop_mean, spec.crop_std, mean, std)]
-        elif len(greys) == 1:
-            sources = [frame_f32]  # the exact float32 copy of the uint8 frame
-        for i, (g, b, (c_mean, c_std, eps)) in enumerate(zip(sources, boxes, crop_stats)):
-            crop_into(g, b, crops[i, 0], c_mean, c_std, eps)
+        if len(greys) == 1:
+            source, stats = self._one_frame_crop_source(greys[0], frame_f32, mean, std)
+            crop_into(source, boxes[0], crops[0, 0], *stats)
+        else:
+            for i, (g, b) in enumerate(zip(greys, boxes)):
+                crop_into(g, b, crops[i, 0], spec.crop_mean, spec.crop_std)
         t.append(time.perf_counter())
         probs = self._segmenter(crops)
         t.append(time.perf_counter())
@@ -165,6 +153,25 @@ class HostCascade:
         timings["total"] = (t[-1] - t[0]) * 1e3 / n
         return ([Result(m, tuple(b), s, p, dict(timings))  # type: ignore[arg-type]
                  for m, b, s, p in results], probs)
+
+    def _one_frame_crop_source(self, grey: np.ndarray, frame_f32: np.ndarray,
+                               mean: float | None, std: float | None
+                               ) -> tuple[np.ndarray, tuple[float | None, float | None, float]]:
+        """The array a lone frame's crop reads and the statistics (and eps floor) that normalise
+        it. Its float32 form (still in the buffer) when that can be used, so the box's pixels are
+        not converted again (crop_into 0.032 -> 0.018 ms): as is when it is the exact copy of the
+        frame; normalised with the detector's fixed ``mean``/``std``, with the crop's statistics
+        restated in those units. Not with the crop's own statistics: on a flat crop of the
+        normalised frame they are float32 rounding noise instead of the pixel value and 0, and
+        the eps floor magnifies that into a crop of noise; the uint8 frame, as the batch path and
+        the reference read it, gives exactly 0."""
+        spec = self.spec
+        own = (spec.crop_mean, spec.crop_std, NORMALIZE_EPS)
+        if mean is None or std is None:
+            return frame_f32, own
+        if spec.crop_mean is None or spec.crop_std is None:
+            return grey, own
+        return frame_f32, stats_after_normalization(spec.crop_mean, spec.crop_std, mean, std)
 
     def run(self, grey: np.ndarray) -> Result:
         return self.run_batch([grey])[0]

@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from bpedge._preprocessing import expand_box, full_frame_box
-from bpedge._stages import Box, _covered_range, clamp_box, scale_box
+from bpedge._stages import NORMALIZE_EPS, Box, _covered_range, clamp_box, scale_box
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
 
@@ -80,7 +80,7 @@ def _into(out: np.ndarray, result: np.ndarray) -> None:
 
 
 def _normalize_inplace(out: np.ndarray, mean: float | None, std: float | None,
-                       eps: float = 1e-6) -> None:
+                       eps: float = NORMALIZE_EPS) -> None:
     """``out = (out - mean) / max(std, eps)`` in place; ``None`` means the image's own statistic
     (as :func:`bpedge._stages.normalize`)."""
     if mean is None or std is None:
@@ -115,7 +115,8 @@ def resize_frame_into(grey: np.ndarray, out: np.ndarray, mean: float | None,
 
 
 def normalize_resize_frame_into(grey: np.ndarray, frame_out: np.ndarray, out: np.ndarray,
-                                mean: float, std: float, eps: float = 1e-6) -> None:
+                                mean: float, std: float,
+                                eps: float = NORMALIZE_EPS) -> None:
     """:func:`resize_frame_into` for fixed statistics, normalising first: ``grey`` (H, W) is
     converted to float32 and normalised in one pass into ``frame_out`` (float32 (H, W),
     contiguous), which is then resized into ``out``. Bilinear resampling is a weighted mean of
@@ -132,7 +133,7 @@ def normalize_resize_frame_into(grey: np.ndarray, frame_out: np.ndarray, out: np
 
 
 def stats_after_normalization(mean: float | None, std: float | None, frame_mean: float,
-                              frame_std: float, eps: float = 1e-6
+                              frame_std: float, eps: float = NORMALIZE_EPS
                               ) -> tuple[float | None, float | None, float]:
     """The ``(mean, std, eps)`` that normalise a crop of a frame already normalised with
     ``(frame_mean, frame_std)`` as ``(mean, std, eps)`` normalise a crop of the frame itself: a
@@ -179,7 +180,7 @@ def _tap_range(start: float, length: float, n_src: int) -> tuple[int, int]:
 
 
 def crop_into(grey: np.ndarray, box: Sequence[float], out: np.ndarray, mean: float | None,
-              std: float | None, eps: float = 1e-6) -> None:
+              std: float | None, eps: float = NORMALIZE_EPS) -> None:
     """The ``box`` (x0, y0, x1, y1, frame pixels, subpixel) of ``grey`` resampled bilinearly into
     ``out`` (float32 (h, w), contiguous) and normalised: :func:`bpedge._stages.crop_resize_normalize`."""
     h_src, w_src = grey.shape

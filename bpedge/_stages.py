@@ -90,7 +90,12 @@ def crop_resize(image: np.ndarray, box: Sequence[float], out_w: int, out_h: int)
     return out.astype(np.float32)
 
 
-def normalize(values: np.ndarray, mean: float | None, std: float | None, eps: float = 1e-6) -> np.ndarray:
+#: The floor of the std a normalisation divides by, so a flat crop does not divide by zero.
+NORMALIZE_EPS = 1e-6
+
+
+def normalize(values: np.ndarray, mean: float | None, std: float | None,
+              eps: float = NORMALIZE_EPS) -> np.ndarray:
     """``(values - mean) / std`` in float32. ``mean``/``std`` of ``None`` means per-image statistics
     (population std), floored at ``eps`` so a flat crop does not divide by zero."""
     v = values.astype(np.float32, copy=False)
