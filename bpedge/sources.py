@@ -216,88 +216,91 @@ def _open_capture(target: Any, api: int | None) -> Any:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """A still image as a checked grey frame (:func:`read_image_samples`)."""
+    """A still image file as a checked grey frame (:func:`decode_still_frame`)."""
+    return decode_still_frame(path, _read_still_bytes(path, ""))
+
+
+def read_image_samples(path: Path, what: str = "", *, labels: bool = False) -> np.ndarray:
+    """An image file's samples (:func:`decode_image_samples`), read as bytes (non-ASCII paths work
+    too) only if it is a regular file of at most ``MAX_IMAGE_FILE_BYTES`` (a FIFO named ``x.png``
+    hung the read). ``what`` (e.g. ``"ground-truth mask "``) starts the messages' description."""
+    return decode_image_samples(path, _read_still_bytes(path, what), what, labels=labels)
+
+
+def _read_still_bytes(path: Path, what: str) -> bytes:
+    from bpedge._regular_file import NotARegularFile, read_regular_file
+
+    try:
+        return read_regular_file(path, MAX_IMAGE_FILE_BYTES)
+    except NotARegularFile as exc:
+        raise ValueError(f"{what}{exc}: only regular image files are read") from None
+
+
+def decode_still_frame(path: Path, data: bytes) -> np.ndarray:
+    """The image file content ``data`` as the grey frame ``bpedge segment`` reads and ``bpedge
+    train`` trains on: :func:`decode_image_samples` through the frame rule of
+    :func:`bpedge._frames.as_grey_frame` (colour to grey with OpenCV's BGR->grey weights, as for
+    a frame passed as an array; 8-bit values in any depth; 12/16-bit data refused, never
+    rescaled). Raises ValueError naming ``path``."""
     from bpedge._frames import as_grey_frame
 
-    image = read_image_samples(path)
+    image = decode_image_samples(path, data)
     try:
         return as_grey_frame(image)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def read_image_samples(path: Path, what: str = "", *, labels: bool = False) -> np.ndarray:
-    """An image file's samples as OpenCV decodes them (one channel, its own depth). ``labels``: the
-    file is a mask, whose stored values are its labels: a colour one gives the largest of its
-    colour samples (alpha ignored), not a grey level, and a min-is-white TIFF page is not inverted
-    (OpenCV inverts 1- and 8-bit ones, as it should for grey levels). Read as bytes
-    (non-ASCII paths work too) only if it is a regular file of at most ``MAX_IMAGE_FILE_BYTES``
-    (a FIFO named ``x.png`` hung the read), and decoded only if it is a PNG, JPEG, BMP or TIFF
-    whose header declares a size a frame may have (a PNG of a few hundred KB declaring 20000x20000 pixels decoded into
-    gigabytes). ``what`` (e.g. ``"ground-truth mask "``) starts the messages' description."""
+def decode_image_samples(path: Path, data: bytes, what: str = "", *,
+                         labels: bool = False) -> np.ndarray:
+    """The samples of the image file content ``data`` (``path`` names it in messages), of their
+    own depth: ``(H, W)``, or ``(H, W, 3)`` BGR for a colour frame, which the frame rule turns
+    to grey with the weights it applies to any BGR frame or video frame (``IMREAD_GRAYSCALE``
+    converts with each codec's own arithmetic: one grey level off in half the pixels of a
+    colour PNG and 0.3% of a colour TIFF's, up to 17 in a colour JPEG).
+
+    ``labels``: the file is a mask, whose stored values are its labels: one channel, the largest
+    of a colour file's colour samples (alpha ignored), and a TIFF's palette indices and
+    min-is-white samples as stored (:func:`bpedge._tiff.tiff_samples`). TIFF content is decoded
+    by tifffile there, everything else by OpenCV, and only if it is a PNG, JPEG, BMP or TIFF
+    whose header declares a size a frame may have (a PNG of a few hundred KB declaring
+    20000x20000 pixels decoded into gigabytes)."""
     import cv2
 
     from bpedge._image_size import declared_hw, refuse_frame_size
-    from bpedge._regular_file import NotARegularFile, read_regular_file
+    from bpedge._tiff import is_tiff, tiff_samples
 
-    try:
-        data = read_regular_file(path, MAX_IMAGE_FILE_BYTES)
-    except NotARegularFile as exc:
-        raise ValueError(f"{what}{exc}: only regular image files are read") from None
-    try:
+    image = None
+    if is_tiff(data):
+        # Checks the declared size itself, from the one parse of the header it decodes with.
+        image = tiff_samples(path, data, what, labels=labels)
+    else:
         hw = declared_hw(data)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {what}{exc}") from None
-    if hw is None:
-        # OpenCV decodes by content, not name: a WebP or JPEG 2000 file called x.png has a header
-        # declared_hw does not read, and a 10 KB one decoded into gigabytes before the size check.
-        raise ValueError(f"{path}: {what}not a readable image (its content is not PNG, JPEG, BMP "
-                         "or TIFF, or its header is cut short), so it is not decoded")
-    refuse_frame_size(path, hw, what)
-    # IMREAD_ANYDEPTH keeps 16-bit and float samples as they are: IMREAD_GRAYSCALE alone shifts
-    # 16-bit ones right by 8 bits without a word (a 16-bit file holding 8-bit values became an
-    # all-black frame, a 16-bit mask of 0/255 an empty one).
-    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
-    if labels:
-        # A mask's pixel is BP when any colour sample is non-zero (as training reads it): the grey
-        # weights made red or blue 1 a 0, so a 0/1 mask in one colour read as empty.
-        flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
-    except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
-        raise ValueError(f"{path}: {what}OpenCV cannot decode it ({str(exc).strip()})") from None
+        if hw is None:
+            # OpenCV decodes by content, not name: a WebP or JPEG 2000 file called x.png has a
+            # header declared_hw does not read, and a 10 KB one decoded into gigabytes before the
+            # size check.
+            raise ValueError(f"{path}: {what}not a readable image (its content is not PNG, JPEG, "
+                             "BMP or TIFF, or its header is cut short), so it is not decoded")
+        refuse_frame_size(path, hw, what)
     if image is None:
-        raise ValueError(f"{path}: {what}not a readable image")
-    if image.ndim == 3:
-        image = image.max(axis=2)  # only with labels: OpenCV gives BGR without the alpha
-    if labels and image.dtype == np.uint8 and _min_is_white_page(path, data, what):
-        # tifffile writes a NumPy bool mask as 1-bit min-is-white with True stored as 1: inverted,
-        # every such mask was read inside out (an empty one as all BP). Training reads the
-        # stored values too (bpedge.train.data.read_mask).
-        image = 255 - image
+        # IMREAD_ANYDEPTH keeps 16-bit and float samples as they are: without it 16-bit ones are
+        # shifted right by 8 bits without a word (a 16-bit file holding 8-bit values became an
+        # all-black frame, a 16-bit mask of 0/255 an empty one). IMREAD_ANYCOLOR gives one
+        # channel or BGR, never alpha.
+        flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+        except cv2.error as exc:  # e.g. OpenCV's own pixel limit, for a format not checked above
+            raise ValueError(f"{path}: {what}OpenCV cannot decode it "
+                             f"({str(exc).strip()})") from None
+        if image is None:
+            raise ValueError(f"{path}: {what}not a readable image")
+    if labels and image.ndim == 3:
+        # A mask's pixel is BP when any colour sample is non-zero: the grey weights made red or
+        # blue 1 a 0, so a 0/1 mask in one colour read as empty.
+        image = image.max(axis=2)
     return image
-
-
-def _min_is_white_page(path: Path, data: bytes, what: str) -> bool:
-    try:
-        return _min_is_white_tiff(data)
-    except Exception as exc:  # tifffile raises its own TiffFileError, struct.error, ValueError
-        raise ValueError(f"{path}: {what}unreadable TIFF header ({exc})") from exc
-
-
-def _min_is_white_tiff(data: bytes) -> bool:
-    """Whether ``data`` is a TIFF whose first page is min-is-white (0 is white)."""
-    if data[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return False
-    import io
-
-    import tifffile
-
-    # declared_hw has read this header already and OpenCV has decoded the page; a file tifffile
-    # still cannot open raises here, and the caller names it.
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages[0]  # the first page is a TiffPage, never a TiffFrame
-        return bool(page.photometric == tifffile.PHOTOMETRIC.MINISWHITE)  # type: ignore[union-attr]
 
 
 def _grey(frame: Any, label: str) -> np.ndarray:

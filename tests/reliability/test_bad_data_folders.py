@@ -54,7 +54,7 @@ else:
 #: file name -> words its reason must hold (the stray files are "ignored", never fatal).
 BAD = {
     "1_2.tif": "truncated",
-    "1_4_mask.tif": "unreadable",  # not a TIFF at all
+    "1_4_mask.tif": "not a readable image",  # not a TIFF at all
     "2_2.tif": "8-bit",
     "2_3_mask.tif": "mask is 100x100 (HxW) but its image is 420x580",
     "3_2.tif": "image without mask",

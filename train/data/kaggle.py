@@ -6,27 +6,28 @@ decodes every pair once, so truncated files, masks of the wrong size and orphans
 training starts, and each one is reported by name: it is either skipped (logged and kept in
 ``DatasetIndex.problems``) or the scan fails with :class:`DatasetError` listing all of them.
 
-Files are decoded with tifffile, not ``cv2.imread``: plain ``cv2.imread`` silently returns three
-channels, and on a truncated TIFF OpenCV prints to stderr and returns ``None`` with no reason,
-while tifffile raises an error that says what is wrong.
+Files are decoded by the reader ``bpedge segment`` reads its stills with
+(:func:`bpedge.sources.decode_still_frame` and :func:`bpedge.sources.decode_image_samples`), so a
+model trains on the pixels it is scored on: a frame goes through the frame rule of
+:func:`bpedge._frames.as_grey_frame` (colour to grey with OpenCV's BGR->grey weights; any depth
+holding 8-bit values; 12/16-bit data and normalised floats are refused, never clipped or
+rescaled), and a mask pixel is BP when its stored value is non-zero, at any depth (0/255, 0/1,
+bool, 0/65535, palette indices). TIFF content is decoded with tifffile there, not
+``cv2.imread``: plain ``cv2.imread`` silently returns three channels, and on a truncated TIFF
+OpenCV prints to stderr and returns ``None`` with no reason, while tifffile raises an error that
+says what is wrong.
 
-Pixels are read as ``bpedge segment`` reads its stills, so a model trains on the frames it is
-scored on: a frame goes through the frame rule of :func:`bpedge._frames.as_grey_frame` (any depth
-holding 8-bit values; 12/16-bit data and normalised floats are refused, never clipped or rescaled),
-and a mask pixel is BP when its stored value is non-zero, at any depth (0/255, 0/1, bool, 0/65535).
-
-Files are read with the guards ``bpedge segment`` uses for its stills: only regular files of at
-most ``MAX_IMAGE_FILE_BYTES`` (a FIFO named like a mask hung the scan, and a link to /dev/zero
-was read until memory ran out), and nothing whose header declares sides over ``MAX_SIDE`` is
-decoded (a 435 KB TIFF declaring 20000x20000 took 1.6 GB and half a minute to decode).
+That reader has the guards ``bpedge segment`` uses for its stills: nothing whose header declares
+sides over ``MAX_SIDE`` is decoded (a 435 KB TIFF declaring 20000x20000 took 1.6 GB and half a
+minute to decode), and files are read only if they are regular files of at most
+``MAX_IMAGE_FILE_BYTES`` (a FIFO named like a mask hung the scan, and a link to /dev/zero was
+read until memory ran out).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -36,13 +37,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tifffile
 
-from bpedge._frames import MAX_SIDE, as_grey_frame
-from bpedge._image_size import declared_hw, refuse_frame_size
 from bpedge._metrics import box_from_mask
 from bpedge._regular_file import NotARegularFile, read_regular_file
-from bpedge.sources import MAX_IMAGE_FILE_BYTES
+from bpedge.sources import MAX_IMAGE_FILE_BYTES, decode_image_samples, decode_still_frame
 
 __all__ = [
     "DatasetError",
@@ -61,32 +59,6 @@ _NAME = re.compile(r"^(?P<subject>\d+)_(?P<frame>\d+)(?P<mask>_mask)?\.tiff?$", 
 
 #: Reason prefix of problems that never fail a scan: files that are not part of the layout.
 IGNORED = "ignored"
-
-#: Most samples a page may decode to: a MAX_SIDE square of RGBA. The header check bounds only
-#: the sides, and a TIFF may declare thousands of samples per pixel.
-_MAX_SAMPLES = MAX_SIDE * MAX_SIDE * 4
-
-
-#: TIFF Orientation tag, and how each value turns the stored rows into the picture: OpenCV (what
-#: `bpedge segment` reads with) applies it, so training must too, or a frame tagged "rotated"
-#: would be a different picture, even a different size, in training and in segment.
-_ORIENTATION = 274
-
-
-def _as_stored(a: np.ndarray) -> np.ndarray:
-    return a
-
-
-_ORIENTED = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: np.rot90(a, -1)[::-1],
-    8: lambda a: np.rot90(a, 1),
-}
-
 
 class DatasetError(ValueError):
     """The dataset folder has bad files (``scan_dataset(on_error="fail")``); the message names each."""
@@ -178,18 +150,18 @@ class DatasetIndex:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read a frame as uint8 ``(H, W)`` grey levels. Colour TIFFs are converted to grey (what
-    ``cv2.IMREAD_GRAYSCALE`` does), and other depths by the frame rule (8-bit values only); raises
-    ValueError naming the file if it is not a regular file, is too large, cannot be decoded or
-    does not hold 8-bit values."""
+    """Read a frame as uint8 ``(H, W)`` grey levels, as ``bpedge segment`` reads it
+    (:func:`bpedge.sources.decode_still_frame`: colour converted with OpenCV's BGR->grey
+    weights, other depths by the frame rule, 8-bit values only); raises ValueError naming the file
+    if it is not a regular file, is too large, cannot be decoded or does not hold 8-bit values."""
     path = Path(path)
-    return _decode_image(path, _read_file(path))
+    return decode_still_frame(path, _read_file(path))
 
 
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask as uint8 ``(H, W)`` holding only 0 and 255 (any non-zero stored value, at any
-    depth and in any channel, becomes 255); raises ValueError naming the file if it is not a
-    regular file, is too large or cannot be decoded."""
+    depth, in any colour channel and as a palette index, becomes 255); raises ValueError naming
+    the file if it is not a regular file, is too large or cannot be decoded."""
     path = Path(path)
     return _decode_mask(path, _read_file(path))
 
@@ -206,93 +178,9 @@ def _not_regular_reason(exc: NotARegularFile, path: Path) -> str:
     return "not read: it " + str(exc).removeprefix(f"{path} ")
 
 
-def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool, np.ndarray | None]:
-    """The first page's samples as stored, ``(H, W)`` or ``(H, W, 3|4)`` of any depth, whether
-    the page is min-is-white (0 is white), and its colormap ((3, N) RGB) when it is a palette
-    page, whose samples are indices into it."""
-    try:
-        hw = declared_hw(data)
-    except ValueError:
-        hw = None  # a header tifffile cannot read: the decode below reports it in its own words
-    if hw is not None:
-        refuse_frame_size(path, hw)
-    samples = None
-    colormap = None
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            if not tif.pages:
-                raise ValueError("no image in the file")
-            # The first page (Kaggle files hold exactly one), always a TiffPage, not a TiffFrame.
-            page: tifffile.TiffPage = tif.pages[0]  # type: ignore[assignment]
-            samples = math.prod(page.shape)
-            if samples <= _MAX_SAMPLES:
-                array = page.asarray()
-                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
-                    # Planar RGB comes as (C, H, W); OpenCV (segment's reader) reads it too.
-                    array = np.moveaxis(array, 0, -1)
-                white_is_zero = page.photometric == tifffile.PHOTOMETRIC.MINISWHITE
-                if page.photometric == tifffile.PHOTOMETRIC.PALETTE:
-                    colormap = page.colormap
-                orientation = page.tags.get(_ORIENTATION)
-                array = _ORIENTED.get(orientation.value if orientation else 1, _as_stored)(array)
-    except Exception as exc:  # tifffile raises many types for damaged files; report them all alike
-        raise ValueError(f"{path}: unreadable or truncated TIFF ({exc})") from exc
-    if samples is not None and samples > _MAX_SAMPLES:
-        raise ValueError(f"{path}: declares {samples} samples (shape {page.shape}), more than "
-                         f"a {MAX_SIDE}x{MAX_SIDE} RGBA image holds, so it is not decoded")
-    if array.ndim == 3 and array.shape[2] in (1, 2):
-        array = array[:, :, 0]  # grey, or grey and alpha
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f"{path}: expected a single-channel or RGB(A) image, got shape {array.shape}")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError(f"{path}: image is empty, shape {array.shape}")
-    return array, white_is_zero, colormap
-
-
-def _palette_colours(path: Path, indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
-    """The RGB picture of a palette page, as OpenCV (libtiff's RGBA reader) decodes it: a colormap
-    whose entries all fit in 8 bits is used as it is, any other keeps the high byte of each."""
-    cmap = np.asarray(colormap)
-    if cmap.ndim != 2 or cmap.shape[0] != 3 or indices.ndim != 2:
-        raise ValueError(f"{path}: palette TIFF with an unreadable colormap (shape {cmap.shape}) "
-                         f"or samples of shape {indices.shape}; save the frame as 8-bit grey")
-    if int(indices.max()) >= cmap.shape[1]:
-        raise ValueError(f"{path}: palette TIFF whose samples index past its {cmap.shape[1]}-entry "
-                         "colormap; save the frame as 8-bit grey")
-    cmap = (cmap if int(cmap.max()) < 256 else cmap >> 8).astype(np.uint8)
-    return np.ascontiguousarray(np.moveaxis(cmap[:, indices], 0, -1))
-
-
-def _decode_image(path: Path, data: bytes) -> np.ndarray:
-    array, white_is_zero, colormap = _decode(path, data)
-    if colormap is not None:
-        # A palette page's samples are indices, not grey levels (ImageJ saves an 8-bit frame
-        # shown with a lookup table this way): segment's OpenCV reads the colours they pick.
-        array = _palette_colours(path, array, colormap)
-    elif array.dtype == np.bool_:
-        # A 1-bit page: OpenCV reads its samples as 0 and 255 (and inverts a min-is-white one).
-        array = np.where(array, np.uint8(255), np.uint8(0))
-    if white_is_zero and array.dtype == np.uint8:
-        # Min-is-white stores white as 0: OpenCV (what `bpedge segment` reads frames with) and
-        # every viewer invert 8-bit pages, and training must see the frames segment sees.
-        array = 255 - array
-    if array.ndim == 3:
-        array = array[:, :, 2::-1]  # RGB(A) to the BGR the frame rule converts; alpha dropped
-    try:
-        # The frame rule segment applies: 8-bit values in any depth, never clipped or rescaled.
-        return as_grey_frame(array)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
 def _decode_mask(path: Path, data: bytes) -> np.ndarray:
-    # The samples as stored, min-is-white or not: tifffile writes a NumPy bool mask as 1-bit
-    # min-is-white with True stored as 1, which inverting would turn inside out (segment's
-    # reader does the same: bpedge.sources.read_image_samples with labels).
-    array, _, _ = _decode(path, data)
-    if array.ndim == 3:
-        array = array[:, :, :3].max(axis=2)  # ignore alpha: a fully opaque mask is not all BP
-    return np.where(array != 0, np.uint8(255), np.uint8(0))
+    labels = decode_image_samples(path, data, labels=True)
+    return np.where(labels != 0, np.uint8(255), np.uint8(0))
 
 
 @dataclass(frozen=True)
@@ -327,7 +215,7 @@ def _load_pair(
     image = mask = None
     if image_bytes is not None:
         try:
-            image = _decode_image(image_path, image_bytes)
+            image = decode_still_frame(image_path, image_bytes)
         except ValueError as exc:
             problems.append(Problem(image_path, _reason(exc, image_path)))
     if mask_bytes is not None:

@@ -212,9 +212,13 @@ def test_unreadable_files_raise_naming_the_file(tmp_path: Path) -> None:
     _write(tmp_path / "deep.tif", np.full((10, 10), 4095, np.uint16))  # 12-bit: not rescaled
     with pytest.raises(ValueError, match=r"deep\.tif.*8-bit"):
         read_image(tmp_path / "deep.tif")
+    # Read as `bpedge segment` reads it, so refused in its words.
     (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
-    with pytest.raises(ValueError, match=r"junk\.tif.*unreadable"):
+    with pytest.raises(ValueError, match=r"junk\.tif: not a readable image"):
         read_mask(tmp_path / "junk.tif")
+    (tmp_path / "cut.tif").write_bytes(b"II*\x00\xff\xff")
+    with pytest.raises(ValueError, match=r"cut\.tif: unreadable or truncated TIFF"):
+        read_mask(tmp_path / "cut.tif")
 
 
 def test_missing_or_empty_folders(tmp_path: Path) -> None:
