@@ -126,6 +126,12 @@ def paste_probability(prob: np.ndarray, box: Sequence[float], width: int, height
 
     Frame pixel ``(x, y)`` whose centre lies in the box samples the crop at
     ``u = (x + 0.5 - x0) * out_w / (x1 - x0) - 0.5``, bilinear, edge-clamped to the crop.
+
+    A non-finite probability (NaN, +inf or -inf: a diverged model) counts as 0, not BP, before
+    the interpolation, so it also weighs 0 in its neighbours' samples. This is the definition
+    every paste follows (:func:`bpedge._fast_stages.paste_mask`, ``kernels/paste.cu``): left in,
+    a NaN or inf tap makes the bilinear sum NaN or +-inf by the order of its operations (even
+    at weight 0, as ``0 * inf`` is NaN), which differs between NumPy, OpenCV and CUDA.
     """
     if prob.ndim != 2:
         raise ValueError(f"probability map must be 2-D, got shape {prob.shape}")
@@ -141,6 +147,9 @@ def paste_probability(prob: np.ndarray, box: Sequence[float], width: int, height
     xi0, xi1, wx = _paste_taps(xs, x0, x1 - x0, out_w)
     yi0, yi1, wy = _paste_taps(ys, y0, y1 - y0, out_h)
     p = prob.astype(np.float64, copy=False)
+    finite = np.isfinite(p)
+    if not finite.all():
+        p = np.where(finite, p, 0.0)
     top = p[yi0][:, xi0] * (1 - wx) + p[yi0][:, xi1] * wx
     bottom = p[yi1][:, xi0] * (1 - wx) + p[yi1][:, xi1] * wx
     canvas[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] = top * (1 - wy)[:, None] + bottom * wy[:, None]
@@ -175,8 +184,8 @@ def paste_back(
     present: bool = True,
 ) -> np.ndarray:
     """Paste a crop probability map into the frame and threshold it: uint8 mask of 0/255, shape
-    ``(height, width)``; a pixel is 255 where the pasted probability is ``>= threshold``.
-    ``present=False`` (the detector score says no BP) gives an empty mask."""
+    ``(height, width)``; a pixel is 255 where the pasted probability is ``>= threshold``
+    (:func:`paste_probability`: a non-finite probability counts as 0). ``present=False`` (the detector score says no BP) gives an empty mask."""
     if not present:
         return np.zeros((height, width), np.uint8)
     pasted = paste_probability(prob, box, width, height)

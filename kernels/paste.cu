@@ -63,8 +63,12 @@ __device__ __forceinline__ BpPasteTap bp_paste_tap(int pix, double lo, double hi
   return tap;
 }
 
-__device__ __forceinline__ float bp_load(const float* p) { return *p; }
-__device__ __forceinline__ float bp_load(const __half* p) { return __half2float(*p); }
+// A non-finite probability (a diverged model) counts as 0 before interpolating, as
+// _stages.paste_probability defines: left in, the lerp below gives NaN (never >= threshold) for any
+// NaN tap and for an inf tap even at weight 0 (0 * inf), unlike the reference and OpenCV.
+__device__ __forceinline__ float bp_finite_or_0(float v) { return isfinite(v) ? v : 0.0f; }
+__device__ __forceinline__ float bp_load(const float* p) { return bp_finite_or_0(*p); }
+__device__ __forceinline__ float bp_load(const __half* p) { return bp_finite_or_0(__half2float(*p)); }
 
 template <typename ProbT>
 __device__ __forceinline__ void bp_paste(const BpPasteArgs& a) {

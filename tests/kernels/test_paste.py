@@ -78,6 +78,20 @@ def test_batch_with_absent_item_and_score_threshold():
     assert not masks[1].any() and masks[0].any() and masks[2].any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_non_finite_probabilities_count_as_zero_as_the_reference_says(dtype):
+    """NaN, +inf and -inf taps (a diverged model) are 0 before interpolation: the kernel's lerp
+    made any pixel with such a tap NaN (never BP), even at weight 0 (0 * inf)."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:96, :96]
+    prob = np.exp(-((xx - 45) ** 2 + (yy - 50) ** 2) / 900)[None].astype(dtype)
+    where = rng.choice(prob.size, 400, replace=False)
+    prob.flat[where] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype), where.size)
+    masks = _check(prob, np.array([[5.5, 7.25, 52.75, 40.5]], np.float32),
+                   np.array([1.0], np.float32), 60, 50, threshold=0.3)
+    assert masks.any()
+
+
 def test_score_below_threshold_or_nan_and_bad_boxes_give_empty_masks():
     prob = np.ones((4, 96, 96), np.float32)
     boxes = np.array([[2, 2, 20, 20], [2, 2, 20, 20], [np.nan, 2, 20, 20], [20, 2, 20, 20]], np.float32)
