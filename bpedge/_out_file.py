@@ -25,15 +25,18 @@ the name holds after a kill is still recognised as the command's.
 
 The content is written to a hidden partial file beside the path first
 (:meth:`OutFile.new_temporary`; a video takes as long as the run). A run killed outright cannot
-remove it, so the record also lists each partial (its name and inode) before anything is written
-into it, and the writer locks it (:mod:`bpedge._partials`). The next write to the same path removes a listed partial that
-still is that file and that nobody holds: never a file of anyone else's, never one a run is
-writing now.
+remove it, so the record also lists each partial before anything is written into it, and the
+writer locks it (:mod:`bpedge._partials`). The next write to the same path removes a listed
+partial that nobody holds (never one a run is writing now) and that is still the file bpedge
+made, by evidence the record alone cannot give (:meth:`OutFile._is_our_partial`): the record is
+a file anyone who can write the folder can write, so a record listing the inode of a file of
+the user's (forged, or left behind from an earlier file) must not get that file removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -43,7 +46,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from bpedge._atomic import atomic_write_json, publish
 from bpedge._out_dir import OutDirRefused
@@ -56,6 +59,8 @@ RECORD_SUFFIX = ".bpedge-out.json"
 _RECORD_FORMAT = "bpedge-out-file"
 _MAX_RECORD_BYTES = 64 * 1024
 _CHUNK = 1 << 20
+#: How many first bytes of a partial ``OutFile.partial_signature`` is given.
+SIGNATURE_BYTES = 64
 
 State = Literal["absent", "ours", "foreign"]
 
@@ -79,11 +84,26 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _partial_entry(path: Path, digest: str | None = None) -> dict[str, Any]:
+    """The record's entry for the partial ``path`` as it is now; ``digest``: its sha256, when
+    the caller has it already."""
+    info = os.lstat(path)
+    entry: dict[str, Any] = {"name": path.name, "dev": info.st_dev, "ino": info.st_ino,
+                             "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+    if info.st_size:
+        entry["sha256"] = digest or _sha256(path)
+    return entry
+
+
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+        return _sha256_of(f)
+
+
+def _sha256_of(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -98,6 +118,11 @@ class OutFile:
     command: str
     flag: str
     recognise: Callable[[Path], bool] | None = None
+    #: ``signature(head) -> bool``: True when ``head``, the first :data:`SIGNATURE_BYTES` bytes
+    #: of a partial the writer has put bytes into, open the format the writer writes (a video
+    #: container's header): lets a later write remove a partial that a run killed while
+    #: writing it left. None: only a partial unchanged since bpedge last recorded it is removed.
+    partial_signature: Callable[[bytes], bool] | None = None
     #: The locks on this process's partials, released once each is published or discarded.
     _held: dict[Path, Held] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -184,6 +209,23 @@ class OutFile:
             raise
         return tmp
 
+    def note_partial(self, tmp: Path) -> None:
+        """Record the partial ``tmp`` as it is now (size, modification time, content), after its
+        writer opened it again (OpenCV truncates the file it is given) or finished it, so a run
+        killed from here on leaves it recognisably bpedge's (:meth:`_is_our_partial`)."""
+        if self.recognise is not None:
+            return
+        record = self._own_record()
+        if record is None:
+            return  # beside a file that is not ours nothing is listed (see _list_partial)
+        self._write_record(list(record["sha256"]), self._relisted(record, tmp))
+
+    def _relisted(self, record: dict[str, Any] | None, tmp: Path,
+                  digest: str | None = None) -> list[dict[str, Any]]:
+        """The record's partials with ``tmp``'s entry made anew from the file as it is now."""
+        others = [p for p in self._listed_partials(record) if p["name"] != tmp.name]
+        return [*others, _partial_entry(tmp, digest)]
+
     def discard(self, tmp: Path) -> None:
         """Remove the partial ``tmp`` (from :meth:`new_temporary`) unless it was published, and
         drop its lock."""
@@ -207,9 +249,11 @@ class OutFile:
         state = self.check(replace=replace, replace_flag=replace_flag)
         if self.recognise is None:
             current = _sha256(self.path) if state == "ours" else None
-            # tmp stays listed: killed before the rename, it is still found and removed later.
-            self._write_record([_sha256(tmp), *([current] if current else [])],
-                               self._listed_partials(self._own_record()))
+            digest = _sha256(tmp)
+            # tmp stays listed, as it is now: killed before the rename, it is still found (and
+            # recognised by its content) and removed later.
+            self._write_record([digest, *([current] if current else [])],
+                               self._relisted(self._own_record(), tmp, digest))
         try:
             publish(tmp, self.path, replace=state == "ours")
         except FileExistsError:
@@ -230,9 +274,12 @@ class OutFile:
         listed = record.get("partials") if record is not None else None
         if not isinstance(listed, list):
             return []
+        # An entry without size and mtime_ns (an older bpedge's) is dropped: its file is then
+        # never removed, which loses nothing of anyone's.
         return [p for p in listed if isinstance(p, dict) and isinstance(p.get("name"), str)
-                and self._is_partial_name(p["name"]) and isinstance(p.get("dev"), int)
-                and isinstance(p.get("ino"), int)
+                and self._is_partial_name(p["name"])
+                and all(type(p.get(k)) is int for k in ("dev", "ino", "size", "mtime_ns"))
+                and (p["size"] == 0 or isinstance(p.get("sha256"), str))
                 and os.path.lexists(self.path.with_name(p["name"]))]
 
     def _is_listed_file(self, entry: dict[str, Any]) -> bool:
@@ -244,15 +291,59 @@ class OutFile:
         return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == (entry["dev"],
                                                                              entry["ino"])
 
+    def _is_our_partial(self, entry: dict[str, Any]) -> bool:
+        """Whether the listed file (:meth:`_is_listed_file`) is, by what is in it, the partial
+        bpedge made, so that removing it cannot lose a file of anyone's.
+
+        The record is an ordinary file in the user's folder: whoever can write the folder can
+        write a record listing any file there, and name, inode, size and times are all readable
+        by that writer. So beside the record's word the file itself must show it is bpedge's:
+
+        * unchanged since bpedge last recorded it (:meth:`note_partial`, :meth:`publish`): the
+          same size and modification time, and content with the recorded sha256 (none when
+          empty), so a record from another file's time (an inode reused) never matches; or
+        * written to since (a run killed while writing it), and then its first bytes must be
+          the writer's format (``partial_signature``: a video container's header), which no
+          record can make a file of the user's have, and it is no older than the record says.
+
+        What is left (no process running as the same user can be kept from it, and it could
+        delete the file anyway): a record written by hand with the size, time and sha256 of a
+        file, or listing a file in the writer's format, each under a name of bpedge's partials
+        (``.STEM.XXXXXXXX.partialSUFFIX``). Without a ``partial_signature`` (a TensorRT timing
+        cache, an opaque format) a partial killed while being written is kept for good."""
+        try:
+            # As _partials opens it: never through a symbolic link, never waiting on a FIFO.
+            fd = os.open(self.path.with_name(entry["name"]), os.O_RDONLY
+                         | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return False  # a symbolic link put at the name
+            raise
+        with open(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (entry["dev"],
+                                                                                entry["ino"]):
+                return False
+            if (info.st_size, info.st_mtime_ns) == (entry["size"], entry["mtime_ns"]):
+                return info.st_size == 0 or _sha256_of(f) == entry["sha256"]
+            if self.partial_signature is None or info.st_mtime_ns < entry["mtime_ns"]:
+                return False
+            return self.partial_signature(f.read(SIGNATURE_BYTES))
+
     def _remove_abandoned_partials(self) -> None:
         """Remove the partials the record lists that a killed run left (still the file it made,
-        and unlocked), and forget those that are gone or are no longer that file."""
+        :meth:`_is_our_partial`, and unlocked), and forget those that are gone or are no
+        longer that file. One that fails the content test stays listed and is never removed (a
+        live run's may pass it once the run records it again)."""
         record = self._own_record()
         listed = self._listed_partials(record)
         if record is None or not listed:
             return
         kept = [entry for entry in listed if self._is_listed_file(entry)
-                and not remove_if_abandoned(self.path.with_name(entry["name"]), Path.unlink)]
+                and not (self._is_our_partial(entry) and remove_if_abandoned(
+                    self.path.with_name(entry["name"]), Path.unlink))]
         if kept != record.get("partials"):
             self._write_record(list(record["sha256"]), kept)
 
@@ -263,10 +354,7 @@ class OutFile:
         if record is None and os.path.lexists(self.path):
             return
         self._check_record_slot()
-        info = os.lstat(tmp)
-        self._write_record(list(record["sha256"]) if record else [], [
-            *self._listed_partials(record),
-            {"name": tmp.name, "dev": info.st_dev, "ino": info.st_ino}])
+        self._write_record(list(record["sha256"]) if record else [], self._relisted(record, tmp))
 
     # --- the record --------------------------------------------------------------------------
 

@@ -166,13 +166,26 @@ class _AppendedTable:
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not open: create() it first")
         data = _as_text_file_bytes(text)
-        while data:  # one call unless the OS takes part of it (a full disk then fails the next)
-            data = data[os.write(self._fd, data):]
+        try:
+            while data:  # one call unless the OS takes part of it (a full disk then fails the next)
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            raise self._failed(exc, "appending a row to") from exc
 
     def sync(self) -> None:
         """Force what was appended to the disk (for a power loss; a kill loses nothing)."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise self._failed(exc, "forcing to the disk") from exc
+
+    def _failed(self, exc: OSError, doing: str) -> OSError:
+        # os.write and os.fsync take a descriptor, so their error names no file: "[Errno 28] No
+        # space left on device" alone says neither which table failed nor where the rows are.
+        # Same errno, so the same OSError subclass and the same handling upstream.
+        return OSError(exc.errno, f"{exc.strerror} while {doing} {self.path.name} (its earlier "
+                       "lines are whole)", str(self.path))
 
     def close(self) -> None:
         if self._fd is not None:
@@ -259,6 +272,10 @@ class _PartialTables:
         for table in (self.results, self.jsonl, self.accuracy):
             table.close()
 
+    def still_ours(self) -> list[Path]:
+        """The tables this run created that are still at their names."""
+        return [t.path for t in (self.results, self.jsonl, self.accuracy) if t.still_ours()]
+
     def holds(self, name: str) -> bool:
         """Whether ``name`` is one of these tables and still the file this run created."""
         return any(t.path.name == name and t.still_ours()
@@ -293,6 +310,8 @@ class SegmentOutputs:
         self.masks, self.overlays = masks, overlays
         self.done: list[_Done] = []
         self._partial = _PartialTables(out)
+        #: The tables :meth:`finish` has written so far (the frames done, and nothing else).
+        self._written: list[Path] = []
         self._in_flight: _InFlight | None = None
         self._video_path = video
         self._replace_video = replace_video
@@ -342,6 +361,14 @@ class SegmentOutputs:
         self.done.append(done)
         if self._video_path is not None and picture is not None:
             self._add_to_video(self._video_path, frame, picture)
+
+    def tables_with_rows(self) -> list[Path]:
+        """Where the rows of the frames done are, in order, first in each file: the tables
+        :meth:`finish` wrote, and the partial tables appended to during the run that still hold
+        this run's file (after a failed :meth:`finish`: their first rows are the frames done,
+        then a line of the frame that stopped the run may follow). A name the user took during
+        the run holds none of them."""
+        return list(dict.fromkeys([*self._written, *self._partial.still_ours()]))
 
     def _accuracy(self, frame: SourceFrame,
                   result: Result) -> tuple[np.ndarray | None, _FrameAccuracy | None]:
@@ -419,12 +446,15 @@ class SegmentOutputs:
         own_entries(self.out, names)
         _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows,
                    replace=replace[f"results{tag}.csv"])
+        self._written.append(self.out / f"results{tag}.csv")
         _write_table(self.out / f"results{tag}.jsonl", "".join(f"{d.jsonl}\n" for d in self.done),
                      replace=replace[f"results{tag}.jsonl"])
+        self._written.append(self.out / f"results{tag}.jsonl")
         if accuracy:
             path = self.out / f"accuracy{tag}.csv"
             _write_csv(path, ACCURACY_COLUMNS, [a.row for a in accuracy],
                        replace=replace[path.name])
+            self._written.append(path)
             lines.append(_accuracy_summary(accuracy) + f"; per frame in {path}")
         return set(names)
 
@@ -453,6 +483,17 @@ def _appeared(path: Path) -> FileExistsError:
                            str(path))
 
 
+def video_signature(suffix: str) -> Callable[[bytes], bool]:
+    """What the first bytes of a video OpenCV's writer has begun (:class:`_VideoOut`) look like
+    for a ``--save-video`` name with ``suffix``: RIFF's ``AVI `` form for .avi, an ISO media
+    file's leading ``ftyp`` box for .mp4/.m4v/.mov. The one test of a killed run's partial video
+    that a forged record cannot pass for a file of the user's in another format
+    (:attr:`bpedge._out_file.OutFile.partial_signature`)."""
+    if suffix.lower() == ".avi":
+        return lambda head: head[:4] == b"RIFF" and head[8:12] == b"AVI "
+    return lambda head: head[4:8] == b"ftyp"
+
+
 class _VideoOut:
     """The annotated video, written to a hidden temporary file of its own (a fresh name beside
     it, never a user's file) and published by :meth:`close` (also after a failure: the frames
@@ -474,6 +515,14 @@ class _VideoOut:
             target.discard(self.partial)
             raise RuntimeError(f"--save-video {path}: OpenCV cannot write this container here "
                                "(try .mp4 or .avi)")
+        # Opening truncated it (a new modification time): recorded again, so a run killed
+        # before the writer's first bytes reach the file leaves a partial still known as ours.
+        try:
+            target.note_partial(self.partial)
+        except BaseException:
+            self._writer.release()
+            target.discard(self.partial)
+            raise
         self.resized = False
 
     def write(self, picture: np.ndarray) -> None:

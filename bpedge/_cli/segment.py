@@ -167,10 +167,12 @@ def register(app: typer.Typer) -> None:
         if save_video is not None:
             if save_video.suffix.lower() not in (".mp4", ".m4v", ".mov", ".avi"):
                 raise UsageError(f"--save-video {save_video}: use a .mp4 or .avi name")
+            from bpedge._cli._segment_outputs import video_signature
             from bpedge._out_file import OutFile
 
             # A video segment wrote is replaced only with --force; any other file never.
-            video = OutFile(save_video, "segment", "--save-video")
+            video = OutFile(save_video, "segment", "--save-video",
+                            partial_signature=video_signature(save_video.suffix))
             video.check(replace=force, replace_flag="--force")
             for given in inputs:
                 # A video an earlier segment wrote, given as this run's input: the check above
@@ -203,6 +205,7 @@ def register(app: typer.Typer) -> None:
 
         bar = tqdm(total=source.length, desc="segmenting", unit="frame", disable=not progress)
         failure: BaseException | None = None
+        tables_failure: Exception | None = None
         finished = False
         with seg, source, output.run_in(out, force=force, add_to_existing=add_to_existing,
                                         masks=masks, overlays=overlays):
@@ -225,14 +228,28 @@ def register(app: typer.Typer) -> None:
                 # Any other exception passes through here too: its run is not complete either,
                 # so its tables take the .partial names (results.csv means a finished run).
                 complete = finished and failure is None
-                lines = outputs.finish(complete=complete)
+                lines: list[str] = []
+                try:
+                    lines = outputs.finish(complete=complete)
+                except Exception as exc:
+                    if failure is None:
+                        raise
+                    # The run's own error came first and says what to fix; the tables' (a name
+                    # the user took meanwhile, the disk still full) is reported after it, never
+                    # in its place.
+                    tables_failure = exc
             done = len(outputs.rows)
             for line in lines:
                 typer.echo(line)
             if failure is not None:
-                # The results of the frames done are written; INCOMPLETE.txt stays and says why.
-                kept = (f" (the {done} frame(s) segmented before it are in "
-                        f"{out / 'results.partial.csv'})" if done else "")
+                # INCOMPLETE.txt stays and says why; the message says where the rows are.
+                held = ", ".join(map(str, outputs.tables_with_rows()))
+                kept = (f" (the {done} frame(s) segmented before it are in {held})"
+                        if done and held else "")
+                if tables_failure is not None:
+                    rows = (f"; the {done} frame(s) segmented before the first error are the "
+                            f"first {done} row(s) of {held}" if done and held else "")
+                    kept = f"; then writing the tables failed too: {tables_failure}{rows}"
                 if isinstance(failure, KeyboardInterrupt):
                     typer.echo(f"interrupted{kept}", err=True)
                     raise failure

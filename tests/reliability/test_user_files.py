@@ -254,6 +254,97 @@ def test_a_later_run_removes_the_partial_video_a_killed_run_left_and_nothing_els
     capture.release()
 
 
+# --- partials a record lists: a record alone never gets a file removed ----------------------------
+
+
+def video_out_file(tmp_path: Path):
+    from bpedge._cli._segment_outputs import video_signature
+    from bpedge._out_file import OutFile
+
+    video = tmp_path / "probe_seg.avi"
+    return OutFile(video, "segment", "--save-video", partial_signature=video_signature(".avi"))
+
+
+def forge_record(target, listed: Path, **fields) -> None:
+    """A record of the user's own making beside ``target``'s path that lists the user's file
+    ``listed`` as a partial: its inode and device (what the record of bpedge then held), and any
+    ``fields`` a forger could add from ``stat``."""
+    info = listed.stat()
+    record_path(target.path).write_text(json.dumps({
+        "format": "bpedge-out-file", "command": target.command, "file": target.path.name,
+        "sha256": [], "partials": [{"name": listed.name, "dev": info.st_dev, "ino": info.st_ino,
+                                    **fields}]}))
+
+
+def abandon(target, tmp: Path) -> None:
+    """What SIGKILL leaves of a run writing ``tmp``: the file, listed, and no lock on it."""
+    target._held.pop(tmp).release()
+
+
+@pytest.mark.parametrize("forged", ["inode", "inode, size and time", "inode, later time"])
+@pytest.mark.parametrize("kind", ["video", "timing cache"])
+def test_a_forged_record_never_gets_a_users_file_removed_as_a_partial(tmp_path: Path, kind: str,
+                                                                      forged: str) -> None:
+    """A record listing the inode of the user's file (at a name of bpedge's partials) used to be
+    all it took for the next write to delete that file: the record is a file the user can write.
+    Now the file itself must show it is bpedge's (unchanged since recorded, with the recorded
+    sha256; or a video's header)."""
+    from bpedge.export.tensorrt_build import timing_cache_file
+
+    target = video_out_file(tmp_path) if kind == "video" else timing_cache_file(
+        tmp_path / "timing.cache")
+    mine = target.path.with_name(f".{target.path.stem}.ab12cd34.partial{target.path.suffix}")
+    mine.write_bytes(USER_BYTES)
+    info = mine.stat()
+    fields = {"inode": {},
+              "inode, size and time": {"size": info.st_size, "mtime_ns": info.st_mtime_ns,
+                                       "sha256": "0" * 64},
+              "inode, later time": {"size": 0, "mtime_ns": 0}}[forged]
+    forge_record(target, mine, **fields)
+    tmp = target.new_temporary()  # where the partials killed runs left are removed
+    target.discard(tmp)
+    assert mine.read_bytes() == USER_BYTES
+
+
+@pytest.mark.parametrize("kind", ["video", "timing cache"])
+def test_a_partial_a_killed_run_left_is_still_removed(tmp_path: Path, kind: str) -> None:
+    """What bpedge left itself still goes: an empty partial, one unchanged since recorded (a
+    timing cache killed just before its rename), one a video writer had written into."""
+    from bpedge.export.tensorrt_build import timing_cache_file
+
+    target = video_out_file(tmp_path) if kind == "video" else timing_cache_file(
+        tmp_path / "timing.cache")
+    empty = target.new_temporary()
+    abandon(target, empty)
+    written = target.new_temporary()
+    written.write_bytes(b"+detector fp16")
+    target.note_partial(written)  # as publish records it before the rename
+    abandon(target, written)
+    left = [empty, written]
+    if kind == "video":
+        grown = target.new_temporary()
+        target.note_partial(grown)
+        grown.write_bytes(b"RIFF\x10\x00\x00\x00AVI LIST" + bytes(100))  # a header flushed
+        abandon(target, grown)
+        left.append(grown)
+    tmp = target.new_temporary()
+    assert not [p for p in left if p.exists()]
+    target.discard(tmp)
+
+
+def test_a_partial_written_into_without_a_known_format_is_kept(tmp_path: Path) -> None:
+    """A timing cache (an opaque format) killed while its bytes were written: nothing shows it
+    is bpedge's, so it is kept (and stays listed)."""
+    from bpedge.export.tensorrt_build import timing_cache_file
+
+    target = timing_cache_file(tmp_path / "timing.cache")
+    torn = target.new_temporary()
+    torn.write_bytes(b"+detec")
+    abandon(target, torn)
+    target.discard(target.new_temporary())
+    assert torn.read_bytes() == b"+detec"
+
+
 # --- Result.save -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,134 @@
+"""``bpedge segment`` failing while it writes its tables says which file failed and where the rows
+of the frames done are, and never lets a later error hide the run's first one.
+
+The disk fills up (``ENOSPC`` from ``os.write``, which names no file) while a frame's row is
+appended to a partial table; the final rewrite of the tables fails too, or a user puts a file of
+their own at a table's name while a run that is about to fail goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bpedge._cli import _segment_outputs
+from bpedge._cli.app import build_app
+
+runner = CliRunner()
+BASE = ["--backend", "onnxruntime", "--no-progress"]
+FAIL_AT = 3  # the frame whose row meets the full disk
+
+
+@pytest.fixture
+def frames(phantom_dir: Path, tmp_path: Path) -> Path:
+    """Five phantom frames with their ground-truth masks (so accuracy.partial.csv is written)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("1_1", "1_2", "1_3", "1_4", "1_5"):
+        for suffix in (".tif", "_mask.tif"):
+            shutil.copy(phantom_dir / f"{name}{suffix}", folder / f"{name}{suffix}")
+    return folder
+
+
+def error_line(output: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    return line
+
+
+def fill_disk_at_row(table: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.write`` fails with ENOSPC on the ``FAIL_AT``-th row appended to ``table`` (a CSV
+    table's header is its first write)."""
+    real_write, writes = os.write, []
+    fail_at = FAIL_AT + table.endswith(".csv")
+
+    def write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(os.sep + table):
+            writes.append(data)
+            if len(writes) == fail_at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                                reason="finds a descriptor's file through /proc/self/fd")
+
+
+@pytest.mark.parametrize("table", ["results.partial.csv", "results.partial.jsonl"])
+def test_a_full_disk_while_appending_a_row_names_the_table_and_where_the_rows_are(
+        tiny_bundle, frames, tmp_path, monkeypatch, table):
+    out = tmp_path / "out"
+    fill_disk_at_row(table, monkeypatch)
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 1, result.output
+    line = error_line(result.output)
+    error, _, kept = line.partition(" (the ")
+    # The error itself names the table (os.write's own message names none) ...
+    assert "No space left on device" in error and str(out / table) in error, line
+    # ... and the message says where the rows of the frames done are.
+    assert kept.startswith(f"{FAIL_AT - 1} frame(s) segmented before it are in "), line
+    for name in ("results.partial.csv", "results.partial.jsonl", "accuracy.partial.csv"):
+        assert str(out / name) in kept, line
+    assert len(rows(out / "results.partial.csv")) == FAIL_AT - 1
+    assert len((out / "results.partial.jsonl").read_text().splitlines()) == FAIL_AT - 1
+
+
+def test_a_full_disk_that_also_fails_the_tables_rewrite_keeps_the_first_error(
+        tiny_bundle, frames, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fill_disk_at_row("results.partial.csv", monkeypatch)
+
+    def disk_still_full(path, text, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(_segment_outputs, "atomic_write_text", disk_still_full)
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 1, result.output
+    line = error_line(result.output)
+    first, _, then = line.partition("; then writing the tables failed too: ")
+    assert "No space left on device" in first and str(out / "results.partial.csv") in first, line
+    assert "No space left on device" in then, line
+    # The appended tables are left as they are: their first rows are the frames done.
+    assert f"are the first {FAIL_AT - 1} row(s) of {out / 'results.partial.csv'}" in then, line
+    assert len(rows(out / "results.partial.csv")) >= FAIL_AT - 1
+
+
+def test_a_users_file_at_a_partial_tables_name_never_hides_the_runs_own_error(
+        tiny_bundle, frames, tmp_path, monkeypatch):
+    """The run fails at a broken frame; meanwhile the user moved results.partial.csv away and
+    put their own file there. Refusing to overwrite it must not replace the broken frame's error
+    in the message (it did: only the FileExistsError was shown)."""
+    (frames / "1_9.tif").write_bytes(b"not an image")  # the last frame: the run fails there
+    real_add = _segment_outputs.SegmentOutputs.add
+
+    def add(self, frame, result):
+        real_add(self, frame, result)
+        if len(self.done) == 2:
+            os.replace(frames / "results.partial.csv", tmp_path / "moved.csv")
+            (frames / "results.partial.csv").write_text("mine\n")
+
+    monkeypatch.setattr(_segment_outputs.SegmentOutputs, "add", add)
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(frames), *BASE, "--add-to-existing"])
+    assert result.exit_code == 2, result.output  # the broken frame's (bad input) exit code
+    line = error_line(result.output)
+    first, _, then = line.partition("; then writing the tables failed too: ")
+    assert "1_9.tif" in first and "not a readable image" in first, line
+    assert str(frames / "results.partial.csv") in then and "not overwritten" in then, line
+    # Where the rows are: the JSON lines this run appended; the user's file is not named.
+    assert f"the first 5 row(s) of {frames / 'results.partial.jsonl'}" in then, line
+    assert (frames / "results.partial.csv").read_text() == "mine\n"
