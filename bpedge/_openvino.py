@@ -27,6 +27,16 @@ from bpedge._model_tensors import DeclaredTensor
 #: Precisions this backend runs (bf16 reads the FP32 ONNX, int8 the INT8 QDQ ONNX).
 PRECISIONS = ("fp32", "bf16", "int8")
 
+#: Held around the first ``infer`` of every infer request. OpenVINO's Python binding (2026.4)
+#: initialises a C++ function-local static on the way into an inference while waiting for the
+#: GIL inside that static's guard, so two threads making their first call at once can deadlock:
+#: one holds the guard and waits for the GIL, the other holds the GIL and waits for the guard
+#: (py-spy: ``__cxa_guard_acquire`` against ``pthread_cond_timedwait`` under
+#: ``data_dispatcher``). Seen as ``bpedge segment VIDEO`` (depth 2) and ``stream(depth=3)`` hanging
+#: forever in 2 of ~12 fresh processes. The static is one per process, so this lock is too; a
+#: request's later calls do not take it.
+_FIRST_INFER = threading.Lock()
+
 
 def openvino_unavailable_reason() -> str | None:
     """None when OpenVINO imports and lists a CPU device, else why not (with the fix)."""
@@ -129,8 +139,9 @@ class OvModel:
                 "export the bundle again with `bpedge export`, or use backend='onnxruntime'"
             ) from exc
 
-    def _request(self, n: int) -> tuple[Any, Any]:
-        """This thread's infer request for a batch of ``n`` and its output ports."""
+    def _request(self, n: int) -> tuple[Any, Any, list[bool]]:
+        """This thread's infer request for a batch of ``n``, its output ports, and whether it has
+        run an inference (a one-item list, set by the first call)."""
         static = n == 1 and self._batch1 is not None
         key = "batch1" if static else "dynamic"
         found = getattr(self._local, key, None)
@@ -143,14 +154,20 @@ class OvModel:
                         self._dynamic_model = None
                 compiled = self._dynamic
             found = (compiled.create_infer_request(),
-                     [compiled.output(name) for name in self.output_names])
+                     [compiled.output(name) for name in self.output_names], [False])
             setattr(self._local, key, found)
         return found  # type: ignore[no-any-return]
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
-        request, outputs = self._request(len(batch))
+        request, outputs, called = self._request(len(batch))
         # share_inputs: OpenVINO reads the caller's contiguous float32 buffer without a copy.
-        results = request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)
+        inputs = [np.ascontiguousarray(batch, np.float32)]
+        if called[0]:
+            results = request.infer(inputs, share_inputs=True)
+        else:
+            with _FIRST_INFER:  # see _FIRST_INFER: a first call racing another thread's can hang
+                results = request.infer(inputs, share_inputs=True)
+            called[0] = True
         # Copies: the request's output tensors are reused by its next inference.
         return [np.array(results[o], dtype=np.float32) for o in outputs]
 

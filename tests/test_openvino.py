@@ -114,3 +114,52 @@ def test_batches_of_several_frames_match_frame_by_frame(tiny_bundle, frames):
         assert a.present == b.present and box_iou(a.box, b.box) > 0.99
         assert dice(a.mask, b.mask) > 0.99 and abs(a.score - b.score) < 1e-4
     assert abs(again.score - single[0].score) < 1e-6
+
+
+def test_each_infer_requests_first_call_is_serialised(monkeypatch):
+    # OpenVINO's binding can deadlock two threads making their first inference at once (see
+    # bpedge._openvino._FIRST_INFER): each request's first call must hold the lock, later calls
+    # must not (they would serialise the stream's workers for nothing).
+    import threading
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bpedge import _openvino
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    runner = _openvino.OvModel(model.SerializeToString(), "relu", ["y"], "fp32", threads=1)
+
+    held: list[bool] = []
+
+    class Watched:
+        def __init__(self, request):
+            self.request = request
+
+        def infer(self, *args, **kwargs):
+            held.append(_openvino._FIRST_INFER.locked())
+            return self.request.infer(*args, **kwargs)
+
+    real = _openvino.OvModel._request
+
+    def watched_request(self, n):
+        request, outputs, called = real(self, n)
+        return Watched(request), outputs, called
+
+    monkeypatch.setattr(_openvino.OvModel, "_request", watched_request)
+    batch = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+
+    def twice():
+        for _ in range(2):
+            np.testing.assert_array_equal(runner(batch)[0], np.maximum(batch, 0))
+
+    for _ in range(2):  # one thread after the other: each has its own request
+        worker = threading.Thread(target=twice)
+        worker.start()
+        worker.join()
+    assert held == [True, False, True, False]
