@@ -108,6 +108,14 @@ def _region_spacing(ds: Any) -> tuple[float, float] | None:
     return dx_mm, dy_mm
 
 
+def _declared_frames(ds: Any) -> int:
+    """Number of Frames as declared: 1 when it is absent or empty (a single-frame file), else
+    its value as it stands, 0 or negative included, for :func:`_check_header` to refuse (read
+    as 1, a file declaring 0 frames was decoded as one and failed inside pydicom)."""
+    value = getattr(ds, "NumberOfFrames", None)
+    return 1 if value is None or value == "" else int(value)
+
+
 def read_info(ds: Any) -> DicomInfo:
     """The header facts of an opened pydicom dataset (see :class:`DicomInfo`)."""
     spacing = _region_spacing(ds)
@@ -122,7 +130,7 @@ def read_info(ds: Any) -> DicomInfo:
         fps = 1000.0 / float(frame_time)
     elif getattr(ds, "CineRate", None):
         fps = float(ds.CineRate)
-    return DicomInfo(frames=int(getattr(ds, "NumberOfFrames", 1) or 1), spacing_mm=spacing,
+    return DicomInfo(frames=_declared_frames(ds), spacing_mm=spacing,
                      spacing_from=source, fps=fps,
                      photometric=str(getattr(ds, "PhotometricInterpretation", "")))
 
@@ -182,16 +190,126 @@ def dicom_frame_count(path: str | os.PathLike[str]) -> int:
     path = Path(path)
     ds = _read_header(path, pixels=False)
     with _named_damage(path):
-        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+        frames = _declared_frames(ds)
+    if frames < 1:
+        raise ValueError(f"{path}: declares {frames} frames (Number of Frames); a DICOM image "
+                         "has 1 or more")
+    return frames
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The header elements that say how the pixel data is laid out."""
+
+    rows: int
+    columns: int
+    samples: int | None  # Samples per Pixel; None when absent
+    allocated: int | None  # Bits Allocated; None when absent
+    stored: int  # Bits Stored
+    pixel_bytes: int  # length of the Pixel Data value
+    syntax: Any  # the Transfer Syntax UID, None when the file meta has none
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def _check_header(path: Path, info: DicomInfo, layout: _Layout) -> None:
+    """Refuse a header that contradicts itself or that bpedge cannot read, before any pixel data
+    is decoded. pydicom decodes some contradictions without a word (3 samples per pixel under
+    MONOCHROME2 came out as a colour frame), and fails on others with a message about its own
+    internals (an empty Pixel Data: "object of type 'NoneType' has no len()")."""
+    if layout.pixel_bytes == 0:
+        raise ValueError(f"{path}: DICOM file holds no image (its Pixel Data element is empty)")
+    if info.frames < 1:
+        raise ValueError(f"{path}: declares {info.frames} frames (Number of Frames); a DICOM "
+                         "image has 1 or more")
+    if info.photometric not in _COLOUR + _GREY:
+        raise ValueError(f"{path}: Photometric Interpretation {info.photometric!r} is not "
+                         f"supported; bpedge reads {', '.join(_GREY + _COLOUR)}")
+    rows, columns = layout.rows, layout.columns
+    if not (2 <= rows <= MAX_SIDE and 2 <= columns <= MAX_SIDE):
+        # Checked before any pixel data is decoded: a few KB of JPEG can declare a frame of
+        # gigabytes (a decompression bomb), which the frame check would refuse only afterwards.
+        raise ValueError(f"{path}: declares {columns}x{rows} (width x height) frames; frames "
+                         f"must be 2 to {MAX_SIDE} pixels per side, so its pixel data is not "
+                         "decoded")
+    samples = 1 if info.photometric in _GREY else 3
+    if layout.samples != samples:
+        given = "no Samples per Pixel" if layout.samples is None \
+            else f"Samples per Pixel {layout.samples}"
+        raise ValueError(f"{path}: the header contradicts itself: Photometric Interpretation "
+                         f"{info.photometric} has {samples} sample(s) per pixel, but it declares "
+                         f"{given}; its pixels are not read")
+    if layout.allocated not in (8, 16):
+        given = "no Bits Allocated" if layout.allocated is None \
+            else f"Bits Allocated {layout.allocated}"
+        raise ValueError(f"{path}: declares {given}; bpedge reads samples of 8 or 16 bits")
+    if not 1 <= layout.stored <= layout.allocated:
+        raise ValueError(f"{path}: the header contradicts itself: Bits Stored {layout.stored} "
+                         f"does not fit in Bits Allocated {layout.allocated}")
+    if layout.syntax is None:
+        return  # pydicom's decoder says what a file without a transfer syntax lacks
+    if not layout.syntax.is_transfer_syntax:
+        raise ValueError(f"{path}: its Transfer Syntax UID {layout.syntax} is not one pydicom "
+                         "knows, so its pixel data cannot be decoded")
+    if layout.syntax.is_encapsulated:
+        _check_decoder(path, layout.syntax)
+        return
+    # Native data has a fixed size: a short one is a cut file or a wrong header, refused by what
+    # it declares (pydicom's message for it ended in advice to install decoders). YBR_FULL_422
+    # stores 2 samples per pixel (PS3.5 8.2.1). More data than declared is left to pydicom,
+    # which reads what the header declares and warns about the rest.
+    per_pixel = 2 if info.photometric == "YBR_FULL_422" else samples
+    frame_bytes = rows * columns * per_pixel * layout.allocated // 8
+    if layout.pixel_bytes < info.frames * frame_bytes:
+        whole = layout.pixel_bytes // frame_bytes
+        raise ValueError(
+            f"{path}: its Pixel Data holds {layout.pixel_bytes} bytes, but the header declares "
+            f"{info.frames} frame(s) of {columns}x{rows} pixels, {samples} sample(s) of "
+            f"{layout.allocated} bits: {info.frames * frame_bytes} bytes ({whole} whole "
+            "frame(s) are there). The file is cut short, or its Number of Frames, Rows, "
+            "Columns, Samples per Pixel or Bits Allocated is wrong; its pixels are not read")
+
+
+#: Compressed transfer syntaxes whose decoders the ``[dicom]`` extra installs: pylibjpeg-libjpeg
+#: reads the JPEG and JPEG-LS ones; pydicom reads RLE itself (faster with pylibjpeg-rle).
+_EXTRA_DECODES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.5",
+})
+
+
+def _check_decoder(path: Path, syntax: Any) -> None:
+    """Refuse compressed pixel data no installed decoder reads, naming what would read it: the
+    ``[dicom]`` extra for the JPEG, JPEG-LS and RLE syntaxes, else pydicom's list of plugins."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ValueError(f"{path}: its pixel data is compressed as {syntax.name}, which no "
+                         "pydicom decoder reads") from None
+    if decoder.is_available:
+        return
+    if str(syntax) in _EXTRA_DECODES:
+        advice = "pip install 'bpedge[dicom]' installs the JPEG and RLE decoders"
+    else:
+        advice = ("pydicom reads it with one of: "
+                  + "; ".join(str(d) for d in decoder.missing_dependencies))
+    raise ValueError(f"{path}: its pixel data is compressed as {syntax.name} and no installed "
+                     f"decoder reads it: {advice}")
 
 
 def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator[np.ndarray]]:
     """Open a DICOM file: its :class:`DicomInfo` and an iterator over its frames as uint8 (H, W).
 
     Raises :class:`DicomUnavailableError` when pydicom is missing, ``ValueError`` naming the file
-    when it is not a DICOM image bpedge can use (damaged, no pixel data, palette colour, a
-    transfer syntax no installed decoder handles), and ``FileNotFoundError`` when it does not
-    exist.
+    when it is not a DICOM image bpedge can use (damaged, no or empty pixel data, palette colour,
+    a header that contradicts itself or its pixel data, a transfer syntax no installed decoder
+    handles), and ``FileNotFoundError`` when it does not exist. Everything but the decoding of
+    the pixel data is checked now; a frame that does not decode raises when it is reached.
     """
     _pydicom()
     path = Path(path)
@@ -204,17 +322,15 @@ def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator
         info = read_info(ds)
         rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
         bits = int(getattr(ds, "BitsStored", 8) or 8)
+        layout = _Layout(
+            rows=rows, columns=columns,
+            samples=_optional_int(getattr(ds, "SamplesPerPixel", None)),
+            allocated=_optional_int(getattr(ds, "BitsAllocated", None)), stored=bits,
+            pixel_bytes=len(ds.PixelData or b"") if has_pixels else 0,
+            syntax=ds.file_meta.get("TransferSyntaxUID"))
     if not has_pixels:
         raise ValueError(f"{path}: DICOM file holds no image (no Pixel Data element)")
-    if info.photometric not in _COLOUR + _GREY:
-        raise ValueError(f"{path}: Photometric Interpretation {info.photometric!r} is not "
-                         f"supported; bpedge reads {', '.join(_GREY + _COLOUR)}")
-    if not (2 <= rows <= MAX_SIDE and 2 <= columns <= MAX_SIDE):
-        # Checked before any pixel data is decoded: a few KB of JPEG can declare a frame of
-        # gigabytes (a decompression bomb), which the frame check would refuse only afterwards.
-        raise ValueError(f"{path}: declares {columns}x{rows} (width x height) frames; frames "
-                         f"must be 2 to {MAX_SIDE} pixels per side, so its pixel data is not "
-                         "decoded")
+    _check_header(path, info, layout)
 
     def frames() -> Iterator[np.ndarray]:
         from pydicom.pixels import iter_pixels, pixel_array
@@ -232,11 +348,11 @@ def iter_dicom_frames(path: str | os.PathLike[str]) -> tuple[DicomInfo, Iterator
             for array in decoded:
                 yield _to_grey(array, info.photometric, bits, path)
         except failures as exc:
-            # pydicom says which plugin would decode the transfer syntax; pass that on.
+            # A missing decoder was refused before decoding (_check_decoder), with the advice
+            # that installs it: what fails here is the data itself, and pydicom's words say how.
             syntax = ds.file_meta.get("TransferSyntaxUID", "?")
             raise ValueError(
-                f"{path}: cannot decode pixel data ({getattr(syntax, 'name', syntax)}): {exc}. "
-                "pip install 'bpedge[dicom]' installs the JPEG and RLE decoders"
+                f"{path}: cannot decode pixel data ({getattr(syntax, 'name', syntax)}): {exc}"
             ) from exc
 
     return info, frames()

@@ -443,6 +443,7 @@ class Frames(Iterator[SourceFrame]):
         self._on_error = on_error
         self._on_skip = on_skip
         self._generator = self._generate()
+        self._peeked: list[SourceFrame] = []  # the frame peek() read, until the iteration takes it
 
     @property
     def length(self) -> int | None:
@@ -492,14 +493,34 @@ class Frames(Iterator[SourceFrame]):
                 if self._on_skip is not None:
                     self._on_skip(item.label, reason)
 
+    def peek(self) -> SourceFrame | None:
+        """The next frame, read now but not taken: the iteration still yields it first. None
+        when the sources hold no (more) frames.
+
+        Reading the first frame this way opens the first input, so a source that cannot be
+        opened or read raises here (``on_error="fail"``), or is skipped here (``"skip"``),
+        before a caller makes anything for its frames: ``bpedge segment`` peeks before it
+        creates its output folder, so a file that fails leaves no folder behind to refuse the
+        rerun. A live source's frame waits here until it is taken: peek just before iterating.
+        """
+        if not self._peeked:
+            try:
+                self._peeked.append(next(self._generator))
+            except StopIteration:
+                return None
+        return self._peeked[0]
+
     def __iter__(self) -> Frames:
         return self
 
     def __next__(self) -> SourceFrame:
+        if self._peeked:
+            return self._peeked.pop()
         return next(self._generator)
 
     def close(self) -> None:
         """Stop reading and release any open capture. Idempotent."""
+        self._peeked.clear()
         self._generator.close()
 
     def __enter__(self) -> Frames:  # noqa: PYI034 - Segmenter's style; Self needs 3.11
@@ -520,7 +541,7 @@ def open_frames(*sources: str | os.PathLike[str] | int | Capture, on_error: OnEr
             records it in :attr:`Frames.skipped`, calls ``on_skip(input, reason)`` and goes on.
 
     Paths are checked now (FileNotFoundError / ValueError naming the argument); files, devices and
-    streams are opened as the iterator reaches them.
+    streams are opened as the iterator reaches them, or when :meth:`Frames.peek` reads ahead.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")

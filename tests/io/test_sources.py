@@ -184,3 +184,40 @@ def test_a_finite_stream_that_declares_its_length_ends_normally(monkeypatch):
     monkeypatch.setattr(sources, "_open_capture", lambda target, api: FiniteStream(1))
     with pytest.raises(SourceError, match="stopped delivering frames after 1"):
         list(open_frames("http://server/clip.mp4"))
+
+
+def test_peek_reads_the_first_frame_ahead_and_the_iteration_still_yields_it(folder):
+    stream = open_frames(folder)
+    first = stream.peek()
+    assert first is not None and first.name == "1_1"
+    assert stream.peek() is first  # peeking again reads nothing more
+    assert [f.name for f in stream] == ["1_1", "1_2", "1_10"]
+    assert stream.peek() is None  # nothing left
+    empty = open_frames(FakeCapture(0), on_error="skip")
+    assert empty.peek() is None and len(empty.skipped) == 1
+
+
+def test_peek_opens_the_first_source_so_one_that_cannot_be_read_fails_or_is_skipped_there(
+        folder, tmp_path):
+    # bpedge segment peeks before it creates --out: a file that fails before its first frame
+    # must fail there, not after the folder (which then refused the rerun) was made.
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    stream = open_frames(bad, folder)
+    with pytest.raises(ValueError, match="bad.png: not a readable image"):
+        stream.peek()
+    reported: list[str] = []
+    stream = open_frames(bad, folder, on_error="skip",
+                         on_skip=lambda name, why: reported.append(name))
+    first = stream.peek()
+    assert reported == [str(bad)] and first is not None and first.name == "1_1"
+    assert [f.name for f in stream] == ["1_1", "1_2", "1_10"]
+
+
+def test_closing_after_a_peek_releases_the_capture_and_drops_the_frame(monkeypatch):
+    capture = FakeCapture(3)
+    monkeypatch.setattr(sources, "_open_capture", lambda target, api: capture)
+    stream = open_frames(0)
+    assert stream.peek() is not None and capture.reads == 1
+    stream.close()
+    assert capture.released and list(stream) == []
