@@ -11,7 +11,9 @@ with :func:`claim_out_dir` before it writes anything. A folder is the command's 
 Anything else is refused with :class:`OutDirRefused` (a ``ValueError``, so the CLI prints one
 line and exits 2) before a single file is written. ``bpedge segment --add-to-existing`` is the one
 way to write into someone else's folder: only new entries are added there, and the marker lists
-them (``entries``), so a later ``--force`` replaces those and nothing else.
+them (``entries``), so a later ``--force`` replaces those and nothing else. In a folder it made,
+segment lists what it wrote too (``written``): the user may add files there afterwards, and a
+replacing run deletes only the entries listed.
 
 Export replaces a bundle whole (:func:`is_replaceable_bundle`), so besides its marker (or, for a
 bundle made before markers existed, a readable manifest) every file in the folder must be one the
@@ -58,6 +60,8 @@ __all__ = [
     "read_marker",
     "refuse_unless_new_or_empty",
     "set_owned_entries",
+    "set_written_entries",
+    "written_entries",
 ]
 
 
@@ -84,10 +88,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(obj.get("command"), str):
         return None
-    entries = obj.get("entries")
-    if entries is not None and not (isinstance(entries, list)
-                                    and all(isinstance(e, str) for e in entries)):
-        return None
+    for key in ("entries", "written"):
+        names = obj.get(key)
+        if names is not None and not (isinstance(names, list)
+                                      and all(isinstance(e, str) for e in names)):
+            return None
     return obj
 
 
@@ -107,7 +112,36 @@ def owned_entries(folder: str | os.PathLike[str], command: str) -> set[str] | No
     return None if entries is None else set(entries)
 
 
-def _write_marker(folder: Path, command: str, entries: list[str] | None) -> None:
+def written_entries(folder: str | os.PathLike[str], command: str) -> set[str] | None:
+    """The entries ``command`` recorded as written in ``folder``: in a folder it adds to, those
+    it owns (:func:`owned_entries`); in a folder it made, those listed by
+    :func:`set_written_entries`. None for a folder it made whose marker lists none (an earlier
+    bpedge did not record them): what is there is then not known to be the command's."""
+    marker = read_marker(Path(folder))
+    if marker is None or marker["command"] != command:
+        return set()
+    if marker.get("entries") is not None:
+        return set(marker["entries"])
+    written = marker.get("written")
+    return None if written is None else set(written)
+
+
+def set_written_entries(folder: str | os.PathLike[str], command: str,
+                        entries: Iterable[str]) -> None:
+    """Make ``entries`` exactly what ``command`` has written in ``folder`` (its own folder, or
+    one it adds to: then they are what it owns there, as :func:`set_owned_entries`). A folder
+    the command made stays all its own to write into; the list only says which entries a
+    replacing run (``--force``) may delete: the user may add entries of their own there."""
+    marker = read_marker(Path(folder))
+    names = sorted(set(entries))
+    if marker is not None and marker["command"] == command and marker.get("entries") is None:
+        _write_marker(Path(folder), command, None, written=names)
+    else:
+        _write_marker(Path(folder), command, names)
+
+
+def _write_marker(folder: Path, command: str, entries: list[str] | None, *,
+                  written: list[str] | None = None) -> None:
     marker: dict[str, Any] = {
         "format": _MARKER_FORMAT,
         "command": command,
@@ -116,6 +150,8 @@ def _write_marker(folder: Path, command: str, entries: list[str] | None) -> None
     }
     if entries is not None:
         marker["entries"] = sorted(entries)
+    elif written is not None:
+        marker["written"] = sorted(written)
     atomic_write_json(folder / MARKER_NAME, marker)
     os.chmod(folder / MARKER_NAME, 0o644)
 

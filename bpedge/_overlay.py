@@ -8,12 +8,12 @@ prediction magenta, box yellow when the detector says the BP is present and grey
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
-from bpedge._atomic import atomic_write_bytes
+from bpedge._atomic import atomic_open
 from bpedge._display_text import ascii_printable
 
 TRUTH_BGR = (80, 220, 60)
@@ -90,9 +90,19 @@ def _described(value: object) -> str:
     return type(value).__name__
 
 
-def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
-    """Encode ``image`` (uint8 (H, W) or (H, W, 3) BGR) as PNG and write it atomically."""
+def write_png(path: str | os.PathLike[str], image: np.ndarray, *, replace: bool = True,
+              before_publish: Callable[[os.stat_result], None] | None = None) -> None:
+    """Encode ``image`` (uint8 (H, W) or (H, W, 3) BGR) as PNG and write it atomically
+    (``replace=False``: never over a file at ``path``, ``FileExistsError``).
+
+    ``before_publish`` is called with the ``os.fstat`` of the temporary file before it can take
+    the name: its ``(st_dev, st_ino)`` are those of the file at ``path`` once published (a hard
+    link or a rename keeps them), so a caller stopped at any later point, even inside the
+    publishing step, can tell the file it wrote from another at that name."""
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.dtype} {image.shape} image as PNG")
-    atomic_write_bytes(path, encoded.tobytes())
+    with atomic_open(path, "wb", replace=replace) as f:
+        if before_publish is not None:
+            before_publish(os.fstat(f.fileno()))
+        f.write(encoded.tobytes())

@@ -2,9 +2,10 @@
 apart from live ones.
 
 A run writes such an output under a fresh hidden name and renames it into place when it is done;
-a run killed outright (SIGKILL, SIGTERM, a power cut) never gets to remove it. So the writer holds
-an exclusive ``flock`` on the partial for as long as it writes it, and the kernel drops that lock
-when the process ends, however it ends. A later run removes a partial only when
+a run killed outright (SIGKILL, a power cut, SIGTERM where nothing handles it) never gets to
+remove it. So the writer holds an exclusive ``flock`` on the partial for as long as it writes it,
+and the kernel drops that lock when the process ends, however it ends. A later run removes a
+partial only when
 
 * its name is one only bpedge makes and a record or marker of bpedge's claims it (the caller
   checks both), and

@@ -11,8 +11,10 @@ tables its rows are appended to (``results.partial.csv``, ``results.partial.json
   written last (atomically), so a folder is a complete result set exactly when it has
   ``results.csv`` and no ``INCOMPLETE.txt``. A run that fails or is killed leaves the note saying
   so, and the next run into that folder is refused until ``--force`` replaces it.
-* ``--force`` replaces only entries segment made (the marker says which), and a ``masks/`` or
-  ``overlays/`` folder only when it holds nothing but PNG files.
+* ``--force`` replaces only entries segment wrote: each is recorded in the marker before it is
+  written (:func:`own_entries`), also in a folder segment made, where the user may add files
+  afterwards; any other entry is named and refused. A ``masks/`` or ``overlays/`` folder is
+  replaced only when it holds nothing but PNG files.
 * one run at a time per folder (:func:`bpedge._out_dir.lock_out_dir`).
 * output names are unique across every image and video frame of the run, compared
   case-insensitively (a case-insensitive filesystem would merge ``A.png`` and ``a.png``).
@@ -34,8 +36,8 @@ from bpedge._out_dir import (
     OutDirRefused,
     claim_out_dir,
     lock_out_dir,
-    owned_entries,
-    set_owned_entries,
+    set_written_entries,
+    written_entries,
 )
 
 if TYPE_CHECKING:
@@ -96,36 +98,41 @@ def _clear_earlier_run(out: Path, *, force: bool) -> None:
 
 
 def _refuse_foreign_entries(out: Path) -> list[str]:
-    """The run entries present in ``out``; OutDirRefused if one of them is not segment's."""
-    owned = owned_entries(out, COMMAND)
-    present = [e for e in ENTRIES if (out / e).exists() or (out / e).is_symlink()]
-    foreign = [e for e in present if owned is not None and e not in owned]
+    """The run entries present in ``out``; :class:`OutDirRefused` naming every one of them that
+    segment is not recorded to have written (the user's, made after a run that wrote no such
+    entry, or any in a folder whose marker predates the record)."""
+    written = written_entries(out, COMMAND)
+    present = [e for e in ENTRIES if os.path.lexists(out / e)]
+    foreign = [e for e in present if written is None or e not in written]
     if foreign:
-        raise OutDirRefused(f"{out / foreign[0]} is not bpedge segment's: it is never overwritten; "
-                            "choose another --out")
+        listed = ", ".join(str(out / e) for e in foreign)
+        it, they = ("it", "it is") if len(foreign) == 1 else ("them", "they are")
+        why = (f"segment did not write {it}" if written is not None else
+               f"this folder's marker is from a bpedge that did not record what segment wrote, "
+               f"so {they} not known to be segment's")
+        raise OutDirRefused(f"{listed}: {why}; {they} never overwritten or deleted: move {it} "
+                            "away, or choose another --out")
     return present
 
 
 def own_entries(out: Path, names: Iterable[str]) -> None:
-    """Record ``names`` as segment's before they are written, in a folder it adds to
-    (``--add-to-existing``), and forget recorded entries that are gone. Recording every name a
-    run might write made ``--force`` delete an ``overlays/`` or ``accuracy.csv`` the user put
-    there after a run that never wrote one. A folder segment made is all its own: nothing to do."""
-    owned = owned_entries(out, COMMAND)
-    if owned is None:
-        return
-    present = {e for e in owned if os.path.lexists(out / e)}
-    if present | set(names) != owned:
-        set_owned_entries(out, COMMAND, present | set(names))
+    """Record ``names`` as written by segment before they are written, and forget recorded
+    entries that are gone. Only recorded entries are ever replaced (``--force``): recording every
+    name a run might write, or (in a folder segment made) none, made ``--force`` delete an
+    ``overlays/`` or ``accuracy.csv`` the user put there after a run that never wrote one."""
+    recorded = written_entries(out, COMMAND)
+    present = {e for e in recorded or () if os.path.lexists(out / e)}
+    if recorded is None or present | set(names) != recorded:
+        set_written_entries(out, COMMAND, present | set(names))
 
 
 def disown_entries(out: Path, names: Iterable[str]) -> None:
-    """Forget ``names`` as segment's in a folder it adds to: a name recorded just before it was
-    to be created, but found taken by a file that appeared meanwhile, is that file's owner's,
-    and a later ``--force`` must never delete it."""
-    owned = owned_entries(out, COMMAND)
-    if owned is not None and owned & set(names):
-        set_owned_entries(out, COMMAND, owned - set(names))
+    """Forget ``names`` as segment's: a name recorded just before it was to be created, but
+    found taken by a file that appeared meanwhile, is that file's owner's, and a later
+    ``--force`` must never delete it."""
+    recorded = written_entries(out, COMMAND)
+    if recorded is not None and recorded & set(names):
+        set_written_entries(out, COMMAND, recorded - set(names))
 
 
 #: A PNG's temporary name while bpedge._atomic writes it (``tempfile.mkstemp``'s 8 random

@@ -108,12 +108,18 @@ class _Done:
 
 @dataclass(frozen=True)
 class _InFlight:
-    """The frame being written: its record and the files written for it so far (each listed
-    once its write has returned: a file that failed to be written is not this run's to remove,
-    whoever holds that name)."""
+    """The frame being written: its record and the files begun for it, each with the
+    ``(st_dev, st_ino)`` its file has once published. A file is listed before it can take its
+    name: listed only once its write returned, a file published by a write that Ctrl-C stopped
+    before returning (in its directory fsync) stayed without its row. The identity tells this
+    run's file from another at the name (a write that failed is not this run's to remove)."""
 
     done: _Done
-    files: list[Path]
+    files: list[tuple[Path, tuple[int, int]]]
+
+    def begin(self, path: Path) -> Callable[[os.stat_result], None]:
+        """The ``before_publish`` of :func:`bpedge._overlay.write_png` for ``path``."""
+        return lambda made: self.files.append((path, (made.st_dev, made.st_ino)))
 
 
 #: Appends whole lines and never follows or replaces what is at the name: O_EXCL refuses any
@@ -335,8 +341,6 @@ class SegmentOutputs:
         error) before that list append leaves files whose frame has no row, which
         :meth:`remove_unrecorded_frame` removes, and :meth:`finish` rewrites the partial tables
         from the list; the video gets the frame only once it is recorded."""
-        from bpedge._overlay import write_png
-
         truth, accuracy = self._accuracy(frame, result)
         picture = None
         if self.overlays or self._video_path is not None:
@@ -352,11 +356,9 @@ class SegmentOutputs:
         overlay_path = self.out / "overlays" / f"{frame.name}.png" if self.overlays else None
         flight = self._in_flight = _InFlight(done, [])
         if mask_path is not None:
-            write_png(mask_path, result.mask)
-            flight.files.append(mask_path)
+            _write_new_png(mask_path, result.mask, flight)
         if overlay_path is not None and picture is not None:
-            write_png(overlay_path, picture)
-            flight.files.append(overlay_path)
+            _write_new_png(overlay_path, picture, flight)
         self._partial.append(done)
         self.done.append(done)
         if self._video_path is not None and picture is not None:
@@ -394,13 +396,19 @@ class SegmentOutputs:
 
     def remove_unrecorded_frame(self) -> None:
         """Remove the mask and overlay of a frame whose rows were not recorded (the run stopped
-        while :meth:`add` wrote it), so every file in masks/ and overlays/ has its row. Only
-        files whose write returned are removed: this run wrote them."""
+        while :meth:`add` wrote it), so every file in masks/ and overlays/ has its row. Only the
+        file this run wrote is removed: one whose write was stopped before publishing left no
+        file at the name, and another file there now is someone else's."""
         flight = self._in_flight
         if flight is None or (self.done and self.done[-1] is flight.done):
             return
-        for path in flight.files:
-            path.unlink(missing_ok=True)
+        for path, identity in flight.files:
+            try:
+                named = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (named.st_dev, named.st_ino) == identity:
+                path.unlink()
         self._in_flight = None
 
     def finish(self, complete: bool = True) -> list[str]:
@@ -457,6 +465,18 @@ class SegmentOutputs:
             self._written.append(path)
             lines.append(_accuracy_summary(accuracy) + f"; per frame in {path}")
         return set(names)
+
+
+def _write_new_png(path: Path, image: np.ndarray, flight: _InFlight) -> None:
+    """Write a mask or overlay PNG of the frame in ``flight``, never over a file at its name:
+    segment's masks/ and overlays/ start empty each run, so a file there was put there during
+    the run, and is its owner's."""
+    from bpedge._overlay import write_png
+
+    try:
+        write_png(path, image, replace=False, before_publish=flight.begin(path))
+    except FileExistsError:
+        raise _appeared(path) from None
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]], *,

@@ -70,28 +70,44 @@ def _click_exceptions() -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. A usage error (unknown option, missing argument, bad value)
-    is one line on stderr naming the problem and the ``--help`` to read, exit code 2."""
+    is one line on stderr naming the problem and the ``--help`` to read, exit code 2. SIGTERM
+    stops a command as Ctrl-C does (:mod:`bpedge._cli._signals`), with exit code 143."""
     import sys
 
+    from bpedge._cli._signals import EXIT_TERMINATED, sigterm_as_interrupt
+
+    with sigterm_as_interrupt() as sigterm:
+        try:
+            code = _run(argv)
+        except KeyboardInterrupt:  # outside a command (e.g. while click parses the arguments)
+            typer.secho("error: interrupted", err=True, fg=typer.colors.RED)
+            code = 130
+    # The command saw a KeyboardInterrupt and reported it (exit 130, or a failure it caused);
+    # its status says SIGTERM ended it, as a shell reports a process the signal killed.
+    sys.exit(EXIT_TERMINATED if sigterm.received and code != 0 else code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the command line; its exit code."""
     errors = _click_exceptions()
     command = typer.main.get_command(build_app())
     try:
         code = command.main(args=argv, prog_name="bpedge", standalone_mode=False)
     except errors.NoArgsIsHelpError as exc:
         exc.show()  # a bare `bpedge` or `bpedge train`: the help is the answer
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except errors.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "bpedge"
         typer.secho(f"error: {exc.format_message()} (see `{where} --help`)", err=True,
                     fg=typer.colors.RED)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except errors.ClickException as exc:
         typer.secho(f"error: {exc.format_message()}", err=True, fg=typer.colors.RED)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Abort:
         typer.secho("error: aborted", err=True, fg=typer.colors.RED)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the annotated video."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -48,7 +49,10 @@ Frames of a video or multi-frame DICOM are named STEM_fNNNNNN. While the run
 goes on, each frame's rows are appended to results.partial.csv,
 results.partial.jsonl (and accuracy.partial.csv) as it is done, so a run that
 fails, is interrupted or is killed keeps them; a finished run replaces them
-with results.csv, results.jsonl and accuracy.csv.
+with results.csv, results.jsonl and accuracy.csv. SIGTERM (kill, systemd,
+docker stop) stops a run as Ctrl-C does (exit 143; Ctrl-C: 130): the frame
+being written is removed, the tables and the --save-video video of the frames
+done are written.
 
 results.csv is written last: while a run goes on (or after one failed)
 DIR/INCOMPLETE.txt says so. A non-empty DIR that segment did not make is
@@ -203,12 +207,18 @@ def register(app: typer.Typer) -> None:
                 pending.append(frame)
                 yield frame
 
-        bar = tqdm(total=source.length, desc="segmenting", unit="frame", disable=not progress)
         failure: BaseException | None = None
         tables_failure: Exception | None = None
         finished = False
-        with seg, source, output.run_in(out, force=force, add_to_existing=add_to_existing,
-                                        masks=masks, overlays=overlays):
+        with seg, source, contextlib.ExitStack() as run:
+            # The first frame is read before --out is made: a source that cannot be opened or
+            # read fails (or, with --on-error skip, is skipped) while nothing is written yet, and
+            # a rerun with the same --out is not refused for a folder of nothing.
+            source.peek()
+            bar = tqdm(total=source.length, desc="segmenting", unit="frame",
+                       disable=not progress)
+            run.enter_context(output.run_in(out, force=force, add_to_existing=add_to_existing,
+                                            masks=masks, overlays=overlays))
             outputs = SegmentOutputs(out, masks=masks, overlays=overlays, video=video,
                                      video_fps=video_fps, replace_video=force,
                                      skip_truth=report_skip if on_error == "skip" else None)
@@ -251,7 +261,11 @@ def register(app: typer.Typer) -> None:
                             f"first {done} row(s) of {held}" if done and held else "")
                     kept = f"; then writing the tables failed too: {tables_failure}{rows}"
                 if isinstance(failure, KeyboardInterrupt):
-                    typer.echo(f"interrupted{kept}", err=True)
+                    from bpedge._cli._signals import Terminated
+
+                    stopped = ("terminated (SIGTERM)" if isinstance(failure, Terminated)
+                               else "interrupted")
+                    typer.echo(f"{stopped}{kept}", err=True)
                     raise failure
                 error = UsageError if isinstance(failure, (ValueError, FileNotFoundError)) \
                     else CommandFailed

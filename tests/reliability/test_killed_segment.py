@@ -316,3 +316,35 @@ def test_a_users_file_put_at_a_partial_tables_name_mid_run_is_kept_by_a_failed_r
     assert result.exit_code != 0
     assert (study / "results.partial.csv").read_text() == "mine\n"
     assert "results.partial.csv" not in owned_entries(study, "segment")
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tiny_bundle, frames, tmp_path):
+    """SIGTERM (kill, systemd, docker stop) used to end the process at once, as SIGKILL: no
+    message, no tables, and the --save-video file of the frames done lost. It now stops the
+    run as Ctrl-C does, with the shell's status for SIGTERM, 143."""
+    out, video = tmp_path / "out", tmp_path / "done.avi"
+    args = ["segment", str(tiny_bundle), str(frames), "--out", str(out), *BASE,
+            "--save-video", str(video)]
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_AT, str(RECORDED), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == f"recorded {RECORDED}\n", line + proc.communicate(timeout=60)[1]
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert f"the {RECORDED} frame(s) segmented before it" in stderr
+    first = order(frames)[:RECORDED]
+    rows = list(csv.DictReader((out / "results.partial.csv").open()))
+    assert stems(rows) == first
+    for sub in ("masks", "overlays"):
+        assert sorted(p.stem for p in (out / sub).iterdir()) == sorted(first)
+    assert "It stopped: Terminated" in (out / "INCOMPLETE.txt").read_text()
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == RECORDED
+    capture.release()

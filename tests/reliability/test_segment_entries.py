@@ -82,3 +82,52 @@ def test_a_users_file_under_the_markers_name_is_never_overwritten(tiny_bundle: P
     assert result.exit_code == 2, result.output
     assert "not a bpedge marker" in result.output and "Traceback" not in result.output
     assert snapshot(study) == before
+
+
+# In a folder segment made. Its marker said "all mine", and nothing recorded what a run wrote,
+# so --force deleted every results table, masks/ and overlays/ there, whoever had put them there.
+
+def segment_into(bundle: Path, study: Path, out: Path, *extra: str):
+    return runner.invoke(build_app(), [
+        "segment", str(bundle), str(study / "scan.png"), "--out", str(out), "--no-progress",
+        "--backend", "onnxruntime", *extra])
+
+
+@pytest.mark.parametrize("users", ["overlays/mine.png", "accuracy.csv"])
+def test_force_in_segments_own_folder_never_deletes_what_a_run_did_not_write(
+        tiny_bundle: Path, study: Path, tmp_path: Path, users: str):
+    out = tmp_path / "out"
+    first = segment_into(tiny_bundle, study, out, "--no-overlays")  # no truth: no accuracy.csv
+    assert first.exit_code == 0, first.output
+    mine = out / users
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_bytes(b"the user's own")
+    before = snapshot(out)
+    forced = segment_into(tiny_bundle, study, out, "--force")
+    assert forced.exit_code == 2, forced.output
+    assert str(out / users.split("/")[0]) in forced.output and "never overwritten" in forced.output
+    assert "Traceback" not in forced.output
+    assert snapshot(out) == before  # refused before anything was replaced
+    mine.unlink()
+    if mine.parent != out:
+        mine.parent.rmdir()
+    again = segment_into(tiny_bundle, study, out, "--force")  # what segment wrote still goes
+    assert again.exit_code == 0, again.output
+    assert (out / "overlays" / "scan.png").is_file() and not (out / "accuracy.csv").exists()
+
+
+def test_force_in_a_folder_whose_marker_records_nothing_deletes_nothing(
+        tiny_bundle: Path, study: Path, tmp_path: Path):
+    """A marker from before the record: what is there is not known to be segment's."""
+    import json
+
+    out = tmp_path / "out"
+    assert segment_into(tiny_bundle, study, out).exit_code == 0
+    marker = json.loads((out / ".bpedge-out.json").read_text())
+    marker.pop("written", None)
+    (out / ".bpedge-out.json").write_text(json.dumps(marker))
+    before = snapshot(out)
+    forced = segment_into(tiny_bundle, study, out, "--force")
+    assert forced.exit_code == 2, forced.output
+    assert "did not record" in forced.output and str(out / "results.csv") in forced.output
+    assert snapshot(out) == before
