@@ -10,15 +10,21 @@ empty-vs-empty = 1.
 from __future__ import annotations
 
 import html
+import json
 import os
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
-from bpedge._atomic import atomic_write_json, atomic_write_text
 from bpedge._bench.stats import summarize
-from bpedge._cli._demo_steps import DemoPaths, DemoState, test_subjects
+from bpedge._cli._demo_steps import (
+    DemoPaths,
+    DemoState,
+    out_file,
+    refuse_foreign_file,
+    test_subjects,
+)
 from bpedge._display_text import markdown_code_block, markdown_text
 
 STAGES = ("preprocess", "detector", "crop", "segmenter", "paste", "total")
@@ -30,10 +36,13 @@ def evaluate(paths: DemoPaths, progress: bool) -> dict[str, Any]:
 
     from bpedge._bench.frames import kaggle_frames
     from bpedge._metrics import box_from_mask, box_iou, dice
-    from bpedge._overlay import draw_overlay, write_png
+    from bpedge._overlay import draw_overlay
     from bpedge.segmenter import Segmenter
 
     frames = kaggle_frames(paths.heldout)
+    # An overlay's name may be taken by a file of the user's: refused before any frame is run.
+    for name in frames.names:
+        refuse_foreign_file(paths.overlays / f"{name}.png")
     paths.overlays.mkdir(parents=True, exist_ok=True)
     per_frame: list[dict[str, Any]] = []
     stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -53,8 +62,8 @@ def evaluate(paths: DemoPaths, progress: bool) -> dict[str, Any]:
                               "dice": d, "box_iou": iou})
             label = f"{name}  score {result.score:.2f}" + (
                 f"  Dice {d:.2f}" if truth_box is not None else "  (no BP in truth)")
-            write_png(paths.overlays / f"{name}.png",
-                      draw_overlay(image, result.mask, mask, result.box, result.present, label))
+            out_file(paths.overlays / f"{name}.png").write_bytes(_png(
+                draw_overlay(image, result.mask, mask, result.box, result.present, label)))
     positives = [f for f in per_frame if f["bp"]]
     metrics = {
         "frames": len(per_frame),
@@ -69,8 +78,17 @@ def evaluate(paths: DemoPaths, progress: bool) -> dict[str, Any]:
         "backend": "onnxruntime fp32",
         "per_frame": per_frame,
     }
-    atomic_write_json(paths.metrics, metrics)
+    out_file(paths.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _png(image: np.ndarray) -> bytes:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.dtype} {image.shape} image as PNG")
+    return bytes(encoded.tobytes())
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -133,7 +151,7 @@ def write_summaries(paths: DemoPaths, state: DemoState, metrics: dict[str, Any],
         md += [""]
     # The commands hold --out, which may hold any character: a fence no line can close.
     md += ["", "Next:", "", markdown_code_block("\n".join(next_steps)), ""]
-    atomic_write_text(paths.out / "summary.md", "\n".join(md))
+    out_file(paths.out / "summary.md").write_text("\n".join(md))
 
     e = html.escape
     rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in summary_lines(metrics))
@@ -167,5 +185,5 @@ every frame's overlay is in overlays/</p>{imgs}
 <h2>Next</h2><pre>{e(chr(10).join(next_steps))}</pre>
 </body></html>
 """
-    atomic_write_text(paths.out / "summary.html", page)
+    out_file(paths.out / "summary.html").write_text(page)
 

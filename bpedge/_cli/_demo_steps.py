@@ -10,7 +10,9 @@ interrupted step leaves either nothing or something the next run can resume.
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpedge._atomic import atomic_write_json
+from bpedge._out_dir import OutDirRefused
+from bpedge._out_file import OutFile, OutFileRefused
 
 if TYPE_CHECKING:
     from bpedge.export.tiny_bundle import TinyPaths, TinyRecipe
@@ -70,6 +74,7 @@ class DemoPaths:
         self.segmenter = out / "runs" / "unet"
         self.bundle = out / "bundle"
         self.heldout = out / "heldout"
+        self.heldout_partial = out / ".heldout.partial"
         self.overlays = out / "overlays"
         self.metrics = out / "metrics.json"
 
@@ -162,11 +167,70 @@ def copy_heldout(paths: DemoPaths) -> None:
     """Every frame of the test subjects (with and without BP) into ``OUT/heldout`` in the Kaggle
     layout, so ``bpedge bench --data`` and ``bpedge segment`` can be pointed at them."""
     subjects = set(test_subjects(paths))
-    partial = paths.out / ".heldout.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    # What a killed run left (the copy being made, or the finished one renamed into place before
+    # demo.json said so) is redone; anything else there is refused, never deleted.
+    for folder in (paths.heldout_partial, paths.heldout):
+        _remove_own_copy(folder, paths.data)
+    paths.heldout_partial.mkdir(parents=True)
     for path in sorted(paths.data.iterdir()):
         if path.suffix == ".tif" and int(path.name.split("_")[0]) in subjects:
-            shutil.copy2(path, partial / path.name)
-    shutil.rmtree(paths.heldout, ignore_errors=True)
-    partial.rename(paths.heldout)
+            shutil.copy2(path, paths.heldout_partial / path.name)
+    paths.heldout_partial.rename(paths.heldout)
+
+
+def foreign_heldout_entry(folder: Path, data: Path) -> Path | None:
+    """The first entry of ``folder`` (``heldout/`` or its partial) that is not a copy the demo
+    made, None when there is none (or no folder). The demo copies phantom frames there and
+    nothing else, so an entry is the demo's only when it is a plain file with the name and the
+    very bytes of a frame in ``data``: a file of the user's has neither by accident."""
+    if not os.path.lexists(folder):
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        return folder
+    for entry in sorted(folder.iterdir()):
+        frame = data / entry.name
+        if entry.is_symlink() or not entry.is_file() or frame.is_symlink() \
+                or not frame.is_file() or not filecmp.cmp(entry, frame, shallow=False):
+            return entry
+    return None
+
+
+def _refuse_foreign_heldout(folder: Path, data: Path) -> None:
+    entry = foreign_heldout_entry(folder, data)
+    if entry is not None:
+        raise OutDirRefused(f"{entry} is not a frame `bpedge demo` copied there (a file of "
+                            "yours?), so it is never deleted: move it away, then run again")
+
+
+def _remove_own_copy(folder: Path, data: Path) -> None:
+    """Remove ``folder`` when it holds only the demo's copies of frames (see
+    :func:`foreign_heldout_entry`); refuse, naming the entry, otherwise."""
+    _refuse_foreign_heldout(folder, data)
+    if not os.path.lexists(folder):
+        return
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
+
+
+def out_file(path: Path) -> OutFile:
+    """A file the demo writes under ``--out`` (metrics, summaries, overlays): replaced only
+    while it holds the bytes the demo wrote (its record beside it, :class:`OutFile`)."""
+    return OutFile(path, "demo", "--out")
+
+
+def refuse_users_files(paths: DemoPaths, state: DemoState) -> None:
+    """Refuse (:class:`OutDirRefused`, exit 2), before any step runs, a file of the user's
+    where this run would write or delete: the summaries and metrics, and, while the held-out
+    step is still to do, anything in ``heldout/`` or its partial that is not the demo's copy."""
+    for path in (paths.metrics, paths.out / "summary.md", paths.out / "summary.html"):
+        refuse_foreign_file(path)
+    if "heldout" not in state.done:
+        for folder in (paths.heldout_partial, paths.heldout):
+            _refuse_foreign_heldout(folder, paths.data)
+
+
+def refuse_foreign_file(path: Path) -> None:
+    if out_file(path).state() == "foreign":
+        raise OutFileRefused(f"{path} was not written by `bpedge demo` (a file of yours?), so "
+                             "it is never overwritten: move it away, then run again")

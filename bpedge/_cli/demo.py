@@ -4,11 +4,14 @@ held-out frames with Dice, box IoU and per-stage latency, overlays and a summary
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bpedge._cli._errors import command_errors
+
+if TYPE_CHECKING:
+    from bpedge._cli._demo_steps import DemoConfig, DemoPaths, DemoState
 
 _EPILOG = """Examples:
 
@@ -58,9 +61,8 @@ def register(app: typer.Typer) -> None:
         Segmenter on held-out subjects, and report Dice, box IoU and per-stage latency."""
         import time
 
-        from bpedge._cli import _demo_report as report
         from bpedge._cli import _demo_steps as steps
-        from bpedge._out_dir import check_out_dir, claim_out_dir
+        from bpedge._out_dir import check_out_dir, claim_out_dir, lock_out_dir
 
         t0 = time.perf_counter()
         config = steps.DemoConfig(
@@ -72,38 +74,51 @@ def register(app: typer.Typer) -> None:
         paths = steps.DemoPaths(out)
         check_out_dir(out, "demo")  # a folder the demo did not make is refused before any write
         state = steps.load_state(paths, config)
+        steps.refuse_users_files(paths, state)  # before any training, not after it
         claim_out_dir(out, "demo")
-        steps.save_state(paths, state)
+        with lock_out_dir(out, "demo"):  # two demos into one folder would write the same files
+            _run(paths, state, config, progress, t0)
 
-        def say(line: str) -> None:
-            if progress:
-                from tqdm import tqdm
 
-                tqdm.write(line)
+def _run(paths: DemoPaths, state: DemoState, config: DemoConfig, progress: bool,
+         t0: float) -> None:
+    """The steps, under the output lock (see ``demo``)."""
+    import time
 
-        steps.run_step("phantom", paths, state,
-                       lambda: steps.make_phantom(paths, config, progress), say)
-        steps.run_step("detector", paths, state,
-                       lambda: steps.train_detector_step(paths, config, progress), say)
-        steps.run_step("segmenter", paths, state,
-                       lambda: steps.train_segmenter_step(paths, config, progress), say)
-        steps.run_step("export", paths, state, lambda: steps.export_step(paths, config, say), say)
-        steps.run_step("heldout", paths, state, lambda: steps.copy_heldout(paths), say)
-        metrics: dict = {}
+    from bpedge._cli import _demo_report as report
+    from bpedge._cli import _demo_steps as steps
 
-        def evaluate() -> None:
-            metrics.update(report.evaluate(paths, progress))
+    steps.save_state(paths, state)
 
-        # Evaluation is cheap and its latency numbers belong to this run: always redo it.
-        state.done.pop("evaluate", None)
-        steps.run_step("evaluate", paths, state, evaluate, say)
-        report.write_summaries(paths, state, metrics, time.perf_counter() - t0)
+    def say(line: str) -> None:
+        if progress:
+            from tqdm import tqdm
 
-        for label, value in report.summary_lines(metrics):
-            typer.echo(f"{label}: {value}")
-        typer.echo("latency per frame, ms (ONNX Runtime fp32): " + ", ".join(
-            f"{stage} {median}" for stage, median, *_ in report.latency_rows(metrics)) + " (median)")
-        typer.echo(f"wrote {paths.out / 'summary.html'}, {paths.out / 'summary.md'} and "
-                   f"{len(list(paths.overlays.glob('*.png')))} overlays in {paths.overlays}; "
-                   f"total {time.perf_counter() - t0:.0f} s")
-        typer.echo(f"next: bpedge bench {paths.bundle} --data {paths.heldout}")
+            tqdm.write(line)
+
+    steps.run_step("phantom", paths, state,
+                   lambda: steps.make_phantom(paths, config, progress), say)
+    steps.run_step("detector", paths, state,
+                   lambda: steps.train_detector_step(paths, config, progress), say)
+    steps.run_step("segmenter", paths, state,
+                   lambda: steps.train_segmenter_step(paths, config, progress), say)
+    steps.run_step("export", paths, state, lambda: steps.export_step(paths, config, say), say)
+    steps.run_step("heldout", paths, state, lambda: steps.copy_heldout(paths), say)
+    metrics: dict = {}
+
+    def evaluate() -> None:
+        metrics.update(report.evaluate(paths, progress))
+
+    # Evaluation is cheap and its latency numbers belong to this run: always redo it.
+    state.done.pop("evaluate", None)
+    steps.run_step("evaluate", paths, state, evaluate, say)
+    report.write_summaries(paths, state, metrics, time.perf_counter() - t0)
+
+    for label, value in report.summary_lines(metrics):
+        typer.echo(f"{label}: {value}")
+    typer.echo("latency per frame, ms (ONNX Runtime fp32): " + ", ".join(
+        f"{stage} {median}" for stage, median, *_ in report.latency_rows(metrics)) + " (median)")
+    typer.echo(f"wrote {paths.out / 'summary.html'}, {paths.out / 'summary.md'} and "
+               f"{metrics['frames']} overlays in {paths.overlays}; "
+               f"total {time.perf_counter() - t0:.0f} s")
+    typer.echo(f"next: bpedge bench {paths.bundle} --data {paths.heldout}")

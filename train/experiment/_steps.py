@@ -30,8 +30,8 @@ from typing import Any
 from bpedge._atomic import atomic_write_text
 
 __all__ = [
-    "Step", "StepRecord", "StepState", "file_digests", "read_step_log", "run_steps",
-    "training_state",
+    "Step", "StepRecord", "StepState", "check_no_foreign_best", "file_digests", "is_orphan_checkpoint", "read_step_log",
+    "run_steps", "training_state",
 ]
 
 
@@ -85,9 +85,11 @@ def training_state(run_dir: Path, epochs: int) -> StepState:
 
     A best.pt without last.pt is what a kill between the first epoch's two checkpoint writes
     leaves (the loop writes best.pt, then last.pt): that epoch is the interrupted one, so the
-    orphan is removed and the run starts again (TODO) instead of the trainer refusing the folder."""
-    metrics, best, last = run_dir / "metrics.json", run_dir / "best.pt", run_dir / "last.pt"
-    done = len(json.loads(metrics.read_text()).get("epochs", [])) if metrics.is_file() else 0
+    orphan is removed and the run starts again (TODO) instead of the trainer refusing the folder.
+    It is removed only when it is that orphan by evidence (:func:`is_orphan_checkpoint`); any
+    other best.pt there (a file of the user's) is refused with a ValueError naming it."""
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    done = _epochs_done(run_dir)
     if best.is_file() and done >= epochs:
         return StepState.DONE  # finished: its best.pt is the model, whatever became of last.pt
     if best.is_file() and not last.is_file():
@@ -95,8 +97,52 @@ def training_state(run_dir: Path, epochs: int) -> StepState:
             # Trained for some epochs, then last.pt was removed: never delete the model.
             raise ValueError(f"{run_dir} holds best.pt after {done} epoch(s) but no last.pt to "
                              f"continue to {epochs}: move the folder away to train it again")
+        check_no_foreign_best(run_dir)
         best.unlink()  # metrics come after both checkpoints: this is the orphan described above
     return StepState.UNFINISHED if last.is_file() else StepState.TODO
+
+
+def _epochs_done(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.json"
+    return len(json.loads(metrics.read_text()).get("epochs", [])) if metrics.is_file() else 0
+
+
+def check_no_foreign_best(run_dir: Path) -> None:
+    """A ValueError naming RUN/best.pt when :func:`training_state` would find a best.pt with
+    neither last.pt nor a finished epoch that is not the orphan of a killed first epoch
+    (:func:`is_orphan_checkpoint`): a file of the user's, never deleted. Checks only; a study
+    calls it for every run folder before it starts, so it refuses before any training."""
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    if not best.is_file() or last.is_file() or _epochs_done(run_dir):
+        return  # nothing training_state would delete
+    if not is_orphan_checkpoint(run_dir):
+        raise ValueError(f"{best} is not a checkpoint this study's training wrote there, so it "
+                         "is never deleted: move it away, then run again")
+
+
+def is_orphan_checkpoint(run_dir: Path) -> bool:
+    """Whether RUN/best.pt is the checkpoint a kill in this run's first epoch left: the folder is
+    one ``bpedge train`` made (its marker), and the file loads as a bpedge checkpoint (whose
+    archive CRCs are checked) of epoch 1 holding this run's own RUN/config.json. A file of the
+    user's has none of that by accident; the marker alone is a file anyone can write, so the
+    content must say so too."""
+    from bpedge.train.checkpoint import CheckpointError, load_checkpoint
+
+    from bpedge._out_dir import made_by
+
+    config_path = run_dir / "config.json"
+    if not made_by(run_dir, "train") or not config_path.is_file():
+        return False
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        payload = load_checkpoint(run_dir / "best.pt")
+        # Through JSON, as config.json was written: the checkpoint keeps tuples JSON makes lists.
+        stored = json.loads(json.dumps(payload.get("config")))
+    except (CheckpointError, UnicodeDecodeError, ValueError, TypeError):
+        # Not readable as this run's checkpoint (CheckpointError is a ValueError too): then it
+        # is not known to be ours, which is the answer, not an error.
+        return False
+    return payload.get("epoch") == 1 and stored == config
 
 
 def file_digests(paths: Sequence[Path]) -> dict[str, str]:

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bpedge.train.experiment._files import save_with, write_json
 from bpedge.train.experiment.boundary import surface_metrics
 
-from bpedge._atomic import atomic_save_with, atomic_write_json
 from bpedge._metrics import box_iou, dice
 from bpedge._preprocessing import crop_box, segmenter_input, segmenter_target
 from bpedge._stages import paste_back
@@ -150,7 +150,7 @@ def evaluate_detector(
         "n": len(ious),
         "images": rows,
     }
-    atomic_write_json(out_json, result)
+    write_json(out_json, result)
     return result
 
 
@@ -270,7 +270,7 @@ def evaluate_segmenter(
         "score_threshold": score_threshold,
         "images": rows,
     }
-    atomic_write_json(out_json, result)
+    write_json(out_json, result)
     return result
 
 
@@ -279,7 +279,7 @@ def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
     shapes = np.array([masks[k].shape for k in keys], dtype=np.int64).reshape(-1, 2)
     arrays: dict[str, Any] = {"keys": np.array(keys, dtype=str), "shapes": shapes}
     arrays.update({f"m{i}": np.packbits(masks[k].ravel() != 0) for i, k in enumerate(keys)})
-    atomic_save_with(path, lambda fh: np.savez_compressed(fh, **arrays))
+    save_with(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def load_figure_masks(path: Path) -> dict[str, np.ndarray]:

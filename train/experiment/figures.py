@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bpedge.train.experiment._files import write_bytes
 from bpedge.train.experiment.evaluate import load_figure_masks
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
-
-from bpedge._atomic import atomic_write_bytes
 
 __all__ = ["CONDITION_LABELS", "figure_paths", "make_figures"]
 
@@ -61,7 +60,7 @@ def _save(fig: Any, path: Path, line_colours: Sequence[str] | None = None) -> No
         png = _grey_palette_png(buf.getvalue(), line_colours)
     else:
         png = _adaptive_palette_png(buf.getvalue())
-    atomic_write_bytes(path, png)
+    write_bytes(path, png)
 
 
 def _adaptive_palette_png(png: bytes) -> bytes:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bpedge._atomic import atomic_write_json
+from bpedge.train.experiment._files import write_json
 
 __all__ = ["MARGINS", "sweep_margins"]
 
@@ -64,5 +64,5 @@ def sweep_margins(checkpoint: Path, testset: dict[str, Any], valset: dict[str, A
         "val": _dice_by_margin(model, payload, valset, detector_val, margins),
         "test": _dice_by_margin(model, payload, testset, detector_test, margins),
     }
-    atomic_write_json(out_json, result)
+    write_json(out_json, result)
     return result

@@ -25,12 +25,12 @@ from bpedge.train.experiment._document import (
     to_html,
     to_markdown,
 )
+from bpedge.train.experiment._files import write_text
 from bpedge.train.experiment.figures import CONDITION_LABELS
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.report_crossval import crossval_blocks
 from bpedge.train.experiment.tables import DETECTOR_METRIC_LABELS
 
-from bpedge._atomic import atomic_write_text
 from bpedge._display_text import markdown_code, markdown_text
 
 __all__ = ["build_report", "fmt", "write_report"]
@@ -310,6 +310,6 @@ def build_report(layout: StudyLayout) -> list[Block]:
 def write_report(layout: StudyLayout) -> tuple[Path, Path]:
     """Write RUN/report.md and RUN/report.html; returns their paths."""
     blocks = build_report(layout)
-    atomic_write_text(layout.report_md, to_markdown(blocks))
-    atomic_write_text(layout.report_html, to_html(blocks, TITLE))
+    write_text(layout.report_md, to_markdown(blocks))
+    write_text(layout.report_html, to_html(blocks, TITLE))
     return layout.report_md, layout.report_html

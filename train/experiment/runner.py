@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import json
 import platform
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bpedge.train.experiment._files import refuse_foreign, write_bytes, write_json
 from bpedge.train.experiment._steps import (
     Step,
     StepRecord,
     StepState,
+    check_no_foreign_best,
     file_digests,
     read_step_log,
     run_steps,
@@ -32,7 +35,6 @@ from bpedge.train.experiment._steps import (
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.options import CONDITIONS, ExperimentOptions, split_of
 
-from bpedge._atomic import atomic_write_json
 from bpedge._out_dir import claim_out_dir, lock_out_dir
 
 __all__ = ["StudyOutcome", "plan_study", "run_study"]
@@ -72,7 +74,7 @@ def _write_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
     if opts.dedup:
         report = find_contradictory_duplicates(index.frames)
         removed = [list(p) for p in report.pairs]
-    atomic_write_json(layout.data_json, {
+    write_json(layout.data_json, {
         "root": str(index.root.resolve()),
         "fingerprint": index.fingerprint,
         "frames": len(index.frames),
@@ -105,7 +107,7 @@ def _write_models(opts: ExperimentOptions, layout: StudyLayout) -> None:
             model, hw = build_segmenter(cfg), cfg.crop_hw
         params, flops = model_complexity(model, (1, 1, *hw))
         out[name] = {"input": [1, 1, *hw], "parameters": params, "flops": flops}
-    atomic_write_json(layout.models_json, out)
+    write_json(layout.models_json, out)
 
 
 def _split_options(opts: ExperimentOptions, name: str) -> dict[str, Any]:
@@ -122,23 +124,28 @@ def _write_split(opts: ExperimentOptions, layout: StudyLayout, mode: str) -> Non
     from bpedge.train.distributed import DistContext
     from bpedge.train.experiment.evaluate import build_testset
 
-    run = RunOptions(data=opts.data, out=layout.mode_dir(mode), preset=opts.preset,
-                     seed=opts.seed, dedup=opts.dedup, on_error=opts.on_error, limit=opts.limit,
-                     progress=opts.progress, **_split_options(opts, mode))
     ctx = DistContext(0, 1, 0, torch.device("cpu"), initialized=False)
-    prepared = prepare_data(run, opts.seed, ctx, None)  # writes RUN/{mode}/split.json
+    # prepare_data writes split.json into its --out with a plain atomic write; the study's copy
+    # must go through _files (its record says the study wrote it), so the trainers' copy is
+    # left in a scratch folder and the split written from what prepare_data returns.
+    with tempfile.TemporaryDirectory(prefix="bpedge-split-") as scratch:
+        run = RunOptions(data=opts.data, out=Path(scratch), preset=opts.preset,
+                         seed=opts.seed, dedup=opts.dedup, on_error=opts.on_error,
+                         limit=opts.limit, progress=opts.progress, **_split_options(opts, mode))
+        prepared = prepare_data(run, opts.seed, ctx, None)
+        write_bytes(layout.split_json(mode), (Path(scratch) / "split.json").read_bytes())
     dropped = {pair[1] for pair in _read(layout.data_json)["dedup_removed"]}
     frames = [f for f in prepared.index.frames if f.key not in dropped]
     split_mode = split_of(mode)[0]
     testset = build_testset(prepared.split, frames, split_mode, opts.seed, opts.figure_images)
-    atomic_write_json(layout.testset_json(mode), testset)
+    write_json(layout.testset_json(mode), testset)
     # The validation frames with empty ones of the validation subjects: what chooses the
     # "BP present" threshold (never the test frames).
     as_val = dataclasses.replace(prepared.split, val=prepared.split.test, test=prepared.split.val)
     test_empty = {f["key"] for f in testset["empty"]}
     valset = build_testset(as_val, [f for f in frames if f.key not in test_empty], split_mode,
                            opts.seed, 1)
-    atomic_write_json(layout.valset_json(mode), valset)
+    write_json(layout.valset_json(mode), valset)
 
 
 def _check_same_split(run_dir: Path, layout: StudyLayout, mode: str) -> None:
@@ -274,7 +281,7 @@ def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str
         commands = []
     if command is not None and command not in commands:
         commands.append(command)
-    atomic_write_json(layout.study_json, {
+    write_json(layout.study_json, {
         "schema": "bpedge.study/1",
         "created": created,
         "commands": commands,  # every distinct command that worked on this folder, in order
@@ -283,7 +290,7 @@ def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str
         "versions": _versions(),
         "device": opts.device,
     })
-    atomic_write_json(layout.root / "eval_settings.json", {
+    write_json(layout.root / "eval_settings.json", {
         "score_threshold": opts.score_threshold, "figure_images": opts.figure_images,
         "pixel_spacing_mm": opts.pixel_spacing_mm,
     })
@@ -300,7 +307,7 @@ def _write_timings(layout: StudyLayout) -> None:
         per_step[r["step"]] = per_step.get(r["step"], 0.0) + float(r["seconds"])
         per_invocation[r["invocation"]] = per_invocation.get(r["invocation"], 0.0) + float(
             r["seconds"])
-    atomic_write_json(layout.root / "timings.json", {
+    write_json(layout.root / "timings.json", {
         "steps": [{"step": k, "seconds": round(v, 1)} for k, v in per_step.items()],
         "invocations": [{"started": k, "seconds": round(v, 1)} for k, v in per_invocation.items()],
         "total_seconds": round(sum(per_step.values()), 1),
@@ -455,6 +462,25 @@ def plan_study(opts: ExperimentOptions) -> list[Step]:
     return steps
 
 
+def _refuse_users_files(opts: ExperimentOptions, layout: StudyLayout,
+                        steps: list[Step]) -> None:
+    """Refuse (exit 2, naming it) a file of the user's where the study would write or delete,
+    before anything is trained: every file the study writes into its folder must be absent or
+    one it wrote (:mod:`bpedge.train.experiment._files`), and a training folder's lone best.pt
+    must be the one a killed first epoch left (:func:`check_no_foreign_best`)."""
+    outputs = [layout.study_json, layout.root / "eval_settings.json", layout.root / "timings.json"]
+    for step in steps:
+        if step.state is None:
+            outputs += step.outputs()
+    refuse_foreign(outputs)
+    for mode in opts.split_modes:
+        for g in opts.gammas:
+            check_no_foreign_best(layout.detector_run(mode, g))
+        for arch in opts.archs:
+            for cond in CONDITIONS:
+                check_no_foreign_best(layout.segmenter_run(mode, arch, cond))
+
+
 def run_study(
     opts: ExperimentOptions,
     *,
@@ -471,8 +497,10 @@ def run_study(
     claim_out_dir(opts.out, "experiment")
     # One invocation per study folder: two would run the same steps into the same files.
     with lock_out_dir(opts.out, "experiment"):
+        steps = plan_study(opts)
+        _refuse_users_files(opts, layout, steps)
         _write_study_json(opts, layout, command)
-        records = run_steps(plan_study(opts), layout.step_log, progress=opts.progress,
+        records = run_steps(steps, layout.step_log, progress=opts.progress,
                             on_step_done=on_step_done)
     return StudyOutcome(layout=layout, records=records)
 

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bpedge.train.experiment._files import write_json
 from bpedge.train.experiment.layout import StudyLayout, gamma_label
 from bpedge.train.experiment.published import published_json
-
-from bpedge._atomic import atomic_write_json
 
 __all__ = ["IOU_BINS", "IOU_THRESHOLD", "build_summary", "choose_gamma", "describe"]
 
@@ -97,7 +96,7 @@ def choose_gamma(layout: StudyLayout, mode: str, gammas: Sequence[float]) -> dic
         "chosen_gamma": float(chosen),
         "checkpoint": str(layout.detector_run(mode, chosen) / "best.pt"),
     }
-    atomic_write_json(layout.gamma_choice(mode), result)
+    write_json(layout.gamma_choice(mode), result)
     return result
 
 
@@ -266,5 +265,5 @@ def build_summary(
         "crossval": crossval,
         "published": published_json(),
     }
-    atomic_write_json(layout.summary_json, summary)
+    write_json(layout.summary_json, summary)
     return summary
