@@ -4,8 +4,11 @@ when it wrote it itself, and everything else is refused before anything is writt
 
 The folder rule of :mod:`bpedge._out_dir` for one file. A file is the command's when either
 
-* its content says so (``recognise``: a bench record or a doctor report carries its schema name),
-  or
+* its content says so (``recognise``: a bench record or a doctor report carries its schema name)
+  and it is byte for byte what the command wrote: such a JSON file ends with a seal,
+  ``"bpedge_sha256"``, the sha256 of the file with the seal's own value as 64 zeros
+  (:func:`sealed_json`), so a report the user edited (a note added, a value changed) or one
+  from a bpedge before seals no longer matches and is theirs; or
 * a record beside it, ``.NAME.bpedge-out.json``, names the command and the sha256 of the bytes it
   wrote, and the file still has those bytes (a file someone copied over it, or edited, is theirs).
   Used where the content cannot carry a mark of ours: a TensorRT timing cache is TensorRT's opaque
@@ -53,16 +56,44 @@ from bpedge._out_dir import OutDirRefused
 from bpedge._partials import Held, hold, remove_if_abandoned
 from bpedge._version import __version__
 
-__all__ = ["OutFile", "OutFileRefused", "record_path"]
+__all__ = ["SEAL_KEY", "OutFile", "OutFileRefused", "is_sealed", "record_path", "sealed_json"]
 
 RECORD_SUFFIX = ".bpedge-out.json"
 _RECORD_FORMAT = "bpedge-out-file"
 _MAX_RECORD_BYTES = 64 * 1024
 _CHUNK = 1 << 20
+#: Largest sealed file recognised (a bench record is tens of KB): a bigger one is not ours.
+_MAX_SEALED_BYTES = 64 << 20
 #: How many first bytes of a partial ``OutFile.partial_signature`` is given.
 SIGNATURE_BYTES = 64
 
 State = Literal["absent", "ours", "foreign"]
+
+#: The last key of a sealed JSON file (:func:`sealed_json`).
+SEAL_KEY = "bpedge_sha256"
+_UNSEALED = "0" * 64
+_SEAL_AT_END = re.compile(rb'"' + SEAL_KEY.encode() + rb'": "([0-9a-f]{64})"\n}\n\Z')
+
+
+def sealed_json(obj: dict[str, Any]) -> str:
+    """``obj`` as indented JSON ending with :data:`SEAL_KEY`: the sha256 of this very text with
+    the seal's value written as 64 zeros. Any change to the file breaks it (:func:`is_sealed`).
+    ``obj``'s own value under that key (one read back from a sealed file) is replaced."""
+    body = {k: v for k, v in obj.items() if k != SEAL_KEY}
+    text = json.dumps({**body, SEAL_KEY: _UNSEALED}, indent=2, allow_nan=False) + "\n"
+    # The seal is the outer object's last key, so its value is the last 64 zeros of the text.
+    at = text.rindex(_UNSEALED)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text[:at] + digest + text[at + len(_UNSEALED):]
+
+
+def is_sealed(data: bytes) -> bool:
+    """Whether ``data`` is a file :func:`sealed_json` wrote, unchanged since."""
+    found = _SEAL_AT_END.search(data)
+    if found is None:
+        return False
+    unsealed = data[:found.start(1)] + _UNSEALED.encode() + data[found.end(1):]
+    return hashlib.sha256(unsealed).hexdigest() == found.group(1).decode()
 
 
 class OutFileRefused(OutDirRefused):
@@ -118,6 +149,9 @@ class OutFile:
     command: str
     flag: str
     recognise: Callable[[Path], bool] | None = None
+    #: With ``recognise``: the command writes the file with :meth:`write_sealed_json`, and a
+    #: recognised file is the command's only while its seal holds (:func:`is_sealed`).
+    sealed: bool = False
     #: ``signature(head) -> bool``: True when ``head``, the first :data:`SIGNATURE_BYTES` bytes
     #: of a partial the writer has put bytes into, open the format the writer writes (a video
     #: container's header): lets a later write remove a partial that a run killed while
@@ -146,15 +180,36 @@ class OutFile:
             raise OutFileRefused(f"{self.flag} {self.path} is {_kind(info.st_mode)}, which is "
                                  f"never replaced: give the name of a new file")
         if self.recognise is not None:
-            return "ours" if self.recognise(self.path) else "foreign"
+            if not self.recognise(self.path):
+                return "foreign"
+            return "ours" if not self.sealed or self._seal_holds() else "foreign"
         hashes = self._recorded_hashes()
         return "ours" if hashes and _sha256(self.path) in hashes else "foreign"
+
+    def _seal_holds(self) -> bool:
+        # recognise() has just read the file as a regular one of bounded size; read it the same
+        # safe way here (never through a link, never waiting on a FIFO).
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return False  # gone or replaced by a link since: not a file of ours to replace
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            return is_sealed(f.read(_MAX_SEALED_BYTES + 1))
 
     def check(self, *, replace: bool = True, replace_flag: str | None = None) -> State:
         """Refuse (:class:`OutFileRefused`) unless the file may be written: absent, or the
         command's own and ``replace``. ``replace_flag``: the option that allows replacing (named
         in the message when ``replace`` is False). Returns the state."""
         state = self.state()
+        if state == "foreign" and self.sealed and self.recognise is not None \
+                and self.recognise(self.path):
+            raise OutFileRefused(
+                f"{self.flag} {self.path} is a `bpedge {self.command}` file that was changed "
+                "since it was written (or was written before bpedge sealed its files), so it is "
+                "never overwritten: choose another file name, or move it away")
         if state == "foreign":
             raise OutFileRefused(
                 f"{self.flag} {self.path} exists and was not written by `bpedge {self.command}`, "
@@ -178,6 +233,11 @@ class OutFile:
                 f.flush()
                 os.fsync(f.fileno())
             self.publish(tmp, replace=replace, replace_flag=replace_flag)
+
+    def write_sealed_json(self, obj: dict[str, Any], *, replace: bool = True,
+                          replace_flag: str | None = None) -> None:
+        """Write ``obj`` as :func:`sealed_json` (see :meth:`write_bytes`)."""
+        self.write_text(sealed_json(obj), replace=replace, replace_flag=replace_flag)
 
     def write_text(self, text: str, *, replace: bool = True,
                    replace_flag: str | None = None) -> None:

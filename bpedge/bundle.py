@@ -10,7 +10,10 @@ refused (and rebuilt by build-engines) without making the ONNX files unusable.
 
 Every change to ``manifest.json`` is atomic (temporary file, fsync, rename), and an engine that
 replaces another is unlisted before its file is overwritten, so a process killed at any moment
-leaves a bundle whose manifest only lists files that match it.
+leaves a bundle whose manifest only lists files that match it. An engine is written only over a
+file bpedge wrote there (one whose sha256 the manifest, or the journal of a writer killed while
+replacing it, records: :mod:`bpedge._bundle_journal`); anything else at its name is refused,
+named, and kept. A temporary file a killed writer left is removed only when that writer listed it.
 
 ``import bpedge.bundle`` needs neither torch nor TensorRT.
 """
@@ -18,12 +21,14 @@ leaves a bundle whose manifest only lists files that match it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bpedge._atomic import atomic_write_bytes, atomic_write_text
+from bpedge._atomic import fsync_dir, publish
+from bpedge._bundle_journal import Journal
 from bpedge._engine_key import EngineKey
 from bpedge._manifest import (
     MODEL_NAMES,
@@ -117,11 +122,11 @@ class Bundle:
                               "model files in first")
         if not isinstance(manifest, Manifest):
             raise BundleError(f"manifest must be a Manifest, got {type(manifest).__name__}")
-        with _bundle_lock(root):
+        with _bundle_lock(root) as journal:
             _check_model_files(root, manifest)
             for engine in manifest.engines:
                 _verify_file(root, engine.file, engine.sha256, engine=True)
-            _write_manifest(root, manifest)
+            _write_manifest(root, manifest, journal)
         return cls(root, manifest)
 
     @classmethod
@@ -256,8 +261,8 @@ class Bundle:
         if not isinstance(entry, EngineEntry):
             raise BundleError(f"entry must be an EngineEntry, got {type(entry).__name__}")
         _verify_file(self._root, entry.file, entry.sha256, engine=True)
-        with self._locked() as current:
-            self._commit(current.with_engine(entry))
+        with self._locked() as (current, journal):
+            self._commit(current.with_engine(entry), journal)
 
     def store_engine(
         self, model: str, key: EngineKey, plan: bytes, build_seconds: float,
@@ -267,7 +272,8 @@ class Bundle:
         ``math``: what the engine computes in (e.g. fp32 with TF32 disabled), for the manifest.
 
         Safe against a kill at any moment: an entry for the same file is first unlisted, then
-        the plan is written atomically, then the new entry is listed.
+        the plan is written atomically, then the new entry is listed. Only a file bpedge wrote
+        is replaced (:func:`_check_engine_slot`); anything else at the name is refused.
         """
         _check_model(model)
         data = bytes(plan)
@@ -283,16 +289,20 @@ class Bundle:
             build_seconds=float(build_seconds),
             math=math,
         )
-        with self._locked() as current:
+        with self._locked() as (current, journal):
             if any(ref.file == entry.file for ref in current.model_files()):
                 raise BundleError(f"{entry.file!r} is a model file of this bundle, not an engine: "
                                   "rename it and re-export")
+            there = _check_engine_slot(self._root, entry.file, current, journal)
+            # Recorded before the entry is unlisted: killed from here until it is listed again,
+            # the next writer still knows the file at the name (old bytes or new) as its own.
+            journal.begin_replacing(entry.file, [*([there] if there else []), entry.sha256])
             if current.hash_of(entry.file) is not None:
                 current = current.without_engine(entry.file)
-                self._commit(current)
-            atomic_write_bytes(self._root / entry.file, data)
-            _make_readable(self._root / entry.file)
-            self._commit(current.with_engine(entry))
+                self._commit(current, journal)
+            _write_file(self._root, entry.file, data, journal, replace=there is not None)
+            self._commit(current.with_engine(entry), journal)
+            journal.done_replacing(entry.file)
         return entry
 
     # --- internals ----------------------------------------------------------------------------
@@ -311,21 +321,21 @@ class Bundle:
         return any(e.file == file for e in self._manifest.engines)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[Manifest]:
+    def _locked(self) -> Iterator[tuple[Manifest, Journal]]:
         """Hold the bundle's lock and yield the manifest as it is on disk now, so that two
-        processes adding engines do not drop each other's entries."""
-        with _bundle_lock(self._root):
-            _remove_stale_temporaries(self._root)
+        processes adding engines do not drop each other's entries, and the writers' journal."""
+        with _bundle_lock(self._root) as journal:
+            journal.remove_abandoned_temporaries(_is_written_under_lock)
             current = _read_manifest(self._root)
             if current.models != self._manifest.models:
                 raise BundleError(
                     f"{self._root / MANIFEST_NAME} changed its models since it was opened (was "
                     "the bundle re-exported?): run the command again"
                 )
-            yield current
+            yield current, journal
 
-    def _commit(self, manifest: Manifest) -> None:
-        _write_manifest(self._root, manifest)
+    def _commit(self, manifest: Manifest, journal: Journal) -> None:
+        _write_manifest(self._root, manifest, journal)
         self._manifest = manifest
 
     def __repr__(self) -> str:
@@ -404,25 +414,56 @@ def _folder_replaced(root: Path, before: tuple[int, int] | None) -> bool:
         time.sleep(_REAPPEAR_POLL_S)
 
 
-def _write_manifest(root: Path, manifest: Manifest) -> None:
-    atomic_write_text(root / MANIFEST_NAME, manifest.dumps())
-    _make_readable(root / MANIFEST_NAME)
+def _write_manifest(root: Path, manifest: Manifest, journal: Journal) -> None:
+    _write_file(root, MANIFEST_NAME, manifest.dumps().encode("utf-8"), journal, replace=True)
 
 
-def _make_readable(path: Path) -> None:
-    # Atomic writes go through mkstemp, which creates files as 0600; a bundle is built by one
-    # user and run by another (a device service), so make its files world-readable.
-    os.chmod(path, 0o644)
+def _write_file(root: Path, name: str, data: bytes, journal: Journal, *, replace: bool) -> None:
+    """Write ``root/name`` atomically through a temporary file the journal lists (so a kill
+    leaves nothing the next writer cannot tell from a file of the user's). ``replace=False``:
+    a file that took the name meanwhile is kept and the write refused."""
+    fd, tmp = journal.new_temporary(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes files 0600; a bundle is built by one user and run by another (a device
+        # service), so its files are world-readable.
+        os.chmod(tmp, 0o644)
+        try:
+            publish(tmp, root / name, replace=replace)
+        except FileExistsError:
+            raise BundleError(f"{root / name} appeared while bpedge was writing it; it was left "
+                              "as it is: move it away and run again") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(root)
 
 
-def _remove_stale_temporaries(root: Path) -> None:
-    # A process killed mid-write leaves its temporary file (".<name>.<random>.tmp", see
-    # bpedge._atomic). Only lock holders write the manifest and engines, so under the lock any
-    # such file of theirs is stale.
-    for tmp in root.glob(".*.tmp"):
-        target = tmp.name[1:].rsplit(".", 2)[0]
-        if target == MANIFEST_NAME or target.endswith(".engine"):
-            tmp.unlink(missing_ok=True)
+def _is_written_under_lock(name: str) -> bool:
+    # The files a lock holder writes through journaled temporaries.
+    return name == MANIFEST_NAME or name.endswith(".engine")
+
+
+def _check_engine_slot(root: Path, file: str, manifest: Manifest, journal: Journal) -> str | None:
+    """The sha256 of the engine file bpedge wrote at ``root/file`` (None when the name is free),
+    or :class:`BundleError` naming what is there when it is not that: a file whose bytes are
+    not the ones the manifest lists for it (nor, after a writer was killed replacing it, the
+    old or new ones its journal records), a folder or a link."""
+    path = root / file
+    if not os.path.lexists(path):
+        return None
+    known = {h for h in (manifest.hash_of(file),) if h is not None} | journal.replacing_hashes(file)
+    digest = None
+    if path.is_file() and not path.is_symlink():
+        digest = sha256_file(path)
+    if digest is None or digest not in known:
+        raise BundleError(f"{path} is in the way of the engine bpedge would write there: it is "
+                          f"not an engine bpedge wrote (not the one {MANIFEST_NAME} lists), so "
+                          "it is never overwritten: move it out of the bundle and run again")
+    return digest
 
 
 def _check_model_files(root: Path, manifest: Manifest) -> Manifest:
@@ -486,17 +527,29 @@ def _mismatch_message(root: Path, file: str, expected: str, actual: str, engine:
 
 
 @contextlib.contextmanager
-def _bundle_lock(root: Path) -> Iterator[None]:
+def _bundle_lock(root: Path) -> Iterator[Journal]:
+    """Hold the bundle's lock and yield the writers' journal kept in the lock file; a block
+    that completes empties the journal, one that fails leaves it for the next writer."""
     # An advisory lock (POSIX); where fcntl does not exist the re-read in _locked still narrows
     # the window in which two writers could race.
+    lock = root / _LOCK_NAME
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fd = os.open(root / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a symbolic link: the journal is written into this file.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise BundleError(f"{lock} is a symbolic link, so it cannot be the bundle's lock: move "
+                          "it out of the bundle and run again") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            import fcntl
+        except ImportError:
+            pass
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        journal = Journal(root, fd, lock)
+        yield journal
+        journal.finish()
     finally:
         os.close(fd)  # closing releases the lock

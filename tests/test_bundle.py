@@ -4,6 +4,7 @@ atomic manifest updates, and the no-GPU / no-TensorRT behaviour of this machine 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -296,11 +297,15 @@ def test_a_crash_while_writing_an_engine_leaves_a_consistent_bundle(tmp_path, mo
     old = bundle.store_engine("detector", key(), b"old plan", 1.0)
     import bpedge.bundle as bundle_module
 
-    def crash(path, data):
-        Path(path).write_bytes(data[:3])  # a torn write, as a kill without atomic writes would
+    real_write = bundle_module._write_file
+
+    def crash(root, name, data, journal, *, replace):
+        if not name.endswith(".engine"):
+            return real_write(root, name, data, journal, replace=replace)
+        (root / name).write_bytes(data[:3])  # a torn write, as a kill without atomic writes would
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle_module, "atomic_write_bytes", crash)
+    monkeypatch.setattr(bundle_module, "_write_file", crash)
     with pytest.raises(KeyboardInterrupt):
         bundle.store_engine("detector", key(), b"new plan!", 1.0)
     reopened = Bundle.open(tmp_path / "b")
@@ -318,11 +323,11 @@ def test_a_crash_before_the_manifest_update_leaves_a_consistent_bundle(tmp_path,
     real_write = bundle_module._write_manifest
     calls = []
 
-    def crash_on_second(root, manifest):
+    def crash_on_second(root, manifest, journal):
         calls.append(manifest)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        real_write(root, manifest)
+        real_write(root, manifest, journal)
 
     monkeypatch.setattr(bundle_module, "_write_manifest", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -417,3 +422,81 @@ def test_current_key_on_a_real_gpu():
         pytest.skip(f"needs an NVIDIA GPU ({exc})")
     assert found == key_for(query_gpu(), found.trt_version, "fp16", 4)
     assert found.sm_count >= 1 and "." in found.compute_capability
+
+
+# --- engines replace only what bpedge wrote ----------------------------------------------------
+
+
+@pytest.mark.parametrize("there", ["a file of the user's", "a listed engine edited since",
+                                   "a folder", "a symbolic link"])
+def test_store_engine_never_overwrites_what_it_did_not_write(tmp_path, there):
+    bundle = write_bundle(tmp_path / "b")
+    path = tmp_path / "b" / key().file_name("detector")
+    if there == "a listed engine edited since":
+        bundle.store_engine("detector", key(), b"bpedge's plan", 1.0)
+        path.write_bytes(b"a plan built by trtexec")
+    elif there == "a folder":
+        path.mkdir()
+    elif there == "a symbolic link":
+        (tmp_path / "mine.plan").write_bytes(b"my plan")
+        path.symlink_to(tmp_path / "mine.plan")
+    else:
+        path.write_bytes(b"my own plan")
+    before = {p.name: (p.is_symlink(), p.is_file() and p.read_bytes())
+              for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(BundleError, match=str(path)):
+        bundle.store_engine("detector", key(), b"new plan", 1.0)
+    assert {p.name: (p.is_symlink(), p.is_file() and p.read_bytes())
+            for p in (tmp_path / "b").iterdir()} == before
+
+
+def test_store_engine_never_removes_a_users_file_named_like_a_temporary(tmp_path):
+    bundle = write_bundle(tmp_path / "b")
+    engine = key().file_name("detector")
+    mine = [tmp_path / "b" / f".{engine}.mynotes1.tmp", tmp_path / "b" / ".manifest.json.x.tmp",
+            tmp_path / "b" / f".{engine}.k1ll3dxx.tmp"]
+    for p in mine:
+        p.write_bytes(b"keep me")
+    bundle.store_engine("detector", key(), b"plan", 1.0)
+    bundle.store_engine("detector", key(), b"plan 2", 1.0)
+    assert all(p.read_bytes() == b"keep me" for p in mine)
+
+
+def test_a_writer_killed_while_replacing_an_engine_leaves_it_replaceable(tmp_path, monkeypatch):
+    import bpedge.bundle as bundle_module
+
+    bundle = write_bundle(tmp_path / "b")
+    old = bundle.store_engine("detector", key(), b"old plan", 1.0)
+    real_write = bundle_module._write_file
+
+    def killed(root, name, data, journal, *, replace):
+        if not name.endswith(".engine"):
+            return real_write(root, name, data, journal, replace=replace)
+        fd, _tmp = journal.new_temporary(name)
+        os.write(fd, data[:3])
+        raise SystemExit(137)  # a kill: the temporary is left behind, listed
+
+    monkeypatch.setattr(bundle_module, "_write_file", killed)
+    with pytest.raises(SystemExit):
+        bundle.store_engine("detector", key(), b"new plan", 1.0)
+    monkeypatch.undo()
+    root = tmp_path / "b"
+    left = [p for p in root.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1
+    assert (root / old.file).read_bytes() == b"old plan"  # unlisted, but the journal knows it
+    assert Bundle.open(root).manifest.engines == ()
+    # Another engine stored meanwhile keeps what the journal knows of the unfinished one.
+    Bundle.open(root).store_engine("segmenter", key(), b"segmenter plan", 1.0)
+    entry = Bundle.open(root).store_engine("detector", key(), b"new plan", 1.0)
+    assert (root / entry.file).read_bytes() == b"new plan"
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+    assert (root / ".bpedge.lock").read_bytes() == b""  # the journal is empty once done
+
+
+def test_a_lock_file_of_the_users_is_never_written(tmp_path):
+    bundle = write_bundle(tmp_path / "b")
+    lock = tmp_path / "b" / ".bpedge.lock"
+    lock.write_bytes(b"my notes")
+    with pytest.raises(BundleError, match=str(lock)):
+        bundle.store_engine("detector", key(), b"plan", 1.0)
+    assert lock.read_bytes() == b"my notes"

@@ -33,11 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bpedge.train._run_files import (
+    remove_abandoned_temporaries,
+    write_run_file,
+    write_run_json,
+    write_run_text,
+)
 from bpedge.train.checkpoint import (
     capture_rng_state,
+    checkpoint_writer,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from bpedge.train.distributed import (
     DistContext,
@@ -47,7 +53,6 @@ from bpedge.train.distributed import (
     wrap_model,
 )
 
-from bpedge._atomic import atomic_write_json, atomic_write_text
 from bpedge._version import __version__
 
 if TYPE_CHECKING:
@@ -57,7 +62,8 @@ if TYPE_CHECKING:
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds")
 
-#: Files a run folder holds (all written atomically).
+#: Files a run folder holds (all written atomically, and replaced only while they hold what the
+#: run recorded writing: :mod:`bpedge.train._run_files`).
 RUN_FILES = (
     "last.pt", "best.pt", "metrics.csv", "metrics.json", "config.json", "split.json",
     "detector_boxes.json",
@@ -217,14 +223,12 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool,
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the half-written temporary files a killed run can leave beside its outputs
-    (``.last.pt.<random>.tmp`` from :mod:`bpedge._atomic`); returns what was removed."""
-    removed = []
-    for name in RUN_FILES:
-        for tmp in run_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
+    """Delete the half-written temporary files a killed run left beside its outputs
+    (``.last.pt.<random>.tmp``): only those the run recorded making that are still those files
+    (:func:`bpedge.train._run_files.remove_abandoned_temporaries`; the caller holds the run
+    folder's lock), never a file of the user's that is merely named like one. Returns what was
+    removed."""
+    return remove_abandoned_temporaries(run_dir)
 
 
 def config_differences(stored: dict[str, Any], given: dict[str, Any],
@@ -265,7 +269,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    atomic_write_json(run_dir / "config.json", config)
+    write_run_json(run_dir, "config.json", config)
 
 
 # --- Metrics files --------------------------------------------------------------------------
@@ -278,9 +282,9 @@ def write_metrics(run_dir: Path, history: Sequence[dict[str, Any]], metric_name:
     writer.writeheader()
     for row in history:
         writer.writerow({k: row[k] for k in METRIC_COLUMNS})
-    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+    write_run_text(run_dir, "metrics.csv", buf.getvalue())
     best = max(history, key=lambda r: r["val_metric"], default=None)
-    atomic_write_json(run_dir / "metrics.json", {
+    write_run_json(run_dir, "metrics.json", {
         "metric_name": metric_name,
         "best_epoch": best["epoch"] if best else None,
         "best_val_metric": best["val_metric"] if best else None,
@@ -403,9 +407,10 @@ def run_epochs(
                 }
                 if average is not None:
                     payload.update(raw_model_state=raw_state, ema_updates=average.updates)
+                write = checkpoint_writer(payload, settings.run_dir / "last.pt")
                 if improved:
-                    save_checkpoint(settings.run_dir / "best.pt", payload)
-                save_checkpoint(settings.run_dir / "last.pt", payload)
+                    write_run_file(settings.run_dir, "best.pt", write)
+                write_run_file(settings.run_dir, "last.pt", write)
                 write_metrics(settings.run_dir, history, trainee.metric_name)
                 epochs_bar.update(1)
                 if settings.verbose:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from bpedge.train._loop import RUN_FILES
+from bpedge.train._run_files import write_run_json
 from bpedge.train.distributed import DistContext
 
 from bpedge._out_dir import LOCK_NAME, check_out_dir
@@ -174,7 +175,6 @@ def prepare_data(
         find_contradictory_duplicates,
         make_kfold_split,
         make_split,
-        save_split,
         scan_dataset,
     )
 
@@ -208,7 +208,7 @@ def prepare_data(
     else:
         split = make_split(positives, opts.split, seed)  # type: ignore[arg-type]
     if ctx.is_main:
-        save_split(split, opts.out / "split.json")
+        write_run_json(opts.out, "split.json", split.to_json())
     by_key = {f.key: f for f in positives}
     missing = [k for k in (*split.train, *split.val, *split.test) if k not in by_key]
     if missing:
@@ -312,6 +312,7 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
         run_epochs,
         write_config,
     )
+    from bpedge.train._run_files import check_run_files
     from bpedge.train.distributed import init_distributed, shutdown
 
     from bpedge._out_dir import claim_out_dir, lock_out_dir
@@ -326,6 +327,8 @@ def run_training(opts: RunOptions, config: dict[str, Any], *, seed: int, epochs:
             # would write the same checkpoints and remove the first's temporary files.
             held.enter_context(lock_out_dir(opts.out, "train"))
             remove_stale_temporaries(opts.out)
+            # Before any work: a file of the user's at a run file's name is named and kept.
+            check_run_files(opts.out, RUN_FILES, adopt=resume_from is not None)
         seed_everything(seed)
         data = prepare_data(opts, seed, ctx, resume_from)
         if ctx.is_main:

@@ -38,10 +38,10 @@ import pickle
 import random
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -72,12 +72,19 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     ``weights_only=True`` before anything is written, so a stray NumPy array or custom object is
     a ``TypeError`` here rather than an unloadable file later.
     """
+    atomic_save_with(path, checkpoint_writer(payload, Path(path)))
+
+
+def checkpoint_writer(payload: dict[str, Any], path: Path) -> Callable[[IO[bytes]], None]:
+    """What :func:`save_checkpoint` writes, as ``write(fileobj)`` for a caller that publishes
+    the file its own way (a run folder's :func:`bpedge.train._run_files.write_run_file`); the
+    payload is checked now, and ``path`` names the file in the messages."""
     import torch
 
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     _check_plain(body, "payload")
-    _check_payload(body, Path(path))
-    atomic_save_with(path, lambda f: torch.save(body, f))
+    _check_payload(body, path)
+    return lambda f: torch.save(body, f)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
@@ -386,6 +393,7 @@ __all__ = [
     "CheckpointError",
     "build_model_from_payload",
     "capture_rng_state",
+    "checkpoint_writer",
     "load_checkpoint",
     "load_model",
     "resolve_checkpoint",

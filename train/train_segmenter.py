@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from bpedge.train._loop import HeldParts
+from bpedge.train._run_files import write_run_json
 from bpedge.train._run_setup import (
     RunOptions,
     TrainingStart,
@@ -51,7 +52,6 @@ from bpedge.train.distributed import DistContext, barrier
 from bpedge.train.presets import SegmenterConfig, config_to_dict, field_defaults, get_preset
 from torch import nn
 
-from bpedge._atomic import atomic_write_json
 from bpedge._metrics import dice
 from bpedge._preprocessing import ModelInput, crop_box
 from bpedge._stages import Box
@@ -198,7 +198,7 @@ def detector_boxes(
                                    [store.boxes[i] for i in decoys])
             record["decoys"] = {store.keys[i]: p.to_json() if p else None
                                 for i, p in zip(decoys, found)}
-        atomic_write_json(cache, record)
+        write_run_json(run_dir, BOXES_FILE, record)
     barrier(ctx)
     if not cache.is_file():
         raise ValueError(f"--resume: {cache} is missing; start a new run with a new --out")

@@ -3,6 +3,7 @@ against the PyTorch-eager baseline of the same run; ``--compare A.json B.json`` 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -187,7 +188,8 @@ def register(app: typer.Typer) -> None:
                                 + (f"; {json_file} not written" if json_file is not None else ""))
         console.print(tables.stage_table(record))
         if json_target is not None:
-            json_target.write_text(record.dumps())
+            # Through JSON and back: dumps() writes the strict JSON (no NaN) that gets sealed.
+            json_target.write_sealed_json(json.loads(record.dumps()))
             typer.echo(f"wrote {json_file}")
 
 
@@ -205,4 +207,4 @@ def _json_target(path: Path) -> OutFile:
             return False
         return True
 
-    return OutFile(path, "bench", "--json", recognise=is_bench_record)
+    return OutFile(path, "bench", "--json", recognise=is_bench_record, sealed=True)

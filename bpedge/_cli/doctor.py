@@ -3,7 +3,6 @@ PyTorch), which backends will run, and the fix for each missing piece."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -45,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
         target = None
         if json_file is not None:
-            target = OutFile(json_file, "doctor", "--json", recognise=is_doctor_report)
+            target = OutFile(json_file, "doctor", "--json", recognise=is_doctor_report,
+                             sealed=True)
             target.check()  # before the probes: a file of the user's is refused at once
         report = diagnose()
         wanted = list(require or [])
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         console.print(backends)
 
         if target is not None:
-            target.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            target.write_sealed_json(report.to_json())
             typer.echo(f"wrote {json_file}")
         failing = [w for w in wanted if not report.verdict(w).runs]
         if failing:

@@ -99,6 +99,38 @@ def test_doctor_json_replaces_its_own_report(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doctor.json"]
 
 
+@pytest.mark.parametrize("edit", ["a key added", "a space added", "a report of another bpedge"])
+def test_doctor_json_never_overwrites_a_report_edited_since_it_was_written(tmp_path: Path,
+                                                                         edit: str) -> None:
+    # A report is known by its schema, but a colleague's notes added to one are theirs.
+    target = tmp_path / "colleague_doctor.json"
+    assert runner.invoke(build_app(), ["doctor", "--json", str(target)]).exit_code == 0
+    report = json.loads(target.read_text())
+    if edit == "a key added":
+        target.write_text(json.dumps({**report, "my_notes": "GPU swapped on Monday"}, indent=2))
+    elif edit == "a space added":
+        target.write_bytes(target.read_bytes() + b" ")
+    else:
+        report.pop("bpedge_sha256")
+        target.write_text(json.dumps(report, indent=2) + "\n")
+    before = snapshot(tmp_path)
+    result = runner.invoke(build_app(), ["doctor", "--json", str(target)])
+    assert_refused_in_one_line(result, target, "--json")
+    assert "changed since it was written" in result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_sealed_json_detects_any_change() -> None:
+    from bpedge._out_file import is_sealed, sealed_json
+
+    text = sealed_json({"schema": "x", "nested": {"bpedge_sha256": "0" * 64}, "n": 1.5})
+    assert is_sealed(text.encode())
+    assert sealed_json(json.loads(text)) == text  # a seal read back is replaced, not doubled
+    for changed in (text.replace("1.5", "1.6"), text + "\n", " " + text,
+                    text.replace('"n"', '"m"')):
+        assert not is_sealed(changed.encode())
+
+
 # --- bench --json ----------------------------------------------------------------------------------
 
 
@@ -124,6 +156,20 @@ def test_bench_json_that_appears_during_the_run_is_left_as_it_is(
     assert_refused_in_one_line(result, target, "--json")
     assert target.read_bytes() == USER_BYTES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_bench_json_never_overwrites_a_record_edited_since_it_was_written(tmp_path: Path) -> None:
+    from bpedge._bench.record import BenchRecord, read_record
+
+    target = tmp_path / "run.json"
+    target.write_text(BenchRecord({"notes": ["my edit"]}, ()).dumps())  # a record, unsealed
+    read_record(target)
+    before = snapshot(tmp_path)
+    result = runner.invoke(build_app(), ["bench", str(tmp_path / "no_bundle"), "--json",
+                                         str(target), "--no-progress"])
+    assert_refused_in_one_line(result, target, "--json")
+    assert "changed since it was written" in result.output
+    assert snapshot(tmp_path) == before
 
 
 # --- segment --save-video --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bpedge.train._run_files import RECORD_NAME
 from bpedge.train.data import read_image
 from typer.testing import CliRunner
 
@@ -304,6 +305,7 @@ def test_a_run_folder_made_before_markers_still_resumes_but_not_with_a_users_fil
     first = train(run, 1)
     assert first.exit_code == 0, first.output
     (run / MARKER_NAME).unlink()  # as a run made before bpedge wrote markers
+    (run / RECORD_NAME).unlink()  # (which was before runs recorded their files, too)
     old = tmp_path / "old_run_with_notes"
     shutil.copytree(run, old)
     (old / "notes.txt").write_text("mine")
@@ -314,3 +316,37 @@ def test_a_run_folder_made_before_markers_still_resumes_but_not_with_a_users_fil
     before = snapshot(old)
     assert_refused_in_one_line(train(old, 2, "--resume"), old)
     assert snapshot(old) == before
+
+
+@pytest.mark.parametrize("edited", ["metrics added", "split edited"])
+def test_train_never_overwrites_files_of_the_users_in_its_own_run_folder(
+    phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edited: str,
+) -> None:
+    # A run killed before its first checkpoint wrote split.json and config.json; the user then
+    # put their own metrics files into the folder train made.
+    import bpedge.train._loop as loop
+
+    out = tmp_path / "run2"
+    args = ["train", "detector", "--data", str(phantom_dir), "--out", str(out), "--epochs", "1",
+            "--limit", "4", "--no-progress"]
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run_epochs", killed)
+    runner.invoke(build_app(), args)
+    monkeypatch.undo()
+    assert made_by(out, "train") and (out / "split.json").is_file()
+    (out / "metrics.csv").write_text("epoch,my_score\n1,0.9\n")
+    (out / "metrics.json").write_text('{"mine": true}\n')
+    if edited == "split edited":
+        (out / "split.json").write_text('{"my": "split"}\n')
+        (out / "metrics.csv").unlink()
+        (out / "metrics.json").unlink()
+    before = snapshot(out)
+    result = runner.invoke(build_app(), args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert str(out / ("split.json" if edited == "split edited" else "metrics.csv")) in errors[0]
+    assert snapshot(out) == before

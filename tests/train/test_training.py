@@ -14,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from bpedge.train._run_files import RECORD_NAME
 from bpedge.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from bpedge.train.data import read_image, scan_dataset
 from bpedge.train.predict import predict_frames
@@ -163,6 +164,8 @@ def test_a_run_saved_before_a_config_field_existed_resumes(
     for name in ("paste_fraction", "ema_decay", "focal_gamma"):
         del payload["config"]["model"][name]
     save_checkpoint(run / "last.pt", payload)
+    # Nor does it have the record of its files that a run keeps now: the files are taken as its.
+    (run / RECORD_NAME).unlink()
     opts = DetectorOptions(data=phantom_dir, out=run, preset="tiny", epochs=4, batch_size=4,
                            progress=False, verbose=False, resume=True)
     with pytest.raises(ValueError, match=r"model\.focal_gamma: '<unset>' \(default 2\.0\) -> 0\.5"):

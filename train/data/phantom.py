@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from bpedge._out_dir import refuse_unless_new_or_empty
+from bpedge._out_dir import OutDirRefused, refuse_unless_new_or_empty
 
 __all__ = ["PhantomConfig", "generate_phantom", "render_subject"]
 
@@ -428,6 +428,19 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
     tifffile.imwrite(path, array, compression="lzw", photometric="minisblack")
 
 
+def _refuse_any_entry(out_dir: Path) -> None:
+    """Refuse (:class:`OutDirRefused`) a folder that holds any entry at all. The dataset is
+    published by renaming a finished folder onto ``out_dir``, which only works over an empty
+    one: even a ``.bpedge-out.lock`` (which other commands take as their own and let pass)
+    cannot be removed here, since phantom never made one and it may be anybody's."""
+    if not out_dir.is_dir():
+        return
+    entry = min(out_dir.iterdir(), default=None)
+    if entry is not None:
+        raise OutDirRefused(f"--out {out_dir} is not empty: it holds {entry.name}, which is "
+                            "never removed; choose a new output folder")
+
+
 def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = False) -> Path:
     """Write ``config.subjects`` x ``config.frames`` frames to ``out_dir`` in the Kaggle layout
     (``{subject}_{frame}.tif`` and ``{subject}_{frame}_mask.tif``, 8-bit grey LZW TIFF, subjects and
@@ -438,6 +451,7 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     """
     out_dir = Path(out_dir)
     refuse_unless_new_or_empty(out_dir)
+    _refuse_any_entry(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A new folder of its own (never a fixed name that could be someone else's folder).
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -463,7 +477,8 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
                     job.result()
                 pending.clear()
         if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); os.replace cannot replace it on every OS
+            _refuse_any_entry(out_dir)  # something may have been put there during the run
+            out_dir.rmdir()  # os.replace cannot replace even an empty folder on every OS
         os.replace(partial, out_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -150,3 +150,19 @@ def test_an_out_that_is_a_symbolic_link_is_refused_before_any_frame(tmp_path: Pa
         generate_phantom(link, PhantomConfig(subjects=1, frames=1, height=96, width=96))
     assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["link", *(["real"] if target == "empty folder" else [])])
+
+
+def test_a_folder_holding_only_a_lock_file_is_refused_before_any_frame(tmp_path: Path) -> None:
+    # It used to render every frame, then fail publishing with "[Errno 39] Directory not empty".
+    from bpedge._out_dir import LOCK_NAME, OutDirRefused
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("mine")
+    config = PhantomConfig(subjects=1, frames=1, height=96, width=96)
+    with pytest.raises(OutDirRefused, match=LOCK_NAME.replace(".", r"\.")) as info:
+        generate_phantom(out, config)
+    assert str(out) in str(info.value)
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    assert (out / LOCK_NAME).read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left
