@@ -1,11 +1,11 @@
 """Tracking against per-frame detection, accuracy only: Dice of each frame's mask with its truth.
 
-    python benchmarks/tracking_dice.py BUNDLE DATA [--json OUT]
+    python benchmarks/tracking_dice.py BUNDLE DATA [--detect-every N] [--json OUT]
 
 Each subject of DATA (a phantom or Kaggle-layout folder, ``<subject>_<frame>.tif``) is one sequence
 in frame order; every frame runs through ``Segmenter`` twice, per frame and in a tracked stream
-(``Segmenter.stream(track=True)``, default ``TrackOptions``), ONNX Runtime FP32 (the masks do not
-depend on the runtime's speed). Prints and writes the mean Dice on BP frames and on all frames (an
+(``Segmenter.stream(track=...)``, default ``TrackOptions`` but for ``--detect-every``), ONNX
+Runtime FP32 (the masks do not depend on the runtime's speed). Prints and writes the mean Dice on BP frames and on all frames (an
 empty mask on an empty frame counts 1) for both, and the share of tracked frames on which the
 detector ran. Speed is ``bpedge bench --track``'s job; this measures no time.
 """
@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("data", type=Path)
     parser.add_argument("--json", type=Path, help="write the numbers here (a new file)")
+    parser.add_argument("--detect-every", type=int, default=TrackOptions().detect_every,
+                        help="run the detector at least every N tracked frames")
     args = parser.parse_args()
+    options = TrackOptions(detect_every=args.detect_every)
     if args.json is not None and args.json.exists():
         raise FileExistsError(f"{args.json} exists; give a new path")
     per_frame, tracked, has_bp, detector_ran = [], [], [], 0
@@ -56,7 +59,7 @@ def main() -> None:
             frames = [read_image(p) for p in paths]
             truths = [read_mask(p.with_name(p.stem + "_mask.tif")) for p in paths]
             alone = [seg(f) for f in frames]
-            along = list(seg.stream(frames, depth=1, track=True))
+            along = list(seg.stream(frames, depth=1, track=options))
             for truth, a, b in zip(truths, alone, along):
                 per_frame.append(_dice(a.mask, truth))
                 tracked.append(_dice(b.mask, truth))
@@ -65,7 +68,7 @@ def main() -> None:
     p, t, bp = np.array(per_frame), np.array(tracked), np.array(has_bp)
     record = {
         "bundle": str(args.bundle), "data": str(args.data),
-        "track_options": dataclasses.asdict(TrackOptions()),
+        "track_options": dataclasses.asdict(options),
         "frames": int(p.size), "bp_frames": int(bp.sum()),
         "dice_bp_per_frame": float(p[bp].mean()), "dice_bp_tracked": float(t[bp].mean()),
         "dice_all_per_frame": float(p.mean()), "dice_all_tracked": float(t.mean()),
