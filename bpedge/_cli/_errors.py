@@ -64,9 +64,9 @@ def command_errors(fn: F) -> F:
             raise
         except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
             _fail(exc, 2, expected=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             _end_progress_lines()
-            typer.secho("error: interrupted", err=True, fg=typer.colors.RED)
+            typer.secho(f"error: {interrupted_by(exc)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(130) from None
         except ModuleNotFoundError as exc:
             advice = missing_extra(exc)
@@ -75,6 +75,14 @@ def command_errors(fn: F) -> F:
             _fail(exc, 1, expected=_is_expected(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def interrupted_by(exc: KeyboardInterrupt) -> str:
+    """What stopped the command, as its last line says it: SIGTERM arrives as the
+    KeyboardInterrupt subclass :class:`bpedge._cli._signals.Terminated`, Ctrl-C as itself."""
+    from bpedge._cli._signals import Terminated
+
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
 
 
 def _is_expected(exc: Exception) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from bpedge._cli._errors import DEBUG_ENV
+from bpedge._cli._errors import DEBUG_ENV, interrupted_by
 from bpedge._version import __version__
 
 # Each module defines ``register(app: typer.Typer) -> None``; heavy imports stay inside commands.
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     with sigterm_as_interrupt() as sigterm:
         try:
             code = _run(argv)
-        except KeyboardInterrupt:  # outside a command (e.g. while click parses the arguments)
-            typer.secho("error: interrupted", err=True, fg=typer.colors.RED)
+        except KeyboardInterrupt as exc:  # outside a command (e.g. while click parses them)
+            typer.secho(f"error: {interrupted_by(exc)}", err=True, fg=typer.colors.RED)
             code = 130
     # The command saw a KeyboardInterrupt and reported it (exit 130, or a failure it caused);
     # its status says SIGTERM ended it, as a shell reports a process the signal killed.

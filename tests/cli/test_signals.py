@@ -78,3 +78,22 @@ def test_a_forked_child_still_dies_of_sigterm():
             _pid, status = os.waitpid(pid, 0)
         print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
         """) == "True\n"
+
+
+
+def test_a_command_stopped_by_sigterm_says_terminated_and_ctrl_c_says_interrupted(capsys):
+    # No signal is sent: the handler's exception is raised by hand, in this process.
+    import typer
+
+    from bpedge._cli._errors import command_errors
+    from bpedge._cli._signals import Terminated
+
+    for raised, words in ((Terminated(), "error: terminated (SIGTERM)"),
+                          (KeyboardInterrupt(), "error: interrupted")):
+        def stopped(raised: KeyboardInterrupt = raised) -> None:
+            raise raised
+
+        with pytest.raises(typer.Exit) as exit_info:
+            command_errors(stopped)()
+        assert exit_info.value.exit_code == 130
+        assert words in capsys.readouterr().err
