@@ -13,10 +13,16 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+#: The name of a temporary file of a write of NAME: ``tempfile.mkstemp(prefix=".NAME.",
+#: suffix=".tmp")``, whose random part is 8 of "abcdefghijklmnopqrstuvwxyz0123456789_" (group
+#: ``name``: NAME, cut short as :func:`_short_name` cuts it).
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 #: Longest file name kept whole in a temporary name: the "." before it and the ".RANDOM.tmp" after
 #: it (RANDOM: mkstemp's 8 characters) take 14 bytes, and most file systems allow 255.

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bpedge._atomic import TEMPORARY_NAME
 from bpedge._manifest_fields import BundleError
 
 _FORMAT = "bpedge-bundle-journal"
 _MAX_BYTES = 64 * 1024
-#: mkstemp's eight random characters between ``.NAME.`` and ``.tmp``.
-_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 class Journal:
@@ -109,8 +107,8 @@ class Journal:
             if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
                     and type(entry.get("dev")) is int and type(entry.get("ino")) is int):
                 continue
-            found = _TEMPORARY.fullmatch(entry["name"])
-            if found is None or not is_target(found.group("target")):
+            found = TEMPORARY_NAME.fullmatch(entry["name"])
+            if found is None or not is_target(found.group("name")):
                 continue
             path = self._root / entry["name"]
             try:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bpedge._atomic import atomic_write_json
+from bpedge._atomic import TEMPORARY_NAME, atomic_write_json
 from bpedge._version import __version__
 
 if TYPE_CHECKING:
@@ -279,8 +279,14 @@ def foreign_bundle_entry(folder: str | os.PathLike[str]) -> str | None:
     """The name of the first entry (by name) in ``folder`` that export did not write there, None
     when there is none. Export writes the files its manifest lists, the manifest, the marker,
     and bpedge's lock and temporary files; each must be a plain file, since replacing the bundle
-    deletes it whole. Without a readable manifest, nothing counts as listed."""
-    from bpedge._manifest_fields import MANIFEST_NAME
+    deletes it whole. Without a readable manifest, nothing counts as listed.
+
+    A name is not enough, since the user may put a file of theirs there: a listed file counts
+    only while its bytes are the ones the manifest records (sha256; a model the user retrained
+    into the bundle by hand is theirs now), and a temporary file only with the name
+    :mod:`bpedge._atomic` gives a write of one of those names (``.NAME.RANDOM.tmp``, RANDOM
+    mkstemp's 8 characters): ``--force`` deleted any ``.*.tmp`` and any bytes at a listed name."""
+    from bpedge._manifest_fields import MANIFEST_NAME, sha256_file
 
     path = Path(folder)
     manifest = _bundle_manifest(path)
@@ -291,9 +297,14 @@ def foreign_bundle_entry(folder: str | os.PathLike[str]) -> str | None:
         name = entry.name
         if entry.is_symlink() or not entry.is_file():
             return name
-        if name in listed or name in own:
+        if name in own:
             continue
-        if name.startswith(".") and name.endswith(".tmp"):
+        if name in listed:
+            if manifest is not None and sha256_file(entry) == manifest.hash_of(name):
+                continue
+            return name
+        temporary = TEMPORARY_NAME.fullmatch(name)
+        if temporary is not None and temporary["name"] in listed | own:
             continue  # an atomic write killed mid-way (bpedge._atomic)
         return name
     return None

@@ -350,3 +350,31 @@ def test_train_never_overwrites_files_of_the_users_in_its_own_run_folder(
     assert len(errors) == 1, result.output
     assert str(out / ("split.json" if edited == "split edited" else "metrics.csv")) in errors[0]
     assert snapshot(out) == before
+
+
+def test_export_force_keeps_a_bundle_holding_the_users_bytes_or_temporary_files(
+        tiny_bundle: Path, tiny_checkpoints: tuple[Path, Path], phantom_dir: Path,
+        tmp_path: Path) -> None:
+    # A listed name or a dot-name ending in .tmp is not evidence enough: --force deleted the
+    # user's own file under either (the whole bundle folder goes when it is replaced).
+    bundle = Bundle.open(tiny_bundle)
+    listed = bundle.manifest.model_files()[0].file
+    for name, content in ((listed, b"my retrained model"), (".notes.tmp", b"mine"),
+                          (f".{listed}.notrandom.tmp", b"mine")):
+        out = tmp_path / f"bundle-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_bundle, out)
+        (out / name).write_bytes(content)
+        before = snapshot(out)
+        result = runner.invoke(build_app(), [*export_args(tiny_checkpoints, out, phantom_dir),
+                                             "--force"])
+        assert_refused_in_one_line(result, out)
+        assert name in result.output
+        assert snapshot(out) == before
+    # What a killed atomic write of a listed file leaves is bpedge's: still replaced.
+    out = tmp_path / "bundle-killed"
+    shutil.copytree(tiny_bundle, out)
+    (out / f".{listed}.ab3_x9yz.tmp").write_bytes(b"half a model")
+    result = runner.invoke(build_app(), [*export_args(tiny_checkpoints, out, phantom_dir),
+                                         "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / f".{listed}.ab3_x9yz.tmp").exists()
