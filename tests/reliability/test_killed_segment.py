@@ -74,8 +74,10 @@ def order(folder: Path) -> list[str]:
         return [frame.name for frame in source]
 
 
-def kill_when_recorded(bundle: Path, source: Path, out: Path, n: int, *extra: str) -> None:
-    """Run segment until its ``n``-th frame is recorded, then SIGKILL it there."""
+def signal_when_recorded(bundle: Path, source: Path, out: Path, n: int, sent: signal.Signals,
+                         *extra: str) -> tuple[int, str]:
+    """Run segment until its ``n``-th frame is recorded, then send it ``sent`` there; its exit
+    status and stderr."""
     args = ["segment", str(bundle), str(source), "--out", str(out), *BASE, *extra]
     proc = subprocess.Popen([sys.executable, "-c", _PAUSED_AT, str(n), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
@@ -83,10 +85,16 @@ def kill_when_recorded(bundle: Path, source: Path, out: Path, n: int, *extra: st
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line == f"recorded {n}\n", line + proc.communicate(timeout=60)[1]
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sent)
     finally:
-        proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+        _stdout, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr
+
+
+def kill_when_recorded(bundle: Path, source: Path, out: Path, n: int, *extra: str) -> None:
+    """Run segment until its ``n``-th frame is recorded, then SIGKILL it there."""
+    code, stderr = signal_when_recorded(bundle, source, out, n, signal.SIGKILL, *extra)
+    assert code == -signal.SIGKILL, stderr
 
 
 def table(path: Path) -> tuple[list[str], str]:
@@ -323,18 +331,9 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tiny_bundle, frames, tmp_path):
     message, no tables, and the --save-video file of the frames done lost. It now stops the
     run as Ctrl-C does, with the shell's status for SIGTERM, 143."""
     out, video = tmp_path / "out", tmp_path / "done.avi"
-    args = ["segment", str(tiny_bundle), str(frames), "--out", str(out), *BASE,
-            "--save-video", str(video)]
-    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_AT, str(RECORDED), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line == f"recorded {RECORDED}\n", line + proc.communicate(timeout=60)[1]
-        proc.send_signal(signal.SIGTERM)
-    finally:
-        _stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
+    code, stderr = signal_when_recorded(tiny_bundle, frames, out, RECORDED, signal.SIGTERM,
+                                       "--save-video", str(video))
+    assert code == 143, stderr
     assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
     assert f"the {RECORDED} frame(s) segmented before it" in stderr
     first = order(frames)[:RECORDED]
