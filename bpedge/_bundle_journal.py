@@ -139,19 +139,7 @@ class Journal:
     def _read(self) -> dict[str, Any] | None:
         """The journal, ``{}`` for an empty lock file, None when the file holds anything else.
         """
-        data = os.pread(self._fd, _MAX_BYTES + 1, 0)
-        if not data:
-            return {}
-        if len(data) > _MAX_BYTES:
-            return None
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return None
-        if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-            return None
-        obj.pop("format")
-        return obj
+        return _parse(os.pread(self._fd, _MAX_BYTES + 1, 0))
 
     def _save(self) -> None:
         data = json.dumps({"format": _FORMAT, **self._state}).encode("utf-8")
@@ -164,4 +152,27 @@ class Journal:
         self._written = True
 
 
-__all__ = ["Journal"]
+def _parse(data: bytes) -> dict[str, Any] | None:
+    """The journal in a lock file's bytes, ``{}`` for none, None when they are anything else."""
+    if not data:
+        return {}
+    if len(data) > _MAX_BYTES:
+        return None
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
+        return None
+    obj.pop("format")
+    return obj
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether the regular file ``path`` holds only what bpedge writes in a bundle's lock: nothing,
+    or its journal (so replacing the bundle may delete it)."""
+    with open(path, "rb") as f:
+        return _parse(f.read(_MAX_BYTES + 1)) is not None
+
+
+__all__ = ["Journal", "is_lock_file"]

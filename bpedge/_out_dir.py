@@ -286,6 +286,7 @@ def foreign_bundle_entry(folder: str | os.PathLike[str]) -> str | None:
     into the bundle by hand is theirs now), and a temporary file only with the name
     :mod:`bpedge._atomic` gives a write of one of those names (``.NAME.RANDOM.tmp``, RANDOM
     mkstemp's 8 characters): ``--force`` deleted any ``.*.tmp`` and any bytes at a listed name."""
+    from bpedge._bundle_journal import is_lock_file
     from bpedge._manifest_fields import MANIFEST_NAME, sha256_file
 
     path = Path(folder)
@@ -297,6 +298,10 @@ def foreign_bundle_entry(folder: str | os.PathLike[str]) -> str | None:
         name = entry.name
         if entry.is_symlink() or not entry.is_file():
             return name
+        if name == ".bpedge.lock" and not is_lock_file(entry):
+            return name  # the user's bytes under the bundle lock's name
+        if name == LOCK_NAME and entry.stat().st_size != 0:
+            return name  # bpedge's output lock is always empty
         if name in own:
             continue
         if name in listed:

@@ -360,7 +360,8 @@ def test_export_force_keeps_a_bundle_holding_the_users_bytes_or_temporary_files(
     bundle = Bundle.open(tiny_bundle)
     listed = bundle.manifest.model_files()[0].file
     for name, content in ((listed, b"my retrained model"), (".notes.tmp", b"mine"),
-                          (f".{listed}.notrandom.tmp", b"mine")):
+                          (f".{listed}.notrandom.tmp", b"mine"), (".bpedge.lock", b"my notes"),
+                          (".bpedge-out.lock", b"my notes")):
         out = tmp_path / f"bundle-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(tiny_bundle, out)
         (out / name).write_bytes(content)
