@@ -369,7 +369,7 @@ class OutFile:
         What is left (no process running as the same user can be kept from it, and it could
         delete the file anyway): a record written by hand with the size, time and sha256 of a
         file, or listing a file in the writer's format, each under a name of bpedge's partials
-        (``.STEM.XXXXXXXX.partialSUFFIX``). Without a ``partial_signature`` (a TensorRT timing
+        (``.STEM.RANDOM.partialSUFFIX``). Without a ``partial_signature`` (a TensorRT timing
         cache, an opaque format) a partial killed while being written is kept for good."""
         try:
             # As _partials opens it: never through a symbolic link, never waiting on a FIFO.

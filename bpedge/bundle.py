@@ -545,7 +545,7 @@ def _bundle_lock(root: Path) -> Iterator[Journal]:
         try:
             import fcntl
         except ImportError:
-            pass
+            pass  # not POSIX: no advisory lock (see above); the journal still guards the writes
         else:
             fcntl.flock(fd, fcntl.LOCK_EX)
         journal = Journal(root, fd, lock)

@@ -31,8 +31,8 @@ def _app(error: BaseException, *, bar: bool = False) -> typer.Typer:
         raise error
 
     @app.command()
-    def other() -> None:  # two commands: typer then takes the command's name
-        pass
+    def other() -> None:
+        """A second command: with two, typer takes the command's name from the arguments."""
 
     return app
 

@@ -85,7 +85,8 @@ def training_state(run_dir: Path, epochs: int) -> StepState:
 
     A best.pt without last.pt is what a kill between the first epoch's two checkpoint writes
     leaves (the loop writes best.pt, then last.pt): that epoch is the interrupted one, so the
-    orphan is removed and the run starts again (TODO) instead of the trainer refusing the folder.
+    orphan is removed and the run starts again (:attr:`StepState.TODO`) instead of the trainer
+    refusing the folder.
     It is removed only when it is that orphan by evidence (:func:`is_orphan_checkpoint`); any
     other best.pt there (a file of the user's) is refused with a ValueError naming it."""
     best, last = run_dir / "best.pt", run_dir / "last.pt"
