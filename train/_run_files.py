@@ -27,17 +27,16 @@ removed when it holds a record (it opens as one), and kept otherwise.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from bpedge._atomic import atomic_write_json, fsync_dir, publish
+from bpedge._atomic import TEMPORARY_NAME, atomic_write_json, fsync_dir, publish
+from bpedge._manifest_fields import sha256_file
 
 __all__ = ["RECORD_NAME", "check_run_files", "remove_abandoned_temporaries", "write_run_file",
            "write_run_json", "write_run_text"]
@@ -45,20 +44,9 @@ __all__ = ["RECORD_NAME", "check_run_files", "remove_abandoned_temporaries", "wr
 RECORD_NAME = ".bpedge-train-files.json"
 _FORMAT = "bpedge-train-files"
 _MAX_RECORD_BYTES = 1 << 20
-_CHUNK = 1 << 20
-#: mkstemp's eight random characters between ``.NAME.`` and ``.tmp``.
-_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 #: How every record opens (its first key): a temporary of the record that a kill left (written
 #: in one go by bpedge._atomic) is known by it.
 _RECORD_HEAD = b'{\n  "format": "' + _FORMAT.encode() + b'"'
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_record(run_dir: Path) -> dict[str, Any]:
@@ -101,7 +89,7 @@ def _recorded(record: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def _identity(path: Path) -> dict[str, Any]:
-    return {"size": os.lstat(path).st_size, "sha256": _sha256(path)}
+    return {"size": os.lstat(path).st_size, "sha256": sha256_file(path)}
 
 
 def _check_slot(run_dir: Path, name: str, record: dict[str, Any]) -> bool:
@@ -149,7 +137,7 @@ def remove_abandoned_temporaries(run_dir: Path) -> list[Path]:
     record = _read_record(run_dir)
     for entry in record["temporaries"]:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-                and _TEMPORARY.fullmatch(entry["name"])):
+                and TEMPORARY_NAME.fullmatch(entry["name"])):
             continue
         path = run_dir / entry["name"]
         try:
@@ -174,7 +162,7 @@ def remove_abandoned_temporaries(run_dir: Path) -> list[Path]:
 def _remove_record_temporaries(run_dir: Path) -> list[Path]:
     removed = []
     for path in run_dir.glob(f".{RECORD_NAME}.*.tmp"):
-        if not _TEMPORARY.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+        if not TEMPORARY_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
             continue
         with path.open("rb") as f:
             head = f.read(len(_RECORD_HEAD))
