@@ -20,8 +20,9 @@ The record is ``.bpedge-train-files.json`` in the run folder:
 
 The record is a file anyone who can write the folder can write; it is only believed together
 with what the files show (their bytes, their inode). The record's own temporary
-(``.bpedge-train-files.json.RANDOM.tmp``, left by a kill while the record was written) is
-removed when it holds a record (it opens as one), and kept otherwise.
+(``..bpedge-train-files.json.RANDOM.tmp``, left by a kill while the record was written) is
+removed when it holds a record (it opens as one) or nothing yet (a kill between creating it and
+writing it, the likelier moment: the write is one call), and kept otherwise.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def _remove_record_temporaries(run_dir: Path) -> list[Path]:
             continue
         with path.open("rb") as f:
             head = f.read(len(_RECORD_HEAD))
-        if head == _RECORD_HEAD:
+        # Empty, or a record cut short: nothing of anyone else's is lost by removing it.
+        if _RECORD_HEAD.startswith(head):
             path.unlink()
             removed.append(path)
     return removed

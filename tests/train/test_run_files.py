@@ -64,9 +64,14 @@ def test_a_resume_removes_only_the_temporaries_a_killed_run_recorded(tmp_path: P
 
 def test_a_temporary_of_the_record_is_removed_only_when_it_holds_a_record(tmp_path: Path) -> None:
     write_metrics(tmp_path, [ROW], "iou")
-    left = tmp_path / f".{RECORD_NAME}.k1ll3d00.tmp"
-    left.write_bytes((tmp_path / RECORD_NAME).read_bytes())  # what a kill mid-write leaves
-    mine = tmp_path / f".{RECORD_NAME}.mynotes0.tmp"
-    mine.write_bytes(b"keep me")
-    assert remove_stale_temporaries(tmp_path) == [left]
-    assert mine.read_bytes() == b"keep me"
+    record = (tmp_path / RECORD_NAME).read_bytes()
+    # What a kill in the record's write leaves: the whole record, or (killed between creating
+    # the temporary and the one write into it, the likelier moment) nothing yet.
+    left = [tmp_path / f".{RECORD_NAME}.k1ll3d00.tmp", tmp_path / f".{RECORD_NAME}.k1ll3d01.tmp"]
+    left[0].write_bytes(record)
+    left[1].write_bytes(b"")
+    mine = [tmp_path / f".{RECORD_NAME}.mynotes0.tmp", tmp_path / f".{RECORD_NAME}.mynotes1.tmp"]
+    mine[0].write_bytes(b"keep me")
+    mine[1].write_bytes(record[:10] + b"mine")
+    assert sorted(remove_stale_temporaries(tmp_path)) == left
+    assert [p.read_bytes() for p in mine] == [b"keep me", record[:10] + b"mine"]
