@@ -223,7 +223,9 @@ def probe_openvino() -> tuple[str | None, tuple[str, ...], str | None]:
     except ImportError as exc:
         return None, (), f"not installed ({exc})"
     try:
-        caps = tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        from bpedge._openvino import cpu_capabilities  # the process's one Core
+
+        caps = cpu_capabilities()
     except RuntimeError as exc:
         return ov.__version__, (), f"the CPU plugin does not start ({exc})"
     return ov.__version__, caps, None

@@ -37,15 +37,36 @@ PRECISIONS = ("fp32", "bf16", "int8")
 #: request's later calls do not take it.
 _FIRST_INFER = threading.Lock()
 
+#: The process's one OpenVINO ``Core`` (:func:`_core`), made at first use and never destroyed.
+#: The CPU plugin gives a thread that compiles a model an alternate signal stack
+#: (``sigaltstack``) and, when its Core is destroyed, puts back the stack it found there. Two
+#: Cores destroyed in the order they were made (a Segmenter's detector, then its segmenter) left
+#: the thread on the first Core's stack, already freed, and the next signal it got (Ctrl-C,
+#: SIGTERM, even one Python handles) killed the process with SIGSEGV (OpenVINO 2026.4; seen as
+#: ``bpedge bench`` dying when interrupted after its OpenVINO rows). One Core that outlives every
+#: model never hands back a freed stack; OpenVINO's guides reuse one Core per application too.
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def _core() -> Any:
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
+
 
 def openvino_unavailable_reason() -> str | None:
     """None when OpenVINO imports and lists a CPU device, else why not (with the fix)."""
     try:
-        import openvino as ov
+        import openvino  # noqa: F401  (whether it imports at all)
     except ImportError as exc:
         return f"OpenVINO is not installed ({exc}); fix: pip install 'bpedge[openvino]'"
     try:
-        devices = ov.Core().available_devices
+        devices = _core().available_devices
     except RuntimeError as exc:
         return f"OpenVINO cannot start its CPU plugin ({exc})"
     if "CPU" not in devices:
@@ -55,9 +76,7 @@ def openvino_unavailable_reason() -> str | None:
 
 def cpu_capabilities() -> tuple[str, ...]:
     """The CPU plugin's ``OPTIMIZATION_CAPABILITIES`` (e.g. ``FP32``, ``BF16``, ``INT8``)."""
-    import openvino as ov
-
-    return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return tuple(str(c) for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def default_precision() -> str:
@@ -76,8 +95,6 @@ class OvModel:
 
     def __init__(self, model: bytes, name: str, output_names: Sequence[str], precision: str,
                  threads: int | None = None):
-        import openvino as ov
-
         if precision not in PRECISIONS:
             raise ValueError(f"{name}: OpenVINO precision must be one of {PRECISIONS}, got "
                              f"{precision!r}")
@@ -88,7 +105,7 @@ class OvModel:
                              f"{list(cpu_capabilities())}); use precision 'fp32' or 'int8'")
         self.name = name
         self.output_names = list(output_names)
-        core = ov.Core()
+        core = _core()
         try:
             read = core.read_model(model)
         except RuntimeError as exc:

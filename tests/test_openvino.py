@@ -163,3 +163,33 @@ def test_each_infer_requests_first_call_is_serialised(monkeypatch):
         worker.start()
         worker.join()
     assert held == [True, False, True, False]
+
+
+_SIGNAL_AFTER_CLOSE = """
+import os, signal, sys, time
+import numpy as np
+from bpedge import Segmenter
+frame = np.random.default_rng(0).integers(0, 256, (300, 400), dtype=np.uint8)
+first = Segmenter.from_bundle(sys.argv[1], "openvino", threads=1)
+second = Segmenter.from_bundle(sys.argv[1], "openvino", threads=1)
+first(frame), second(frame)
+first.close()  # closed in the order they were made, as a Segmenter closes its two models
+second.close()
+signal.signal(signal.SIGINT, lambda *args: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)
+print("after", flush=True)
+"""
+
+
+def test_a_signal_after_openvino_models_are_closed_is_handled(tiny_bundle):
+    """Each OpenVINO Core gave the compiling thread a signal stack and put back, when destroyed,
+    the one it found: Cores destroyed first-made-first left the thread on a freed stack, and the
+    next signal, even one Python handles, ended the process with SIGSEGV (Ctrl-C during bench)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_CLOSE, str(tiny_bundle)],
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.split() == ["handled", "after"]
