@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,6 +93,37 @@ def publish(tmp: str | os.PathLike[str], target: str | os.PathLike[str], *,
         os.replace(tmp, target)
         return
     os.unlink(tmp)
+
+
+#: Linux's renameat2 flag that swaps two names (rename(2): "Atomically exchange oldpath and
+#: newpath"; kernel 3.15, glibc 2.28; ext4, btrfs, tmpfs, xfs and more).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap the entries at ``a`` and ``b`` (both present, same filesystem) in one step, so each
+    name holds one of the two at every moment, also for a process killed outright. Linux's
+    ``renameat2(RENAME_EXCHANGE)``; returns False, having done nothing, where the system, its
+    C library or the filesystem has no such call (the caller then renames twice), and raises
+    ``OSError`` for any other failure."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28, or a C library without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # not on this kernel or filesystem
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def _current_umask() -> int:

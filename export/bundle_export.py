@@ -36,6 +36,8 @@ killed export left (:func:`_remove_abandoned_work_dirs`) and never one in use. A
 holds nothing else (:func:`bpedge._out_dir.is_replaceable_bundle`): any other non-empty folder,
 or a bundle the user has put a file of their own into, is refused before any
 work, so export never deletes a data folder, a run folder or anything else it did not write.
+The replacement is one step on Linux (:func:`bpedge._atomic.exchange`): device software opening
+``out`` at any moment, even after a kill mid-replacement, finds a whole bundle, old or new.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from bpedge.export.parity import (
 from bpedge.export.thresholds import choose_mask_threshold, choose_score_threshold
 from bpedge.train.checkpoint import crop_margin, model_input, preprocessing_spec
 
+from bpedge._atomic import exchange
 from bpedge._manifest import (
     FileRef,
     Manifest,
@@ -705,7 +708,8 @@ def _holds_only_a_replaced_bundle(folder: Path, out: Path) -> bool:
 def _publish(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished bundle ``tmp`` to ``out``. An empty ``out`` directory is replaced; a
     non-empty one only with ``force``, only if it is (still) a bundle export made, and only now
-    that the new bundle is complete."""
+    that the new bundle is complete: swapped with it in one step where the system can, so
+    ``out`` never goes missing."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -716,6 +720,13 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
     if not is_replaceable_bundle(out):
         raise OutDirRefused(f"--out {out} changed during the export and is no longer a bundle "
                             "made by `bpedge export`; nothing was replaced")
+    if exchange(tmp, out):
+        # One step: a process killed at any moment leaves a whole bundle at out, the old one or
+        # the new (then the old in the staging folder, which the next export removes).
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # Two renames where the system cannot swap: a kill between them leaves out missing, the old
+    # bundle kept in the .replaced- folder.
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}{_REPLACED}", dir=out.parent))
     held = hold(old)
     try:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 import pytest
 
-from bpedge._atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
+from bpedge._atomic import (
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    exchange,
+)
 
 
 def test_replaces_and_keeps_normal_permissions(tmp_path):
@@ -59,3 +66,16 @@ def test_a_long_name_is_written_though_its_temporary_name_would_be_too_long(tmp_
     atomic_write_bytes(target, b"png")
     assert target.read_bytes() == b"png"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("in a")
+    (b / "f").write_text("in b")
+    assert exchange(a, b)  # tmp_path's filesystem here swaps (ext4, tmpfs, overlayfs)
+    assert (a / "f").read_text() == "in b" and (b / "f").read_text() == "in a"
+    with pytest.raises(FileNotFoundError):
+        exchange(a, tmp_path / "missing")  # a failure is raised, never taken for "no such call"

@@ -251,6 +251,56 @@ def test_the_old_bundle_a_kill_left_mid_replace_is_kept_until_out_holds_a_bundle
         assert Bundle.open(old).manifest == Bundle.open(tiny_bundle).manifest
 
 
+#: Publishes the bundle copy argv[1] over the bundle argv[2] (--force) and exits as SIGKILL would
+#: right after the argv[3]-th filesystem step (a rename, an exchange, a removal).
+_KILLED_AFTER_STEP = """
+import os, shutil, sys
+from pathlib import Path
+from bpedge.export import bundle_export
+step, calls = int(sys.argv[3]), [0]
+def counted(call):
+    def counting(*args, **kwargs):
+        result = call(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == step:
+            os._exit(9)
+        return result
+    return counting
+os.replace = counted(os.replace)
+shutil.rmtree = counted(shutil.rmtree)
+bundle_export.exchange = counted(bundle_export.exchange)
+bundle_export._publish(Path(sys.argv[1]), Path(sys.argv[2]), True)
+"""
+
+
+def test_a_force_export_killed_at_any_step_of_publishing_leaves_a_whole_bundle(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    """Device software opens the bundle's path at any moment: replacing a bundle renamed the old
+    one away and then the new one in, and a kill between the two left nothing at that path."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    for step in range(1, 10):
+        work = tmp_path / f"step{step}"
+        out, new = work / "bundle", work / ".bundle.export-ab12cd34"
+        shutil.copytree(tiny_bundle, out)
+        shutil.copytree(tiny_bundle, new)
+        old_ino, new_ino = os.stat(out).st_ino, os.stat(new).st_ino
+        proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_STEP, str(new), str(out),
+                               str(step)], check=False, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode in (0, 9), proc.stderr[-2000:]
+        assert os.stat(out).st_ino in (old_ino, new_ino), f"killed after step {step}"
+        assert Bundle.open(out).manifest == Bundle.open(tiny_bundle).manifest
+        if proc.returncode == 0:  # every step done: the new bundle is there, and nothing else
+            assert os.stat(out).st_ino == new_ino
+            assert sorted(p.name for p in work.iterdir()) == ["bundle"]
+            return
+    pytest.fail("publishing took more than 9 steps")
+
+
 def test_a_non_empty_out_is_refused_before_any_work(tiny_checkpoints: tuple[Path, Path],
                                                     tmp_path: Path) -> None:
     out = tmp_path / "taken"
