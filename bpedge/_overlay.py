@@ -91,18 +91,20 @@ def _described(value: object) -> str:
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray, *, replace: bool = True,
-              before_publish: Callable[[os.stat_result], None] | None = None) -> None:
+              before_publish: Callable[[os.stat_result, bytes], None] | None = None) -> None:
     """Encode ``image`` (uint8 (H, W) or (H, W, 3) BGR) as PNG and write it atomically
     (``replace=False``: never over a file at ``path``, ``FileExistsError``).
 
-    ``before_publish`` is called with the ``os.fstat`` of the temporary file before it can take
-    the name: its ``(st_dev, st_ino)`` are those of the file at ``path`` once published (a hard
-    link or a rename keeps them), so a caller stopped at any later point, even inside the
-    publishing step, can tell the file it wrote from another at that name."""
+    ``before_publish`` is called with the ``os.fstat`` of the temporary file and the PNG bytes
+    it will hold, before it can take the name: its ``(st_dev, st_ino)`` are those of the file at
+    ``path`` once published (a hard link or a rename keeps them), so a caller stopped at any
+    later point, even inside the publishing step, can tell the file it wrote from another at that
+    name (the bytes too: a file deleted and made again may get the same inode number)."""
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.dtype} {image.shape} image as PNG")
+    data = encoded.tobytes()
     with atomic_open(path, "wb", replace=replace) as f:
         if before_publish is not None:
-            before_publish(os.fstat(f.fileno()))
-        f.write(encoded.tobytes())
+            before_publish(os.fstat(f.fileno()), data)
+        f.write(data)

@@ -13,8 +13,11 @@ tables its rows are appended to (``results.partial.csv``, ``results.partial.json
   so, and the next run into that folder is refused until ``--force`` replaces it.
 * ``--force`` replaces only entries segment wrote: each is recorded in the marker before it is
   written (:func:`own_entries`), also in a folder segment made, where the user may add files
-  afterwards; any other entry is named and refused. A ``masks/`` or ``overlays/`` folder is
-  replaced only when it holds nothing but PNG files.
+  afterwards; any other entry is named and refused. In ``masks/`` and ``overlays/`` each PNG is
+  listed in :data:`PNG_RECORD` with the device and inode it will have before it takes its name
+  (:class:`PngRecord`), and ``--force`` replaces such a folder only when it holds nothing but
+  the files listed (a user's PNG dropped there, or one written over a run's, is named and
+  refused, and nothing is removed).
 * one run at a time per folder (:func:`bpedge._out_dir.lock_out_dir`).
 * output names are unique across every image and video frame of the run, compared
   case-insensitively (a case-insensitive filesystem would merge ``A.png`` and ``a.png``).
@@ -23,6 +26,9 @@ tables its rows are appended to (``results.partial.csv``, ``results.partial.json
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpedge._atomic import atomic_write_text
+from bpedge._manifest_fields import sha256_file
 from bpedge._out_dir import (
     OutDirRefused,
     claim_out_dir,
@@ -47,12 +54,15 @@ COMMAND = "segment"
 RESULTS = "results.csv"
 INCOMPLETE = "INCOMPLETE.txt"
 SUBFOLDERS = ("masks", "overlays")
+#: One line per mask or overlay PNG a run writes (its path under OUT, device and inode), appended
+#: before the file takes its name: what ``--force`` may remove from ``masks/`` and ``overlays/``.
+PNG_RECORD = ".bpedge-segment-pngs.jsonl"
 #: Issue 16's per-frame JSON and accuracy tables, written with results.csv, and the *.partial.*
 #: tables a run that failed mid-way leaves (so --force replaces them and a foreign file of that
 #: name is refused like results.csv).
 EXTRA_TABLES = ("results.jsonl", "accuracy.csv", "results.partial.csv", "results.partial.jsonl",
                 "accuracy.partial.csv")
-ENTRIES = (*SUBFOLDERS, RESULTS, *EXTRA_TABLES, INCOMPLETE)
+ENTRIES = (*SUBFOLDERS, RESULTS, *EXTRA_TABLES, PNG_RECORD, INCOMPLETE)
 _VIDEO_NAME = re.compile(r"^(?P<stem>.*)_f\d{6}$")
 
 
@@ -86,12 +96,15 @@ def _clear_earlier_run(out: Path, *, force: bool) -> None:
     if not force:
         raise OutDirRefused(f"{out} holds {earlier}: choose a new --out, or pass --force to "
                             "replace them")
-    for sub in SUBFOLDERS:
-        _check_only_pngs(out / sub)
+    listed = _listed_pngs(out)
+    pngs = {sub: _run_pngs(out / sub, listed) for sub in SUBFOLDERS}  # all checked, then removed
     # results.csv goes first: from here on the folder reads as incomplete until this run is done.
-    for name in (RESULTS, *EXTRA_TABLES, *SUBFOLDERS, INCOMPLETE):
+    # The PNG record goes after the PNGs: a kill in between leaves each remaining PNG listed.
+    for name in (RESULTS, *EXTRA_TABLES, *SUBFOLDERS, PNG_RECORD, INCOMPLETE):
         path = out / name
-        if path.is_dir() and not path.is_symlink():
+        if name in pngs:
+            _remove_run_pngs(path, pngs[name])
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
@@ -138,20 +151,104 @@ def disown_entries(out: Path, names: Iterable[str]) -> None:
 #: A PNG's temporary name while bpedge._atomic writes it (``tempfile.mkstemp``'s 8 random
 #: characters): a run killed mid-write leaves one, and the rerun that replaces the folder must not
 #: take it for the user's.
-_ATOMIC_LEFTOVER = re.compile(r"\..+\.png\.[A-Za-z0-9_]{8}\.tmp", re.IGNORECASE)
+_ATOMIC_LEFTOVER = re.compile(r"\.(?P<name>.+\.png)\.[A-Za-z0-9_]{8}\.tmp", re.IGNORECASE)
 
 
-def _check_only_pngs(folder: Path) -> None:
+class PngRecord:
+    """The run's :data:`PNG_RECORD`: :meth:`add` appends a PNG's line before the file takes its
+    name (each line one ``write`` to the OS, so it outlives a killed process). The record is made
+    (exclusively: never over a file at its name) at the first PNG, and listed as segment's first."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._fd: int | None = None
+
+    def add(self, path: Path, made: os.stat_result, data: bytes) -> None:
+        """List ``path`` (under ``out``) as the file with ``made``'s device and inode and the
+        bytes ``data`` (their sha256: an inode number is used again once its file is gone, so a
+        PNG the user saved over the run's could have the run's inode number)."""
+        if self._fd is None:
+            own_entries(self.out, [PNG_RECORD])
+            flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                     | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+            try:
+                self._fd = os.open(self.out / PNG_RECORD, flags, 0o666)
+            except FileExistsError:
+                disown_entries(self.out, [PNG_RECORD])  # put there during the run: its owner's
+                raise
+        line = json.dumps({"file": path.relative_to(self.out).as_posix(), "dev": made.st_dev,
+                           "ino": made.st_ino, "sha256": hashlib.sha256(data).hexdigest()}) + "\n"
+        data = line.encode("utf-8")
+        if os.write(self._fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "a line of the PNG record was cut short",
+                          str(self.out / PNG_RECORD))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _listed_pngs(out: Path) -> dict[tuple[str, int, int], str]:
+    """The PNGs an earlier run listed in its record: (path under ``out``, device, inode) -> the
+    sha256 of its bytes. A line a kill cut short is not a listing."""
+    path = out / PNG_RECORD
+    if not path.is_file() or path.is_symlink():
+        return {}
+    listed = {}
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                    and type(entry.get("dev")) is int and type(entry.get("ino")) is int
+                    and isinstance(entry.get("sha256"), str)):
+                listed[(entry["file"], entry["dev"], entry["ino"])] = entry["sha256"]
+    return listed
+
+
+def _run_pngs(folder: Path, listed: dict[tuple[str, int, int], str]) -> list[Path]:
+    """Every entry of ``folder``, each a PNG that the record lists as that very file with those
+    very bytes, or the temporary of one (its file, or empty); :class:`OutDirRefused` naming the
+    first that is not (nothing removed)."""
     if not folder.exists() and not folder.is_symlink():
-        return
+        return []
     if folder.is_symlink() or not folder.is_dir():
         raise OutDirRefused(f"{folder} is not a folder segment made; it is left as it is: choose "
                             "another --out")
+    entries = []
     for entry in folder.iterdir():
-        if entry.is_symlink() or not entry.is_file() or not (
-                entry.suffix.lower() == ".png" or _ATOMIC_LEFTOVER.fullmatch(entry.name)):
-            raise OutDirRefused(f"{folder} holds {entry.name}, which segment did not write; "
-                                "nothing was replaced: move it away, or choose another --out")
+        info = os.lstat(entry)
+        leftover = _ATOMIC_LEFTOVER.fullmatch(entry.name)
+        name = leftover["name"] if leftover else entry.name
+        digest = listed.get((f"{folder.name}/{name}", info.st_dev, info.st_ino))
+        if entry.is_file() and not entry.is_symlink() and (
+                # A temporary is cut short, so its bytes are not the listed ones yet.
+                (digest is not None and leftover)
+                or (digest is not None and entry.suffix.lower() == ".png"
+                    and sha256_file(entry) == digest)
+                # Killed between creating the temporary and listing it: empty, nobody's bytes.
+                or (leftover and info.st_size == 0)):
+            entries.append(entry)
+            continue
+        raise OutDirRefused(f"{folder} holds {entry.name}, which segment did not record writing "
+                            "there; nothing was replaced: move it away, or choose another --out")
+    return entries
+
+
+def _remove_run_pngs(folder: Path, pngs: list[Path]) -> None:
+    for png in pngs:
+        png.unlink()
+    if folder.is_dir() and not folder.is_symlink():
+        try:
+            folder.rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise OutDirRefused(f"{folder}: a file appeared there while segment cleared it; it "
+                                "was kept: move it away, and run again with --force") from None
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bpedge._atomic import atomic_write_text, fsync_dir
-from bpedge._cli._segment_output import disown_entries, own_entries
+from bpedge._cli._segment_output import PngRecord, disown_entries, own_entries
 from bpedge._display_text import spreadsheet_cell
 from bpedge._out_file import OutFile, OutFileRefused
 from bpedge._result import Result
@@ -118,7 +118,8 @@ class _InFlight:
     files: list[tuple[Path, tuple[int, int]]]
 
     def begin(self, path: Path) -> Callable[[os.stat_result], None]:
-        """The ``before_publish`` of :func:`bpedge._overlay.write_png` for ``path``."""
+        """What the ``before_publish`` of :func:`bpedge._overlay.write_png` for ``path`` calls
+        with the temporary file's stat."""
         return lambda made: self.files.append((path, (made.st_dev, made.st_ino)))
 
 
@@ -319,6 +320,7 @@ class SegmentOutputs:
         #: The tables :meth:`finish` has written so far (the frames done, and nothing else).
         self._written: list[Path] = []
         self._in_flight: _InFlight | None = None
+        self._pngs = PngRecord(out)
         self._video_path = video
         self._replace_video = replace_video
         self._video_fps = video_fps
@@ -356,9 +358,9 @@ class SegmentOutputs:
         overlay_path = self.out / "overlays" / f"{frame.name}.png" if self.overlays else None
         flight = self._in_flight = _InFlight(done, [])
         if mask_path is not None:
-            _write_new_png(mask_path, result.mask, flight)
+            _write_new_png(mask_path, result.mask, flight, self._pngs)
         if overlay_path is not None and picture is not None:
-            _write_new_png(overlay_path, picture, flight)
+            _write_new_png(overlay_path, picture, flight, self._pngs)
         self._partial.append(done)
         self.done.append(done)
         if self._video_path is not None and picture is not None:
@@ -422,6 +424,7 @@ class SegmentOutputs:
         lines = []
         refused: OutFileRefused | None = None
         self._partial.close()
+        self._pngs.close()
         if self._video is not None:
             try:
                 lines.append(self._video.close())
@@ -467,14 +470,20 @@ class SegmentOutputs:
         return set(names)
 
 
-def _write_new_png(path: Path, image: np.ndarray, flight: _InFlight) -> None:
+def _write_new_png(path: Path, image: np.ndarray, flight: _InFlight, record: PngRecord) -> None:
     """Write a mask or overlay PNG of the frame in ``flight``, never over a file at its name:
     segment's masks/ and overlays/ start empty each run, so a file there was put there during
-    the run, and is its owner's."""
+    the run, and is its owner's. Listed in ``record`` (on disk) before it takes its name."""
     from bpedge._overlay import write_png
 
+    in_flight = flight.begin(path)
+
+    def before_publish(made: os.stat_result, data: bytes) -> None:
+        record.add(path, made, data)
+        in_flight(made)
+
     try:
-        write_png(path, image, replace=False, before_publish=flight.begin(path))
+        write_png(path, image, replace=False, before_publish=before_publish)
     except FileExistsError:
         raise _appeared(path) from None
 

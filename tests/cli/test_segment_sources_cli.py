@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import cv2
@@ -15,6 +16,7 @@ from bpedge.train.data import read_image, read_mask
 from typer.testing import CliRunner
 
 from bpedge import sources
+from bpedge._cli._segment_output import PNG_RECORD, PngRecord
 from bpedge._cli.app import build_app
 from bpedge._metrics import dice
 from bpedge._surface import hd95
@@ -262,8 +264,15 @@ def test_force_replaces_a_run_killed_while_it_wrote_a_png(tiny_bundle, kaggle, t
     out = tmp_path / "out"
     args = ["segment", str(tiny_bundle), str(kaggle), "--out", str(out), *BASE]
     assert runner.invoke(build_app(), args).exit_code == 0
-    # what a kill inside bpedge._atomic leaves: the PNG's temporary name
-    (out / "masks" / ".1_1.png.ab_d12x4.tmp").write_bytes(b"\x89PNG half")
+    # What a kill inside bpedge._atomic leaves: the PNG's temporary, listed in the run's PNG
+    # record as it was made (partly written), or not listed yet (killed before that: empty).
+    written = out / "masks" / ".1_1.png.ab_d12x4.tmp"
+    written.write_bytes(b"\x89PNG half")
+    record = PngRecord(out)
+    record._fd = os.open(out / PNG_RECORD, os.O_WRONLY | os.O_APPEND)
+    record.add(out / "masks" / "1_1.png", os.stat(written), b"\x89PNG half, and the rest")
+    record.close()
+    (out / "masks" / ".1_2.png.zz_d12x4.tmp").write_bytes(b"")
     again = runner.invoke(build_app(), [*args, "--force"])
     assert again.exit_code == 0, again.output
     assert not list((out / "masks").glob(".*.tmp"))
@@ -271,6 +280,33 @@ def test_force_replaces_a_run_killed_while_it_wrote_a_png(tiny_bundle, kaggle, t
     refused = runner.invoke(build_app(), [*args, "--force"])
     assert refused.exit_code == 2 and "notes.txt" in refused.output
     assert (out / "masks" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("planted,how", [
+    ("masks/mine.png", "new"),
+    ("overlays/1_1.png", "deleted and made again"),  # its inode number may well be the same
+    ("masks/1_1.png", "saved over in place"),  # the same inode, the user's bytes
+    ("masks/.x.png.ab_d12x4.tmp", "new"),
+])
+def test_force_removes_only_the_pngs_a_run_wrote(tiny_bundle, kaggle, tmp_path, planted, how):
+    """A PNG of the user's in a run's masks/ or overlays/ (a new name, one written over a run's
+    file, a temporary's name with bytes in it) is named, and --force removes nothing."""
+    out = tmp_path / "out"
+    args = ["segment", str(tiny_bundle), str(kaggle), "--out", str(out), *BASE]
+    assert runner.invoke(build_app(), args).exit_code == 0
+    path = out / planted
+    if how == "deleted and made again":
+        path.unlink()
+    elif how == "saved over in place":
+        inode = path.stat().st_ino
+    path.write_bytes(b"\x89PNG the user's")
+    if how == "saved over in place":
+        assert path.stat().st_ino == inode
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = runner.invoke(build_app(), [*args, "--force"])
+    assert refused.exit_code == 2, refused.output
+    assert path.name in refused.output and "did not record writing" in refused.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def _stems(folder):

@@ -27,6 +27,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bpedge import open_frames
+from bpedge._cli._segment_output import PNG_RECORD
 from bpedge._cli.app import build_app
 from bpedge._out_dir import owned_entries
 
@@ -204,7 +205,7 @@ def test_a_killed_run_in_a_users_folder_owns_its_partial_tables_and_nothing_else
     assert again.exit_code == 0, again.output
     assert not [name for name in PARTIAL if (study / name).exists()]
     assert owned_entries(study, "segment") == {"masks", "results.csv", "results.jsonl",
-                                               "accuracy.csv"}
+                                               "accuracy.csv", PNG_RECORD}
     after = snapshot(study)
     assert {k: after.get(k) for k in mine} == mine
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bpedge._cli._segment_output import PNG_RECORD
 from bpedge._cli.app import build_app
 from bpedge._out_dir import owned_entries
 
@@ -47,7 +48,8 @@ def segment(bundle: Path, study: Path, *extra: str):
 def test_force_never_deletes_entries_the_user_made_after_a_run(tiny_bundle: Path, study: Path):
     first = segment(tiny_bundle, study, "--no-overlays")
     assert first.exit_code == 0, first.output
-    assert owned_entries(study, "segment") == {"masks", "results.csv", "results.jsonl"}
+    assert owned_entries(study, "segment") == {"masks", "results.csv", "results.jsonl",
+                                               PNG_RECORD}
     # Afterwards the user keeps their own pictures and table there, under names segment uses.
     (study / "overlays").mkdir()
     cv2.imwrite(str(study / "overlays" / "mine.png"), np.full((8, 8), 7, np.uint8))
