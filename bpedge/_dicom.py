@@ -256,20 +256,25 @@ def _check_header(path: Path, info: DicomInfo, layout: _Layout) -> None:
     if layout.syntax.is_encapsulated:
         _check_decoder(path, layout.syntax)
         return
-    # Native data has a fixed size: a short one is a cut file or a wrong header, refused by what
-    # it declares (pydicom's message for it ended in advice to install decoders). YBR_FULL_422
-    # stores 2 samples per pixel (PS3.5 8.2.1). More data than declared is left to pydicom,
-    # which reads what the header declares and warns about the rest.
+    # Native data has a fixed size (PS3.5 8.1.1: the declared frames, then one padding byte when
+    # that is odd). A short one is a cut file or a wrong header, refused by what it declares
+    # (pydicom's message for it ended in advice to install decoders). A longer one is a wrong
+    # header too: pydicom read what the header declared and only warned about the rest, so a
+    # file declaring too few rows or frames gave a cut image, or some of its frames, as if whole.
+    # YBR_FULL_422 stores 2 samples per pixel (PS3.5 8.2.1).
     per_pixel = 2 if info.photometric == "YBR_FULL_422" else samples
     frame_bytes = rows * columns * per_pixel * layout.allocated // 8
-    if layout.pixel_bytes < info.frames * frame_bytes:
+    declared = info.frames * frame_bytes
+    if layout.pixel_bytes < declared or layout.pixel_bytes > declared + declared % 2:
         whole = layout.pixel_bytes // frame_bytes
+        cause = ("The file is cut short, or its" if layout.pixel_bytes < declared
+                 else "More data than declared: its")
         raise ValueError(
             f"{path}: its Pixel Data holds {layout.pixel_bytes} bytes, but the header declares "
             f"{info.frames} frame(s) of {columns}x{rows} pixels, {samples} sample(s) of "
-            f"{layout.allocated} bits: {info.frames * frame_bytes} bytes ({whole} whole "
-            "frame(s) are there). The file is cut short, or its Number of Frames, Rows, "
-            "Columns, Samples per Pixel or Bits Allocated is wrong; its pixels are not read")
+            f"{layout.allocated} bits: {declared} bytes ({whole} whole frame(s) are there). "
+            f"{cause} Number of Frames, Rows, Columns, Samples per Pixel or Bits Allocated is "
+            "wrong; its pixels are not read")
 
 
 #: Compressed transfer syntaxes whose decoders the ``[dicom]`` extra installs: pylibjpeg-libjpeg

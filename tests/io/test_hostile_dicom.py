@@ -159,6 +159,43 @@ def test_pixel_data_shorter_than_the_header_declares_is_refused_without_decoder_
         assert f"its Pixel Data holds {holds} bytes" in message
 
 
+@pytest.mark.parametrize("how,holds,declared", [
+    ("fewer frames declared", 2304, "2 frame(s) of 32x24 pixels, 1 sample(s) of 8 bits: 1536"),
+    ("fewer rows declared", 2304, "3 frame(s) of 32x20 pixels, 1 sample(s) of 8 bits: 1920"),
+    ("data appended", 2312, "3 frame(s) of 32x24 pixels, 1 sample(s) of 8 bits: 2304"),
+])
+def test_pixel_data_longer_than_the_header_declares_is_refused(
+        dicom_writer, tmp_path: Path, how: str, holds: int, declared: str):
+    """pydicom reads what the header declares and only warns about the rest: a header declaring
+    too few frames or rows gave some of the frames, or each cut at the bottom, as if whole."""
+    import pydicom
+
+    write, _ = dicom_writer
+    path = _grey_cine(write, tmp_path / f"{how}.dcm")  # 3 frames of 32x24, 8 bits: 2304 bytes
+    if how == "fewer frames declared":
+        _rewrite(path, NumberOfFrames=2)
+    elif how == "fewer rows declared":
+        _rewrite(path, Rows=20)
+    else:
+        _rewrite(path, PixelData=pydicom.dcmread(path).PixelData + bytes(8))
+    message = _refusal(path)
+    assert f"its Pixel Data holds {holds} bytes" in message
+    assert f"the header declares {declared} bytes" in message
+    assert "More data than declared" in message
+
+
+def test_one_padding_byte_after_an_odd_length_is_read(dicom_writer, tmp_path: Path):
+    """PS3.5 8.1.1: a value of odd length is padded to even; that byte is no excess."""
+    import pydicom
+
+    write, _ = dicom_writer
+    pixels = np.random.default_rng(1).integers(0, 255, (1, 5, 7), dtype=np.uint8)  # 35 bytes
+    path = write(tmp_path / "odd.dcm", pixels, "MONOCHROME2")
+    assert len(pydicom.dcmread(path).PixelData) == 36
+    _, frames = iter_dicom_frames(path)
+    np.testing.assert_array_equal(np.stack(list(frames)), pixels)
+
+
 class _NoDecoder:
     is_available = False
     missing_dependencies = ("pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0",)
