@@ -175,6 +175,39 @@ def _is_empty_dir(folder: Path) -> bool:
     return folder.is_dir() and all(p.name == LOCK_NAME for p in folder.iterdir())
 
 
+def _marker_leftover(entry: Path) -> bool:
+    """Whether ``entry`` is a temporary of the marker (``..bpedge-out.json.RANDOM.tmp``) that a
+    kill in :func:`claim_out_dir`'s first write left: empty (killed before the one write into
+    it) or a marker (killed before the rename). Anything else under that name is someone's."""
+    named = TEMPORARY_NAME.fullmatch(entry.name)
+    if named is None or named["name"] != MARKER_NAME:
+        return False
+    info = os.lstat(entry)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_MARKER_BYTES:
+        return False
+    if info.st_size == 0:
+        return True
+    try:
+        obj = json.loads(entry.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("format") == _MARKER_FORMAT
+
+
+def _killed_claim(folder: Path) -> list[Path] | None:
+    """The marker temporaries in ``folder`` when it holds nothing else but the lock (a claim
+    killed before its marker was in place: the folder is as good as empty), else None."""
+    if not folder.is_dir():
+        return None
+    leftovers = []
+    for entry in folder.iterdir():
+        if _marker_leftover(entry):
+            leftovers.append(entry)
+        elif entry.name != LOCK_NAME:
+            return None
+    return leftovers
+
+
 def claim_out_dir(
     folder: str | os.PathLike[str],
     command: str,
@@ -203,7 +236,10 @@ def claim_out_dir(
         path.mkdir(parents=True)
         _write_marker(path, command, None)
         return path
-    if _is_empty_dir(path):
+    leftovers = _killed_claim(path)
+    if leftovers is not None:
+        for leftover in leftovers:
+            leftover.unlink()
         _write_marker(path, command, None)
         return path
     marker = read_marker(path)
@@ -239,7 +275,7 @@ def check_out_dir(folder: str | os.PathLike[str], command: str, *, flag: str = "
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise OutDirRefused(f"{flag} {path} exists and is not a folder: choose another path")
-    if not path.exists() or _is_empty_dir(path) or made_by(path, command):
+    if not path.exists() or _killed_claim(path) is not None or made_by(path, command):
         return
     if made_before_markers is not None and read_marker(path) is None \
             and made_before_markers(path):

@@ -294,6 +294,37 @@ def test_a_command_refuses_another_commands_folder(tmp_path: Path, phantom_dir: 
     assert (run / "best.pt").read_bytes() == b"weights"
 
 
+@pytest.mark.parametrize("left", ["empty", "marker"])
+def test_a_folder_whose_claim_was_killed_before_its_marker_is_claimed_again(
+        tmp_path: Path, left: str) -> None:
+    """A kill inside the marker's atomic write (after mkstemp, before the rename) left the new
+    folder holding only the marker's temporary, and every later run into it was refused as a
+    folder bpedge did not make (seen in the killed-experiment test)."""
+    from bpedge._out_dir import claim_out_dir
+
+    made = claim_out_dir(tmp_path / "made", "train")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    leftover = folder / f".{MARKER_NAME}.k1ll3d00.tmp"
+    leftover.write_bytes(b"" if left == "empty" else (made / MARKER_NAME).read_bytes())
+    assert claim_out_dir(folder, "train") == folder
+    assert made_by(folder, "train") and not leftover.exists()
+
+
+@pytest.mark.parametrize("bytes_there", [b"my notes", b'{"format": "mine"}'])
+def test_a_file_of_the_users_named_like_a_marker_temporary_is_not_a_killed_claim(
+        tmp_path: Path, bytes_there: bytes) -> None:
+    from bpedge._out_dir import OutDirRefused, claim_out_dir
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mine = folder / f".{MARKER_NAME}.mynotes0.tmp"
+    mine.write_bytes(bytes_there)
+    with pytest.raises(OutDirRefused, match="not an empty folder"):
+        claim_out_dir(folder, "train")
+    assert mine.read_bytes() == bytes_there
+
+
 def test_a_run_folder_made_before_markers_still_resumes_but_not_with_a_users_file(
         phantom_dir: Path, tmp_path: Path) -> None:
     def train(out: Path, epochs: int, *extra: str):
