@@ -305,6 +305,19 @@ class Bundle:
             journal.done_replacing(entry.file)
         return entry
 
+    def check_engine_slot(self, model: str, key: EngineKey) -> None:
+        """Raise :class:`BundleError` now, before an engine is built for ``key``, when
+        :meth:`store_engine` would refuse to store it (a file of someone else's at its name, or
+        a model file there): a build takes minutes, and its plan was thrown away at the end.
+        :meth:`store_engine` checks again, for a file that appears meanwhile."""
+        _check_model(model)
+        file = key.file_name(model)
+        with self._locked() as (current, journal):
+            if any(ref.file == file for ref in current.model_files()):
+                raise BundleError(f"{file!r} is a model file of this bundle, not an engine: "
+                                  "rename it and re-export")
+            _check_engine_slot(self._root, file, current, journal)
+
     # --- internals ----------------------------------------------------------------------------
 
     def _expected_hash(self, file: str) -> str:

@@ -4,8 +4,9 @@ GPU and TensorRT of this machine, store it in the bundle and list it in the mani
 Order of work, so that nothing is wasted or left half done:
 1. TensorRT and the GPU are checked first; without either, :class:`TargetUnavailable` says what
    is missing and how to fix it, before the bundle is even read.
-2. The bundle is opened (manifest validated, ONNX hashes checked) and every requested ONNX is
-   found before any build starts.
+2. The bundle is opened (manifest validated, ONNX hashes checked), every requested ONNX is
+   found, and every engine's name is checked free or bpedge's (a file of someone else's there is
+   named and refused) before any build starts.
 3. Per (model, precision): an engine listed for this exact target whose file still matches its
    sha256 is reused; otherwise the engine is built from the hash-checked ONNX bytes and stored
    (atomic write, then an atomic manifest update; see :meth:`bpedge.bundle.Bundle.store_engine`).
@@ -157,10 +158,18 @@ def build_engines(
     onnx_refs = {(model, p): bundle.onnx_ref(model, ENGINE_ONNX[p]) for model, p in jobs}
     cache = _read_timing_cache(cache_file, say)
 
-    entries = []
+    # What is reused, and every engine's name free or bpedge's, before the first build: a file
+    # in the way of the second engine was refused only after the first had been built.
+    planned = []
     for model, precision in jobs:
         key = key_for(gpu_info, version, precision, max_batch)
         reusable = None if force else _reusable_engine(bundle, model, key, say)
+        if reusable is None:
+            bundle.check_engine_slot(model, key)
+        planned.append((model, precision, key, reusable))
+
+    entries = []
+    for model, precision, key, reusable in planned:
         if reusable is not None:
             say(f"reusing {reusable.file} ({model} {precision}, batch <= {reusable.key.max_batch})")
             entries.append(reusable)

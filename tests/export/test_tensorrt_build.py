@@ -319,6 +319,20 @@ def test_a_tampered_engine_is_neither_reused_nor_overwritten(tmp_path):
     assert path.read_bytes() == tampered
 
 
+def test_a_file_in_the_way_of_any_engine_is_refused_before_the_first_build(tmp_path):
+    # The segmenter's engine name is taken by a file of the user's: refused before the
+    # detector's engine is built (a build takes minutes, and its plan was thrown away).
+    [learned] = build(write_bundle(tmp_path / "scratch"), FakeTensorRT(), models=("segmenter",))
+    root = write_bundle(tmp_path / "b")
+    mine = root / learned.file
+    mine.write_bytes(b"my own plan")
+    trt = FakeTensorRT()
+    with pytest.raises(BundleError, match=str(mine)):
+        build(root, trt, models=("detector", "segmenter"))
+    assert trt.builds == []
+    assert mine.read_bytes() == b"my own plan"
+
+
 def test_force_rebuilds_a_fitting_engine(tmp_path):
     root = write_bundle(tmp_path / "b")
     trt = FakeTensorRT()
