@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from bpedge._fast_stages import (
 from bpedge._preprocessing import crop_box, detector_input, frame_box, segmenter_input
 from bpedge._result import Result
 from bpedge._stages import NORMALIZE_EPS, clamp_box
-from bpedge._tracking import Tracker, TrackOptions
+from bpedge._tracking import SequenceFrame, Tracker, TrackOptions
 
 __all__ = ["DetectorRunner", "HostCascade", "SegmenterRunner", "detector_input", "frame_box",
            "segmenter_input"]
@@ -219,11 +219,13 @@ class HostCascade:
                track: TrackOptions | None = None) -> Iterator[Result]:
         """Results in input order with up to ``depth`` frames in flight on worker threads; with
         ``track``, frames run one after another on the caller's thread, each tracked frame
-        cropped where the previous mask was (see :mod:`bpedge._tracking`)."""
+        cropped where the previous mask was (see :mod:`bpedge._tracking`; then ``greys`` may
+        be :class:`~bpedge._tracking.SequenceFrame` items, so no track crosses sequences)."""
         if depth < 1:
             raise ValueError(f"stream depth must be >= 1, got {depth}")
         if track is not None:
-            yield from Tracker(self, track).run(greys)
+            frames = cast("Iterable[np.ndarray | SequenceFrame]", greys)
+            yield from Tracker(self, track).run(frames)
             return
         pending: list[Future[Result]] = []
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="bpedge-stream") as pool:

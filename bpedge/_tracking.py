@@ -5,8 +5,9 @@ frame's crop can come from where the mask was: a box of the last detection's siz
 previous mask. The detector (the costly model) then runs only:
 
 - on the first frame, and every ``detect_every`` frames after the last detection;
-- on a frame whose size differs from the previous frame's (another source: the last box is not
-  about this picture);
+- on the first frame of another sequence (a :class:`SequenceFrame` naming another sequence: the
+  next video, subject or folder of a ``segment`` run), and on a frame whose size differs from the
+  previous frame's (another source: the last box is not about this picture);
 - whenever the last frame had no confident segmentation to track (no BP, an empty mask); a frame
   on which the detector finds no BP is not cropped or segmented at all (its mask is empty
   whatever the segmenter would say), which is most of the cost of frames without a track;
@@ -48,9 +49,9 @@ detector score, ``box`` the crop box it used, and no ``preprocess``/``detector``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -59,6 +60,15 @@ from bpedge._result import Result
 
 if TYPE_CHECKING:
     from bpedge._cascade import HostCascade
+
+
+class SequenceFrame(NamedTuple):
+    """A grey frame and the sequence it belongs to (any hashable; frames given as plain arrays
+    are all one sequence). A track never crosses from one sequence into the next: a frame of a
+    new sequence runs the detector."""
+
+    grey: np.ndarray
+    sequence: Hashable
 
 
 @dataclass(frozen=True)
@@ -139,19 +149,24 @@ class Tracker:
         self._cascade = cascade
         self._options = options
 
-    def run(self, greys: Iterable[np.ndarray]) -> Iterator[Result]:
+    def run(self, frames: Iterable[np.ndarray | SequenceFrame]) -> Iterator[Result]:
         cascade, options = self._cascade, self._options
         threshold = cascade.spec.mask_threshold
         box: tuple[float, float, float, float] | None = None
         since_detection = 0
         score = float("nan")
         shape: tuple[int, ...] | None = None
+        sequence: Hashable = None
         last_mask: np.ndarray | None = None
         size: tuple[float, float] | None = None
-        for grey in greys:
+        for frame in frames:
+            grey, this_sequence = frame if isinstance(frame, SequenceFrame) else (frame, None)
             result: Result | None = None
-            if grey.shape != shape:  # another size is another source: its box is not ours
-                box, shape = None, grey.shape
+            # Another sequence, or another size (another source): the last box is not about
+            # this picture. Within one run of `segment --track`, the next subject's first frame
+            # was reported with the last subject's box, score and mask.
+            if grey.shape != shape or this_sequence != sequence:
+                box, shape, sequence = None, grey.shape, this_sequence
             if box is not None and since_detection < options.detect_every:
                 tracked, prob = cascade.run_crop(grey, box)
                 if (confident(prob, threshold, options) and last_mask is not None

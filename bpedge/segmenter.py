@@ -23,9 +23,9 @@ import numpy as np
 from bpedge._cascade_spec import CascadeSpec
 from bpedge._frames import as_grey_frame, host_array
 from bpedge._result import Result, with_valid_score
-from bpedge._tracking import TrackOptions
+from bpedge._tracking import SequenceFrame, TrackOptions
 from bpedge.bundle import OPEN_ATTEMPTS, Bundle, BundleError
-from bpedge.sources import SourceFrame
+from bpedge.sources import SourceFrame, sequence_of
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; this stays a type-only import
@@ -239,7 +239,9 @@ class Segmenter:
         :class:`~bpedge.sources.SourceFrame` objects (what :func:`bpedge.sources.open_frames`
         yields); their name, timestamp and mm spacing go into the results.
 
-        ``track`` (CPU backends; frames of one video, in order): while the segmentation stays
+        ``track`` (CPU backends; frames of one sequence, in order; a SourceFrame carries its
+        sequence, :func:`bpedge.sources.sequence_of`, and a new one starts with the detector;
+        plain arrays are one sequence): while the segmentation stays
         confident, inside its crop and where the last mask was (IoU at least
         ``TrackOptions.min_overlap``), the next frame is cropped where the last mask was and
         the detector is skipped; it runs every ``detect_every`` frames and whenever confidence
@@ -271,7 +273,7 @@ class Segmenter:
         # Each frame's own grey copy and metadata wait here until its result comes back (in order).
         held: deque[tuple[np.ndarray, SourceFrame | None]] = deque()
 
-        def owned_frames() -> Iterator[np.ndarray]:
+        def owned_frames() -> Iterator[Any]:
             # The one place every backend's stream gets its frames from. A failure here ends the
             # input cleanly, so the backend delivers what it has in flight; it is raised after.
             try:
@@ -283,7 +285,12 @@ class Segmenter:
                         return
                     grey, meta = _take(frame)
                     held.append((grey, meta))
-                    yield grey
+                    if track is not None and meta is not None:
+                        # A SourceFrame says which video, subject or folder it is from: a
+                        # track ends where its sequence does.
+                        yield SequenceFrame(grey, sequence_of(meta))
+                    else:
+                        yield grey
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the drained results
                 failure.append(exc)
 

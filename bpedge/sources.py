@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -100,6 +100,21 @@ class SourceFrame:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         # So anything that takes an array (cv2, np.asarray) takes a SourceFrame too.
         return self.image if dtype is None else self.image.astype(dtype)
+
+
+#: A Kaggle-layout frame's stem: subject, then the frame's number in that subject's scan.
+_KAGGLE_STEM = re.compile(r"^(?P<subject>\d+)_\d+$")
+
+
+def sequence_of(frame: SourceFrame) -> Hashable:
+    """Which sequence ``frame`` belongs to, for tracking (a track never crosses sequences): the
+    frames of one video, DICOM cine or live source are one; still images are one per folder,
+    and one per subject in a Kaggle-layout folder (``SUBJECT_N`` stems)."""
+    if frame.timestamp is not None:
+        return ("input", frame.source)
+    path = Path(frame.source)
+    kaggle = _KAGGLE_STEM.match(path.stem)
+    return ("stills", str(path.parent), kaggle["subject"] if kaggle else None)
 
 
 @dataclass(frozen=True)

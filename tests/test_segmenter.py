@@ -127,3 +127,33 @@ def test_fp16_models_run_and_stay_close(tiny_bundle, frames):
         for f in frames[:3]:
             a, b = s16(f), s32(f)
             assert abs(a.score - b.score) < 0.02
+
+
+def test_a_tracked_stream_of_source_frames_tells_the_tracker_each_frames_sequence(
+        seg, phantom_dir, monkeypatch):
+    # open_frames gives a Kaggle folder's subjects one after another, all one size: the tracker
+    # must know where each subject starts (tests/test_tracking.py: a new sequence ends the
+    # track), or the next subject's first frame inherits the last subject's box and score.
+    from bpedge._tracking import SequenceFrame
+    from bpedge.sources import open_frames, sequence_of
+
+    seen = []
+    real = HostCascade.stream
+
+    def spy(self, greys, depth, track=None):
+        def watched():
+            for item in greys:
+                seen.append(item)
+                yield item
+        return real(self, watched(), depth, track)
+
+    monkeypatch.setattr(HostCascade, "stream", spy)
+    frames = list(open_frames(phantom_dir))
+    results = list(seg.stream(iter(frames), track=True))
+    assert [r.name for r in results] == [f.name for f in frames]
+    assert all(isinstance(item, SequenceFrame) for item in seen)
+    assert [item.sequence for item in seen] == [sequence_of(f) for f in frames]
+    subjects = {f.name.split("_")[0] for f in frames}
+    assert len(subjects) >= 2 and len({item.sequence for item in seen}) == len(subjects)
+    for item, frame in zip(seen, frames):
+        np.testing.assert_array_equal(item.grey, frame.image)

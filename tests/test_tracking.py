@@ -210,3 +210,37 @@ def test_tracked_crops_keep_the_size_of_the_detections_crop(widen: int):
     centres = [((r.box[0] + r.box[2]) / 2, (r.box[1] + r.box[3]) / 2) for r in tracked]
     assert all(abs(x - (detected[0] + detected[2]) / 2) <= 1 and
                abs(y - (detected[1] + detected[3]) / 2) <= 1 for x, y in centres), centres
+
+
+@pytest.mark.parametrize("second", ["another subject", "another folder", "another video"])
+def test_no_track_crosses_from_one_sequence_into_the_next(second):
+    """`segment --track` ran every source through one stream: the next subject's first frame,
+    the same size, was cropped where the last subject's BP had been and reported with that
+    subject's score, without the detector ever looking at it (here the disc is where the last
+    one was, so the crop stays confident and only the sequence can end the track)."""
+    from bpedge._tracking import SequenceFrame
+    from bpedge.sources import SourceFrame, sequence_of
+
+    def stills(folder, subject):
+        return [SourceFrame(disc_frame(50 + 2 * i, 60), f"{subject}_{i + 1}",
+                            source=f"{folder}/{subject}_{i + 1}.tif") for i in range(4)]
+
+    def video(path):
+        return [SourceFrame(disc_frame(50 + 2 * i, 60), f"v_f{i:06d}", index=i, timestamp=i / 10,
+                            source=path) for i in range(4)]
+
+    first = video("a.avi") if second == "another video" else stills("data", "1")
+    later = {"another subject": stills("data", "2"), "another folder": stills("other", "1"),
+             "another video": video("b.avi")}[second]
+    later = [dataclasses.replace(f, image=disc_frame(56, 60)) for f in later]
+    assert len({sequence_of(f) for f in first}) == 1 and len({sequence_of(f) for f in later}) == 1
+    assert sequence_of(first[0]) != sequence_of(later[0])
+    models = Models()
+    cascade = HostCascade(models.detector, models.segmenter, SPEC)
+    frames = [SequenceFrame(f.image, sequence_of(f)) for f in [*first, *later]]
+    results = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100)))
+    assert models.detector_calls == 2  # the first frame of each sequence, and no other
+    assert "detector" in results[len(first)].timings
+    # Plain arrays are one sequence: the same frames track through (the rule above is what ends it).
+    _, calls = run([f.image for f in [*first, *later]], TrackOptions(detect_every=100))
+    assert calls == 1
