@@ -24,6 +24,7 @@ already yielded stay valid, so a caller keeps what was done.
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import logging
 import os
@@ -419,12 +420,30 @@ def _truth_beside(path: Path) -> Path | None:
     for tag in ("_mask", "_MASK"):
         for other in suffixes:
             candidate = path.with_name(f"{path.stem}{tag}{other}")
-            if candidate.is_file():
-                return candidate
+            try:
+                if candidate.is_file():
+                    return candidate
+            except OSError as exc:
+                # A frame named near the 255-byte limit has no mask name that fits beside it
+                # (is_file raised, and a whole run failed over a good frame).
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
     return None
 
 
 _FRAME_NAME = re.compile(r"^(?P<stem>.*)_f\d{6}$")
+
+
+#: Longest stem (UTF-8 bytes) that leaves a frame's output file name within the 255 bytes most
+#: file systems allow: a still's ``STEM.png``, a video's ``STEM_fNNNNNNN.png`` (up to 7 digits).
+_MAX_STILL_STEM = 255 - len(".png")
+_MAX_FRAMES_STEM = 255 - len("_f0000000.png")
+
+
+def _cut(stem: str, limit: int) -> str:
+    """``stem`` cut to ``limit`` UTF-8 bytes (whole characters)."""
+    data = stem.encode("utf-8", "surrogateescape")
+    return stem if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 def _unique_stems(inputs: list[_Input]) -> list[_Input]:
@@ -436,9 +455,10 @@ def _unique_stems(inputs: list[_Input]) -> list[_Input]:
     used: set[str] = set()
     out = []
     for item in inputs:
-        stem, k = item.stem, 2
+        limit = _MAX_STILL_STEM if item.kind == "image" else _MAX_FRAMES_STEM
+        stem, k = _cut(item.stem, limit), 2
         while stem.casefold() in used or (item.kind != "image" and stem.casefold() in framed):
-            stem, k = f"{item.stem}-{k}", k + 1
+            stem, k = _cut(item.stem, limit - len(f"-{k}")) + f"-{k}", k + 1
         used.add(stem.casefold())
         out.append(item if stem == item.stem else _Input(item.kind, item.label, stem,
                                                          item.target, item.api))

@@ -65,6 +65,36 @@ def test_segment_writes_every_table_for_hostile_names(tiny_bundle, phantom_dir, 
     assert len(list((out / "overlays").iterdir())) == len(names)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="255-byte names: POSIX file systems")
+def test_names_at_the_255_byte_limit_are_segmented(tiny_bundle, phantom_dir, tmp_path):
+    """A still named with 251 bytes failed the whole run: the look-up of its mask beside it
+    (STEM_mask.tif, 256 bytes) raised; a video named with 250 bytes gave frame outputs
+    (STEM_fNNNNNN.png) too long to write. Output stems are cut to fit, each still unique."""
+    import cv2
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    still = folder / ("x" * 247 + ".tif")  # 251 bytes
+    shutil.copy(phantom_dir / "1_1.tif", still)
+    shutil.copy(phantom_dir / "1_2.tif", folder / ("x" * 247 + ".png"))  # the same stem
+    frame = cv2.imread(str(phantom_dir / "1_1.tif"), cv2.IMREAD_GRAYSCALE)
+    video = tmp_path / ("v" * 246 + ".avi")  # 250 bytes (a folder source reads images only)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                             frame.shape[::-1])
+    for _ in range(2):
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(folder), str(video),
+                                         "--out", str(out), *BASE])
+    assert result.exit_code == 0, result.output
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert len(masks) == 4 and len(set(n.casefold() for n in masks)) == 4
+    assert all(len(os.fsencode(n)) <= 255 for n in masks)
+    with (out / "results.csv").open(encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
 # --- Markdown reports (experiment's report.md, demo's summary.md) --------------------------------
 
 #: A path that, written into Markdown as it is, ends a code span or block, adds a table row, a
