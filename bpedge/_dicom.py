@@ -16,6 +16,7 @@ when a region measures space in cm, else Pixel Spacing (0028,0030, mm, row spaci
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bpedge._frames import MAX_SIDE, as_grey_frame
+from bpedge._frames import MAX_SIDE, MAX_SPACING_MM, as_grey_frame, plausible_fps
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -97,7 +98,7 @@ def _region_spacing(ds: Any) -> tuple[float, float] | None:
         dy = getattr(region, "PhysicalDeltaY", None)
         if ux != _UNITS_CM or uy != _UNITS_CM or dx is None or dy is None:
             continue
-        if not (float(dx) > 0 and float(dy) > 0):
+        if not (_plausible_mm(float(dx) * 10.0) and _plausible_mm(float(dy) * 10.0)):
             continue
         # The B-mode (2D) region first: a Doppler strip beside it may also be in cm.
         rank = 0 if getattr(region, "RegionSpatialFormat", None) == _SPATIAL_2D else 1
@@ -106,6 +107,12 @@ def _region_spacing(ds: Any) -> tuple[float, float] | None:
         return None
     _, dx_mm, dy_mm = min(candidates, key=lambda c: c[0])
     return dx_mm, dy_mm
+
+
+def _plausible_mm(value: float) -> bool:
+    """A pixel spacing a header may give (finite, in (0, MAX_SPACING_MM] mm): any other is read
+    as no calibration (areas and sizes in pixels only)."""
+    return math.isfinite(value) and 0 < value <= MAX_SPACING_MM
 
 
 def _declared_frames(ds: Any) -> int:
@@ -122,14 +129,16 @@ def read_info(ds: Any) -> DicomInfo:
     source: str | None = "ultrasound region" if spacing else None
     if spacing is None and getattr(ds, "PixelSpacing", None) is not None:
         row, col = (float(v) for v in ds.PixelSpacing)  # PS3.3 10.7.1.3: row spacing first
-        if row > 0 and col > 0:
+        if _plausible_mm(row) and _plausible_mm(col):
             spacing, source = (col, row), "PixelSpacing"
+    # A rate no cine has (negative, zero, infinite, past MAX_FPS) is read as none: a CineRate of
+    # -25 gave negative timestamps, a Frame Time of 1e-9 ms 1e12 fps for the video writer.
     fps = None
     frame_time = getattr(ds, "FrameTime", None)  # ms between frames
     if frame_time is not None and float(frame_time) > 0:
-        fps = 1000.0 / float(frame_time)
+        fps = plausible_fps(1000.0 / float(frame_time))
     elif getattr(ds, "CineRate", None):
-        fps = float(ds.CineRate)
+        fps = plausible_fps(float(ds.CineRate))
     return DicomInfo(frames=_declared_frames(ds), spacing_mm=spacing,
                      spacing_from=source, fps=fps,
                      photometric=str(getattr(ds, "PhotometricInterpretation", "")))

@@ -3,6 +3,7 @@ once, and turned into a contiguous uint8 (H, W) grey frame or a ValueError that 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,22 @@ import numpy as np
 #: Frames larger than this on either side are refused: no ultrasound frame is, and a mistaken
 #: (e.g. transposed video tensor) input would otherwise allocate gigabytes.
 MAX_SIDE = 8192
+
+#: Highest frame rate (frames per second) taken from a source's header or ``--video-fps``: no
+#: ultrasound cine runs faster, and a header's 1e12 (a DICOM Frame Time of 1e-9 ms) reached the
+#: video writer, which failed on it.
+MAX_FPS = 1000.0
+
+#: Largest pixel spacing (mm per pixel) taken from a DICOM header: a frame 10 m wide at 100
+#: pixels; an infinite or overflowing one gave areas of NaN mm2 and boxes of Infinity mm, which
+#: are not JSON.
+MAX_SPACING_MM = 100.0
+
+
+def plausible_fps(fps: float) -> float | None:
+    """``fps`` when it is a frame rate a source can have (finite, in (0, :data:`MAX_FPS`]),
+    else None (the rate is unknown)."""
+    return fps if math.isfinite(fps) and 0 < fps <= MAX_FPS else None
 
 
 def as_grey_frame(frame: Any) -> np.ndarray:

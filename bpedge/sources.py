@@ -371,9 +371,11 @@ def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
 def _capture_fps(capture: Any) -> float | None:
     import cv2
 
+    from bpedge._frames import plausible_fps
+
     get = getattr(capture, "get", None)
     fps = float(get(cv2.CAP_PROP_FPS)) if get is not None else 0.0
-    return fps if fps > 0 and np.isfinite(fps) else None
+    return plausible_fps(fps)
 
 
 def _check_declared_size(capture: Any, label: str) -> None:

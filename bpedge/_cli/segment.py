@@ -14,9 +14,11 @@ from typing import Annotated
 import typer
 
 from bpedge._cli._errors import CommandFailed, UsageError, command_errors
+from bpedge._frames import MAX_FPS
 
-#: Highest --video-fps: above any ultrasound frame rate, and far below what stalls OpenCV's writer.
-MAX_VIDEO_FPS = 1000.0
+#: Highest --video-fps (and frame rate read from a source): above any ultrasound frame rate, and
+#: far below what stalls OpenCV's writer.
+MAX_VIDEO_FPS = MAX_FPS
 
 _EPILOG = """Examples:
 

@@ -51,6 +51,35 @@ def test_ultrasound_region_spacing_wins_over_pixel_spacing(dicom_writer, tmp_pat
     assert info.spacing_from == "ultrasound region"
 
 
+@pytest.mark.parametrize("header", [
+    {"regions": [{"RegionSpatialFormat": 1, "PhysicalUnitsXDirection": 3,
+                  "PhysicalUnitsYDirection": 3, "PhysicalDeltaX": float("inf"),
+                  "PhysicalDeltaY": 0.01}]},
+    {"pixel_spacing": (1e200, 1e200)},
+    {"pixel_spacing": (float("nan"), 0.1)},
+    {"frame_time_ms": 1e-9},
+    {"cine_rate": -25},
+    {"cine_rate": 5000},
+])
+def test_header_values_no_cine_can_have_are_read_as_absent(dicom_writer, tmp_path, header):
+    """An infinite or overflowing spacing gave areas of NaN mm2 and boxes of Infinity mm in
+    results.jsonl (not JSON); a CineRate of -25 negative timestamps; a Frame Time of 1e-9 ms
+    1e12 fps, on which the video writer failed. The picture is read, uncalibrated."""
+    import pydicom
+
+    write, picture = dicom_writer
+    grey = np.stack([_bgr_grey(picture(seed=k)) for k in range(2)])
+    rate = header.pop("cine_rate", None)
+    path = write(tmp_path / "odd.dcm", grey, "MONOCHROME2", **header)
+    if rate is not None:
+        ds = pydicom.dcmread(path)
+        ds.CineRate = rate
+        ds.save_as(path)
+    info, frames = iter_dicom_frames(path)
+    assert info.spacing_mm is None and info.fps is None
+    assert len(list(frames)) == 2
+
+
 def test_no_calibration_gives_no_spacing(dicom_writer, tmp_path):
     write, picture = dicom_writer
     path = write(tmp_path / "plain.dcm", _bgr_grey(picture())[None], "MONOCHROME2")
