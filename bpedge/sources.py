@@ -129,7 +129,7 @@ class _Input:
 
 def _natural_key(path: Path) -> list[object]:
     # "2_10" after "2_9": Kaggle names and numbered exports sort the way people expect.
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+    return [int(t) if t.isdecimal() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
 def _redact(url: str) -> str:
@@ -180,17 +180,29 @@ def _folder_inputs(paths: list[Path], where: str) -> list[_Input]:
     return inputs
 
 
+#: Largest capture device index: OpenCV's VideoCapture takes a C int (a larger one raised
+#: OpenCV's seven-line overload error).
+_MAX_DEVICE_INDEX = 2**31 - 1
+
+
 def resolve(source: str | os.PathLike[str] | int | Capture) -> list[_Input]:
     """Classify one source argument (see the module docstring) into the inputs it names. Raises
     FileNotFoundError for a path that does not exist and ValueError for anything unusable."""
     if isinstance(source, bool):
         raise TypeError(f"source must be a path, device index, URL or capture, got {source!r}")
     if isinstance(source, int):
+        if not 0 <= source <= _MAX_DEVICE_INDEX:
+            raise ValueError(f"capture device {source}: an index must be in [0, "
+                             f"{_MAX_DEVICE_INDEX}] (OpenCV takes a C int)")
         return [_Input("live", f"capture device {source}", f"camera{source}", source)]
     if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
         name = type(source).__name__
         return [_Input("live", f"capture {name}", "capture", source)]
     text = os.fspath(source)
+    if not text.strip():
+        # Path("") is the current folder: an unset "$SRC" would segment whatever is there.
+        raise ValueError("an empty source: give a file, folder, glob, device index, URL or "
+                         "GStreamer pipeline")
     path = Path(text)
     if path.exists():
         if path.is_dir():
@@ -201,8 +213,12 @@ def resolve(source: str | os.PathLike[str] | int | Capture) -> list[_Input]:
                              f"{', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES)}; "
                              f"DICOM: {', '.join(DICOM_SUFFIXES)}")
         return [found]
-    if text.isdigit():
-        return [_Input("live", f"capture device {text}", f"camera{text}", int(text))]
+    if text.isascii() and text.isdecimal():  # not "²", which isdigit() but int() refuses
+        index = int(text)
+        if index > _MAX_DEVICE_INDEX:
+            raise ValueError(f"capture device {text}: no device has an index past "
+                             f"{_MAX_DEVICE_INDEX} (OpenCV takes a C int)")
+        return [_Input("live", f"capture device {text}", f"camera{text}", index)]
     if _URL.match(text):
         import cv2
 
@@ -250,6 +266,12 @@ def _read_still_bytes(path: Path, what: str) -> bytes:
         return read_regular_file(path, MAX_IMAGE_FILE_BYTES)
     except NotARegularFile as exc:
         raise ValueError(f"{what}{exc}: only regular image files are read") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        # A link loop, a file without read permission: the file is named and refused like a
+        # damaged one (skipped with --on-error skip), not a crash of the run.
+        raise ValueError(f"{what}{path} cannot be read ({exc.strerror or exc})") from None
 
 
 def decode_still_frame(path: Path, data: bytes) -> np.ndarray:

@@ -221,3 +221,29 @@ def test_closing_after_a_peek_releases_the_capture_and_drops_the_frame(monkeypat
     assert stream.peek() is not None and capture.reads == 1
     stream.close()
     assert capture.released and list(stream) == []
+
+
+@pytest.mark.parametrize("source,error,words", [
+    ("", ValueError, "an empty source"),  # Path("") is the current folder
+    ("   ", ValueError, "an empty source"),
+    ("99999999999999999999", ValueError, "no device has an index past 2147483647"),
+    (2**40, ValueError, r"an index must be in \[0, 2147483647\]"),
+    (-1, ValueError, r"an index must be in \[0, 2147483647\]"),
+    ("²", FileNotFoundError, "does not exist"),  # isdigit(), but no int
+])
+def test_sources_no_capture_can_be_opened_from_are_refused_by_name(tmp_path, monkeypatch,
+                                                                     source, error, words):
+    monkeypatch.chdir(tmp_path)  # an empty source must not become this folder
+    (tmp_path / "1_1.png").write_bytes(b"")
+    with pytest.raises(error, match=words):
+        sources.resolve(source)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="needs symbolic links")
+def test_an_image_that_cannot_be_read_is_named_not_a_crash(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "a.png").symlink_to("b.png")  # a loop: open() fails with ELOOP
+    (folder / "b.png").symlink_to("a.png")
+    with pytest.raises(ValueError, match=r"a\.png cannot be read \(Too many levels"):
+        next(open_frames(folder))
