@@ -54,6 +54,8 @@ def _with_int8_pointing_at(src, dst, precision: str):
         copy = f"{name}.{precision}.as_{other}.onnx"
         shutil.copyfile(dst / ref["file"], dst / copy)
         entry["onnx"][other] = {**ref, "file": copy}
+    for engine in manifest["engines"]:  # unlisted, they would be files bpedge did not write
+        (dst / engine["file"]).unlink()
     manifest["engines"] = []
     (dst / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return dst
