@@ -8,7 +8,6 @@ way; each step is a function of its own (the demo times and resumes them one by 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +61,27 @@ def make_phantom(paths: TinyPaths, recipe: TinyRecipe, progress: bool = False) -
 
 
 def _common(paths: TinyPaths, recipe: TinyRecipe, progress: bool, run: Path) -> dict[str, Any]:
+    # A best.pt alone is what a kill between the first epoch's two checkpoint writes leaves:
+    # resuming restarts that epoch (bpedge.train's run folder rules); without --resume the
+    # trainer refused the folder, and a killed demo could not be run again.
+    resume = (run / "last.pt").is_file() or (run / "best.pt").is_file()
     return {"data": paths.data, "out": run, "preset": "tiny", "split": recipe.split,
             "seed": recipe.seed, "epochs": recipe.epochs, "limit": recipe.limit,
-            "progress": progress, "resume": (run / "last.pt").is_file()}
+            "progress": progress, "resume": resume}
+
+
+def _finished(run: Path, epochs: int | None) -> bool:
+    """Whether the run in ``run`` trained all ``epochs`` (None: the preset's, as its
+    config.json records them): its metrics list them, and its best.pt is there. A best.pt alone
+    may be a killed run's first epoch, and a run killed later has one too."""
+    import json
+
+    metrics, config = run / "metrics.json", run / "config.json"
+    if not ((run / "best.pt").is_file() and metrics.is_file() and config.is_file()):
+        return False
+    if epochs is None:
+        epochs = json.loads(config.read_text(encoding="utf-8"))["model"]["epochs"]
+    return len(json.loads(metrics.read_text(encoding="utf-8")).get("epochs", [])) >= epochs
 
 
 def train_tiny_detector(paths: TinyPaths, recipe: TinyRecipe, progress: bool = False) -> Path:
@@ -100,17 +117,14 @@ def export_tiny(paths: TinyPaths, *, include_checkpoints: bool = False, force: b
 
 def make_tiny_bundle(paths: TinyPaths, recipe: TinyRecipe, *, include_checkpoints: bool = False,
                      progress: bool = False) -> Path:
-    """Every step, each skipped when its output is complete; a run folder that training made
-    but that has no ``best.pt`` (stopped before its first epoch ended) is started again. A run
-    folder that training did not make is never removed: training refuses it (``OutDirRefused``).
+    """Every step, each skipped when its output is complete; a training run that did not train
+    all its epochs is resumed (one stopped before its first epoch ended starts again), never
+    exported half-trained. A run folder that training did not make is refused by training
+    (``OutDirRefused``), and nothing in one is removed but what training wrote there.
     Returns the bundle folder."""
-    from bpedge._out_dir import made_by
-
     make_phantom(paths, recipe, progress)
     for run, train in ((paths.detector, train_tiny_detector),
                        (paths.segmenter, train_tiny_segmenter)):
-        if not (run / "best.pt").is_file():
-            if not (run / "last.pt").is_file() and made_by(run, "train"):
-                shutil.rmtree(run)
+        if not _finished(run, recipe.epochs):
             train(paths, recipe, progress)
     return export_tiny(paths, include_checkpoints=include_checkpoints)
