@@ -498,6 +498,8 @@ class Frames(Iterator[SourceFrame]):
     def __init__(self, inputs: list[_Input], on_error: OnError,
                  on_skip: Callable[[str, str], None] | None) -> None:
         self._inputs = inputs
+        #: The files among the inputs (images, videos, DICOM), as given.
+        self.files: list[Path] = [i.target for i in inputs if isinstance(i.target, Path)]
         self.skipped: list[tuple[str, str]] = []
         self._on_error = on_error
         self._on_skip = on_skip

@@ -84,6 +84,17 @@ def output_names(sources: Sequence[FrameSource]) -> dict[Path, str]:
     return names
 
 
+def written_into(out: Path, path: Path) -> Path | None:
+    """The subfolder of ``out`` that segment clears and writes (``masks/``, ``overlays/``) that
+    ``path`` lies in (links resolved), or None."""
+    where = Path(os.path.realpath(path))
+    for sub in SUBFOLDERS:
+        folder = Path(os.path.realpath(out / sub))
+        if where == folder or folder in where.parents:
+            return out / sub
+    return None
+
+
 def _clear_earlier_run(out: Path, *, force: bool) -> None:
     """Clear what an earlier run left (only with ``force``, only segment's own entries). Raises
     :class:`OutDirRefused` (exit 2) naming what is in the way and what to do."""

@@ -169,10 +169,20 @@ def register(app: typer.Typer) -> None:
                              on_skip=report_skip)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
+        # masks/ and overlays/ are segment's, cleared by --force and written by every run: an
+        # input there was deleted by --force before it was read (the earlier run's overlays
+        # given as the frames), and a --save-video there made every later --force refuse.
+        for file in source.files:
+            if (cleared := output.written_into(out, file)) is not None:
+                raise UsageError(f"{file} is an input of this run, in {cleared}, which segment "
+                                 "clears and writes: copy the files elsewhere first")
         video = None
         if save_video is not None:
             if save_video.suffix.lower() not in (".mp4", ".m4v", ".mov", ".avi"):
                 raise UsageError(f"--save-video {save_video}: use a .mp4 or .avi name")
+            if (cleared := output.written_into(out, save_video)) is not None:
+                raise UsageError(f"--save-video {save_video} is in {cleared}, which segment "
+                                 "clears and writes: choose a name outside it")
             from bpedge._cli._segment_outputs import video_signature
             from bpedge._out_file import OutFile
 

@@ -399,3 +399,25 @@ def test_a_png_that_appeared_at_its_name_is_neither_overwritten_nor_removed(
     assert "overlays/1_2.png" in result.output and "appeared while segment ran" in result.output
     assert (out / "overlays" / "1_2.png").read_bytes() == b"theirs"
     assert _stems(out / "masks") == ["1_1"]
+
+
+@pytest.mark.parametrize("what", ["input", "video"])
+def test_nothing_this_run_reads_or_writes_may_lie_in_its_masks_or_overlays(tiny_bundle, kaggle,
+                                                                          tmp_path, what):
+    """An earlier run's overlays given as this run's frames were deleted by --force before they
+    were read (the earlier results and the inputs both lost); a --save-video inside masks/
+    made every later --force refuse the folder."""
+    out = tmp_path / "out"
+    first = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(kaggle), "--out",
+                                        str(out), *BASE])
+    assert first.exit_code == 0, first.output
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    if what == "input":
+        args = [str(out / "overlays"), "--out", str(out), "--force"]
+    else:
+        args = [str(kaggle), "--out", str(out), "--force", "--save-video",
+                str(out / "masks" / "x.mp4")]
+    again = runner.invoke(build_app(), ["segment", str(tiny_bundle), *args, *BASE])
+    assert again.exit_code == 2, again.output
+    assert "which segment clears and writes" in again.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
