@@ -101,7 +101,7 @@ class OvModel:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {threads}")
         if precision == "bf16" and "BF16" not in cpu_capabilities():
-            raise RuntimeError(f"{name}: this CPU has no native BF16 (OpenVINO's CPU capabilities: "
+            raise ValueError(f"{name}: this CPU has no native BF16 (OpenVINO's CPU capabilities: "
                              f"{list(cpu_capabilities())}); use precision 'fp32' or 'int8'")
         self.name = name
         self.output_names = list(output_names)

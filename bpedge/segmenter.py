@@ -106,7 +106,8 @@ class Segmenter:
             backend: ``"auto"`` takes TensorRT when TensorRT, a GPU and a matching engine are
                 there, else OpenVINO when it is installed (``bpedge[openvino]``) and runs the
                 precision, else ONNX Runtime, and logs which it took; ``"tensorrt"`` and
-                ``"openvino"`` raise ``RuntimeError`` saying why they cannot run;
+                ``"openvino"`` raise ``RuntimeError`` saying why they cannot run here, and any
+                backend a ``ValueError`` for a precision it (or this CPU) does not run;
                 ``"onnxruntime"`` always runs.
             precision: ``"fp32"``, ``"fp16"`` (ONNX Runtime, TensorRT), ``"bf16"`` (OpenVINO, on
                 CPUs with native BF16) or ``"int8"`` (the bundle's gated INT8 QDQ ONNX from
@@ -176,25 +177,39 @@ class Segmenter:
         from bpedge._onnxruntime import host_cascade
 
         if backend in ("auto", "openvino"):
-            from bpedge._openvino import default_precision, openvino_unavailable_reason
+            from bpedge._openvino import (
+                cpu_capabilities,
+                default_precision,
+                openvino_unavailable_reason,
+            )
 
             ov_reason = openvino_unavailable_reason()
             ov_precision = precision or (default_precision() if ov_reason is None else "fp32")
+            # A precision OpenVINO or this CPU does not run is the caller's choice, not a fault
+            # of the machine: a ValueError (exit 2 in the CLI), as ONNX Runtime's below.
+            refused = None
             if ov_reason is None and ov_precision not in _CPU_PRECISIONS["openvino"]:
-                ov_reason = f"OpenVINO runs {_CPU_PRECISIONS['openvino']}, not {ov_precision}"
-            if ov_reason is None:
+                refused = f"OpenVINO runs {_CPU_PRECISIONS['openvino']}, not {ov_precision!r}"
+            elif ov_reason is None and ov_precision == "bf16" and "BF16" not in cpu_capabilities():
+                refused = ("this CPU has no native BF16 (OpenVINO's CPU capabilities: "
+                           f"{list(cpu_capabilities())}); use precision 'fp32' or 'int8'")
+            if ov_reason is None and refused is None:
                 host = host_cascade(bundle, spec, "openvino", ov_precision, threads)
                 _log.info("bpedge: using OpenVINO (%s) from %s%s", ov_precision, bundle.root,
                           f"; TensorRT not used: {reason}" if reason else "")
                 return cls(host, spec, "openvino", ov_precision, reason)
             if backend == "openvino":
+                if refused is not None:
+                    raise ValueError(f"backend='openvino' cannot run this precision: {refused}")
                 raise RuntimeError(f"backend='openvino' cannot run: {ov_reason}")
+            ov_reason = ov_reason or refused
             reason = f"{reason}; OpenVINO not used: {ov_reason}" if reason else ov_reason
         ort_precision = precision or "fp32"
         if ort_precision not in _CPU_PRECISIONS["onnxruntime"]:
+            why = (f"; OpenVINO not used: {ov_reason}" if backend == "auto" and ov_reason
+                   else " (bf16 is an OpenVINO precision: pip install 'bpedge[openvino]')")
             raise ValueError(f"ONNX Runtime runs {_CPU_PRECISIONS['onnxruntime']}, not "
-                             f"{ort_precision!r} (bf16 is an OpenVINO precision: pip install "
-                             "'bpedge[openvino]')")
+                             f"{ort_precision!r}{why}")
         host = host_cascade(bundle, spec, "onnxruntime", ort_precision, threads)
         _log.info("bpedge: using ONNX Runtime (%s) from %s%s", ort_precision, bundle.root,
                   f"; TensorRT not used: {reason}" if reason else "")
