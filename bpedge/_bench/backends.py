@@ -87,7 +87,8 @@ def open_row(bundle: Bundle, choice: RowChoice, threads: int, max_batch: int) ->
                                          threads=threads, max_batch=max_batch)
         except (BundleError, ValueError, RuntimeError) as exc:
             raise RowUnavailable(str(exc).splitlines()[0].removeprefix(
-                "backend='openvino' cannot run: ")) from exc
+                "backend='openvino' cannot run: ").removeprefix(
+                "backend='openvino' cannot run this precision: ")) from exc
     try:
         return Segmenter.from_bundle(bundle, "tensorrt", precision=choice.precision,  # type: ignore[arg-type]
                                      max_batch=max_batch)
@@ -110,14 +111,36 @@ def _torch_segmenter(bundle: Bundle, precision: str, threads: int) -> Segmenter:
     if missing:
         raise RowUnavailable(f"the bundle carries no {' or '.join(missing)} checkpoint to run "
                              "in PyTorch (export it with --include-checkpoints)")
-    from bpedge.train.checkpoint import load_model
-
     torch.set_num_threads(threads)
-    detector, _ = load_model(bundle.verified_path(refs["detector"].file))  # type: ignore[union-attr]
-    segmenter, _ = load_model(bundle.verified_path(refs["segmenter"].file))  # type: ignore[union-attr]
     spec = CascadeSpec.from_manifest(bundle.manifest)
+    detector = _role_model(bundle, refs["detector"].file, "detector",  # type: ignore[union-attr]
+                           spec.detector_input_hw)
+    segmenter = _role_model(bundle, refs["segmenter"].file, "segmenter",  # type: ignore[union-attr]
+                            spec.crop_hw)
     cascade = HostCascade(torch_detector_runner(detector), torch_segmenter_runner(segmenter), spec)
     return Segmenter(cascade, spec, "torch", "fp32")
+
+
+def _role_model(bundle: Bundle, file: str, role: str, input_hw: tuple[int, int]) -> nn.Module:
+    """The checkpoint ``file`` (hash-checked) as the eval-mode model of ``role``, or
+    :class:`RowUnavailable` naming it when it is another kind of model or takes another input
+    size than the manifest's (its ONNX files are checked the same way at load): a U-Net in the
+    detector's place ran until its outputs failed to unpack, in a message naming no file."""
+    from bpedge.train.checkpoint import CheckpointError, load_model
+
+    path = bundle.verified_path(file)
+    try:
+        model, payload = load_model(path)
+    except CheckpointError as exc:
+        raise RowUnavailable(str(exc).splitlines()[0]) from exc
+    kind, arch = payload.get("kind"), payload.get("arch")
+    if kind != role:
+        raise RowUnavailable(f"{path} holds a {kind} checkpoint ({arch}), not the {role}")
+    hw = tuple(payload.get("input_hw") or ())
+    if hw != tuple(input_hw):
+        raise RowUnavailable(f"{path}: a {role} for {list(hw)} inputs, the manifest's takes "
+                             f"{list(input_hw)}")
+    return model
 
 
 def torch_detector_runner(model: nn.Module) -> Any:

@@ -101,3 +101,33 @@ def test_seconds_and_warm_up_run_for_about_that_long():
 def test_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RunSettings(**kwargs)
+
+
+@pytest.mark.parametrize("swap", ["segmenter in the detector's place",
+                                  "detector in the segmenter's place"])
+def test_the_pytorch_row_refuses_a_checkpoint_of_the_other_role(tiny_bundle, tmp_path, swap):
+    # Its hash fixed in the manifest, so only the checkpoint's content says what it is: a U-Net
+    # in the detector's place ran until its outputs failed to unpack, naming no file.
+    import json
+    import shutil
+
+    pytest.importorskip("torch")
+    from bpedge._bench.backends import RowChoice, RowUnavailable, open_row
+    from bpedge._manifest_fields import sha256_file
+    from bpedge.bundle import Bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    role, other = ("detector", "segmenter") if swap.startswith("segmenter") else (
+        "segmenter", "detector")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    target = bundle / manifest["models"][role]["checkpoint"]["file"]
+    shutil.copyfile(bundle / manifest["models"][other]["checkpoint"]["file"], target)
+    manifest["models"][role]["checkpoint"]["sha256"] = sha256_file(target)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(RowUnavailable, match=rf"{target.name} holds a {other} checkpoint"):
+        open_row(Bundle.open(bundle), RowChoice("torch", "fp32"), threads=1, max_batch=1)
+    # The bundle as exported opens its PyTorch row.
+    with open_row(Bundle.open(tiny_bundle), RowChoice("torch", "fp32"), threads=1,
+                  max_batch=1) as row:
+        assert row.backend == "torch"
