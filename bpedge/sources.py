@@ -366,6 +366,10 @@ def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
         fps = _capture_fps(capture)
         declared = _declared_count(capture)
         index = 0
+        # A video file's frame waits until the next one is read: a file cut short ends in a
+        # frame decoded from part of its data (a cut MJPEG AVI: 14-15 grey levels off on
+        # average), which must not be segmented as if whole.
+        waiting: SourceFrame | None = None
         while True:
             ok, frame = capture.read()
             if not ok:
@@ -378,12 +382,22 @@ def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
                                       "frame (is the codec supported?)")
                 if declared is not None and index < declared - 1:
                     raise SourceError(f"{item.label}: ended after {index} of the {declared} "
-                                      "frames it declares (truncated?)", index)
+                                      f"frames it declares (truncated?); frame {index - 1}, "
+                                      "read where the data ends, is not segmented (it may be "
+                                      "cut short too)", index - 1)
+                if waiting is not None:
+                    yield waiting
                 return
             stamp = (index / fps if fps else None) if item.kind == "video" else time.time()
-            yield SourceFrame(_grey(frame, item.label), f"{item.stem}_f{index:06d}", index, stamp,
-                              item.label, fps)
+            read = SourceFrame(_grey(frame, item.label), f"{item.stem}_f{index:06d}", index, stamp,
+                               item.label, fps)
             index += 1
+            if item.kind != "video":
+                yield read
+                continue
+            if waiting is not None:
+                yield waiting
+            waiting = read
     finally:
         release = getattr(capture, "release", None)
         if owned and release is not None:

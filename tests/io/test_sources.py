@@ -247,3 +247,36 @@ def test_an_image_that_cannot_be_read_is_named_not_a_crash(tmp_path):
     (folder / "b.png").symlink_to("a.png")
     with pytest.raises(ValueError, match=r"a\.png cannot be read \(Too many levels"):
         next(open_frames(folder))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.8])
+def test_a_video_cut_short_gives_only_whole_frames_then_says_where_it_ends(tmp_path, keep):
+    """The last frame OpenCV decodes from a cut file is decoded from part of its data (on a cut
+    MJPEG AVI, 14-15 grey levels off on average); it was segmented as if whole."""
+    rng = np.random.default_rng(3)
+    frames = [cv2.GaussianBlur(rng.integers(0, 255, (96, 128), dtype=np.uint8), (9, 9), 3)
+              for _ in range(16)]
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 96))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    reference = [f.image for f in open_frames(whole)]
+    assert len(reference) == 16
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    capture = cv2.VideoCapture(str(cut))
+    decoded = 0
+    while capture.read()[0]:
+        decoded += 1
+    capture.release()
+    assert 1 < decoded < 15  # the cut file ends early, its last decoded frame at the cut
+    got = []
+    with pytest.raises(SourceError, match=r"ended after .* of the 16 frames .* is not segmented"
+                       ) as info:
+        for frame in open_frames(cut):
+            got.append(frame.image)
+    assert len(got) == decoded - 1 == info.value.frames_read
+    for a, b in zip(got, reference):
+        np.testing.assert_array_equal(a, b)
