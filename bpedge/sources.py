@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import glob as _glob
 import logging
+import math
 import os
 import re
 import time
@@ -87,6 +88,14 @@ class SourceFrame:
         truth_path: a ground-truth mask beside the image in the Kaggle layout
             (``{stem}_mask{suffix}``, the suffix in either case, .tif and .tiff alike), when
             there is one.
+        sequence: which frames a track may run through (:func:`sequence_of`), set by
+            :func:`open_frames`: one video, DICOM cine or live source (by its place among the
+            inputs, so the same file given twice is two), or the stills of one folder (and of
+            one subject in a Kaggle-layout folder). None: told from the other fields.
+
+    A timestamp, frame rate or spacing that is not a finite positive number (timestamps: finite)
+    is refused with a ``ValueError``: it would reach the results as NaN or Infinity, which JSON
+    does not have.
     """
 
     image: np.ndarray
@@ -97,6 +106,19 @@ class SourceFrame:
     fps: float | None = None
     spacing_mm: tuple[float, float] | None = None
     truth_path: Path | None = None
+    sequence: Hashable = None
+
+    def __post_init__(self) -> None:
+        if self.timestamp is not None and not math.isfinite(self.timestamp):
+            raise ValueError(f"{self.name}: timestamp must be a finite number of seconds, got "
+                             f"{self.timestamp!r}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"{self.name}: fps must be a finite number > 0, got {self.fps!r}")
+        if self.spacing_mm is not None and not (
+                len(self.spacing_mm) == 2
+                and all(math.isfinite(v) and v > 0 for v in self.spacing_mm)):
+            raise ValueError(f"{self.name}: spacing_mm must be two finite numbers > 0 (mm per "
+                             f"pixel, x then y), got {self.spacing_mm!r}")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         # So anything that takes an array (cv2, np.asarray) takes a SourceFrame too.
@@ -108,12 +130,18 @@ _KAGGLE_STEM = re.compile(r"^(?P<subject>\d+)_\d+$")
 
 
 def sequence_of(frame: SourceFrame) -> Hashable:
-    """Which sequence ``frame`` belongs to, for tracking (a track never crosses sequences): the
-    frames of one video, DICOM cine or live source are one; still images are one per folder,
-    and one per subject in a Kaggle-layout folder (``SUBJECT_N`` stems)."""
+    """Which sequence ``frame`` belongs to, for tracking (a track never crosses sequences): its
+    ``sequence`` when :func:`open_frames` set it; for a SourceFrame made otherwise, the frames of
+    one timed input (video, cine, live: ``timestamp`` set) are one per ``source``, and stills one
+    per folder, and one per subject in a Kaggle-layout folder (``SUBJECT_N`` stems)."""
+    if frame.sequence is not None:
+        return frame.sequence
     if frame.timestamp is not None:
         return ("input", frame.source)
-    path = Path(frame.source)
+    return _still_sequence(Path(frame.source))
+
+
+def _still_sequence(path: Path) -> Hashable:
     kaggle = _KAGGLE_STEM.match(path.stem)
     return ("stills", str(path.parent), kaggle["subject"] if kaggle else None)
 
@@ -353,7 +381,7 @@ def _grey(frame: Any, label: str) -> np.ndarray:
     return grey.copy() if np.may_share_memory(grey, given) else grey
 
 
-def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
+def _capture_frames(item: _Input, sequence: Hashable) -> Iterator[SourceFrame]:
     owned = not hasattr(item.target, "read")
     target = str(item.target) if isinstance(item.target, Path) else item.target
     capture = _open_capture(target, item.api) if owned else item.target
@@ -390,7 +418,7 @@ def _capture_frames(item: _Input) -> Iterator[SourceFrame]:
                 return
             stamp = (index / fps if fps else None) if item.kind == "video" else time.time()
             read = SourceFrame(_grey(frame, item.label), f"{item.stem}_f{index:06d}", index, stamp,
-                               item.label, fps)
+                               item.label, fps, sequence=sequence)
             index += 1
             if item.kind != "video":
                 yield read
@@ -441,12 +469,15 @@ def _declared_count(capture: Any) -> int | None:
     return count if count > 0 else None
 
 
-def _dicom_frames(item: _Input) -> Iterator[SourceFrame]:
+def _dicom_frames(item: _Input, sequence: Hashable) -> Iterator[SourceFrame]:
     info, frames = iter_dicom_frames(item.target)
+    if info.frames == 1:  # a still, in a sequence with the other stills of its folder
+        sequence = _still_sequence(item.target)
     for index, image in enumerate(frames):
         name = item.stem if info.frames == 1 else f"{item.stem}_f{index:06d}"
         stamp = index / info.fps if info.fps else None
-        yield SourceFrame(image, name, index, stamp, item.label, info.fps, info.spacing_mm)
+        yield SourceFrame(image, name, index, stamp, item.label, info.fps, info.spacing_mm,
+                          sequence=sequence)
 
 
 def _truth_beside(path: Path) -> Path | None:
@@ -488,7 +519,8 @@ def _unique_stems(inputs: list[_Input]) -> list[_Input]:
     """Two inputs may share a stem (a/scan.png and b/scan.png): later ones get -2, -3... Names
     compare case-insensitively (a case-insensitive filesystem would merge A.png and a.png), and a
     video's frames (STEM_fNNNNNN) never take the name of an image called like one."""
-    framed = {m["stem"] for i in inputs if i.kind == "image"
+    # A DICOM file may hold one frame (named by its stem, as an image) or many: both counts.
+    framed = {m["stem"] for i in inputs if i.kind in ("image", "dicom")
               if (m := _FRAME_NAME.match(i.stem.casefold()))}
     used: set[str] = set()
     out = []
@@ -547,15 +579,16 @@ class Frames(Iterator[SourceFrame]):
         return total
 
     def _generate(self) -> Generator[SourceFrame, None, None]:
-        for item in self._inputs:
+        for position, item in enumerate(self._inputs):
             try:
                 if item.kind == "image":
                     yield SourceFrame(_read_image(item.target), item.stem, 0, None, item.label,
-                                      None, None, _truth_beside(item.target))
+                                      None, None, _truth_beside(item.target),
+                                      _still_sequence(item.target))
                 elif item.kind == "dicom":
-                    yield from _dicom_frames(item)
+                    yield from _dicom_frames(item, ("input", position))
                 else:
-                    yield from _capture_frames(item)
+                    yield from _capture_frames(item, ("input", position))
             except (ValueError, OSError, SourceError) as exc:
                 if self._on_error == "fail":
                     raise

@@ -116,8 +116,9 @@ def register(app: typer.Typer) -> None:
                                       "other file is refused, never overwritten.")
         ] = None,
         video_fps: Annotated[
-            float | None, typer.Option("--video-fps", help="Frame rate of --save-video when the "
-                                       "source declares none (stills, some cameras); default 10.")
+            float | None, typer.Option("--video-fps", help="Frame rate of --save-video; "
+                                       "default: the first frame's source's (10 for stills and "
+                                       "sources that declare none).")
         ] = None,
         on_error: Annotated[
             str, typer.Option("--on-error", help="fail: stop at the first unreadable input or "

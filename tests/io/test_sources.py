@@ -280,3 +280,46 @@ def test_a_video_cut_short_gives_only_whole_frames_then_says_where_it_ends(tmp_p
     assert len(got) == decoded - 1 == info.value.frames_read
     for a, b in zip(got, reference):
         np.testing.assert_array_equal(a, b)
+
+
+def _clip(path, n=3):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for k in range(n):
+        writer.write(np.full((48, 64, 3), 40 + 20 * k, np.uint8))
+    writer.release()
+    return path
+
+
+def test_each_input_is_its_own_sequence_even_the_same_file_twice(tmp_path, dicom_writer):
+    """Keyed by the label or by timestamps, the same video given twice was one sequence, and a
+    cine without a frame rate joined its folder's stills: a track ran from one into the other."""
+    from bpedge.sources import sequence_of
+
+    write, _ = dicom_writer
+    clip = _clip(tmp_path / "clip.avi")
+    cine = write(tmp_path / "cine.dcm", np.full((2, 48, 64), 90, np.uint8), "MONOCHROME2")
+    still = tmp_path / "1_1.png"
+    cv2.imwrite(str(still), np.full((48, 64), 70, np.uint8))
+    frames = list(open_frames(clip, clip, cine, still))
+    assert len(frames) == 9 and frames[6].timestamp is None  # the cine declares no frame rate
+    runs = [sequence_of(f) for f in frames]
+    assert runs[:3] == [runs[0]] * 3 and runs[3:6] == [runs[3]] * 3 and runs[6] == runs[7]
+    assert len({runs[0], runs[3], runs[6], runs[8]}) == 4
+
+
+def test_a_single_frame_dicom_named_like_a_video_frame_keeps_names_unique(tmp_path,
+                                                                         dicom_writer):
+    write, _ = dicom_writer
+    write(tmp_path / "clip_f000000.dcm", np.full((1, 48, 64), 90, np.uint8), "MONOCHROME2")
+    _clip(tmp_path / "clip.avi")
+    frames = list(open_frames(tmp_path / "clip_f000000.dcm", tmp_path / "clip.avi"))
+    names = [f.name for f in frames]
+    assert len(names) == 4 and len({n.casefold() for n in names}) == 4, names
+
+
+@pytest.mark.parametrize("field,value", [("timestamp", float("nan")), ("fps", float("inf")),
+                                         ("fps", -25.0), ("spacing_mm", (float("inf"), 0.1)),
+                                         ("spacing_mm", (0.1, 0.0))])
+def test_a_source_frame_refuses_values_json_cannot_hold(field, value):
+    with pytest.raises(ValueError, match=field):
+        SourceFrame(np.zeros((8, 8), np.uint8), "x", **{field: value})
