@@ -197,6 +197,14 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool,
     nothing; see :func:`remove_stale_temporaries` for the clean-up a killed run needs.
     """
     last, best = run_dir / "last.pt", run_dir / "best.pt"
+    # A finished or started run whose last.pt is gone (removed to save space: it is as large as
+    # best.pt) has nothing to resume from and must not be trained over: both commands say so,
+    # where each sent the user to the other.
+    lost_last = (not last.is_file() and best.is_file()
+                 and (run_dir / "metrics.json").exists())
+    if lost_last:
+        raise ValueError(f"{run_dir} holds best.pt but not last.pt, which a run continues from: "
+                         "its model is best.pt; to train again, choose a new --out folder")
     if not resume:
         held = [p.name for p in (last, best) if p.exists()]
         if held:
@@ -206,10 +214,10 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool,
             )
         return None
     if not last.is_file():
-        if best.is_file() and not (run_dir / "metrics.json").exists():
+        if best.is_file():
             # A kill between the first epoch's two checkpoint writes (best.pt, then last.pt;
-            # metrics come after both): nothing to resume, that epoch starts again, and the
-            # plain command pointed here.
+            # metrics come after both, see lost_last): nothing to resume, that epoch starts
+            # again, and the plain command pointed here.
             return None
         raise ValueError(f"--resume: {run_dir} has no last.pt to resume from; run without --resume")
     payload = load_checkpoint(last)

@@ -62,6 +62,13 @@ SPLIT_MODES = ("random", "subject")
 ON_ERROR = ("skip", "fail")
 
 
+#: Most DataLoader worker processes a run may ask for.
+MAX_WORKERS = 64
+#: Largest seed: NumPy's and torch's generators take 32-bit seeds (a larger one ended the run
+#: with "Overflow when unpacking long long").
+MAX_SEED = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Options every ``bpedge train`` command takes. ``None`` means "the preset's value"."""
@@ -99,10 +106,12 @@ class RunOptions:
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             # inf trained to NaN weights that were saved as best.pt
             raise ValueError(f"--lr must be positive and finite, got {self.lr}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if self.seed is not None and self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            # Each worker is a process holding a copy of the dataset: 99999999 forked until the
+            # machine ran out of memory, and the orphans kept the run folder locked.
+            raise ValueError(f"--workers must be in [0, {MAX_WORKERS}], got {self.workers}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if (self.folds is None) != (self.fold is None):
             raise ValueError("--folds and --fold go together (e.g. --folds 5 --fold 1)")
         if self.folds is not None and self.fold is not None:

@@ -44,6 +44,9 @@ def _train(*args: str | Path) -> tuple[int, str]:
         (["--gamma", "nan"], "--gamma must be finite and >= 0"),
         (["--on-error", "ignore"], "--on-error must be one of"),
         (["--device", "tpu"], "device must be 'cpu' or 'cuda'"),
+        # Each worker a process: 99999999 forked until the machine ran out of memory.
+        (["--workers", "99999999"], "--workers must be in [0, 64]"),
+        (["--seed", "99999999999999999999"], "--seed must be in [0, 4294967295]"),
     ],
 )
 def test_bad_common_options_exit_2(
@@ -93,6 +96,14 @@ def test_run_folder_is_not_overwritten_and_resume_checks_options(
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+    # last.pt removed (it is as large as best.pt): each command sent the user to the other
+    # ("pass --resume" / "no last.pt to resume from; run without --resume").
+    (out / "last.pt").unlink()
+    for extra in ([], ["--resume"]):
+        code, output = _train("segmenter", *common, "--epochs", "2", *extra)
+        assert code == 2 and "holds best.pt but not last.pt" in output, output
+        assert "new --out" in output
 
 
 def test_a_second_run_into_a_folder_a_run_is_writing_is_refused(phantom_dir: Path,

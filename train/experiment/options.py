@@ -114,8 +114,11 @@ class ExperimentOptions:
         if self.backbone_weights is not None and not self.backbone_weights.is_file():
             raise FileNotFoundError(f"--backbone-weights file {self.backbone_weights} does not "
                                     "exist")
-        if self.pixel_spacing_mm is not None and not self.pixel_spacing_mm > 0:
-            raise ValueError(f"--pixel-spacing-mm must be positive, got {self.pixel_spacing_mm}")
+        if self.pixel_spacing_mm is not None and not (
+                math.isfinite(self.pixel_spacing_mm) and self.pixel_spacing_mm > 0):
+            # inf was taken, and study.json got Infinity, which JSON does not have.
+            raise ValueError(f"--pixel-spacing-mm must be a finite number > 0, got "
+                             f"{self.pixel_spacing_mm}")
         if not self.data.exists():
             raise FileNotFoundError(f"--data folder {self.data} does not exist")
         if self.out.exists() and not self.out.is_dir():

@@ -381,6 +381,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
         raise ValueError(f"{path} is not a state_dict (a mapping of names to tensors)")
+    # Weights of NaN or Infinity trained into "training loss became nan ... lower --lr" (exit 1,
+    # blaming the rate): refused here, naming the file, before any work.
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if broken:
+        raise ValueError(f"{path} holds values that are not finite numbers (NaN or Infinity) in "
+                         f"{len(broken)} tensor(s), e.g. {broken[0]!r}: not usable weights")
     return dict(state)
 
 
@@ -395,8 +401,10 @@ def load_detector_weights(model: RetinaNetDetector, path: str | Path) -> None:
         else:
             _load_backbone_state(model.backbone.get_submodule("body"), dict(state), path)
     except RuntimeError as exc:  # load_state_dict's report of missing keys or shape mismatches
+        # torch's report runs over several lines (the CLI prints errors as one).
+        report = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise ValueError(
-            f"{path} does not fit this detector (another backbone or preset?): {exc}"
+            f"{path} does not fit this detector (another backbone or preset?): {report}"
         ) from None
 
 

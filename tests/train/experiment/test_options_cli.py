@@ -131,8 +131,9 @@ def test_subject_split_is_the_default_and_folds_name_their_splits(tmp_path: Path
         _opts(tmp_path, split="random", folds=3).check()
     with pytest.raises(FileNotFoundError, match="--backbone-weights"):
         _opts(tmp_path, backbone_weights=tmp_path / "missing.pt").check()
-    with pytest.raises(ValueError, match="--pixel-spacing-mm"):
-        _opts(tmp_path, pixel_spacing_mm=0.0).check()
+    for spacing in (0.0, float("inf"), float("nan")):  # inf was taken: Infinity in study.json
+        with pytest.raises(ValueError, match="--pixel-spacing-mm"):
+            _opts(tmp_path, pixel_spacing_mm=spacing).check()
 
 
 def test_backbone_weights_reach_every_detector_run(tmp_path: Path, monkeypatch) -> None:

@@ -220,8 +220,9 @@ def test_a_torchvision_resnet_state_dict_loads_as_the_backbone_with_a_grey_stem(
 def test_weights_that_fit_neither_detector_nor_backbone_are_refused(tmp_path):
     paper_sized = tmp_path / "resnet18_detector.pt"
     torch.save(build_detector(dataclasses.replace(TINY, backbone="resnet18")).state_dict(), paper_sized)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not fit") as refused:
         build_detector(TINY, weights=paper_sized)
+    assert "\n" not in str(refused.value)  # the CLI prints an error as one line
     stranger = tmp_path / "stranger.pt"
     torch.save({"encoder.weight": torch.zeros(3)}, stranger)
     with pytest.raises(ValueError, match="neither"):
@@ -232,6 +233,19 @@ def test_weights_that_fit_neither_detector_nor_backbone_are_refused(tmp_path):
         load_detector_weights(build_detector(TINY), not_a_state_dict)
     with pytest.raises(FileNotFoundError):
         build_detector(TINY, weights=tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_numbers_are_refused_naming_the_file(tmp_path, value):
+    # Right names and shapes, values NaN or Infinity: they trained into "training loss became
+    # nan; lower --lr or check the data", blaming the rate, after the run folder was made.
+    state = build_detector(TINY).state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], value)
+    path = tmp_path / "broken.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"broken\.pt holds values that are not finite.*{name}"):
+        build_detector(TINY, weights=path)
 
 
 def test_parameter_counts_of_the_tiny_and_paper_detectors():
