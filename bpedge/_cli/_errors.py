@@ -8,6 +8,7 @@ refusal of the user's input or set-up says what to do, and its traceback would a
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -71,6 +72,12 @@ def command_errors(fn: F) -> F:
         except ModuleNotFoundError as exc:
             advice = missing_extra(exc)
             _fail(exc if advice is None else CommandFailed(advice), 1, expected=advice is not None)
+        except OSError as exc:
+            # A path the system refuses as written (a part past 255 bytes) is bad input, named
+            # by the error; any other OSError is the run failing.
+            if exc.errno == errno.ENAMETOOLONG:
+                _fail(exc, 2, expected=True)
+            _fail(exc, 1, expected=_is_expected(exc))
         except Exception as exc:  # noqa: BLE001 - the CLI boundary: any other failure is exit 1
             _fail(exc, 1, expected=_is_expected(exc))
 
