@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,11 @@ from bpedge._manifest_fields import BundleError
 
 _FORMAT = "bpedge-bundle-journal"
 _MAX_BYTES = 64 * 1024
+
+
+#: The characters of a temporary name's random part, as mkstemp uses them (so
+#: bpedge._atomic.TEMPORARY_NAME matches).
+_RANDOM_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 class Journal:
@@ -81,14 +86,24 @@ class Journal:
     # --- temporary files ---------------------------------------------------------------------
 
     def new_temporary(self, target: str) -> tuple[int, Path]:
-        """A new temporary file for ``target`` (mkstemp: an unused name), listed before it is
-        written into. Returns its open descriptor and path."""
-        fd, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=self._root)
-        path = Path(name)
+        """A new temporary file for ``target``, listed by name before it exists and by inode
+        before it is written into (a kill between mkstemp and the listing left an empty file
+        nobody could prove was a writer's, kept for ever). Returns its open descriptor and
+        path."""
+        while True:
+            random = "".join(secrets.choice(_RANDOM_CHARACTERS) for _ in range(8))
+            path = self._root / f".{target}.{random}.tmp"
+            if not os.path.lexists(path):
+                break
+        entry: dict[str, Any] = {"name": path.name}
+        self._state.setdefault("temporaries", []).append(entry)
+        self._save()
+        # O_EXCL: a file that took the name since is never opened; 0600 as mkstemp made them.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             info = os.fstat(fd)
-            listed = self._state.setdefault("temporaries", [])
-            listed.append({"name": path.name, "dev": info.st_dev, "ino": info.st_ino})
+            entry.update(dev=info.st_dev, ino=info.st_ino)
             self._save()
         except BaseException:
             os.close(fd)
@@ -104,8 +119,7 @@ class Journal:
         if not isinstance(listed, list) or not listed:
             return
         for entry in listed:
-            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-                    and type(entry.get("dev")) is int and type(entry.get("ino")) is int):
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
                 continue
             found = TEMPORARY_NAME.fullmatch(entry["name"])
             if found is None or not is_target(found.group("name")):
@@ -115,8 +129,13 @@ class Journal:
                 info = os.lstat(path)
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == (entry["dev"],
-                                                                             entry["ino"]):
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if type(entry.get("dev")) is int and type(entry.get("ino")) is int:
+                ours = (info.st_dev, info.st_ino) == (entry["dev"], entry["ino"])
+            else:
+                ours = info.st_size == 0  # killed between creating it and listing its inode
+            if ours:
                 path.unlink(missing_ok=True)
         self._state["temporaries"] = []
         self._save()

@@ -493,6 +493,36 @@ def test_a_writer_killed_while_replacing_an_engine_leaves_it_replaceable(tmp_pat
     assert (root / ".bpedge.lock").read_bytes() == b""  # the journal is empty once done
 
 
+@pytest.mark.parametrize("bytes_there,removed", [(b"", True), (b"half a plan", False)])
+def test_a_writer_killed_before_listing_its_temporarys_inode_leaves_it_removable(
+        tmp_path, monkeypatch, bytes_there, removed):
+    """Killed between making a temporary and listing it (mkstemp, then the journal), a writer
+    left an empty file no later writer could prove was one's, kept for ever (a random-kill test
+    met it). Now the name is listed first: empty, it goes; with bytes, it is someone's."""
+    import bpedge._bundle_journal as journal_module
+
+    bundle = write_bundle(tmp_path / "b")
+    root = tmp_path / "b"
+
+    real_open = os.open
+
+    def killed_after_creating(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not str(path).endswith(".tmp"):
+            return fd  # the journal's own files
+        os.close(fd)
+        Path(path).write_bytes(bytes_there)  # bytes only if someone else wrote there
+        raise SystemExit(137)
+
+    monkeypatch.setattr(journal_module.os, "open", killed_after_creating)
+    with pytest.raises(SystemExit):
+        bundle.store_engine("detector", key(), b"plan", 1.0)
+    monkeypatch.undo()
+    [left] = [p for p in root.iterdir() if p.name.endswith(".tmp")]
+    Bundle.open(root).store_engine("segmenter", key(), b"segmenter plan", 1.0)
+    assert left.exists() != removed
+
+
 def test_a_lock_file_of_the_users_is_never_written(tmp_path):
     bundle = write_bundle(tmp_path / "b")
     lock = tmp_path / "b" / ".bpedge.lock"
