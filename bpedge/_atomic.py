@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +25,39 @@ from typing import IO, Any
 #: suffix=".tmp")``, whose random part is 8 of "abcdefghijklmnopqrstuvwxyz0123456789_" (group
 #: ``name``: NAME, cut short as :func:`_short_name` cuts it).
 TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+#: The characters of a temporary name's random part (mkstemp's, so TEMPORARY_NAME matches both).
+_RANDOM_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def free_temporary_name(folder: str | os.PathLike[str], target: str) -> Path:
+    """A ``.TARGET.RANDOM.tmp`` path in ``folder`` that nothing holds now, for a writer that
+    lists the name in its record before it makes the file (with ``O_EXCL``): mkstemp makes the
+    file first, and a kill before the listing left an empty file no one could prove was a
+    writer's."""
+    import secrets
+
+    while True:
+        random = "".join(secrets.choice(_RANDOM_CHARACTERS) for _ in range(8))
+        path = Path(folder) / f".{target}.{random}.tmp"
+        if not os.path.lexists(path):
+            return path
+
+
+def is_listed_temporary(path: Path, entry: dict[str, Any]) -> bool:
+    """Whether ``path`` is still the temporary a killed writer listed as ``entry``: a regular
+    file with the listed ``dev`` and ``ino``, or (listed by name only: killed between making it
+    and listing its inode) an empty one."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if type(entry.get("dev")) is int and type(entry.get("ino")) is int:
+        return (info.st_dev, info.st_ino) == (entry["dev"], entry["ino"])
+    return info.st_size == 0
+
 
 #: Longest file name kept whole in a temporary name: the "." before it and the ".RANDOM.tmp" after
 #: it (RANDOM: mkstemp's 8 characters) take 14 bytes, and most file systems allow 255.

@@ -25,22 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bpedge._atomic import TEMPORARY_NAME
+from bpedge._atomic import TEMPORARY_NAME, free_temporary_name, is_listed_temporary
 from bpedge._manifest_fields import BundleError
 
 _FORMAT = "bpedge-bundle-journal"
 _MAX_BYTES = 64 * 1024
 
-
-#: The characters of a temporary name's random part, as mkstemp uses them (so
-#: bpedge._atomic.TEMPORARY_NAME matches).
-_RANDOM_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 class Journal:
@@ -90,11 +85,7 @@ class Journal:
         before it is written into (a kill between mkstemp and the listing left an empty file
         nobody could prove was a writer's, kept for ever). Returns its open descriptor and
         path."""
-        while True:
-            random = "".join(secrets.choice(_RANDOM_CHARACTERS) for _ in range(8))
-            path = self._root / f".{target}.{random}.tmp"
-            if not os.path.lexists(path):
-                break
+        path = free_temporary_name(self._root, target)
         entry: dict[str, Any] = {"name": path.name}
         self._state.setdefault("temporaries", []).append(entry)
         self._save()
@@ -125,17 +116,7 @@ class Journal:
             if found is None or not is_target(found.group("name")):
                 continue
             path = self._root / entry["name"]
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            if type(entry.get("dev")) is int and type(entry.get("ino")) is int:
-                ours = (info.st_dev, info.st_ino) == (entry["dev"], entry["ino"])
-            else:
-                ours = info.st_size == 0  # killed between creating it and listing its inode
-            if ours:
+            if is_listed_temporary(path, entry):
                 path.unlink(missing_ok=True)
         self._state["temporaries"] = []
         self._save()

@@ -30,13 +30,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from bpedge._atomic import TEMPORARY_NAME, atomic_write_json, fsync_dir, publish
+from bpedge._atomic import (
+    TEMPORARY_NAME,
+    atomic_write_json,
+    free_temporary_name,
+    fsync_dir,
+    is_listed_temporary,
+    publish,
+)
 from bpedge._manifest_fields import sha256_file
 
 __all__ = ["RECORD_NAME", "check_run_files", "remove_abandoned_temporaries", "write_run_file",
@@ -141,17 +147,7 @@ def remove_abandoned_temporaries(run_dir: Path) -> list[Path]:
                 and TEMPORARY_NAME.fullmatch(entry["name"])):
             continue
         path = run_dir / entry["name"]
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            continue
-        if type(entry.get("dev")) is int and type(entry.get("ino")) is int:
-            ours = (info.st_dev, info.st_ino) == (entry["dev"], entry["ino"])
-        else:
-            ours = info.st_size == 0  # killed between creating it and listing its inode
-        if ours:
+        if is_listed_temporary(path, entry):
             path.unlink()
             removed.append(path)
     if record["temporaries"]:
@@ -178,11 +174,7 @@ def _create_listed_temporary(run_dir: Path, name: str,
                              record: dict[str, Any]) -> tuple[int, Path, dict[str, Any]]:
     """A new temporary file for ``name``, listed in the record by name before it exists and by
     inode before anything is written into it. Returns its descriptor, path and entry."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_"
-    while True:
-        tmp = run_dir / f".{name}.{''.join(secrets.choice(alphabet) for _ in range(8))}.tmp"
-        if not os.path.lexists(tmp):
-            break
+    tmp = free_temporary_name(run_dir, name)
     entry: dict[str, Any] = {"name": tmp.name}
     record["temporaries"].append(entry)
     _save_record(run_dir, record)
