@@ -218,8 +218,9 @@ def test_resume_after_a_kill_between_the_first_epochs_checkpoints_starts_that_ep
         prepare_run_dir(tmp_path, config, resume=False)
     assert prepare_run_dir(tmp_path, config, resume=True) is None  # epoch 1 starts again
     (tmp_path / "metrics.json").write_text("{}")  # a run past epoch 1 without last.pt: refused
-    with pytest.raises(ValueError, match="no last.pt"):
-        prepare_run_dir(tmp_path, config, resume=True)
+    for resume in (True, False):  # by both commands, with the same advice
+        with pytest.raises(ValueError, match="holds best.pt but not last.pt.*new --out"):
+            prepare_run_dir(tmp_path, config, resume=resume)
 
 
 def test_non_finite_weights_after_an_epoch_are_never_saved(tmp_path: Path) -> None:
