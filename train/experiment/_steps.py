@@ -38,7 +38,7 @@ __all__ = [
 class StepState(enum.Enum):
     DONE = "done"
     UNFINISHED = "unfinished"
-    TODO = "todo"
+    NOT_STARTED = "not started"
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,12 @@ class StepRecord:
 
 def training_state(run_dir: Path, epochs: int) -> StepState:
     """State of a training run folder asked to reach ``epochs``: DONE when RUN/metrics.json lists
-    at least that many epochs and RUN/best.pt exists, UNFINISHED when RUN/last.pt exists, else TODO
+    at least that many epochs and RUN/best.pt exists, UNFINISHED when RUN/last.pt exists, else NOT_STARTED
     (a ValueError when best.pt of an unfinished run lost its last.pt).
 
     A best.pt without last.pt is what a kill between the first epoch's two checkpoint writes
     leaves (the loop writes best.pt, then last.pt): that epoch is the interrupted one, so the
-    orphan is removed and the run starts again (:attr:`StepState.TODO`) instead of the trainer
+    orphan is removed and the run starts again (:attr:`StepState.NOT_STARTED`) instead of the trainer
     refusing the folder.
     It is removed only when it is that orphan by evidence (:func:`is_orphan_checkpoint`); any
     other best.pt there (a file of the user's) is refused with a ValueError naming it."""
@@ -100,7 +100,7 @@ def training_state(run_dir: Path, epochs: int) -> StepState:
                              f"continue to {epochs}: move the folder away to train it again")
         check_no_foreign_best(run_dir)
         best.unlink()  # metrics come after both checkpoints: this is the orphan described above
-    return StepState.UNFINISHED if last.is_file() else StepState.TODO
+    return StepState.UNFINISHED if last.is_file() else StepState.NOT_STARTED
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -188,7 +188,7 @@ def _derived_state(step: Step, records: list[dict[str, Any]]) -> tuple[StepState
     outputs_exist = all(p.exists() for p in step.outputs())
     if outputs_exist and _last_inputs(records, step.name) == digests:
         return StepState.DONE, digests
-    return StepState.TODO, digests
+    return StepState.NOT_STARTED, digests
 
 
 def run_steps(
@@ -234,7 +234,7 @@ def run_steps(
                     digests = file_digests(step.inputs())
             seconds = time.perf_counter() - t0
             status = {StepState.DONE: "skipped", StepState.UNFINISHED: "resumed",
-                      StepState.TODO: "ran"}[state]
+                      StepState.NOT_STARTED: "ran"}[state]
             record = StepRecord(step.name, status, seconds,
                                 datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                 invocation, digests)

@@ -105,7 +105,7 @@ def _fake_run(run_dir: Path, epochs_done: int, *, best: bool = True) -> None:
 
 def test_training_state_reads_the_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert training_state(run, 3) is StepState.TODO
+    assert training_state(run, 3) is StepState.NOT_STARTED
     _fake_run(run, 2)
     assert training_state(run, 3) is StepState.UNFINISHED
     assert training_state(run, 2) is StepState.DONE

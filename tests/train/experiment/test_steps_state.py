@@ -29,7 +29,7 @@ def _orphan(run_dir, *, epoch=1, config=_CONFIG):
 
 def test_orphan_best_checkpoint_from_a_killed_first_epoch_is_discarded(tmp_path):
     _orphan(tmp_path)
-    assert training_state(tmp_path, 2) is StepState.TODO
+    assert training_state(tmp_path, 2) is StepState.NOT_STARTED
     assert not (tmp_path / "best.pt").exists()
 
 
@@ -62,7 +62,7 @@ def test_only_this_runs_own_orphan_is_ever_removed(tmp_path, change):
 
 
 def test_states(tmp_path):
-    assert training_state(tmp_path, 2) is StepState.TODO
+    assert training_state(tmp_path, 2) is StepState.NOT_STARTED
     (tmp_path / "last.pt").write_bytes(b"x")
     assert training_state(tmp_path, 2) is StepState.UNFINISHED
     (tmp_path / "best.pt").write_bytes(b"x")
