@@ -259,8 +259,9 @@ class Segmenter:
         plain arrays are one sequence): while the segmentation stays
         confident, inside its crop and where the last mask was (IoU at least
         ``TrackOptions.min_overlap``), the next frame is cropped where the last mask was and
-        the detector is skipped; it runs every ``detect_every`` frames and whenever confidence
-        drops, and a frame it finds no BP in is not segmented (``True``: default
+        the detector is skipped; it runs every ``detect_every`` frames (on a new track sooner:
+        after ``first_check`` frames, the interval doubling while it agrees) and whenever
+        confidence drops, and a frame it finds no BP in is not segmented (``True``: default
         :class:`~bpedge._tracking.TrackOptions`). Tracked frames run one
         after another (each needs the previous mask), so ``depth`` does not apply."""
         cascade = self._live()

@@ -1,5 +1,6 @@
 """Tracking: the detector is skipped while the segmentation is confident and inside its crop, runs
-every ``detect_every`` frames, and runs again at once when the track is lost."""
+every ``detect_every`` frames (a new track sooner, from ``first_check``), and runs again at once
+when the track is lost."""
 
 from __future__ import annotations
 
@@ -51,23 +52,79 @@ def run(frames, track):
     return results, models.detector_calls
 
 
-def test_tracking_skips_the_detector_and_keeps_the_masks():
+@pytest.mark.parametrize(("first_check", "detected"), [
+    (1, [0, 1, 3, 7, 15, 25]),  # a new track is checked after 1, 2, 4, 8 frames, then every 10
+    (2, [0, 2, 6, 14, 24]),
+    (10, [0, 10, 20]),  # checked like a confirmed track
+])
+def test_tracking_skips_the_detector_and_keeps_the_masks(first_check, detected):
     frames = [disc_frame(50 + 2 * i, 60 + i) for i in range(30)]
     per_frame, calls_per_frame = run(frames, None)
-    tracked, calls_tracked = run(frames, TrackOptions(detect_every=10))
+    tracked, calls_tracked = run(frames, TrackOptions(detect_every=10, first_check=first_check))
     assert calls_per_frame == 30
-    assert calls_tracked == 3  # frames 0, 10 and 20
+    assert [i for i, r in enumerate(tracked) if "detector" in r.timings] == detected
+    assert calls_tracked == len(detected)
     dices = [dice(a.mask, b.mask) for a, b in zip(tracked, per_frame)]
     assert min(dices) > 0.97, dices
     skipped = [r for r in tracked if "detector" not in r.timings]
-    assert len(skipped) == 27
+    assert len(skipped) == 30 - len(detected)
     assert all(r.present and r.score == pytest.approx(0.9) for r in skipped)
+
+
+def _two_discs(bp: bool) -> np.ndarray:
+    """A look-alike (radius 9) at the top left, and the BP (radius 12) at the bottom right when
+    ``bp``."""
+    frame = disc_frame(40, 35, r=9.0)
+    if bp:
+        frame = np.maximum(frame, disc_frame(115, 85))
+    return frame
+
+
+class LargestBlobModels(Models):
+    """A detector that boxes the largest bright blob, as a detector scores the BP above a
+    look-alike when both are in view and boxes the look-alike when it is alone."""
+
+    def detector(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.detector_calls += 1
+        count, _labels, stats, _ = cv2.connectedComponentsWithStats(
+            (batch[0, 0] > 0.4).astype(np.uint8))
+        if count < 2:
+            return np.array([0.1], np.float32), np.array([[0, 0, 8, 8]], np.float32)
+        x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+        return np.array([0.9], np.float32), np.array([[x - 2, y - 2, x + w + 2, y + h + 2]],
+                                                     np.float32)
+
+
+@pytest.mark.parametrize("first_check", [1, 2])
+def test_a_track_begun_on_a_look_alike_is_checked_before_the_bp_returns_for_long(first_check):
+    """A false alarm on a frame without the BP starts a track on the look-alike, whose mask is as
+    confident as the BP's and stays put: only the detector can tell that the BP is back. Checked
+    once every 10 frames, the track stayed on the look-alike for 7 BP frames; a new track's first
+    checks now come after ``first_check`` frames, then twice as late each time they agree."""
+    frames = [_two_discs(bp=False)] * 3 + [_two_discs(bp=True)] * 9
+
+    def stream(options):
+        models = LargestBlobModels()
+        cascade = HostCascade(models.detector, models.segmenter, SPEC)
+        return list(cascade.stream(iter(frames), depth=1, track=options))
+
+    per_frame = stream(None)
+    assert per_frame[0].box[0] < 40 < per_frame[3].box[0]  # look-alike first, then the BP
+    old = stream(TrackOptions(detect_every=10, first_check=10))
+    assert [dice(a.mask, b.mask) for a, b in zip(old[3:10], per_frame[3:10])] == [0.0] * 7
+    checked = stream(TrackOptions(detect_every=10, first_check=first_check))
+    # first_check 1: checks on frames 1 (agrees: next in 2) and 3, where the detector finds
+    # the BP; first_check 2: on frame 2 (agrees: next in 4), and 6. Every frame after is the BP.
+    back = 3 if first_check == 1 else 6
+    assert "detector" in checked[back].timings
+    dices = [dice(a.mask, b.mask) for a, b in zip(checked, per_frame)]
+    assert min(dices[back:]) > 0.97 and min(dices[:3]) > 0.97, dices
 
 
 def test_lost_track_runs_the_detector_on_that_frame():
     # The disc jumps across the frame at frame 5: the tracked crop sees no disc there.
     frames = [disc_frame(40, 40)] * 5 + [disc_frame(120, 90)] * 5
-    tracked, calls = run(frames, TrackOptions(detect_every=100))
+    tracked, calls = run(frames, TrackOptions(detect_every=100, first_check=100))
     assert calls == 2  # frame 0, and frame 5 when the track was lost
     assert "detector" in tracked[5].timings
     per_frame, _ = run(frames, None)
@@ -79,10 +136,11 @@ def test_a_confident_mask_away_from_the_last_one_runs_the_detector():
     # The disc is replaced by a small blob inside the tracked crop: confident and inside its
     # crop, but not where the last mask was (IoU ~0.1), so the detector runs on that frame.
     frames = [disc_frame(60, 60)] * 3 + [disc_frame(64, 60, r=4.0)] * 3
-    tracked, calls = run(frames, TrackOptions(detect_every=100))
+    tracked, calls = run(frames, TrackOptions(detect_every=100, first_check=100))
     assert "detector" in tracked[3].timings and "detector" not in tracked[4].timings
     assert calls == 2
-    without_rule, calls_without = run(frames, TrackOptions(detect_every=100, min_overlap=0.0))
+    without_rule, calls_without = run(frames, TrackOptions(detect_every=100, first_check=100,
+                                                           min_overlap=0.0))
     assert calls_without == 1 and "detector" not in without_rule[3].timings
 
 
@@ -125,7 +183,8 @@ def test_confidence_rules():
     {"margin": None}, {"margin": float("nan")}, {"min_confidence": 2.0},
     {"min_confidence": "0.5"}, {"min_pixels": 0}, {"min_pixels": 2.5},
     {"min_pixels": float("nan")}, {"min_pixels": float("inf")}, {"max_edge_fraction": 1.5},
-    {"min_overlap": -0.1}, {"min_overlap": 1.5}, {"min_overlap": True},
+    {"min_overlap": -0.1}, {"min_overlap": 1.5}, {"min_overlap": True}, {"first_check": 0},
+    {"first_check": True}, {"first_check": 1.0}, {"first_check": 11},
 ])
 def test_options_are_checked(bad):
     field = next(iter(bad))
@@ -144,12 +203,12 @@ def test_editing_a_tracked_result_does_not_change_the_next_ones():
     """The tracker compares each tracked mask with the last one: its own copy, not the result
     the caller owns (and may edit) before asking for the next frame."""
     frames = [disc_frame(50 + 2 * i, 60 + i) for i in range(12)]
-    untouched, calls = run(frames, TrackOptions(detect_every=100))
+    untouched, calls = run(frames, TrackOptions(detect_every=100, first_check=100))
     assert calls == 1
     models = Models()
     cascade = HostCascade(models.detector, models.segmenter, SPEC)
     edited = []
-    for result in cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100)):
+    for result in cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100, first_check=100)):
         edited.append((result.box, result.mask.copy()))
         result.mask[:] = 0  # what the caller does with its result
     assert models.detector_calls == 1  # an edited mask would have looked like a lost track
@@ -170,7 +229,8 @@ def test_frames_without_bp_are_not_segmented_while_tracking():
         return Models.segmenter(batch)
 
     cascade = HostCascade(models.detector, segmenter, SPEC)
-    tracked = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=10)))
+    tracked = list(cascade.stream(iter(frames), depth=1,
+                                  track=TrackOptions(detect_every=10, first_check=10)))
     per_frame, _ = run(frames, None)
     # Frames 0-2: detect + 2 tracked; 3: tracked crop lost, then detected (absent, no segmenter);
     # 4-6 detected absent; 7 detected; 8-9 tracked.
@@ -201,7 +261,7 @@ def test_tracked_crops_keep_the_size_of_the_detections_crop(widen: int):
 
     spec = dataclasses.replace(SPEC, crop_margin=0.2)
     cascade = HostCascade(models.detector, segmenter, spec)
-    tracked = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100)))
+    tracked = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100, first_check=100)))
     assert models.detector_calls == 1
     detected = tracked[0].box
     sides = [(r.box[2] - r.box[0], r.box[3] - r.box[1]) for r in tracked]
@@ -238,9 +298,9 @@ def test_no_track_crosses_from_one_sequence_into_the_next(second):
     models = Models()
     cascade = HostCascade(models.detector, models.segmenter, SPEC)
     frames = [SequenceFrame(f.image, sequence_of(f)) for f in [*first, *later]]
-    results = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100)))
+    results = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=100, first_check=100)))
     assert models.detector_calls == 2  # the first frame of each sequence, and no other
     assert "detector" in results[len(first)].timings
     # Plain arrays are one sequence: the same frames track through (the rule above is what ends it).
-    _, calls = run([f.image for f in [*first, *later]], TrackOptions(detect_every=100))
+    _, calls = run([f.image for f in [*first, *later]], TrackOptions(detect_every=100, first_check=100))
     assert calls == 1

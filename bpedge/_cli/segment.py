@@ -98,8 +98,9 @@ def register(app: typer.Typer) -> None:
         track: Annotated[
             bool, typer.Option("--track", help="Videos and frame sequences: crop each frame where "
                                "the last confident mask was and skip the detector, which runs "
-                               "every --detect-every frames and whenever confidence drops (CPU "
-                               "backends; frames are then processed one at a time).")
+                               "every --detect-every frames (a new track's first checks come "
+                               "sooner: after 1, 2, 4, ... frames) and whenever confidence "
+                               "drops (CPU backends; frames are then processed one at a time).")
         ] = False,
         detect_every: Annotated[
             int, typer.Option("--detect-every", min=1, help="With --track: run the detector at "

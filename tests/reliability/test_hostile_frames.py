@@ -153,7 +153,8 @@ def test_tracking_detects_again_when_the_frame_size_changes():
                        mask_threshold=0.5)
     cascade = HostCascade(detector, segmenter, spec)
     frames = [disc(120, 160), disc(120, 160), disc(240, 320), disc(240, 320)]
-    results = list(cascade.stream(iter(frames), depth=1, track=TrackOptions(detect_every=10)))
+    results = list(cascade.stream(iter(frames), depth=1,
+                                  track=TrackOptions(detect_every=10, first_check=10)))
     detected = ["detector" in r.timings for r in results]
     assert detected == [True, False, True, False]
     assert all(r.mask.shape == f.shape for r, f in zip(results, frames))
