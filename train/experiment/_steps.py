@@ -147,8 +147,10 @@ def is_orphan_checkpoint(run_dir: Path) -> bool:
 
 
 def file_digests(paths: Sequence[Path]) -> dict[str, str]:
-    """``{path: sha256}`` of each input file; a missing input is a ValueError naming it (the step
-    that makes it has not run)."""
+    """``{path: sha256}`` of each input file, keyed by its resolved path (the same files spelled
+    from another folder, or as absolute paths, are the same inputs; they used to re-run every
+    derived step); a missing input is a ValueError naming it (the step that makes it has not
+    run)."""
     out: dict[str, str] = {}
     for p in paths:
         if not p.is_file():
@@ -157,7 +159,7 @@ def file_digests(paths: Sequence[Path]) -> dict[str, str]:
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-        out[str(p)] = h.hexdigest()
+        out[str(p.resolve())] = h.hexdigest()
     return out
 
 

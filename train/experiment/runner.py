@@ -44,6 +44,7 @@ _SEGMENTER_EPOCH, _EVAL, _LIGHT = 0.6, 0.3, 0.2
 #: Options that define what a study folder holds; changing them needs a new --out.
 _FIXED_OPTIONS = ("data", "preset", "seed", "limit", "dedup", "on_error", "folds",
                   "backbone_weights")
+_PATH_OPTIONS = ("data", "backbone_weights")
 
 
 @dataclass(frozen=True)
@@ -261,15 +262,27 @@ def _resolved_presets(opts: ExperimentOptions) -> dict[str, Any]:
     return out
 
 
+def _same_option(name: str, old: Any, new: Any) -> bool:
+    """Whether a defining option is unchanged: paths by the file they name, so a study started
+    with ``--data data`` continues when given ``--data /abs/path/to/data`` (it was refused). A
+    relative path in an older study.json is read from the current folder."""
+    if name in _PATH_OPTIONS and isinstance(old, str) and isinstance(new, str):
+        return Path(old).resolve() == Path(new).resolve()
+    return bool(old == new)
+
+
 def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str | None) -> None:
     """RUN/study.json: options, resolved presets, versions and the commands. Refuses to continue a
     study whose defining options (data, preset, seed, limit, dedup, on_error) were different."""
     options = opts.to_json()
+    for name in _PATH_OPTIONS:  # as absolute paths: a relative one means nothing from elsewhere
+        if options[name] is not None:
+            options[name] = str(Path(options[name]).resolve())
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if layout.study_json.is_file():
         old = _read(layout.study_json)
         diffs = [f"--{k.replace('_', '-')}: {old['options'].get(k)!r} -> {options[k]!r}"
-                 for k in _FIXED_OPTIONS if old["options"].get(k) != options[k]]
+                 for k in _FIXED_OPTIONS if not _same_option(k, old["options"].get(k), options[k])]
         if diffs:
             raise ValueError(
                 f"{layout.root} holds a study made with other options ({'; '.join(diffs)}); "

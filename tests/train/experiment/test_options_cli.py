@@ -169,3 +169,23 @@ def test_a_second_study_into_a_folder_a_study_is_running_in_is_refused(tmp_path:
             pytest.raises(OutDirRefused, match="another `bpedge experiment` is writing"):
         run_study(opts)
     assert not (opts.out / "study.json").exists()
+
+
+def test_a_study_continues_when_its_data_is_spelled_another_way(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Started with a relative --data, continued with the absolute path of the same folder: it
+    was refused as a study made with other options; another folder still is."""
+    from bpedge.train.experiment.layout import StudyLayout
+    from bpedge.train.experiment.runner import _write_study_json
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    layout = StudyLayout(tmp_path / "run")
+    layout.root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    _write_study_json(ExperimentOptions(data=Path("data"), out=layout.root), layout, None)
+    monkeypatch.chdir("/")
+    _write_study_json(ExperimentOptions(data=tmp_path / "data", out=layout.root), layout, None)
+    with pytest.raises(ValueError, match="--data"):
+        _write_study_json(ExperimentOptions(data=tmp_path / "other", out=layout.root), layout,
+                          None)

@@ -139,3 +139,19 @@ def test_missing_input_names_the_file(tmp_path: Path) -> None:
     step = Step("needs", lambda _r: None, inputs=lambda: [missing])
     with pytest.raises(ValueError, match="nope.json"):
         run_steps([step], tmp_path / "log", progress=False)
+
+
+def test_inputs_spelled_from_another_folder_are_the_same_inputs(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """`experiment --out study` then `--out /abs/.../study`: the same files, and the derived
+    steps are skipped (they were re-run, keyed by the paths as spelled)."""
+    (tmp_path / "source.txt").write_text("v1")
+    counter = _Counter()
+    monkeypatch.chdir(tmp_path)
+    relative = Path(".")
+    first = run_steps(_plan(relative, counter), relative / "steps.jsonl", progress=False)
+    assert [r.status for r in first] == ["ran", "ran"]
+    monkeypatch.chdir("/")
+    again = run_steps(_plan(tmp_path, counter), tmp_path / "steps.jsonl", progress=False)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert [c[0] for c in counter.calls] == ["a", "b"]
