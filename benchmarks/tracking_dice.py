@@ -1,13 +1,15 @@
 """Tracking against per-frame detection, accuracy only: Dice of each frame's mask with its truth.
 
-    python benchmarks/tracking_dice.py BUNDLE DATA [--detect-every N] [--json OUT]
+    python benchmarks/tracking_dice.py BUNDLE DATA [--detect-every N] [--first-check N] [--json OUT]
 
 Each subject of DATA (a phantom or Kaggle-layout folder, ``<subject>_<frame>.tif``) is one sequence
 in frame order; every frame runs through ``Segmenter`` twice, per frame and in a tracked stream
-(``Segmenter.stream(track=...)``, default ``TrackOptions`` but for ``--detect-every``), ONNX
-Runtime FP32 (the masks do not depend on the runtime's speed). Prints and writes the mean Dice on BP frames and on all frames (an
-empty mask on an empty frame counts 1) for both, and the share of tracked frames on which the
-detector ran. Speed is ``bpedge bench --track``'s job; this measures no time.
+(``Segmenter.stream(track=...)``, default ``TrackOptions`` but for ``--detect-every`` and
+``--first-check``; ``--first-check`` equal to ``--detect-every`` is the tracker as it was before
+new tracks were checked sooner), ONNX Runtime FP32 (the masks do not depend on the runtime's
+speed). Prints and writes the mean Dice on BP frames and on all frames (an empty mask on an empty
+frame counts 1) for both, and the share of tracked frames on which the detector ran. Speed is
+``bpedge bench --track``'s job; this measures no time.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here (a new file)")
     parser.add_argument("--detect-every", type=int, default=TrackOptions().detect_every,
                         help="run the detector at least every N tracked frames")
+    parser.add_argument("--first-check", type=int, default=TrackOptions().first_check,
+                        help="frames after a new track starts before the detector checks it")
     args = parser.parse_args()
-    options = TrackOptions(detect_every=args.detect_every)
+    options = TrackOptions(detect_every=args.detect_every, first_check=args.first_check)
     if args.json is not None and args.json.exists():
         raise FileExistsError(f"{args.json} exists; give a new path")
     per_frame, tracked, has_bp, detector_ran = [], [], [], 0
