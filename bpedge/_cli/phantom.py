@@ -20,12 +20,13 @@ def register(app: typer.Typer) -> None:
     @command_errors
     def phantom(
         out: Annotated[
-            Path, typer.Option("--out", help="Folder to create (must not exist or be empty).")
+            Path, typer.Option("--out", help="Folder to create (must not exist or be empty; an empty one keeps "
+                                     "its permissions).")
         ],
         subjects: Annotated[
-            int, typer.Option("--subjects", help="Number of subjects (videos), >= 1.")
+            int, typer.Option("--subjects", help="Number of subjects (videos), 1-10000.")
         ] = 6,
-        frames: Annotated[int, typer.Option("--frames", help="Frames per subject, >= 1.")] = 40,
+        frames: Annotated[int, typer.Option("--frames", help="Frames per subject, 1-100000.")] = 40,
         seed: Annotated[
             int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")
         ] = 0,
@@ -34,10 +35,10 @@ def register(app: typer.Typer) -> None:
             typer.Option("--empty-fraction", help="Share of each subject's frames without BP."),
         ] = 0.2,
         height: Annotated[
-            int, typer.Option("--height", help="Frame height in pixels (real data: 420).")
+            int, typer.Option("--height", help="Frame height in pixels, 96-4096 (real data: 420).")
         ] = 420,
         width: Annotated[
-            int, typer.Option("--width", help="Frame width in pixels (real data: 580).")
+            int, typer.Option("--width", help="Frame width in pixels, 96-4096 (real data: 580).")
         ] = 580,
         progress: Annotated[
             bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")

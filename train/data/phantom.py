@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +34,21 @@ import cv2
 import numpy as np
 import tifffile
 
+from bpedge._atomic import exchange
 from bpedge._out_dir import OutDirRefused, refuse_unless_new_or_empty
 
 __all__ = ["PhantomConfig", "generate_phantom", "render_subject"]
 
 #: The real data's frame size, to which every size in pixels below refers.
 _REF_H, _REF_W = 420, 580
+
+
+#: Largest frame side in pixels (a 4096 x 4096 frame's float32 noise fields are 128 MiB each).
+MAX_SIDE = 4096
+MAX_FRAMES = 100_000
+MAX_SUBJECTS = 10_000
+#: Frames rendered ahead of the TIFF writers: memory stays a few frames, whatever --frames is.
+_WRITES_AHEAD = 8
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,16 @@ class PhantomConfig:
     empty_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.subjects < 1 or self.frames < 1:
+        # Upper bounds too: --height 100000 asked numpy for 37 GiB and failed with its message
+        # after the output folder had been made.
+        if not (1 <= self.subjects <= MAX_SUBJECTS and 1 <= self.frames <= MAX_FRAMES):
             raise ValueError(
-                f"subjects and frames must be >= 1, got {self.subjects} and {self.frames}"
+                f"subjects must be within 1..{MAX_SUBJECTS} and frames within 1..{MAX_FRAMES}, "
+                f"got {self.subjects} and {self.frames}"
             )
-        if self.height < 96 or self.width < 96:
-            raise ValueError(f"height and width must be >= 96, got {self.height}x{self.width}")
+        if not (96 <= self.height <= MAX_SIDE and 96 <= self.width <= MAX_SIDE):
+            raise ValueError(f"height and width must be within 96..{MAX_SIDE}, got "
+                             f"{self.height}x{self.width}")
         if not 0.0 <= self.empty_fraction <= 1.0:
             raise ValueError(f"empty_fraction must be within [0, 1], got {self.empty_fraction}")
         if self.seed < 0:
@@ -447,7 +461,8 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     frames numbered from 1) and return ``out_dir``.
 
     ``out_dir`` must not exist or be empty. Frames are written into a hidden sibling folder that is
-    renamed to ``out_dir`` at the end, so an interrupted run leaves no half dataset behind.
+    renamed to ``out_dir`` at the end, so an interrupted run leaves no half dataset behind. An
+    empty ``out_dir`` keeps its permissions (the dataset folder takes them).
     """
     out_dir = Path(out_dir)
     refuse_unless_new_or_empty(out_dir)
@@ -455,9 +470,16 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A new folder of its own (never a fixed name that could be someone else's folder).
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    os.chmod(partial, 0o755)
+    try:
+        # A user's empty folder made 0700 had become 0755 when the dataset took its place.
+        mode = stat.S_IMODE(out_dir.stat().st_mode) if out_dir.is_dir() else 0o755
+        os.chmod(partial, mode)
+    except BaseException:
+        partial.rmdir()
+        raise
     total = config.subjects * config.frames
     bar = None
+    swapped = False
     if progress:
         from tqdm import tqdm
 
@@ -471,6 +493,8 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
                     stem = partial / f"{subject}_{frame}"
                     pending.append(pool.submit(_write_tiff, Path(f"{stem}.tif"), image))
                     pending.append(pool.submit(_write_tiff, Path(f"{stem}_mask.tif"), mask))
+                    while len(pending) > 2 * _WRITES_AHEAD:
+                        pending.pop(0).result()
                     if bar is not None:
                         bar.update(1)
                 for job in pending:
@@ -478,10 +502,20 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
                 pending.clear()
         if out_dir.exists():
             _refuse_any_entry(out_dir)  # something may have been put there during the run
-            out_dir.rmdir()  # os.replace cannot replace even an empty folder on every OS
-        os.replace(partial, out_dir)
+            # One swap, so the path holds the user's empty folder or the dataset at every
+            # moment (a kill between rmdir and rename left neither); the empty folder, now at
+            # the hidden name, is removed after. Two steps where the system has no swap.
+            if exchange(partial, out_dir):
+                swapped = True
+                partial.rmdir()
+            else:
+                out_dir.rmdir()  # os.replace cannot replace even an empty folder on every OS
+                os.replace(partial, out_dir)
+        else:
+            os.replace(partial, out_dir)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if not swapped:  # after the swap, that name is the user's folder
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         if bar is not None:

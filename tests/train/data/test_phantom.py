@@ -116,11 +116,67 @@ def test_empty_fraction_extremes() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"subjects": 0}, {"frames": 0}, {"empty_fraction": 1.5}, {"height": 50}, {"seed": -1}],
+    [{"subjects": 0}, {"frames": 0}, {"empty_fraction": 1.5}, {"height": 50}, {"seed": -1},
+     # No upper bound once asked numpy for 37 GiB (exit 1, after the folder was made).
+     {"height": 100_000}, {"width": 4097}, {"frames": 100_001}, {"subjects": 10_001}],
 )
 def test_bad_config_is_refused(bad: dict) -> None:
-    with pytest.raises(ValueError):
+    sized = bool(set(bad) & {"subjects", "frames", "height", "width"})
+    with pytest.raises(ValueError, match="must be within" if sized else None):
         PhantomConfig(**bad)
+
+
+def test_an_empty_folder_of_the_users_keeps_its_permissions(tmp_path: Path) -> None:
+    """It was replaced by a new folder, mode 0755, whatever the user's folder had."""
+    out = tmp_path / "private"
+    out.mkdir(mode=0o700)
+    out.chmod(0o700)
+    generate_phantom(out, PhantomConfig(subjects=1, frames=2, height=96, width=96))
+    assert oct(out.stat().st_mode & 0o777) == oct(0o700)
+    assert len(list(out.iterdir())) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private"]  # no hidden folder left
+    new = generate_phantom(tmp_path / "new", PhantomConfig(subjects=1, frames=1, height=96,
+                                                            width=96))
+    assert oct(new.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_memory_holds_a_few_frames_whatever_the_frame_count(tmp_path: Path, monkeypatch) -> None:
+    """Frames waited for their writer until the subject ended: a long subject's frames all sat
+    in memory at once when rendering outran the TIFF writers."""
+    import threading
+
+    from bpedge.train.data import phantom
+
+    gate, waiting, written = threading.Event(), [], []
+    real_write = phantom._write_tiff
+
+    def slow_write(path: Path, array) -> None:
+        waiting.append(path)
+        gate.wait(5)
+        real_write(path, array)
+        written.append(path)
+
+    rendered = []
+    real_render = phantom.render_subject
+
+    def counting_render(config, subject):
+        for item in real_render(config, subject):
+            rendered.append((len(rendered), len(written)))
+            yield item
+
+    monkeypatch.setattr(phantom, "_write_tiff", slow_write)
+    monkeypatch.setattr(phantom, "render_subject", counting_render)
+    timer = threading.Timer(1.0, gate.set)
+    timer.start()
+    try:
+        generate_phantom(tmp_path / "out", PhantomConfig(subjects=1, frames=40, height=96,
+                                                         width=96))
+    finally:
+        timer.cancel()
+    # While the writers were held, rendering stopped a few frames ahead of them.
+    ahead = max(n - w / 2 for n, w in rendered)
+    assert ahead <= phantom._WRITES_AHEAD + 2, ahead
+    assert len(written) == 80
 
 
 def test_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
