@@ -49,6 +49,29 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a regular file to read (links followed), as the end of a sentence
+    about it: "does not exist", "is a directory", "is a FIFO (named pipe)", ...; None when it is
+    one. For options that name an input file, which said "does not exist" of a folder or FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of the path is a file)"
+    return None if stat.S_ISREG(mode) else f"is {_kind(mode)}, not a file"
+
+
+def refuse_unless_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse an input file option that names no regular file: FileNotFoundError when nothing
+    is there, ValueError for a folder, FIFO or device; the message is ``what``, the path and
+    :func:`not_a_file`'s reason."""
+    why = not_a_file(path)
+    if why is not None:
+        raise (FileNotFoundError if why.startswith("does not exist") else ValueError)(
+            f"{what} {os.fspath(path)} {why}")
+
+
 def _open_checked(path: Path, max_bytes: int, inside: Path | None) -> tuple[int, int]:
     """An fd open for reading on ``path`` and its size, after the regular-file and size checks
     (and, with ``inside``, the check that it resolves to a file in that folder).

@@ -72,10 +72,12 @@ class DetectorOptions(RunOptions):
             raise ValueError(f"--gamma must be finite and >= 0, got {self.gamma}")
         if self.alpha is not None and not (0.0 <= self.alpha <= 1.0 or self.alpha == -1):
             raise ValueError(f"--alpha must be in [0, 1] (or -1 to disable), got {self.alpha}")
-        if self.weights is not None and not self.weights.is_file():
-            raise FileNotFoundError(f"--weights file {self.weights} does not exist")
         if self.weights is not None:
             from bpedge.train.models.retinanet import read_state_dict
+
+            from bpedge._regular_file import refuse_unless_file
+
+            refuse_unless_file(self.weights, "--weights file")
 
             read_state_dict(self.weights)  # refused before the run folder is made
 

@@ -4,6 +4,7 @@ TensorRT, a bad ``bench --json`` before the run, a refused pickle in ``train --w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,31 @@ def test_train_weights_with_a_refused_pickle_is_one_line_exit_2_and_leaves_nothi
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "refused" in errors[0] and str(weights) in errors[0]
     assert "weights_only=False" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("kind", ["folder", "FIFO", "missing", "under a file"])
+def test_train_weights_that_is_not_a_file_says_what_it_is(phantom_dir: Path, tmp_path: Path,
+                                                          kind: str):
+    """A folder or a FIFO given as --weights was reported as "does not exist"."""
+    weights = {"folder": tmp_path / "w", "FIFO": tmp_path / "w.pt", "missing": tmp_path / "no.pt",
+               "under a file": tmp_path / "file.pt" / "w.pt"}[kind]
+    if kind == "folder":
+        weights.mkdir()
+    elif kind == "FIFO":
+        os.mkfifo(weights)
+    elif kind == "under a file":
+        weights.parent.write_text("x")
+    out = tmp_path / "run"
+    result = runner.invoke(build_app(), ["train", "detector", "--data", str(phantom_dir),
+                                         "--out", str(out), "--weights", str(weights),
+                                         "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    want = {"folder": "is a directory, not a file", "FIFO": "is a FIFO (named pipe), not a file",
+            "missing": "does not exist",
+            "under a file": "does not exist (a part of the path is a file)"}[kind]
+    assert f"--weights file {weights} {want}" in " ".join(result.output.split()), result.output
     assert not out.exists()
 
 

@@ -111,9 +111,10 @@ class ExperimentOptions:
             if self.split == "random":
                 raise ValueError("--folds is subject-wise cross-validation: use --split subject "
                                  "or both")
-        if self.backbone_weights is not None and not self.backbone_weights.is_file():
-            raise FileNotFoundError(f"--backbone-weights file {self.backbone_weights} does not "
-                                    "exist")
+        if self.backbone_weights is not None:
+            from bpedge._regular_file import refuse_unless_file
+
+            refuse_unless_file(self.backbone_weights, "--backbone-weights file")
         if self.pixel_spacing_mm is not None and not (
                 math.isfinite(self.pixel_spacing_mm) and self.pixel_spacing_mm > 0):
             # inf was taken, and study.json got Infinity, which JSON does not have.

@@ -131,6 +131,8 @@ def test_subject_split_is_the_default_and_folds_name_their_splits(tmp_path: Path
         _opts(tmp_path, split="random", folds=3).check()
     with pytest.raises(FileNotFoundError, match="--backbone-weights"):
         _opts(tmp_path, backbone_weights=tmp_path / "missing.pt").check()
+    with pytest.raises(ValueError, match="--backbone-weights file .* is a directory, not a file"):
+        _opts(tmp_path, backbone_weights=tmp_path).check()  # said "does not exist"
     for spacing in (0.0, float("inf"), float("nan")):  # inf was taken: Infinity in study.json
         with pytest.raises(ValueError, match="--pixel-spacing-mm"):
             _opts(tmp_path, pixel_spacing_mm=spacing).check()
