@@ -8,7 +8,9 @@ columns that come and go; accuracy goes to its own file.
 While a run goes on, each frame's rows are appended to ``results.partial.csv``,
 ``results.partial.jsonl`` and ``accuracy.partial.csv`` as it is recorded (:class:`_PartialTables`),
 so a run killed outright (SIGKILL, the OOM killer, power loss) keeps the rows of its frames; a
-finished run replaces them with the final tables.
+finished run replaces them with the final tables, read back from the partial tables' files. The
+rows are not also kept in memory: a camera run that goes on for hours held about 0.5 KB a frame
+until it ended (only ground-truth scores, a few numbers a frame, are kept for the summary).
 """
 
 from __future__ import annotations
@@ -76,7 +78,17 @@ def _measure(frame: SourceFrame, result: Result, truth: np.ndarray) -> _FrameAcc
     return _FrameAccuracy(row, has_bp, d, h, correct)
 
 
-def _accuracy_summary(frames: list[_FrameAccuracy]) -> str:
+@dataclass(frozen=True)
+class _Score:
+    """What the accuracy summary counts of one frame (its row is in the tables, not here)."""
+
+    has_bp: bool
+    dice: float
+    hd95: float | None
+    correct: bool
+
+
+def _accuracy_summary(frames: list[_Score]) -> str:
     n = len(frames)
     dice_positive = [f.dice for f in frames if f.has_bp]
     hd95 = [f.hd95 for f in frames if f.has_bp and f.hd95 is not None]
@@ -124,8 +136,9 @@ class _InFlight:
 
 
 #: Appends whole lines and never follows or replaces what is at the name: O_EXCL refuses any
-#: existing file or symbolic link there. O_BINARY (Windows) keeps the bytes as given.
-_APPEND_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+#: existing file or symbolic link there. O_BINARY (Windows) keeps the bytes as given. Read too:
+#: the final tables are the lines of the frames recorded, read back through this descriptor.
+_APPEND_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
                  | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 
@@ -154,6 +167,8 @@ class _AppendedTable:
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
         self.created = False
+        self._size = 0  # bytes appended (whole calls)
+        self._recorded = 0  # of which the lines of recorded frames (and the header)
 
     def create(self) -> None:
         """Create the file with its header. ``FileExistsError`` names it when something is
@@ -173,11 +188,39 @@ class _AppendedTable:
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not open: create() it first")
         data = _as_text_file_bytes(text)
+        size = self._size + len(data)
         try:
             while data:  # one call unless the OS takes part of it (a full disk then fails the next)
                 data = data[os.write(self._fd, data):]
         except OSError as exc:
             raise self._failed(exc, "appending a row to") from exc
+        self._size = size
+
+    def mark_recorded(self) -> None:
+        """Everything appended so far belongs to recorded frames (a later line may not)."""
+        self._recorded = self._size
+
+    def recorded_text(self) -> str | None:
+        """The header and the lines of the recorded frames, read back from the file this run
+        made (through its descriptor: the user may have moved it, or put a file of their own at
+        its name); None when the table was never created."""
+        if not self.created:
+            return None
+        if self._fd is None:
+            raise RuntimeError(f"{self.path} is closed: read it before close()")
+        chunks, offset = [], 0
+        try:
+            while offset < self._recorded:
+                chunk = os.pread(self._fd, min(self._recorded - offset, 1 << 20), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, f"{self.path.name} is shorter than its "
+                                  f"{self._recorded} bytes of recorded rows")
+                chunks.append(chunk)
+                offset += len(chunk)
+        except OSError as exc:
+            raise self._failed(exc, "reading back") from exc
+        text = b"".join(chunks).decode(locale.getpreferredencoding(False))
+        return text.replace(os.linesep, "\n") if os.linesep != "\n" else text
 
     def sync(self) -> None:
         """Force what was appended to the disk (for a power loss; a kill loses nothing)."""
@@ -257,6 +300,18 @@ class _PartialTables:
         if time.monotonic() - self._synced >= _SYNC_EVERY_S:
             self._sync()
 
+    def mark_recorded(self) -> None:
+        """The lines appended so far are all of recorded frames."""
+        for table in (self.results, self.jsonl, self.accuracy):
+            table.mark_recorded()
+
+    def recorded_texts(self) -> tuple[str, str, str | None]:
+        """The results CSV, the JSON lines and the accuracy CSV (None without ground truth) of
+        the recorded frames; the results table's header alone before the first frame."""
+        results = self.results.recorded_text()
+        return (_csv_line(CSV_COLUMNS) if results is None else results,
+                self.jsonl.recorded_text() or "", self.accuracy.recorded_text())
+
     def _sync(self) -> None:
         for table in (self.results, self.jsonl, self.accuracy):
             table.sync()
@@ -315,7 +370,10 @@ class SegmentOutputs:
         self.out = out
         self._skip_truth = skip_truth
         self.masks, self.overlays = masks, overlays
-        self.done: list[_Done] = []
+        #: Frames recorded, and of them those with the BP present.
+        self.recorded_frames = self.present_frames = 0
+        self._last_recorded: _Done | None = None
+        self._scores: list[_Score] = []
         self._partial = _PartialTables(out)
         #: The tables :meth:`finish` has written so far (the frames done, and nothing else).
         self._written: list[Path] = []
@@ -330,19 +388,14 @@ class SegmentOutputs:
                 (out / sub).mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def rows(self) -> list[tuple[Any, ...]]:
-        """The results.csv rows of the frames done, in order."""
-        return [d.row for d in self.done]
-
     def add(self, frame: SourceFrame, result: Result) -> None:
         """Write the frame's mask and overlay, then record its rows, then add it to the video.
 
         The record, after the files, is the frame's lines appended to the partial tables (on disk
-        at once, for a run killed outright), then one list append: a run stopped (Ctrl-C, an
-        error) before that list append leaves files whose frame has no row, which
+        at once, for a run killed outright), then marking them recorded: a run stopped (Ctrl-C,
+        an error) before that leaves files whose frame has no row, which
         :meth:`remove_unrecorded_frame` removes, and :meth:`finish` rewrites the partial tables
-        from the list; the video gets the frame only once it is recorded."""
+        with the recorded lines only; the video gets the frame only once it is recorded."""
         truth, accuracy = self._accuracy(frame, result)
         picture = None
         if self.overlays or self._video_path is not None:
@@ -362,7 +415,13 @@ class SegmentOutputs:
         if overlay_path is not None and picture is not None:
             _write_new_png(overlay_path, picture, flight, self._pngs)
         self._partial.append(done)
-        self.done.append(done)
+        self._partial.mark_recorded()
+        self.recorded_frames += 1
+        self.present_frames += int(result.present)
+        if accuracy is not None:
+            self._scores.append(_Score(accuracy.has_bp, accuracy.dice, accuracy.hd95,
+                                       accuracy.correct))
+        self._last_recorded = done
         if self._video_path is not None and picture is not None:
             self._add_to_video(self._video_path, frame, picture)
 
@@ -402,7 +461,7 @@ class SegmentOutputs:
         file this run wrote is removed: one whose write was stopped before publishing left no
         file at the name, and another file there now is someone else's."""
         flight = self._in_flight
-        if flight is None or (self.done and self.done[-1] is flight.done):
+        if flight is None or self._last_recorded is flight.done:
             return
         for path, identity in flight.files:
             try:
@@ -423,6 +482,7 @@ class SegmentOutputs:
         failed write, is gone. A complete run's final tables replace them."""
         lines = []
         refused: OutFileRefused | None = None
+        texts = self._partial.recorded_texts()
         self._partial.close()
         self._pngs.close()
         if self._video is not None:
@@ -431,20 +491,21 @@ class SegmentOutputs:
             except OutFileRefused as exc:  # a file appeared at --save-video: the tables still go
                 refused = exc
         written: set[str] = set()
-        if complete or self.done:
-            written = self._write_tables("" if complete else ".partial", lines)
+        if complete or self.recorded_frames:
+            written = self._write_tables("" if complete else ".partial", texts, lines)
         # After the final tables: a run killed in between still has every row on disk.
         self._partial.remove_all_but(written)
         if refused is not None:
             raise refused
         return lines
 
-    def _write_tables(self, tag: str, lines: list[str]) -> set[str]:
-        """Write the tables of the frames done, named with ``tag``, and add the accuracy summary
-        to ``lines``; the names written."""
-        accuracy = [d.accuracy for d in self.done if d.accuracy is not None]
+    def _write_tables(self, tag: str, texts: tuple[str, str, str | None],
+                      lines: list[str]) -> set[str]:
+        """Write the tables of the frames done (``texts``, from the partial tables), named with
+        ``tag``, and add the accuracy summary to ``lines``; the names written."""
+        results, jsonl, accuracy = texts
         names = [f"results{tag}.csv", f"results{tag}.jsonl",
-                 *([f"accuracy{tag}.csv"] if accuracy else [])]
+                 *([f"accuracy{tag}.csv"] if accuracy is not None else [])]
         # Only this run's own partial tables are replaced: the start of the run cleared (with
         # --force) or refused every other name, so a file there now was put there during the run
         # by someone else and is kept (FileExistsError; the rows stay in the partial tables).
@@ -455,18 +516,16 @@ class SegmentOutputs:
             raise _appeared(self.out / taken[0])
         # Recorded as segment's before they are written (a folder it adds to; see own_entries).
         own_entries(self.out, names)
-        _write_csv(self.out / f"results{tag}.csv", CSV_COLUMNS, self.rows,
-                   replace=replace[f"results{tag}.csv"])
+        _write_table(self.out / f"results{tag}.csv", results, replace=replace[f"results{tag}.csv"])
         self._written.append(self.out / f"results{tag}.csv")
-        _write_table(self.out / f"results{tag}.jsonl", "".join(f"{d.jsonl}\n" for d in self.done),
+        _write_table(self.out / f"results{tag}.jsonl", jsonl,
                      replace=replace[f"results{tag}.jsonl"])
         self._written.append(self.out / f"results{tag}.jsonl")
-        if accuracy:
+        if accuracy is not None:
             path = self.out / f"accuracy{tag}.csv"
-            _write_csv(path, ACCURACY_COLUMNS, [a.row for a in accuracy],
-                       replace=replace[path.name])
+            _write_table(path, accuracy, replace=replace[path.name])
             self._written.append(path)
-            lines.append(_accuracy_summary(accuracy) + f"; per frame in {path}")
+            lines.append(_accuracy_summary(self._scores) + f"; per frame in {path}")
         return set(names)
 
 
@@ -486,12 +545,6 @@ def _write_new_png(path: Path, image: np.ndarray, flight: _InFlight, record: Png
         write_png(path, image, replace=False, before_publish=before_publish)
     except FileExistsError:
         raise _appeared(path) from None
-
-
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]], *,
-               replace: bool) -> None:
-    # Line by line as the partial tables append them: one CSV format for both.
-    _write_table(path, "".join(map(_csv_line, [columns, *rows])), replace=replace)
 
 
 def _write_table(path: Path, text: str, *, replace: bool) -> None:

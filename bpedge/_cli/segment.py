@@ -262,7 +262,7 @@ def register(app: typer.Typer) -> None:
                     # the user took meanwhile, the disk still full) is reported after it, never
                     # in its place.
                     tables_failure = exc
-            done = len(outputs.rows)
+            done = outputs.recorded_frames
             for line in lines:
                 typer.echo(line)
             if failure is not None:
@@ -286,7 +286,7 @@ def register(app: typer.Typer) -> None:
                 raise error(f"{failure}{kept}") from failure
             (out / output.INCOMPLETE).unlink()  # results.csv is written: the set is complete
             output.own_entries(out, ())  # and the note, gone, is no longer segment's name
-        present = sum(int(r[2]) for r in outputs.rows)
+        present = outputs.present_frames
         extra = f"; skipped {len(skipped)} (see above)" if skipped else ""
         typer.echo(f"segmented {done} frame(s) from {len(inputs)} source(s): BP present in "
                    f"{present}{extra}; wrote {out / 'results.csv'} and {out / 'results.jsonl'}")

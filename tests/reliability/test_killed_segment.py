@@ -219,7 +219,7 @@ def test_a_file_that_takes_a_partial_tables_name_mid_run_is_never_replaced_or_ow
     real_add = _segment_outputs.SegmentOutputs.add
 
     def add(self, frame, result):
-        if not self.done:  # the user's own table appears just before the first row is written
+        if not self.recorded_frames:  # the user's own table appears just before the first row is written
             (study / "results.partial.csv").write_text("mine\n")
         real_add(self, frame, result)
 
@@ -284,7 +284,7 @@ def swap_in_users_table(study: Path, name: str, when: int, monkeypatch) -> None:
 
     def add(self, frame, result):
         real_add(self, frame, result)
-        if len(self.done) == when:
+        if self.recorded_frames == when:
             if (study / name).exists():
                 os.replace(study / name, study.parent / f"moved-{name}")
             (study / name).write_text("mine\n")

@@ -117,7 +117,7 @@ def test_a_users_file_at_a_partial_tables_name_never_hides_the_runs_own_error(
 
     def add(self, frame, result):
         real_add(self, frame, result)
-        if len(self.done) == 2:
+        if self.recorded_frames == 2:
             os.replace(frames / "results.partial.csv", tmp_path / "moved.csv")
             (frames / "results.partial.csv").write_text("mine\n")
 
@@ -132,3 +132,44 @@ def test_a_users_file_at_a_partial_tables_name_never_hides_the_runs_own_error(
     # Where the rows are: the JSON lines this run appended; the user's file is not named.
     assert f"the first 5 row(s) of {frames / 'results.partial.jsonl'}" in then, line
     assert (frames / "results.partial.csv").read_text() == "mine\n"
+
+
+def test_a_long_run_keeps_no_rows_in_memory(tmp_path):
+    """segment kept every frame's rows (about 0.5 KB a frame) until the run ended: a camera run
+    of hours grew without bound. The final tables now come from the partial tables' files."""
+    import tracemalloc
+
+    import numpy as np
+
+    from bpedge._result import Result
+    from bpedge.sources import SourceFrame
+
+    out = tmp_path / "out"
+    outputs = _segment_outputs.SegmentOutputs(out, masks=False, overlays=False, video=None,
+                                              video_fps=None)
+    image = np.zeros((32, 48), np.uint8)
+    mask = np.zeros((32, 48), np.uint8)
+
+    def add(i: int) -> None:
+        frame = SourceFrame(image, f"camera_f{i:06d}", index=i, timestamp=i / 30,
+                            source="camera:0")
+        outputs.add(frame, Result(mask, (1.0, 2.0, 30.0, 20.0), 0.9, True,
+                                  {"total": 1.25}, name=frame.name))
+
+    for i in range(200):  # warm: the tables are made, every cache filled
+        add(i)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200, 2200):
+            add(i)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 20 * 2000, f"{grown / 2000:.0f} bytes a frame"  # was ~500 a frame
+    outputs.finish()
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 2201 and rows[1].startswith("camera:0,0,1,0.900000,1.00,2.00,30.00")
+    assert rows[-1].startswith("camera:0,2199,")
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2200
+    assert outputs.recorded_frames == outputs.present_frames == 2200
