@@ -160,7 +160,19 @@ def next_box(mask: np.ndarray, margin: float,
     """The box (frame pixels) around a uint8 mask's non-zero pixels, widened by ``margin`` times
     its width/height on each side; None for an empty mask. With ``size`` (width, height) the box
     has that size instead, centred where the mask's box is."""
+    return _box_around(_rect(mask), margin, size)
+
+
+def _rect(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(x, y, w, h)`` of the non-zero pixels of a uint8 mask; zero size when there are none."""
     x, y, w, h = cv2.boundingRect(mask)
+    return int(x), int(y), int(w), int(h)
+
+
+def _box_around(rect: tuple[int, int, int, int], margin: float,
+                size: tuple[float, float] | None) -> tuple[float, float, float, float] | None:
+    """:func:`next_box` from the mask's bounding rectangle ``(x, y, w, h)``."""
+    x, y, w, h = rect
     if w == 0 or h == 0:
         return None
     cx, cy = x + w / 2, y + h / 2
@@ -186,6 +198,7 @@ class Tracker:
         shape: tuple[int, ...] | None = None
         sequence: Hashable = None
         last_mask: np.ndarray | None = None
+        last_rect = (0, 0, 0, 0)  # last_mask's bounding rectangle (x, y, w, h)
         size: tuple[float, float] | None = None
         for frame in frames:
             grey, this_sequence = frame if isinstance(frame, SequenceFrame) else (frame, None)
@@ -212,9 +225,13 @@ class Tracker:
                 # A detection where the track was confirms it (the next check comes twice as
                 # late); anywhere else it starts a new track, checked soon: a track begun on a
                 # look-alike is as confident as one on the BP (module docstring).
-                h, w = grey.shape[:2]
+                # Both masks lie in the union of the detection's crop box and the last mask's
+                # rectangle: reading only that costs ~0.01 ms, the whole frame ~0.17 ms.
+                x, y, w, h = last_rect
+                x0, y0, x1, y1 = result.box
+                both = (min(x0, x), min(y0, y), max(x1, x + w), max(y1, y + h))
                 agrees = box is not None and last_mask is not None \
-                    and mask_overlap(result.mask, last_mask, (0, 0, w, h)) >= options.min_overlap
+                    and mask_overlap(result.mask, last_mask, both) >= options.min_overlap
                 interval = min(2 * interval, options.detect_every) if agrees \
                     else options.first_check
                 # Tracked crops keep the size of this detection's crop (the detector's box; the
@@ -223,7 +240,8 @@ class Tracker:
                 x0, y0, x1, y1 = result.box
                 grown = 1.0 + cascade.spec.crop_margin
                 size = ((x1 - x0) / grown, (y1 - y0) / grown)
-            box = next_box(result.mask, options.margin, size)
+            last_rect = _rect(result.mask)
+            box = _box_around(last_rect, options.margin, size)
             # The tracker's own copy: the result's mask is the caller's, who may change it
             # before asking for the next frame (whose overlap test reads this one).
             if last_mask is None or last_mask.shape != result.mask.shape:
