@@ -55,9 +55,12 @@ detection found it. Measured with the tiny demo bundle of 2026-12-07 (`bpedge de
 and four phantom seeds no model saw (5-8, 8 subjects of 16 frames), tracked minus per-frame Dice
 over all frames, and the detector's share of tracked frames: with one check every 10 frames,
 +0.000 / -0.071 / +0.029 / +0.027 / -0.060 (detector on 97% / 60% / 53% / 49% / 46% of frames);
-with checks after 1, 2, 4, 8 frames, -0.000 / -0.000 / -0.014 / +0.013 / +0.008 (100% / 83% / 73%
-/ 87% / 80%). On seed 5 a track begun on an empty frame's look-alike held through the next
-subject frames' BP for 5 and 6 frames (two subjects), on seed 8 for 7. The doubling costs about
+with checks after 1, 2, 4, 8 frames, +0.000 / -0.000 / -0.014 / +0.013 / +0.008 (100% / 83% / 73%
+/ 87% / 80%); with a second demo bundle (``--seed 1``) on seeds 5-8, -0.027 / +0.028 / +0.016 /
+-0.052 -> +0.007 / +0.006 / -0.006 / +0.002 (benchmarks/results/README.md). On seed 5 a track
+begun on an empty frame's look-alike held on it through the subject's next 5 and 6 BP frames
+(two subjects); on seed 8 it lost 6 of the 7 BP frames before the next scheduled detection. The
+doubling costs about
 log2(``detect_every``) extra detections per new track, which a long video amortises and these
 16-frame sequences do not: with this bundle, whose detector boxes are about 20% narrower than the
 BP on unseen subjects (the masks reach the crop's edges, so few detections start a track at all),
