@@ -30,7 +30,8 @@ from typing import Any
 from bpedge._atomic import atomic_write_text
 
 __all__ = [
-    "Step", "StepRecord", "StepState", "check_no_foreign_best", "file_digests", "is_orphan_checkpoint", "read_step_log",
+    "Step", "StepRecord", "StepState", "check_no_foreign_best", "file_digests", "file_sha256",
+    "is_orphan_checkpoint", "read_step_log",
     "run_steps", "training_state",
 ]
 
@@ -146,20 +147,31 @@ def is_orphan_checkpoint(run_dir: Path) -> bool:
     return payload.get("epoch") == 1 and stored == config
 
 
-def file_digests(paths: Sequence[Path]) -> dict[str, str]:
-    """``{path: sha256}`` of each input file, keyed by its resolved path (the same files spelled
-    from another folder, or as absolute paths, are the same inputs; they used to re-run every
-    derived step); a missing input is a ValueError naming it (the step that makes it has not
-    run)."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex); a missing file is a ValueError naming it (the step
+    that makes it has not run)."""
+    if not path.is_file():
+        raise ValueError(f"input {path} is missing; the step that writes it has not finished")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(paths: Sequence[Path], root: Path | None = None) -> dict[str, str]:
+    """``{path: sha256}`` of each input file (:func:`file_sha256`). Keyed by the path relative
+    to ``root`` (the study folder) when the file is inside it, else by its resolved path: the
+    same study spelled relative or absolute, through a link, or after it was moved, has the same
+    inputs (keyed as spelled, each of those re-ran every derived step)."""
+    base = None if root is None else root.resolve()
     out: dict[str, str] = {}
     for p in paths:
-        if not p.is_file():
-            raise ValueError(f"input {p} is missing; the step that writes it has not finished")
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        out[str(p.resolve())] = h.hexdigest()
+        real = p.resolve()
+        key = str(real)
+        if base is not None and real.is_relative_to(base):
+            key = real.relative_to(base).as_posix()
+        out[key] = file_sha256(p)
     return out
 
 
@@ -185,8 +197,9 @@ def _last_inputs(records: list[dict[str, Any]], step: str) -> dict[str, str] | N
     return None
 
 
-def _derived_state(step: Step, records: list[dict[str, Any]]) -> tuple[StepState, dict[str, str]]:
-    digests = file_digests(step.inputs())
+def _derived_state(step: Step, records: list[dict[str, Any]],
+                   root: Path) -> tuple[StepState, dict[str, str]]:
+    digests = file_digests(step.inputs(), root)
     outputs_exist = all(p.exists() for p in step.outputs())
     if outputs_exist and _last_inputs(records, step.name) == digests:
         return StepState.DONE, digests
@@ -228,12 +241,12 @@ def run_steps(
             if step.state is not None:
                 state = step.state()
             else:
-                state, digests = _derived_state(step, records)
+                state, digests = _derived_state(step, records, log_path.parent)
             t0 = time.perf_counter()
             if state is not StepState.DONE:
                 step.action(state is StepState.UNFINISHED)
                 if step.state is None:
-                    digests = file_digests(step.inputs())
+                    digests = file_digests(step.inputs(), log_path.parent)
             seconds = time.perf_counter() - t0
             status = {StepState.DONE: "skipped", StepState.UNFINISHED: "resumed",
                       StepState.NOT_STARTED: "ran"}[state]

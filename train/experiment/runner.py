@@ -27,7 +27,7 @@ from bpedge.train.experiment._steps import (
     StepRecord,
     StepState,
     check_no_foreign_best,
-    file_digests,
+    file_sha256,
     read_step_log,
     run_steps,
     training_state,
@@ -187,7 +187,7 @@ def _segmenter_state(opts: ExperimentOptions, layout: StudyLayout, mode: str, ar
         # Compared by content, so a study folder that was moved still matches its detector.
         used = _read(boxes)["detector_sha256"]
         chosen = _chosen_detector(layout, mode)[1]
-        if used != file_digests([chosen])[str(chosen)]:
+        if used != file_sha256(chosen):
             raise ValueError(
                 f"{run_dir} was trained on the boxes of another detector than the chosen one "
                 f"({chosen}; the gamma list or the detectors changed); remove {run_dir} to "

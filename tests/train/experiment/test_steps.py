@@ -155,3 +155,18 @@ def test_inputs_spelled_from_another_folder_are_the_same_inputs(tmp_path: Path,
     again = run_steps(_plan(tmp_path, counter), tmp_path / "steps.jsonl", progress=False)
     assert [r.status for r in again] == ["skipped", "skipped"]
     assert [c[0] for c in counter.calls] == ["a", "b"]
+
+
+def test_a_moved_study_folder_keeps_its_finished_steps(tmp_path: Path) -> None:
+    """Inputs inside the study folder are keyed relative to it: after `mv study study2` every
+    derived step ran again (keyed by absolute path), though no input had changed."""
+    first_dir, moved = tmp_path / "study", tmp_path / "study2"
+    first_dir.mkdir()
+    (first_dir / "source.txt").write_text("v1")
+    counter = _Counter()
+    first = run_steps(_plan(first_dir, counter), first_dir / "steps.jsonl", progress=False)
+    assert [r.status for r in first] == ["ran", "ran"]
+    first_dir.rename(moved)
+    again = run_steps(_plan(moved, counter), moved / "steps.jsonl", progress=False)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert set(read_step_log(moved / "steps.jsonl")[-1]["inputs"]) == {"a.txt"}
