@@ -8,9 +8,11 @@ columns that come and go; accuracy goes to its own file.
 While a run goes on, each frame's rows are appended to ``results.partial.csv``,
 ``results.partial.jsonl`` and ``accuracy.partial.csv`` as it is recorded (:class:`_PartialTables`),
 so a run killed outright (SIGKILL, the OOM killer, power loss) keeps the rows of its frames; a
-finished run replaces them with the final tables, read back from the partial tables' files. The
-rows are not also kept in memory: a camera run that goes on for hours held about 0.5 KB a frame
-until it ended (only ground-truth scores, a few numbers a frame, are kept for the summary).
+finished run replaces them with the final tables. Those are copied from a private spool of the
+same lines (an unnamed temporary file beside the tables, which nobody else can open, change or
+truncate; the partial tables are the user's to move or edit), not kept in memory: a camera run
+that went on for hours held about 1 KB a frame until it ended. Only ground-truth scores, a few
+numbers a frame, stay in memory for the summary.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ import io
 import json
 import locale
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from bpedge._atomic import atomic_write_text, fsync_dir
+from bpedge._atomic import atomic_open, fsync_dir
 from bpedge._cli._segment_output import PngRecord, disown_entries, own_entries
 from bpedge._display_text import spreadsheet_cell
 from bpedge._out_file import OutFile, OutFileRefused
@@ -136,9 +139,8 @@ class _InFlight:
 
 
 #: Appends whole lines and never follows or replaces what is at the name: O_EXCL refuses any
-#: existing file or symbolic link there. O_BINARY (Windows) keeps the bytes as given. Read too:
-#: the final tables are the lines of the frames recorded, read back through this descriptor.
-_APPEND_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
+#: existing file or symbolic link there. O_BINARY (Windows) keeps the bytes as given.
+_APPEND_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                  | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 
@@ -148,6 +150,11 @@ _APPEND_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
 #: costs 0.08 ms; an fsync of the tables per frame cost 0.7 ms median, 12 ms at p95 (1 s in all),
 #: once a second 0.25 s in all.
 _SYNC_EVERY_S = 1.0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:  # one call unless the OS takes part of it (a full disk then fails the next)
+        data = data[os.write(fd, data):]
 
 
 def _csv_line(row: tuple[Any, ...]) -> str:
@@ -160,13 +167,17 @@ def _csv_line(row: tuple[Any, ...]) -> str:
 class _AppendedTable:
     """One partial table: created (never over an existing file) with its header, then a line at
     a time, each in one ``write`` call on an unbuffered descriptor, so the line is with the OS
-    when :meth:`append` returns and a SIGKILL cannot lose it."""
+    when :meth:`append` returns and a SIGKILL cannot lose it. The same bytes go to a spool, an
+    unnamed temporary file, from which :meth:`copy_recorded` gives the final table: reading the
+    partial table back published whatever a user had written into it (``cp`` over it, an
+    appended note, a truncation) as the run's rows."""
 
     def __init__(self, path: Path, header: str) -> None:
         self.path, self._header = path, header
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
         self.created = False
+        self._spool: IO[bytes] | None = None
         self._size = 0  # bytes appended (whole calls)
         self._recorded = 0  # of which the lines of recorded frames (and the header)
 
@@ -180,6 +191,12 @@ class _AppendedTable:
         made = os.fstat(self._fd)
         self._identity = (made.st_dev, made.st_ino)
         self.created = True
+        try:
+            # On the tables' filesystem (its space is what the tables take anyway), nameless
+            # where the system can (Linux's O_TMPFILE), else unlinked as soon as it is made.
+            self._spool = tempfile.TemporaryFile(dir=self.path.parent)  # noqa: SIM115 - closed by close_spool()
+        except OSError as exc:
+            raise self._failed(exc, "making the spool of") from exc
         if self._header:
             self.append(self._header)
 
@@ -188,39 +205,38 @@ class _AppendedTable:
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not open: create() it first")
         data = _as_text_file_bytes(text)
-        size = self._size + len(data)
         try:
-            while data:  # one call unless the OS takes part of it (a full disk then fails the next)
-                data = data[os.write(self._fd, data):]
+            _write_all(self._fd, data)
+            if self._spool is not None:
+                # At the spool's own end: after a failed write, the next append follows the
+                # recorded lines, not a piece of a line.
+                spool = self._spool.fileno()
+                os.lseek(spool, self._size, os.SEEK_SET)
+                _write_all(spool, data)
         except OSError as exc:
             raise self._failed(exc, "appending a row to") from exc
-        self._size = size
+        self._size += len(data)
 
     def mark_recorded(self) -> None:
         """Everything appended so far belongs to recorded frames (a later line may not)."""
         self._recorded = self._size
 
-    def recorded_text(self) -> str | None:
-        """The header and the lines of the recorded frames, read back from the file this run
-        made (through its descriptor: the user may have moved it, or put a file of their own at
-        its name); None when the table was never created."""
-        if not self.created:
-            return None
-        if self._fd is None:
-            raise RuntimeError(f"{self.path} is closed: read it before close()")
-        chunks, offset = [], 0
+    def copy_recorded(self, target: IO[bytes]) -> None:
+        """Write the header and the lines of the recorded frames to ``target``, a megabyte at a
+        time, from the spool (nothing when the table was never created)."""
+        if self._spool is None:
+            return
+        spool, offset = self._spool.fileno(), 0
         try:
             while offset < self._recorded:
-                chunk = os.pread(self._fd, min(self._recorded - offset, 1 << 20), offset)
-                if not chunk:
-                    raise OSError(errno.EIO, f"{self.path.name} is shorter than its "
-                                  f"{self._recorded} bytes of recorded rows")
-                chunks.append(chunk)
+                chunk = os.pread(spool, min(self._recorded - offset, 1 << 20), offset)
+                if not chunk:  # only this run has the spool: its bytes do not go away
+                    raise OSError(errno.EIO, f"the spool of {self.path.name} ended at byte "
+                                  f"{offset} of {self._recorded}")
+                target.write(chunk)
                 offset += len(chunk)
         except OSError as exc:
-            raise self._failed(exc, "reading back") from exc
-        text = b"".join(chunks).decode(locale.getpreferredencoding(False))
-        return text.replace(os.linesep, "\n") if os.linesep != "\n" else text
+            raise self._failed(exc, "copying the rows of") from exc
 
     def sync(self) -> None:
         """Force what was appended to the disk (for a power loss; a kill loses nothing)."""
@@ -238,9 +254,15 @@ class _AppendedTable:
                        "lines are whole)", str(self.path))
 
     def close(self) -> None:
+        """Close the partial table (the spool stays open for :meth:`copy_recorded`)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+    def close_spool(self) -> None:
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            spool.close()
 
     def still_ours(self) -> bool:
         """Whether the name still holds the file this run created: while the run went on, the
@@ -305,12 +327,9 @@ class _PartialTables:
         for table in (self.results, self.jsonl, self.accuracy):
             table.mark_recorded()
 
-    def recorded_texts(self) -> tuple[str, str, str | None]:
-        """The results CSV, the JSON lines and the accuracy CSV (None without ground truth) of
-        the recorded frames; the results table's header alone before the first frame."""
-        results = self.results.recorded_text()
-        return (_csv_line(CSV_COLUMNS) if results is None else results,
-                self.jsonl.recorded_text() or "", self.accuracy.recorded_text())
+    def close_spools(self) -> None:
+        for table in (self.results, self.jsonl, self.accuracy):
+            table.close_spool()
 
     def _sync(self) -> None:
         for table in (self.results, self.jsonl, self.accuracy):
@@ -482,7 +501,6 @@ class SegmentOutputs:
         failed write, is gone. A complete run's final tables replace them."""
         lines = []
         refused: OutFileRefused | None = None
-        texts = self._partial.recorded_texts()
         self._partial.close()
         self._pngs.close()
         if self._video is not None:
@@ -491,21 +509,26 @@ class SegmentOutputs:
             except OutFileRefused as exc:  # a file appeared at --save-video: the tables still go
                 refused = exc
         written: set[str] = set()
-        if complete or self.recorded_frames:
-            written = self._write_tables("" if complete else ".partial", texts, lines)
+        try:
+            if complete or self.recorded_frames:
+                written = self._write_tables("" if complete else ".partial", lines)
+        finally:
+            self._partial.close_spools()
         # After the final tables: a run killed in between still has every row on disk.
         self._partial.remove_all_but(written)
         if refused is not None:
             raise refused
         return lines
 
-    def _write_tables(self, tag: str, texts: tuple[str, str, str | None],
-                      lines: list[str]) -> set[str]:
-        """Write the tables of the frames done (``texts``, from the partial tables), named with
-        ``tag``, and add the accuracy summary to ``lines``; the names written."""
-        results, jsonl, accuracy = texts
+    def _write_tables(self, tag: str, lines: list[str]) -> set[str]:
+        """Write the tables of the frames done, named with ``tag``, from the spools, and add the
+        accuracy summary to ``lines``; the names written."""
+        partial = self._partial
+        # A recorded frame with ground truth, not the table's existence: a table made for a
+        # frame whose recording then failed holds only its header.
+        accuracy = bool(self._scores)
         names = [f"results{tag}.csv", f"results{tag}.jsonl",
-                 *([f"accuracy{tag}.csv"] if accuracy is not None else [])]
+                 *([f"accuracy{tag}.csv"] if accuracy else [])]
         # Only this run's own partial tables are replaced: the start of the run cleared (with
         # --force) or refused every other name, so a file there now was put there during the run
         # by someone else and is kept (FileExistsError; the rows stay in the partial tables).
@@ -516,14 +539,19 @@ class SegmentOutputs:
             raise _appeared(self.out / taken[0])
         # Recorded as segment's before they are written (a folder it adds to; see own_entries).
         own_entries(self.out, names)
-        _write_table(self.out / f"results{tag}.csv", results, replace=replace[f"results{tag}.csv"])
+        results = partial.results
+        header = _as_text_file_bytes(_csv_line(CSV_COLUMNS))
+        # Before the first frame the results table was never made: its header alone.
+        _write_table(self.out / f"results{tag}.csv",
+                     results.copy_recorded if results.created else lambda f: f.write(header),
+                     replace=replace[f"results{tag}.csv"])
         self._written.append(self.out / f"results{tag}.csv")
-        _write_table(self.out / f"results{tag}.jsonl", jsonl,
+        _write_table(self.out / f"results{tag}.jsonl", partial.jsonl.copy_recorded,
                      replace=replace[f"results{tag}.jsonl"])
         self._written.append(self.out / f"results{tag}.jsonl")
-        if accuracy is not None:
+        if accuracy:
             path = self.out / f"accuracy{tag}.csv"
-            _write_table(path, accuracy, replace=replace[path.name])
+            _write_table(path, partial.accuracy.copy_recorded, replace=replace[path.name])
             self._written.append(path)
             lines.append(_accuracy_summary(self._scores) + f"; per frame in {path}")
         return set(names)
@@ -547,9 +575,11 @@ def _write_new_png(path: Path, image: np.ndarray, flight: _InFlight, record: Png
         raise _appeared(path) from None
 
 
-def _write_table(path: Path, text: str, *, replace: bool) -> None:
+def _write_table(path: Path, write: Callable[[IO[bytes]], object], *, replace: bool) -> None:
+    """Write a final table atomically: ``write`` gives its bytes (as a text file holds them)."""
     try:
-        atomic_write_text(path, text, replace=replace)
+        with atomic_open(path, "wb", replace=replace) as f:
+            write(f)
     except FileExistsError:
         # Taken between the check and the write: its owner's, never to be deleted by --force.
         disown_entries(path.parent, [path.name])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -91,10 +92,10 @@ def test_a_full_disk_that_also_fails_the_tables_rewrite_keeps_the_first_error(
     out = tmp_path / "out"
     fill_disk_at_row("results.partial.csv", monkeypatch)
 
-    def disk_still_full(path, text, **kw):
+    def disk_still_full(path, *args, **kw):  # the final tables' atomic writer
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(_segment_outputs, "atomic_write_text", disk_still_full)
+    monkeypatch.setattr(_segment_outputs, "atomic_open", disk_still_full)
     result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
                                          str(out), *BASE])
     assert result.exit_code == 1, result.output
@@ -173,3 +174,75 @@ def test_a_long_run_keeps_no_rows_in_memory(tmp_path):
     assert rows[-1].startswith("camera:0,2199,")
     assert len((out / "results.jsonl").read_text().splitlines()) == 2200
     assert outputs.recorded_frames == outputs.present_frames == 2200
+
+
+def _clean_tables(tiny_bundle: Path, frames: Path, out: Path) -> dict[str, list[str]]:
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 0, result.output
+    return _tables(out)
+
+
+def _tables(out: Path) -> dict[str, list[str]]:
+    """Each final table's lines, the timing columns cut (they differ run to run)."""
+    def cut(line: str) -> str:
+        return line.rsplit(",", 1)[0] if line.count(",") >= 8 else line
+
+    return {"results.csv": [cut(line) for line in (out / "results.csv").read_text().splitlines()],
+            "accuracy.csv": (out / "accuracy.csv").read_text().splitlines(),
+            "results.jsonl": [json.dumps({k: v for k, v in json.loads(line).items()
+                                          if k != "timings_ms"})
+                              for line in (out / "results.jsonl").read_text().splitlines()]}
+
+
+@pytest.mark.parametrize("change", ["copied over", "note appended", "truncated", "bytes over"])
+def test_a_partial_table_changed_in_place_mid_run_does_not_reach_the_final_tables(
+        tiny_bundle, frames, tmp_path, monkeypatch, change):
+    """The final tables were read back from the partial tables' files: a user's `cp` over one,
+    a note appended to it, or a truncation (logrotate's copytruncate) became the run's rows, or
+    failed a run that had segmented every frame. They come from the run's own spool."""
+    want = _clean_tables(tiny_bundle, frames, tmp_path / "clean")
+    out = tmp_path / "out"
+    real_add = _segment_outputs.SegmentOutputs.add
+
+    def add(self, frame, result):
+        real_add(self, frame, result)
+        if self.recorded_frames == 2:
+            table = out / "results.partial.csv"
+            if change == "copied over":
+                with table.open("r+") as f:  # cp writes into the same file
+                    f.write("my,own,data\n" * 40)
+            elif change == "note appended":
+                with table.open("a") as f:
+                    f.write("# note\n")
+            elif change == "truncated":
+                os.truncate(table, 0)
+            else:
+                with table.open("r+b") as f:
+                    f.write(b"\xff\xfe" + b"X" * 28)
+
+    monkeypatch.setattr(_segment_outputs.SegmentOutputs, "add", add)
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 0, result.output
+    assert _tables(out) == want
+    assert not (out / "results.partial.csv").exists()  # it was this run's, changed or not
+
+
+def test_no_accuracy_table_when_no_frame_with_ground_truth_was_recorded(
+        tiny_bundle, frames, phantom_dir, tmp_path, monkeypatch):
+    """The first frame with a ground-truth mask fails to record (a full disk): the accuracy
+    table made for it held only its header, and the summary said 'against 0 ground-truth
+    mask(s) ... nan'."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("2_1", "2_2"):  # two stills without masks come first
+        shutil.copy(phantom_dir / f"{name}.tif", plain / f"{name}.tif")
+    fill_disk_at_row("results.partial.jsonl", monkeypatch)  # the 3rd frame's line fails
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(plain), str(frames),
+                                         "--out", str(out), *BASE])
+    assert result.exit_code == 1, result.output
+    assert "nan" not in result.output and "0 ground-truth" not in result.output, result.output
+    assert not (out / "accuracy.partial.csv").exists()
+    assert len(rows(out / "results.partial.csv")) == 2
