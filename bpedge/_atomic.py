@@ -90,7 +90,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask),
         # so a bundle or run written by one user can be read by another.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -160,7 +160,8 @@ def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

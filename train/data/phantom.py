@@ -20,6 +20,7 @@ so a subject's frames do not depend on how many other subjects are generated.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -34,7 +35,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from bpedge._atomic import exchange
+from bpedge._atomic import current_umask, exchange
 from bpedge._out_dir import OutDirRefused, refuse_unless_new_or_empty
 
 __all__ = ["PhantomConfig", "generate_phantom", "render_subject"]
@@ -461,22 +462,23 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     frames numbered from 1) and return ``out_dir``.
 
     ``out_dir`` must not exist or be empty. Frames are written into a hidden sibling folder that is
-    renamed to ``out_dir`` at the end, so an interrupted run leaves no half dataset behind. An
-    empty ``out_dir`` keeps its permissions (the dataset folder takes them).
+    swapped in for ``out_dir`` at the end, so an interrupted run leaves no half dataset behind. An
+    empty ``out_dir`` keeps its permissions, owner and group (the dataset folder takes them); one
+    that cannot (another user's, a mount point) is refused before any frame is rendered.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # "." has no parent to put the hidden folder in
     refuse_unless_new_or_empty(out_dir)
     _refuse_any_entry(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A new folder of its own (never a fixed name that could be someone else's folder).
-    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    existing = out_dir.stat() if out_dir.is_dir() else None
+    if existing is not None and os.path.ismount(out_dir):
+        raise OutDirRefused(f"--out {out_dir} is a mount point, which the finished dataset cannot "
+                            "take the place of: give a new folder inside it")
     try:
-        # A user's empty folder made 0700 had become 0755 when the dataset took its place.
-        mode = stat.S_IMODE(out_dir.stat().st_mode) if out_dir.is_dir() else 0o755
-        os.chmod(partial, mode)
-    except BaseException:
-        partial.rmdir()
-        raise
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"--out {out_dir}: a part of its path is a file, not a "
+                                 "folder") from None
+    partial = _partial_folder(out_dir, existing)
     total = config.subjects * config.frames
     bar = None
     swapped = False
@@ -500,14 +502,29 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
                 for job in pending:
                     job.result()
                 pending.clear()
+        # What is at out_dir now, not at the start: something may have been put there meanwhile.
+        if out_dir.is_symlink() or (os.path.lexists(out_dir) and not out_dir.is_dir()):
+            raise OutDirRefused(f"--out {out_dir} was made a file or link while phantom ran: it "
+                                "is left as it is; run again with a new folder")
         if out_dir.exists():
-            _refuse_any_entry(out_dir)  # something may have been put there during the run
-            # One swap, so the path holds the user's empty folder or the dataset at every
-            # moment (a kill between rmdir and rename left neither); the empty folder, now at
-            # the hidden name, is removed after. Two steps where the system has no swap.
+            _refuse_any_entry(out_dir)
+            # One swap, so the path holds the empty folder or the dataset at every moment (a
+            # kill between rmdir and rename left neither); the empty folder, now at the hidden
+            # name, is removed after. Two steps where the system has no swap.
             if exchange(partial, out_dir):
                 swapped = True
-                partial.rmdir()
+                try:
+                    partial.rmdir()
+                except OSError as exc:
+                    # Not the empty folder: something took out_dir's place between the last
+                    # check and the swap (another run's dataset, a file). Swap back, so each is
+                    # where it was (ours to remove), and refuse.
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                        raise
+                    swapped = not exchange(partial, out_dir)
+                    raise OutDirRefused(
+                        f"--out {out_dir} was filled while phantom ran (another run, or a file "
+                        "put there): it is left as it is; run again with a new folder") from None
             else:
                 out_dir.rmdir()  # os.replace cannot replace even an empty folder on every OS
                 os.replace(partial, out_dir)
@@ -521,3 +538,29 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
         if bar is not None:
             bar.close()
     return out_dir
+
+
+def _partial_folder(out_dir: Path, existing: os.stat_result | None) -> Path:
+    """The hidden folder beside ``out_dir`` the frames are written into, with the permissions,
+    owner and group of the empty folder it will replace (else 0777 less the umask)."""
+    # A new folder of its own (never a fixed name that could be someone else's folder), its
+    # name cut so that it fits where out_dir's own 255-byte name does.
+    stem = os.fsencode(out_dir.name)[:200].decode(errors="ignore")
+    partial = Path(tempfile.mkdtemp(prefix=f".{stem}.partial-", dir=out_dir.parent))
+    try:
+        if existing is None:
+            os.chmod(partial, 0o777 & ~current_umask())
+            return partial
+        if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.chown(partial, existing.st_uid, existing.st_gid)
+            except PermissionError:
+                raise OutDirRefused(
+                    f"--out {out_dir} is an empty folder whose owner or group this user cannot "
+                    "give the dataset folder that replaces it: give a new folder path") from None
+        # After chown, which clears set-id bits. A user's empty 0700 folder had become 0755.
+        os.chmod(partial, stat.S_IMODE(existing.st_mode))
+    except BaseException:
+        partial.rmdir()
+        raise
+    return partial

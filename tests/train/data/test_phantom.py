@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -222,3 +223,124 @@ def test_a_folder_holding_only_a_lock_file_is_refused_before_any_frame(tmp_path:
     assert [p.name for p in out.iterdir()] == [LOCK_NAME]
     assert (out / LOCK_NAME).read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left
+
+
+TINY = PhantomConfig(subjects=1, frames=1, height=96, width=96)
+
+
+def _left_beside(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a folder to another user needs root")
+def test_an_empty_folder_of_another_user_keeps_its_owner_and_group(tmp_path: Path) -> None:
+    """Run by root for someone's empty 0700 folder, the dataset folder that replaced it was
+    root's: its owner could no longer list it."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    os.chown(out, 65534, 65534)
+    out.chmod(0o2750)
+    generate_phantom(out, TINY)
+    made = out.stat()
+    assert (made.st_uid, made.st_gid) == (65534, 65534)
+    assert oct(made.st_mode & 0o7777) == oct(0o2750)
+
+
+def test_an_owner_the_dataset_folder_cannot_take_is_refused_before_any_frame(
+        tmp_path: Path, monkeypatch) -> None:
+    from bpedge.train.data import phantom
+
+    from bpedge._out_dir import OutDirRefused
+
+    out = tmp_path / "theirs"
+    out.mkdir()
+    mine = out.stat()
+    monkeypatch.setattr(phantom.os, "geteuid", lambda: mine.st_uid + 1)  # not the owner
+
+    def chown(*args) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    rendered = []
+    monkeypatch.setattr(phantom.os, "chown", chown)
+    monkeypatch.setattr(phantom, "render_subject", lambda *a: rendered.append(1) or iter(()))
+    with pytest.raises(OutDirRefused, match="owner or group"):
+        generate_phantom(out, TINY)
+    assert not rendered and _left_beside(tmp_path) == ["theirs"] and not list(out.iterdir())
+
+
+@pytest.mark.parametrize("appears", ["a file", "another run's dataset"])
+def test_what_takes_out_while_phantom_runs_is_left_where_it_is(tmp_path: Path, monkeypatch,
+                                                                appears: str) -> None:
+    """A file put at a new --out mid-run was swapped to the hidden name (and the run failed
+    with 'Not a directory'); another run's dataset published between the last check and the
+    swap was swapped away and this run's put in its place."""
+    from bpedge.train.data import phantom
+
+    from bpedge._out_dir import OutDirRefused
+
+    out = tmp_path / "ds"
+    if appears == "a file":
+        real_render = phantom.render_subject
+
+        def render(config, subject):
+            yield from real_render(config, subject)
+            out.write_text("mine")
+
+        monkeypatch.setattr(phantom, "render_subject", render)
+    else:
+        out.mkdir()
+        real_exchange = phantom.exchange
+
+        def exchange(a, b) -> bool:  # the other run publishes just before this one's swap
+            (out / "1_1.tif").write_text("the other run's")
+            return real_exchange(a, b)
+
+        monkeypatch.setattr(phantom, "exchange", exchange)
+    with pytest.raises(OutDirRefused, match="while phantom ran"):
+        generate_phantom(out, TINY)
+    if appears == "a file":
+        assert out.read_text() == "mine"
+    else:
+        assert [p.name for p in out.iterdir()] == ["1_1.tif"]
+        assert (out / "1_1.tif").read_text() == "the other run's"
+    assert _left_beside(tmp_path) == ["ds"]  # this run's frames are gone, nothing hidden left
+
+
+def test_out_paths_that_used_to_fail_after_rendering(tmp_path: Path, monkeypatch) -> None:
+    from bpedge.train.data import phantom
+
+    from bpedge._out_dir import OutDirRefused
+
+    # "." in an empty folder: the hidden folder was made inside it, which then was not empty.
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    generate_phantom(Path("."), TINY)
+    assert _left_beside(here) == ["1_1.tif", "1_1_mask.tif"]
+    # A 250-byte name: the hidden name beside it was over the 255-byte limit.
+    long = tmp_path / ("a" * 250)
+    generate_phantom(long, TINY)
+    assert len(list(long.iterdir())) == 2
+    # A path through a file: a raw "[Errno 17] File exists" and exit 1.
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="a part of its path is a file"):
+        generate_phantom(tmp_path / "afile" / "sub", TINY)
+    # A mount point cannot be swapped out (EBUSY, after every frame was rendered).
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    monkeypatch.setattr(phantom.os.path, "ismount", lambda p: Path(p) == mount)
+    with pytest.raises(OutDirRefused, match="mount point"):
+        generate_phantom(mount, TINY)
+    assert (tmp_path / "afile").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["here", "a" * 250, "afile",
+                                                                 "mnt"])
+
+
+def test_a_new_folder_follows_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        made = generate_phantom(tmp_path / "new", TINY)
+    finally:
+        os.umask(old)
+    assert oct(made.stat().st_mode & 0o777) == oct(0o700)  # was 0755 whatever the umask
