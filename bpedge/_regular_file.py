@@ -53,19 +53,28 @@ def not_a_file(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` is not a regular file to read (links followed), as the end of a sentence
     about it: "does not exist", "is a directory", "is a FIFO (named pipe)", ...; None when it is
     one. For options that name an input file, which said "does not exist" of a folder or FIFO."""
+    if not os.fspath(path):
+        return "is empty: give a file path"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "does not exist"
     except NotADirectoryError:
         return "does not exist (a part of the path is a file)"
-    return None if stat.S_ISREG(mode) else f"is {_kind(mode)}, not a file"
+    except OSError as exc:  # a link loop (ELOOP), a folder it may not enter (EACCES), ...
+        return f"cannot be read: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"is {_kind(mode)}, not a file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return None
 
 
 def refuse_unless_file(path: str | os.PathLike[str], what: str) -> None:
     """Refuse an input file option that names no regular file: FileNotFoundError when nothing
-    is there, ValueError for a folder, FIFO or device; the message is ``what``, the path and
-    :func:`not_a_file`'s reason."""
+    is there, ValueError for a folder, FIFO or device, or a file this user cannot read (a link
+    loop, a folder it may not enter); the message is ``what``, the path and :func:`not_a_file`'s
+    reason."""
     why = not_a_file(path)
     if why is not None:
         raise (FileNotFoundError if why.startswith("does not exist") else ValueError)(

@@ -95,18 +95,20 @@ def test_train_weights_with_a_refused_pickle_is_one_line_exit_2_and_leaves_nothi
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
-@pytest.mark.parametrize("kind", ["folder", "FIFO", "missing", "under a file"])
+@pytest.mark.parametrize("kind", ["folder", "FIFO", "missing", "under a file", "link loop"])
 def test_train_weights_that_is_not_a_file_says_what_it_is(phantom_dir: Path, tmp_path: Path,
                                                           kind: str):
     """A folder or a FIFO given as --weights was reported as "does not exist"."""
     weights = {"folder": tmp_path / "w", "FIFO": tmp_path / "w.pt", "missing": tmp_path / "no.pt",
-               "under a file": tmp_path / "file.pt" / "w.pt"}[kind]
+               "under a file": tmp_path / "file.pt" / "w.pt", "link loop": tmp_path / "loop.pt"}[kind]
     if kind == "folder":
         weights.mkdir()
     elif kind == "FIFO":
         os.mkfifo(weights)
     elif kind == "under a file":
         weights.parent.write_text("x")
+    elif kind == "link loop":  # was "[Errno 40] Too many levels of symbolic links", exit 1
+        weights.symlink_to(weights)
     out = tmp_path / "run"
     result = runner.invoke(build_app(), ["train", "detector", "--data", str(phantom_dir),
                                          "--out", str(out), "--weights", str(weights),
@@ -114,7 +116,8 @@ def test_train_weights_that_is_not_a_file_says_what_it_is(phantom_dir: Path, tmp
     assert result.exit_code == 2, result.output
     want = {"folder": "is a directory, not a file", "FIFO": "is a FIFO (named pipe), not a file",
             "missing": "does not exist",
-            "under a file": "does not exist (a part of the path is a file)"}[kind]
+            "under a file": "does not exist (a part of the path is a file)",
+            "link loop": "cannot be read: Too many levels of symbolic links"}[kind]
     assert f"--weights file {weights} {want}" in " ".join(result.output.split()), result.output
     assert not out.exists()
 

@@ -92,6 +92,28 @@ def _write_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
     })
 
 
+def _refuse_changed_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
+    """A study continued on other files at the same --data path: every finished step was
+    skipped as done (exit 0, the report on the old data's models), and a step still to run
+    trained on the new data. Its data.json fingerprint is compared first (reading every frame
+    once, as the data step did)."""
+    if not layout.data_json.is_file():
+        return
+    data = _read(layout.data_json)
+    if data.get("root") != str(opts.data.resolve()):
+        return  # another folder: study.json's check of the options refuses it, by name
+    from bpedge.train.data import scan_dataset
+
+    recorded = data.get("fingerprint")
+    now = scan_dataset(opts.data, on_error=opts.on_error,  # type: ignore[arg-type]
+                       progress=opts.progress).fingerprint
+    if recorded != now:
+        raise ValueError(
+            f"--data {opts.data} does not hold the files this study was made from (data.json "
+            f"fingerprint {str(recorded)[:12]}..., now {now[:12]}...): give the original data, "
+            "or a new --out for a study of this data")
+
+
 def _write_models(opts: ExperimentOptions, layout: StudyLayout) -> None:
     """RUN/models.json: parameters and FLOPs of one inference of each model as configured."""
     from bpedge.train.models import build_detector, build_segmenter, model_complexity
@@ -512,6 +534,7 @@ def run_study(
     with lock_out_dir(opts.out, "experiment"):
         steps = plan_study(opts)
         _refuse_users_files(opts, layout, steps)
+        _refuse_changed_data(opts, layout)
         _write_study_json(opts, layout, command)
         records = run_steps(steps, layout.step_log, progress=opts.progress,
                             on_step_done=on_step_done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,39 @@ def test_a_study_continues_when_its_data_is_spelled_another_way(tmp_path: Path,
     with pytest.raises(ValueError, match="--data"):
         _write_study_json(ExperimentOptions(data=tmp_path / "other", out=layout.root), layout,
                           None)
+
+
+def test_an_unloadable_backbone_weights_file_is_refused_before_the_study_folder(
+        tmp_path: Path) -> None:
+    """An empty --backbone-weights file was refused only after study.json had recorded it: the
+    folder then refused every run without it."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    opts = _opts(tmp_path, backbone_weights=empty)
+    with pytest.raises(ValueError, match="empty.pt"):
+        opts.check()
+    assert not opts.out.exists()
+
+
+def test_other_files_at_the_same_data_path_are_refused_before_any_step(tmp_path: Path) -> None:
+    """Another dataset put at the study's --data path: every finished step was skipped as done
+    and the report kept the old data's models; a step still to run trained on the new files."""
+    from bpedge.train.data import PhantomConfig, generate_phantom, scan_dataset
+    from bpedge.train.experiment.layout import StudyLayout
+    from bpedge.train.experiment.runner import _refuse_changed_data
+
+    data = generate_phantom(tmp_path / "data", PhantomConfig(subjects=2, frames=2, height=96,
+                                                            width=96))
+    layout = StudyLayout(tmp_path / "run")
+    layout.root.mkdir()
+    layout.data_json.write_text(json.dumps({"root": str(data.resolve()),
+                                            "fingerprint": scan_dataset(data).fingerprint}))
+    opts = ExperimentOptions(data=data, out=layout.root)
+    _refuse_changed_data(opts, layout)  # the same files: goes on
+    generate_phantom(tmp_path / "other", PhantomConfig(subjects=2, frames=2, seed=3, height=96,
+                                                       width=96))
+    (data / "1_1.tif").write_bytes((tmp_path / "other" / "1_1.tif").read_bytes())
+    with pytest.raises(ValueError, match="does not hold the files this study was made from"):
+        _refuse_changed_data(opts, layout)
+    # Another folder is left to study.json's check, which names the option that changed.
+    _refuse_changed_data(ExperimentOptions(data=tmp_path / "other", out=layout.root), layout)
