@@ -539,13 +539,8 @@ class SegmentOutputs:
             raise _appeared(self.out / taken[0])
         # Recorded as segment's before they are written (a folder it adds to; see own_entries).
         own_entries(self.out, names)
-        results = partial.results
-        header = _as_text_file_bytes(_csv_line(CSV_COLUMNS))
-        # Before the first frame the results table was never made: its header alone.
-        _write_table(self.out / f"results{tag}.csv",
-                     results.copy_recorded if results.created else lambda f: f.write(header),
-                     replace=replace[f"results{tag}.csv"])
-        self._written.append(self.out / f"results{tag}.csv")
+        # results.csv last: it is the name that means "complete", and a run stopped while the
+        # tables were written had left it beside INCOMPLETE.txt and no results.jsonl.
         _write_table(self.out / f"results{tag}.jsonl", partial.jsonl.copy_recorded,
                      replace=replace[f"results{tag}.jsonl"])
         self._written.append(self.out / f"results{tag}.jsonl")
@@ -554,6 +549,13 @@ class SegmentOutputs:
             _write_table(path, partial.accuracy.copy_recorded, replace=replace[path.name])
             self._written.append(path)
             lines.append(_accuracy_summary(self._scores) + f"; per frame in {path}")
+        results = partial.results
+        header = _as_text_file_bytes(_csv_line(CSV_COLUMNS))
+        # Before the first frame the results table was never made: its header alone.
+        _write_table(self.out / f"results{tag}.csv",
+                     results.copy_recorded if results.created else lambda f: f.write(header),
+                     replace=replace[f"results{tag}.csv"])
+        self._written.insert(0, self.out / f"results{tag}.csv")
         return set(names)
 
 
@@ -584,6 +586,12 @@ def _write_table(path: Path, write: Callable[[IO[bytes]], object], *, replace: b
         # Taken between the check and the write: its owner's, never to be deleted by --force.
         disown_entries(path.parent, [path.name])
         raise _appeared(path) from None
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # A full disk at the buffered file's last flush: "[Errno 28] No space left on device"
+        # named no table.
+        raise OSError(exc.errno, f"{exc.strerror} while writing {path.name}", str(path)) from exc
 
 
 def _appeared(path: Path) -> FileExistsError:

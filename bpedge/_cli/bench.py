@@ -90,9 +90,9 @@ def register(app: typer.Typer) -> None:
                                "on the frames as sequences (one per subject): FPS and Dice.")
         ] = False,
         detect_every: Annotated[
-            int, typer.Option("--detect-every", help="With --track: run the detector at least "
-                              "every N frames.")
-        ] = 10,
+            int | None, typer.Option("--detect-every", help="With --track: run the detector at "
+                                     "least every N frames (default 10).")
+        ] = None,
         threads: Annotated[
             int | None, typer.Option("--threads", help="Intra-op threads of every CPU runtime "
                                      "(default: the cores this process may use).")
@@ -142,6 +142,8 @@ def register(app: typer.Typer) -> None:
         if bundle is None:
             raise UsageError("missing BUNDLE: the bundle directory to benchmark (or use "
                              "--compare A.json B.json)")
+        if detect_every is not None and not track:  # it was taken, and did nothing
+            raise UsageError("--detect-every applies to --track only: add --track, or leave it out")
 
         from bpedge._bench.backends import parse_choices
         from bpedge._bench.frames import kaggle_frames
@@ -173,7 +175,8 @@ def register(app: typer.Typer) -> None:
             frames = make_phantom(phantom_subjects, phantom_frames, seed)
         from bpedge._tracking import TrackOptions
 
-        track_options = TrackOptions(detect_every=detect_every) if track else None
+        track_options = (TrackOptions() if detect_every is None else
+                         TrackOptions(detect_every=detect_every)) if track else None
         record = run_bench(bundle, frames, choices, settings, threads or usable_cores(),
                            ceiling_seconds=ceiling_seconds, notes=tuple(note or ()), say=say,
                            speed_workload=data is None, track=track_options)

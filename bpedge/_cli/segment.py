@@ -103,9 +103,9 @@ def register(app: typer.Typer) -> None:
                                "drops (CPU backends; frames are then processed one at a time).")
         ] = False,
         detect_every: Annotated[
-            int, typer.Option("--detect-every", min=1, help="With --track: run the detector at "
-                              "least every N frames.")
-        ] = 10,
+            int | None, typer.Option("--detect-every", min=1, help="With --track: run the "
+                                     "detector at least every N frames (default 10).")
+        ] = None,
         overlays: Annotated[
             bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")
         ] = True,
@@ -153,6 +153,8 @@ def register(app: typer.Typer) -> None:
 
         if depth < 1:
             raise UsageError(f"--depth must be >= 1, got {depth}")
+        if detect_every is not None and not track:  # it was taken, and did nothing
+            raise UsageError("--detect-every applies to --track only: add --track, or leave it out")
         if on_error not in ("fail", "skip"):
             raise UsageError(f"--on-error must be fail or skip, got {on_error!r}")
         if video_fps is not None and not (math.isfinite(video_fps)
@@ -239,7 +241,8 @@ def register(app: typer.Typer) -> None:
             try:
                 from bpedge._tracking import TrackOptions
 
-                tracking = TrackOptions(detect_every=detect_every) if track else False
+                tracking = (TrackOptions() if detect_every is None else
+                            TrackOptions(detect_every=detect_every)) if track else False
                 for result in seg.stream(frames(), depth=depth, track=tracking):
                     outputs.add(pending.popleft(), result)
                     bar.update(1)

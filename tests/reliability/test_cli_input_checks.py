@@ -125,3 +125,17 @@ def test_train_weights_that_is_not_a_file_says_what_it_is(phantom_dir: Path, tmp
 class _Evil(dict):
     """A dict subclass defined here: pickled by reference to this module, so not loadable
     with ``weights_only=True``."""
+
+
+@pytest.mark.parametrize("command", ["segment", "bench"])
+def test_detect_every_without_track_is_refused(tiny_bundle: Path, phantom_dir: Path,
+                                               tmp_path: Path, command: str):
+    """--detect-every was taken without --track and did nothing."""
+    out = tmp_path / "out"
+    args = {"segment": ["segment", str(tiny_bundle), str(phantom_dir / "1_1.tif"), "--out",
+                        str(out)],
+            "bench": ["bench", str(tiny_bundle)]}[command]
+    result = runner.invoke(build_app(), [*args, "--detect-every", "5"])
+    assert result.exit_code == 2, result.output
+    assert "--detect-every applies to --track only" in " ".join(result.output.split())
+    assert not out.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import shutil
@@ -246,3 +247,42 @@ def test_no_accuracy_table_when_no_frame_with_ground_truth_was_recorded(
     assert "nan" not in result.output and "0 ground-truth" not in result.output, result.output
     assert not (out / "accuracy.partial.csv").exists()
     assert len(rows(out / "results.partial.csv")) == 2
+
+
+def test_a_run_stopped_while_its_tables_are_written_leaves_no_results_csv(
+        tiny_bundle, frames, tmp_path, monkeypatch):
+    """results.csv means "complete": written first, a run stopped while the other tables were
+    written left it beside INCOMPLETE.txt and no results.jsonl."""
+    real_open = _segment_outputs.atomic_open
+
+    def atomic_open(path, *args, **kw):
+        if Path(path).name == "accuracy.csv":
+            raise KeyboardInterrupt
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(_segment_outputs, "atomic_open", atomic_open)
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code != 0
+    assert (out / "INCOMPLETE.txt").exists() and not (out / "results.csv").exists()
+    assert len(rows(out / "results.partial.csv")) == 5  # the rows are where they were
+
+
+def test_a_full_disk_at_a_final_tables_last_flush_names_the_table(
+        tiny_bundle, frames, tmp_path, monkeypatch):
+    """The buffered file's flush fails outside any call that names a file: the message was
+    "[Errno 28] No space left on device" alone."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def atomic_open(path, *args, **kw):
+        yield io.BytesIO()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as close() at the flush
+
+    monkeypatch.setattr(_segment_outputs, "atomic_open", atomic_open)
+    out = tmp_path / "out"
+    result = runner.invoke(build_app(), ["segment", str(tiny_bundle), str(frames), "--out",
+                                         str(out), *BASE])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device while writing results.jsonl" in error_line(result.output)
