@@ -16,13 +16,13 @@ import os
 import re
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-#: The name of a temporary file of a write of NAME: ``tempfile.mkstemp(prefix=".NAME.",
-#: suffix=".tmp")``, whose random part is 8 of "abcdefghijklmnopqrstuvwxyz0123456789_" (group
+#: The name of a temporary file of a write of NAME: ``.NAME.RANDOM.tmp``, RANDOM 8 of
+#: "abcdefghijklmnopqrstuvwxyz0123456789_" (:func:`free_temporary_name`; the pattern of
+#: ``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")`` too, which made them before) (group
 #: ``name``: NAME, cut short as :func:`_short_name` cuts it).
 TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
@@ -60,7 +60,7 @@ def is_listed_temporary(path: Path, entry: dict[str, Any]) -> bool:
 
 
 #: Longest file name kept whole in a temporary name: the "." before it and the ".RANDOM.tmp" after
-#: it (RANDOM: mkstemp's 8 characters) take 14 bytes, and most file systems allow 255.
+#: it (RANDOM: 8 characters) take 14 bytes, and most file systems allow 255.
 _MAX_NAME_BYTES = 240
 
 
@@ -85,20 +85,29 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
         raise ValueError(f"atomic_open writes only; mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(target)}.", suffix=".tmp",
-                               dir=target.parent)
+    tmp: Path | None = None
     try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask),
-        # so a bundle or run written by one user can be read by another.
-        os.chmod(tmp, 0o666 & ~current_umask())
+        # Named before it is made (O_EXCL), inside the try: with mkstemp, a Ctrl-C landing as
+        # the file was made, before its name came back, left a hidden .NAME.RANDOM.tmp for
+        # good. The mode a plain open() gives (0666 less the umask), so a bundle or run written
+        # by one user can be read by another.
+        while True:
+            tmp = free_temporary_name(target.parent, _short_name(target))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), 0o666)
+                break
+            except FileExistsError:  # taken since it was found free
+                continue
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, target, replace=replace)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
 

@@ -79,3 +79,21 @@ def test_exchange_swaps_two_folders_in_one_step(tmp_path):
     assert (a / "f").read_text() == "in b" and (b / "f").read_text() == "in a"
     with pytest.raises(FileNotFoundError):
         exchange(a, tmp_path / "missing")  # a failure is raised, never taken for "no such call"
+
+
+def test_an_interrupt_right_after_the_temporary_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """The temporary file was made before the try that removes it: a Ctrl-C landing there left
+    a hidden .NAME.RANDOM.tmp in the user's folder for good."""
+    import bpedge._atomic as atomic
+
+    real_open = os.open
+
+    def made_then_interrupted(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        os.close(fd)
+        raise KeyboardInterrupt  # as the file is made, before its descriptor comes back
+
+    monkeypatch.setattr(atomic.os, "open", made_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_write_text(tmp_path / "results.csv", "a,b\n")
+    assert list(tmp_path.iterdir()) == []
