@@ -120,7 +120,17 @@ def test_runtime_runs_int8_on_onnxruntime(int8_bundle, phantom_dir):
             Segmenter.from_bundle(int8_bundle, "onnxruntime", threads=1) as seg32:
         assert seg8.precision == "int8"
         pairs = [(seg8(f), seg32(f)) for f in frames]
-    assert np.mean([dice(a.mask, b.mask) for a, b in pairs]) > 0.9
+    # INT8 scores stay close to FP32's; "BP present" may differ only where FP32's score is within
+    # that distance of the threshold. The test bundle's scores crowd around its threshold (0.69
+    # to 0.73 here): on an AMX Xeon one frame scored 0.6954 in FP32 and 0.7003 in INT8 across a
+    # threshold between them, and the old mean Dice over every frame (0.87 < 0.9) failed on it.
+    threshold = int8_bundle.manifest.thresholds.score
+    assert all(abs(a.score - b.score) < 0.02 for a, b in pairs), [(a.score, b.score)
+                                                                  for a, b in pairs]
+    assert all(a.present == b.present for a, b in pairs if abs(b.score - threshold) >= 0.02)
+    same = [(a, b) for a, b in pairs if a.present == b.present]
+    assert len(same) >= 0.75 * len(pairs)
+    assert np.mean([dice(a.mask, b.mask) for a, b in same]) > 0.9
 
 
 def test_gates_fail_what_they_should():
