@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -466,11 +467,16 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     empty ``out_dir`` keeps its permissions, owner and group (the dataset folder takes them); one
     that cannot (another user's, a mount point) is refused before any frame is rendered.
     """
-    out_dir = Path(os.path.abspath(out_dir))  # "." has no parent to put the hidden folder in
-    refuse_unless_new_or_empty(out_dir)
+    given = Path(out_dir)
+    refuse_unless_new_or_empty(given)
+    out_dir = _real_out(given)
+    if out_dir == Path(os.getcwd()).resolve():
+        # The dataset folder replaces it: a shell in it is left in a deleted folder.
+        raise OutDirRefused(f"--out {given} is the current folder, which the finished dataset "
+                            "would take the place of: give a new folder path")
     _refuse_any_entry(out_dir)
     existing = out_dir.stat() if out_dir.is_dir() else None
-    if existing is not None and os.path.ismount(out_dir):
+    if existing is not None and _is_mount_point(out_dir):
         raise OutDirRefused(f"--out {out_dir} is a mount point, which the finished dataset cannot "
                             "take the place of: give a new folder inside it")
     try:
@@ -478,7 +484,7 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     except (FileExistsError, NotADirectoryError):
         raise NotADirectoryError(f"--out {out_dir}: a part of its path is a file, not a "
                                  "folder") from None
-    partial = _partial_folder(out_dir, existing)
+    partial, mode = _partial_folder(out_dir, existing)
     total = config.subjects * config.frames
     bar = None
     swapped = False
@@ -502,6 +508,9 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
                 for job in pending:
                     job.result()
                 pending.clear()
+        # The final mode only now: an empty --out of mode 0555 given to the hidden folder at
+        # the start failed the first frame's write.
+        os.chmod(partial, mode)
         # What is at out_dir now, not at the start: something may have been put there meanwhile.
         if out_dir.is_symlink() or (os.path.lexists(out_dir) and not out_dir.is_dir()):
             raise OutDirRefused(f"--out {out_dir} was made a file or link while phantom ran: it "
@@ -540,27 +549,58 @@ def generate_phantom(out_dir: Path, config: PhantomConfig, *, progress: bool = F
     return out_dir
 
 
-def _partial_folder(out_dir: Path, existing: os.stat_result | None) -> Path:
-    """The hidden folder beside ``out_dir`` the frames are written into, with the permissions,
-    owner and group of the empty folder it will replace (else 0777 less the umask)."""
+def _real_out(given: Path) -> Path:
+    """``given`` as an absolute path with its parent's links resolved, as the shell's ``mkdir``
+    would place it (``lnk/../ds`` is ``ds`` beside ``lnk``'s target, not beside ``lnk``); the
+    last part is not resolved (a link there is refused by the caller)."""
+    if given.name in ("", ".", ".."):
+        return Path(os.path.realpath(given))
+    return Path(os.path.realpath(given.parent)) / given.name
+
+
+def _is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is a mount point, bind mounts of the same filesystem included (which
+    :func:`os.path.ismount` does not see: the swap then failed with EBUSY after every frame)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    # Field 5 is the mount point, with spaces, tabs, newlines and backslashes as octal escapes.
+    points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ")[4])
+              for line in lines if len(line.split(" ")) > 4}
+    return real in points
+
+
+def _partial_folder(out_dir: Path, existing: os.stat_result | None) -> tuple[Path, int]:
+    """The hidden folder beside ``out_dir`` the frames are written into, with the owner and group
+    of the empty folder it will replace, and the mode to give it once the frames are in (that
+    folder's, else 0777 less the umask, keeping a set-group-ID bit inherited from the parent)."""
     # A new folder of its own (never a fixed name that could be someone else's folder), its
     # name cut so that it fits where out_dir's own 255-byte name does.
     stem = os.fsencode(out_dir.name)[:200].decode(errors="ignore")
-    partial = Path(tempfile.mkdtemp(prefix=f".{stem}.partial-", dir=out_dir.parent))
     try:
+        partial = Path(tempfile.mkdtemp(prefix=f".{stem}.partial-", dir=out_dir.parent))
+    except OSError as exc:  # a parent this user may not write: it named the hidden folder
+        raise OutDirRefused(f"--out {out_dir}: cannot make a folder in {out_dir.parent} "
+                            f"({exc.strerror})") from None
+    try:
+        made = partial.stat()
         if existing is None:
-            os.chmod(partial, 0o777 & ~current_umask())
-            return partial
-        if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+            return partial, (0o777 & ~current_umask()) | (made.st_mode & stat.S_ISGID)
+        # Compared with what the new folder got, not with this process's ids: in a set-group-ID
+        # parent it takes the parent's group.
+        if (made.st_uid, made.st_gid) != (existing.st_uid, existing.st_gid):
             try:
                 os.chown(partial, existing.st_uid, existing.st_gid)
             except PermissionError:
                 raise OutDirRefused(
                     f"--out {out_dir} is an empty folder whose owner or group this user cannot "
                     "give the dataset folder that replaces it: give a new folder path") from None
-        # After chown, which clears set-id bits. A user's empty 0700 folder had become 0755.
-        os.chmod(partial, stat.S_IMODE(existing.st_mode))
+        # Set after chown (which clears set-ID bits). A user's empty 0700 folder had become 0755.
+        return partial, stat.S_IMODE(existing.st_mode)
     except BaseException:
         partial.rmdir()
         raise
-    return partial

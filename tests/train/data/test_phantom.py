@@ -247,6 +247,8 @@ def test_an_empty_folder_of_another_user_keeps_its_owner_and_group(tmp_path: Pat
     assert oct(made.st_mode & 0o7777) == oct(0o2750)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="making a folder another user's needs root")
 def test_an_owner_the_dataset_folder_cannot_take_is_refused_before_any_frame(
         tmp_path: Path, monkeypatch) -> None:
     from bpedge.train.data import phantom
@@ -255,8 +257,7 @@ def test_an_owner_the_dataset_folder_cannot_take_is_refused_before_any_frame(
 
     out = tmp_path / "theirs"
     out.mkdir()
-    mine = out.stat()
-    monkeypatch.setattr(phantom.os, "geteuid", lambda: mine.st_uid + 1)  # not the owner
+    os.chown(out, 65534, 65534)  # someone else's; chown below fails as it does for non-root
 
     def chown(*args) -> None:
         raise PermissionError(1, "Operation not permitted")
@@ -312,12 +313,16 @@ def test_out_paths_that_used_to_fail_after_rendering(tmp_path: Path, monkeypatch
 
     from bpedge._out_dir import OutDirRefused
 
-    # "." in an empty folder: the hidden folder was made inside it, which then was not empty.
+    # "." in an empty folder: the hidden folder was made inside it, which then was not empty;
+    # made to work, it left the shell in a deleted folder (the dataset replaces the folder).
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
-    generate_phantom(Path("."), TINY)
-    assert _left_beside(here) == ["1_1.tif", "1_1_mask.tif"]
+    for current in (Path("."), Path(""), here):
+        with pytest.raises(OutDirRefused, match="current folder"):
+            generate_phantom(current, TINY)
+    assert here.is_dir() and _left_beside(here) == []
+    monkeypatch.chdir(tmp_path.parent)
     # A 250-byte name: the hidden name beside it was over the 255-byte limit.
     long = tmp_path / ("a" * 250)
     generate_phantom(long, TINY)
@@ -335,6 +340,81 @@ def test_out_paths_that_used_to_fail_after_rendering(tmp_path: Path, monkeypatch
     assert (tmp_path / "afile").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["here", "a" * 250, "afile",
                                                                  "mnt"])
+
+
+def test_a_bind_mount_is_a_mount_point(tmp_path: Path, monkeypatch) -> None:
+    """os.path.ismount does not see a bind mount of the same filesystem: the swap failed with
+    EBUSY after every frame had been rendered."""
+    from bpedge.train.data import phantom
+
+    bound = tmp_path / "with space"
+    bound.mkdir()
+    escaped = str(bound).replace(" ", "\\040")
+    line = f"36 35 98:0 /src {escaped} rw,noatime master:1 - ext4 /dev/root rw"
+    real_read = phantom.Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if str(self) == "/proc/self/mountinfo":
+            return f"{line}\n"
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(phantom.os.path, "ismount", lambda p: False)
+    monkeypatch.setattr(phantom.Path, "read_text", read_text)
+    assert phantom._is_mount_point(bound)
+    assert not phantom._is_mount_point(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a folder another group needs root")
+def test_in_a_set_group_id_parent_the_group_and_the_bit_are_kept(tmp_path: Path) -> None:
+    """A new --out lost the set-group-ID bit a plain mkdir gives it there; an empty --out of
+    group root in such a parent became the parent's group."""
+    parent = tmp_path / "lab"
+    parent.mkdir()
+    os.chown(parent, 0, 100)
+    parent.chmod(0o2775)
+    new = generate_phantom(parent / "new", TINY)
+    assert new.stat().st_gid == 100 and new.stat().st_mode & 0o2000
+    mine = parent / "mine"
+    mine.mkdir()
+    os.chown(mine, 0, 0)
+    mine.chmod(0o750)
+    generate_phantom(mine, TINY)
+    assert (mine.stat().st_gid, oct(mine.stat().st_mode & 0o7777)) == (0, oct(0o750))
+
+
+def test_an_empty_read_only_out_of_the_users_gets_its_frames(tmp_path: Path) -> None:
+    """The folder's mode was given to the hidden folder before the frames: 0555 failed the
+    first write."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        generate_phantom(out, TINY)
+        assert oct(out.stat().st_mode & 0o777) == oct(0o555)
+        assert len(list(out.iterdir())) == 2
+    finally:
+        out.chmod(0o755)
+
+
+def test_where_the_out_path_leads(tmp_path: Path, monkeypatch) -> None:
+    from bpedge.train.data import phantom
+
+    from bpedge._out_dir import OutDirRefused
+
+    # lnk/../ds is ds beside the link's target, as mkdir puts it (it was put beside lnk).
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "real" / "inner")
+    generate_phantom(tmp_path / "lnk" / ".." / "ds", TINY)
+    assert (tmp_path / "real" / "ds" / "1_1.tif").is_file() and not (tmp_path / "ds").exists()
+    # A parent this user may not write: the error named the hidden folder, exit 1.
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(phantom.tempfile, "mkdtemp", refused)
+    with pytest.raises(OutDirRefused, match=r"cannot make a folder in .* \(Permission denied\)"):
+        generate_phantom(tmp_path / "ds2", TINY)
 
 
 def test_a_new_folder_follows_the_umask(tmp_path: Path) -> None:
