@@ -97,14 +97,16 @@ def _refuse_changed_data(opts: ExperimentOptions, layout: StudyLayout) -> None:
     skipped as done (exit 0, the report on the old data's models), and a step still to run
     trained on the new data. Its data.json fingerprint is compared first (reading every frame
     once, as the data step did)."""
-    if not layout.data_json.is_file():
+    if not (layout.data_json.is_file() and layout.study_json.is_file()):
         return
-    data = _read(layout.data_json)
-    if data.get("root") != str(opts.data.resolve()):
+    if not _same_option("data", _read(layout.study_json)["options"].get("data"),
+                        str(opts.data.resolve())):
         return  # another folder: study.json's check of the options refuses it, by name
     from bpedge.train.data import scan_dataset
 
-    recorded = data.get("fingerprint")
+    # Not data.json's root to decide whether this is the same folder: a Kaggle folder's root is
+    # its train/ subfolder, never equal to --data, and the check was skipped.
+    recorded = _read(layout.data_json).get("fingerprint")
     now = scan_dataset(opts.data, on_error=opts.on_error,  # type: ignore[arg-type]
                        progress=opts.progress).fingerprint
     if recorded != now:
@@ -300,11 +302,19 @@ def _write_study_json(opts: ExperimentOptions, layout: StudyLayout, command: str
     for name in _PATH_OPTIONS:  # as absolute paths: a relative one means nothing from elsewhere
         if options[name] is not None:
             options[name] = str(Path(options[name]).resolve())
+    if opts.backbone_weights is not None:
+        # Other bytes at the same path started later detectors from other weights.
+        options["backbone_weights_sha256"] = file_sha256(opts.backbone_weights)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if layout.study_json.is_file():
         old = _read(layout.study_json)
         diffs = [f"--{k.replace('_', '-')}: {old['options'].get(k)!r} -> {options[k]!r}"
                  for k in _FIXED_OPTIONS if not _same_option(k, old["options"].get(k), options[k])]
+        was, now = old["options"].get("backbone_weights_sha256"), \
+            options.get("backbone_weights_sha256")
+        if not diffs and was is not None and was != now:
+            diffs.append(f"--backbone-weights: the file's contents changed (sha256 {was[:12]}... "
+                         f"-> {str(now)[:12]}...)")
         if diffs:
             raise ValueError(
                 f"{layout.root} holds a study made with other options ({'; '.join(diffs)}); "

@@ -219,6 +219,7 @@ def test_other_files_at_the_same_data_path_are_refused_before_any_step(tmp_path:
     layout.root.mkdir()
     layout.data_json.write_text(json.dumps({"root": str(data.resolve()),
                                             "fingerprint": scan_dataset(data).fingerprint}))
+    layout.study_json.write_text(json.dumps({"options": {"data": str(data.resolve())}}))
     opts = ExperimentOptions(data=data, out=layout.root)
     _refuse_changed_data(opts, layout)  # the same files: goes on
     generate_phantom(tmp_path / "other", PhantomConfig(subjects=2, frames=2, seed=3, height=96,
@@ -228,3 +229,47 @@ def test_other_files_at_the_same_data_path_are_refused_before_any_step(tmp_path:
         _refuse_changed_data(opts, layout)
     # Another folder is left to study.json's check, which names the option that changed.
     _refuse_changed_data(ExperimentOptions(data=tmp_path / "other", out=layout.root), layout)
+
+
+def test_other_files_in_a_kaggle_folders_train_subfolder_are_refused(tmp_path: Path) -> None:
+    """A Kaggle folder's frames are in train/: data.json's root (train/) never equalled --data,
+    and the fingerprint was not compared."""
+    from bpedge.train.data import PhantomConfig, generate_phantom, scan_dataset
+    from bpedge.train.experiment.layout import StudyLayout
+    from bpedge.train.experiment.runner import _refuse_changed_data
+
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    train = generate_phantom(kaggle / "train", PhantomConfig(subjects=2, frames=2, height=96,
+                                                             width=96))
+    index = scan_dataset(kaggle)
+    assert index.root.resolve() == train.resolve()
+    layout = StudyLayout(tmp_path / "run")
+    layout.root.mkdir()
+    layout.data_json.write_text(json.dumps({"root": str(index.root.resolve()),
+                                            "fingerprint": index.fingerprint}))
+    layout.study_json.write_text(json.dumps({"options": {"data": str(kaggle.resolve())}}))
+    opts = ExperimentOptions(data=kaggle, out=layout.root)
+    _refuse_changed_data(opts, layout)
+    (train / "1_1.tif").write_bytes((train / "2_1.tif").read_bytes())
+    with pytest.raises(ValueError, match="does not hold the files this study was made from"):
+        _refuse_changed_data(opts, layout)
+
+
+def test_other_bytes_at_the_same_backbone_weights_path_are_refused(tmp_path: Path) -> None:
+    """Only the path was compared: a rerun with other weights at that path started the new
+    detectors from them."""
+    import torch
+    from bpedge.train.experiment.layout import StudyLayout
+    from bpedge.train.experiment.runner import _write_study_json
+
+    weights = tmp_path / "w.pt"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, weights)
+    layout = StudyLayout(tmp_path / "run")
+    layout.root.mkdir()
+    opts = ExperimentOptions(data=tmp_path, out=layout.root, backbone_weights=weights)
+    _write_study_json(opts, layout, None)
+    _write_study_json(opts, layout, None)  # the same bytes: goes on
+    torch.save({"conv.weight": torch.ones(2, 2)}, weights)
+    with pytest.raises(ValueError, match="--backbone-weights: the file's contents changed"):
+        _write_study_json(opts, layout, None)
