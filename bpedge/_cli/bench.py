@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bpedge._cli._errors import CommandFailed, UsageError, command_errors
+from bpedge._cli._track_option import track_options
 
 if TYPE_CHECKING:
     from bpedge._out_file import OutFile
@@ -142,8 +143,7 @@ def register(app: typer.Typer) -> None:
         if bundle is None:
             raise UsageError("missing BUNDLE: the bundle directory to benchmark (or use "
                              "--compare A.json B.json)")
-        if detect_every is not None and not track:  # it was taken, and did nothing
-            raise UsageError("--detect-every applies to --track only: add --track, or leave it out")
+        tracking = track_options(track, detect_every)
 
         from bpedge._bench.backends import parse_choices
         from bpedge._bench.frames import kaggle_frames
@@ -173,13 +173,9 @@ def register(app: typer.Typer) -> None:
         else:
             say(f"making {phantom_subjects * phantom_frames} phantom frames (seed {seed})")
             frames = make_phantom(phantom_subjects, phantom_frames, seed)
-        from bpedge._tracking import TrackOptions
-
-        track_options = (TrackOptions() if detect_every is None else
-                         TrackOptions(detect_every=detect_every)) if track else None
         record = run_bench(bundle, frames, choices, settings, threads or usable_cores(),
                            ceiling_seconds=ceiling_seconds, notes=tuple(note or ()), say=say,
-                           speed_workload=data is None, track=track_options)
+                           speed_workload=data is None, track=tracking)
         console.print(tables.summary_table(record))
         if track:
             console.print(tables.tracking_table(record))

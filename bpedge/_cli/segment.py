@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from bpedge._cli._errors import CommandFailed, UsageError, command_errors
+from bpedge._cli._track_option import track_options
 from bpedge._frames import MAX_FPS
 
 #: Highest --video-fps (and frame rate read from a source): above any ultrasound frame rate, and
@@ -153,8 +154,7 @@ def register(app: typer.Typer) -> None:
 
         if depth < 1:
             raise UsageError(f"--depth must be >= 1, got {depth}")
-        if detect_every is not None and not track:  # it was taken, and did nothing
-            raise UsageError("--detect-every applies to --track only: add --track, or leave it out")
+        tracking = track_options(track, detect_every)
         if on_error not in ("fail", "skip"):
             raise UsageError(f"--on-error must be fail or skip, got {on_error!r}")
         if video_fps is not None and not (math.isfinite(video_fps)
@@ -239,11 +239,7 @@ def register(app: typer.Typer) -> None:
                                      video_fps=video_fps, replace_video=force,
                                      skip_truth=report_skip if on_error == "skip" else None)
             try:
-                from bpedge._tracking import TrackOptions
-
-                tracking = (TrackOptions() if detect_every is None else
-                            TrackOptions(detect_every=detect_every)) if track else False
-                for result in seg.stream(frames(), depth=depth, track=tracking):
+                for result in seg.stream(frames(), depth=depth, track=tracking or False):
                     outputs.add(pending.popleft(), result)
                     bar.update(1)
                 finished = True
