@@ -75,11 +75,7 @@ class DetectorOptions(RunOptions):
         if self.weights is not None:
             from bpedge.train.models.retinanet import read_state_dict
 
-            from bpedge._regular_file import refuse_unless_file
-
-            refuse_unless_file(self.weights, "--weights file")
-
-            read_state_dict(self.weights)  # refused before the run folder is made
+            read_state_dict(self.weights, "--weights file")  # refused before the run folder is made
 
 
 def resolve_detector_config(opts: DetectorOptions) -> DetectorConfig:

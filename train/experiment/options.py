@@ -112,15 +112,12 @@ class ExperimentOptions:
                 raise ValueError("--folds is subject-wise cross-validation: use --split subject "
                                  "or both")
         if self.backbone_weights is not None:
-            from bpedge._regular_file import refuse_unless_file
-
-            refuse_unless_file(self.backbone_weights, "--backbone-weights file")
             from bpedge.train.models.retinanet import read_state_dict
 
             # Loaded before the study folder is claimed: an unloadable file (empty, damaged)
             # was refused only after study.json recorded it, and the folder then refused every
             # run without it.
-            read_state_dict(self.backbone_weights)
+            read_state_dict(self.backbone_weights, "--backbone-weights file")
         if self.pixel_spacing_mm is not None and not (
                 math.isfinite(self.pixel_spacing_mm) and self.pixel_spacing_mm > 0):
             # inf was taken, and study.json got Infinity, which JSON does not have.

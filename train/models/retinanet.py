@@ -366,16 +366,18 @@ def build_detector(cfg: DetectorConfig, weights: str | Path | None = None) -> Re
     return model
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, what: str = "detector weights file") -> dict[str, Tensor]:
     """A ``torch.save``'d state_dict file, read with ``weights_only=True`` (no pickled code runs).
     A file that needs more than tensors and plain types is refused with one line (ValueError),
-    never loaded with ``weights_only=False``: that would run whatever code the file holds."""
-
+    never loaded with ``weights_only=False``: that would run whatever code the file holds. A path
+    that is no readable file is refused naming ``what`` (the option) and what the path is (a
+    folder, a FIFO, a link loop: they were all "not found")."""
     from bpedge.train.checkpoint import torch_load_weights_only
 
+    from bpedge._regular_file import refuse_unless_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"detector weights file not found: {path}")
+    refuse_unless_file(path, what)
     state = torch_load_weights_only(path, "state_dict file")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
