@@ -240,7 +240,6 @@ class Tracker:
                 # Tracked crops keep the size of this detection's crop (the detector's box; the
                 # crop margin is applied again by run_crop): built from each mask's own box, a
                 # mask a little too wide widened the next crop, frame after frame.
-                x0, y0, x1, y1 = result.box
                 grown = 1.0 + cascade.spec.crop_margin
                 size = ((x1 - x0) / grown, (y1 - y0) / grown)
             last_rect = _rect(result.mask)

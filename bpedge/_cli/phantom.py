@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
     @command_errors
     def phantom(
         out: Annotated[
-            Path, typer.Option("--out", help="Folder to create (must not exist or be empty; an empty one keeps "
-                                     "its permissions).")
+            Path, typer.Option("--out", help="Folder to create (must not exist or be empty; an "
+                                     "empty one keeps its mode, owner and group).")
         ],
         subjects: Annotated[
             int, typer.Option("--subjects", help="Number of subjects (videos), 1-10000.")

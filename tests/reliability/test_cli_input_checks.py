@@ -94,7 +94,7 @@ def test_train_weights_with_a_refused_pickle_is_one_line_exit_2_and_leaves_nothi
     assert not out.exists()
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs (os.mkfifo)")
 @pytest.mark.parametrize("kind", ["folder", "FIFO", "missing", "under a file", "link loop"])
 def test_train_weights_that_is_not_a_file_says_what_it_is(phantom_dir: Path, tmp_path: Path,
                                                           kind: str):

@@ -569,8 +569,8 @@ def _is_mount_point(path: Path) -> bool:
         return False
     real = os.path.realpath(path)
     # Field 5 is the mount point, with spaces, tabs, newlines and backslashes as octal escapes.
-    points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ")[4])
-              for line in lines if len(line.split(" ")) > 4}
+    points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+              for fields in (line.split(" ") for line in lines) if len(fields) > 4}
     return real in points
 
 
